@@ -1,0 +1,1 @@
+"""qssh-sidecar hardware: entropy sources, health tests, QKD client, tiers, simulators."""

@@ -1,0 +1,1 @@
+"""qssh-sidecar queue core and daemon."""

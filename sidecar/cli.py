@@ -1,0 +1,56 @@
+"""``qssh-sidecar``: one entry point, subcommands registered by name.
+
+Each subcommand lives in the module that owns its concern and exposes
+``configure(parser)`` and ``run(args) -> int``; the module is imported only when its
+subcommand runs, so ``wal verify`` never loads SSH or hardware code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol, cast
+
+
+class Subcommand(Protocol):
+    def configure(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("sidecar.daemon.serve_cli", "run the sidecar daemon"),
+    "wal": ("sidecar.wal_cli", "verify, dump or compact a write-ahead log"),
+    "keygen": ("transport.keygen_cli", "generate a post-quantum SSH key pair"),
+    "doctor": ("transport.doctor_cli", "show which provider serves each algorithm"),
+    "hardware": ("hardware.report_cli", "probe quantum hardware and report the tier"),
+}
+
+
+def _load(name: str) -> Subcommand:
+    module_name, _ = SUBCOMMANDS[name]
+    return cast(Subcommand, importlib.import_module(module_name))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="qssh-sidecar")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        args = parser.parse_args(argv)  # prints help or the error, exits
+        parser.print_help()
+        return 2
+    command = _load(argv[0])
+    cmd_parser = argparse.ArgumentParser(prog=f"qssh-sidecar {argv[0]}")
+    command.configure(cmd_parser)
+    args = cmd_parser.parse_args(argv[1:])
+    return command.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""qssh-sidecar transport: post-quantum crypto providers, SSH algorithms, queue service."""
