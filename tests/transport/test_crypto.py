@@ -6,6 +6,7 @@ import base64
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -177,7 +178,7 @@ def test_verify_never_raises_on_arbitrary_bytes(garbage: bytes, message: bytes) 
 
 # --- cross-provider: the same bytes must work in every implementation -------------
 
-_MLDSA_OPENSSL = {
+_MLDSA_OPENSSL: dict[str, tuple[Any, Any]] = {
     "ML-DSA-44": (mldsa.MLDSA44PrivateKey, mldsa.MLDSA44PublicKey),
     "ML-DSA-65": (mldsa.MLDSA65PrivateKey, mldsa.MLDSA65PublicKey),
     "ML-DSA-87": (mldsa.MLDSA87PrivateKey, mldsa.MLDSA87PublicKey),
