@@ -232,3 +232,13 @@ def test_liboqs_verifies_the_stored_pqclean_vectors() -> None:
             base64.b64decode(vector["message"]),
             base64.b64decode(vector["signature"]),
         )
+
+
+@pytest.mark.parametrize("scheme", FAST, ids=lambda s: s.name)
+def test_signatures_are_detached_not_signed_messages(scheme: SignatureScheme) -> None:
+    public_key, secret_key = scheme.generate_keypair()
+    long_message = bytes(range(256)) * 40  # 10 KiB: larger than any signature here
+    signature = scheme.sign(secret_key, long_message)
+    assert len(signature) <= scheme.spec.signature_size
+    assert long_message not in signature
+    assert scheme.verify(public_key, long_message, signature) is True
