@@ -190,3 +190,62 @@ async def test_control_inline_signing_does_stall_the_loop() -> None:
 @pytest.fixture(autouse=True)
 def _no_leaked_probe() -> None:
     _ProbedSphincsKey.probe = None
+
+
+class _GatedSphincsKey(key_class(SPHINCS)):  # type: ignore[misc]
+    """Signs only after the test opens the gate, so a client can vanish mid-signature."""
+
+    started = threading.Event()
+    gate = threading.Event()
+
+    def sign_ssh(self, data: bytes, sig_algorithm: bytes) -> bytes:
+        type(self).started.set()
+        type(self).gate.wait(WAIT_FOR_LOOP_S)
+        return bytes(super().sign_ssh(data, sig_algorithm))
+
+
+async def test_client_vanishing_during_offloaded_signature_leaves_server_serving() -> None:
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    _GatedSphincsKey.started.clear()
+    _GatedSphincsKey.gate.clear()
+    plain = generate_key(SPHINCS)
+    gated_host = _GatedSphincsKey(plain.public_key_bytes, plain.secret_key_bytes)
+    falcon_host, user = generate_key("ssh-falcon512"), generate_key("ssh-falcon512")
+    srv = await asyncssh.create_server(
+        asyncssh.SSHServer, "127.0.0.1", 0,
+        server_host_keys=[gated_host, falcon_host],
+        authorized_client_keys=parse_authorized_keys(user.export_public_key().decode()),
+        process_factory=lambda p: (p.stdout.write("pong\n"), p.exit(0)),
+        **ssh_options_for_tier(2, "server"),
+    )  # fmt: skip
+    port = srv.sockets[0].getsockname()[1]
+    common = {
+        **ssh_options_for_tier(2, "client"),
+        "host": "127.0.0.1", "port": port, "username": "v", "known_hosts": None,
+        "agent_path": None, "config": (), "client_keys": [user],
+    }  # fmt: skip
+    try:
+
+        async def sphincs_connect() -> asyncssh.SSHClientConnection:
+            return await asyncssh.connect(**{**common, "server_host_key_algs": [SPHINCS]})
+
+        doomed = asyncio.create_task(sphincs_connect())
+        started = await asyncio.to_thread(_GatedSphincsKey.started.wait, WAIT_FOR_LOOP_S)
+        assert started, "the server never began the SPHINCS+ signature"
+        doomed.cancel()  # the client drops the TCP connection mid-handshake
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        _GatedSphincsKey.gate.set()  # now the worker finishes signing for nobody
+        for _ in range(3):
+            async with asyncssh.connect(
+                **{**common, "server_host_key_algs": ["ssh-falcon512"]}
+            ) as conn:  # fmt: skip
+                assert (await conn.run("ping", check=True)).stdout == "pong\n"
+    finally:
+        _GatedSphincsKey.gate.set()
+        srv.close()
+        await srv.wait_closed()
+        loop.set_exception_handler(None)
+    assert unhandled == []
