@@ -25,7 +25,9 @@ def config_for(**raw: object) -> HardwareConfig:
     return HardwareConfig.from_dict(base)
 
 
-def kme_raw(pki: ThrowawayPKI, url: str, sae: str = "sae-alice", peer: str = "sae-bob") -> dict[str, object]:
+def kme_raw(
+    pki: ThrowawayPKI, url: str, sae: str = "sae-alice", peer: str = "sae-bob"
+) -> dict[str, object]:
     pair = pki.clients[sae]
     return {"url": url, "sae_id": sae, "slave_sae_id": peer, "cert": pair.cert,
             "key": pair.key, "ca": pki.ca, "timeout": 1.0, "simulated": True}  # fmt: skip

@@ -52,7 +52,9 @@ async def test_slow_source_below_expected_rate_is_not_tier_3() -> None:
     assert any("below expected" in r for r in d.reasons)
 
 
-@pytest.mark.parametrize(("behaviour", "error"), [("stall", "of 2048 bytes"), ("disconnect", "disconnected")])
+@pytest.mark.parametrize(
+    ("behaviour", "error"), [("stall", "of 2048 bytes"), ("disconnect", "disconnected")]
+)
 async def test_stall_and_disconnect_are_reported_not_hung(behaviour: str, error: str) -> None:
     with SerialQRNGSimulator(behaviour, cut_after=700) as sim:
         d = await evaluate(config_for(serial_ports=[qrng_port(sim.path)], read_timeout=1.0))
@@ -135,7 +137,16 @@ def test_permission_denied_is_reported_per_device_not_a_crash(tmp_path: os.PathL
         prefix = []
         if os.geteuid() == 0:
             prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
-        cmd = [sys.executable, "-m", "sidecar.cli", "hardware", "report", "--json", "--config", str(cfg)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "hardware",
+            "report",
+            "--json",
+            "--config",
+            str(cfg),
+        ]
         proc = subprocess.run(prefix + cmd, capture_output=True, env=env, timeout=60, cwd=str(REPO))
     assert proc.returncode == 0, proc.stderr.decode()
     out = json.loads(proc.stdout)
