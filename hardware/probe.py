@@ -39,6 +39,12 @@ def _attr(dev: Any, name: str) -> str | None:
     return value.decode(errors="replace").strip() if isinstance(value, bytes) else str(value)
 
 
+def _driver(dev: Any | None) -> str | None:
+    if dev is None:
+        return None
+    return dev.driver or dev.properties.get("DRIVER")  # type: ignore[no-any-return]
+
+
 def _usb_report(usb: Any, model: Model, node: Any | None) -> DeviceReport:
     return DeviceReport(
         kind=model.kind,
@@ -49,8 +55,7 @@ def _usb_report(usb: Any, model: Model, node: Any | None) -> DeviceReport:
         product=_attr(usb, "product"),
         serial=_attr(usb, "serial"),
         sys_path=(node or usb).sys_path,
-        driver=(node.parent.driver if node is not None and node.parent is not None else None)
-        or usb.driver,
+        driver=(_driver(node.parent) if node is not None else None) or _driver(usb),
         expected_rate_bps=model.expected_rate_bps,
     )
 
@@ -102,7 +107,7 @@ def enumerate_udev() -> list[Found]:
                 vendor_id=_attr(pci, "vendor") if pci is not None else None,
                 product_id=_attr(pci, "device") if pci is not None else None,
                 sys_path=node.sys_path,
-                driver=pci.driver if pci is not None else None,
+                driver=_driver(pci),
                 expected_rate_bps=QUANTIS_PCIE.expected_rate_bps if quantis else None,
             )
             found.append(Found(rep, partial(CharDeviceSource, path) if path else None))
