@@ -117,7 +117,10 @@ def client_tls_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
 
 
 class KMEClient:
-    """One SAE talking to its own KME. `async with KMEClient(...) as kme: await kme.status(peer)`."""
+    """One SAE talking to its own KME.
+
+    `async with KMEClient(url, cert=..., key=..., ca=...) as kme: await kme.status(peer)`
+    """
 
     def __init__(
         self,

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import pyudev
+
 from hardware.classify import QUANTIS_PCIE, Model, classify_usb, is_quantis_pci
 from hardware.config import HardwareConfig, KMEConfig
 from hardware.errors import KMEError, SourceError, SourcePermissionDenied
@@ -62,10 +64,6 @@ def _usb_report(usb: Any, model: Model, node: Any | None) -> DeviceReport:
 
 def enumerate_udev() -> list[Found]:
     """Every known RNG udev sees; an import or sysfs failure yields an empty list."""
-    try:
-        import pyudev
-    except ImportError:
-        return []
     found: list[Found] = []
     try:
         ctx = pyudev.Context()
@@ -153,8 +151,13 @@ def configured(config: HardwareConfig, known_paths: set[str]) -> list[Found]:
         if kind is SourceKind.QUANTUM_LOCAL and not port.simulated:
             kind = SourceKind.UNVERIFIED  # a quantum claim needs udev ids or an explicit simulator
         handshake = "none" if port.handshake == "auto" else port.handshake
-        rep = DeviceReport(kind, port.model or "configured serial RNG", path=port.path,
-                           expected_rate_bps=port.expected_rate_bps, simulated=port.simulated)  # fmt: skip
+        rep = DeviceReport(
+            kind,
+            port.model or "configured serial RNG",
+            path=port.path,
+            expected_rate_bps=port.expected_rate_bps,
+            simulated=port.simulated,
+        )
         found.append(Found(rep, partial(SerialSource, port.path, handshake, port.baudrate)))
     for ep in config.remote_endpoints:
         rep = DeviceReport(SourceKind.QUANTUM_REMOTE, ep.name, path=ep.url,
@@ -198,7 +201,8 @@ def sample(found: Found, config: HardwareConfig, sample_bytes: int | None = None
     elif len(data) >= config.health.startup_samples:
         rep.health = HealthVerdict.PASS
     else:
-        rep.error = f"sample of {len(data)} bytes is below the startup minimum {config.health.startup_samples}"
+        minimum = config.health.startup_samples
+        rep.error = f"sample of {len(data)} bytes is below the startup minimum {minimum}"
     return rep
 
 

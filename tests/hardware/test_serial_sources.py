@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -44,8 +45,12 @@ async def test_unhealthy_output_is_a_health_failure_not_tier_3(behaviour: str) -
 async def test_slow_source_below_expected_rate_is_not_tier_3() -> None:
     # the simulator cannot exceed ~2000 B/s, the device claims 200 kB/s
     with SerialQRNGSimulator("slow", slow_rate_bps=2000) as sim:
-        cfg = config_for(serial_ports=[qrng_port(sim.path, expected_rate_bps=200_000)],
-                         sample_bytes=256, health={"startup_samples": 256}, read_timeout=3.0)  # fmt: skip
+        cfg = config_for(
+            serial_ports=[qrng_port(sim.path, expected_rate_bps=200_000)],
+            sample_bytes=256,
+            health={"startup_samples": 256},
+            read_timeout=3.0,
+        )
         d = await evaluate(cfg)
     assert d.tier is Tier.HARDENED_PQ
     assert d.devices[0].rate_ok is False
@@ -60,7 +65,8 @@ async def test_stall_and_disconnect_are_reported_not_hung(behaviour: str, error:
         d = await evaluate(config_for(serial_ports=[qrng_port(sim.path)], read_timeout=1.0))
     dev = d.devices[0]
     assert d.tier is Tier.HARDENED_PQ
-    assert dev.error is not None and error in dev.error
+    assert dev.error is not None
+    assert error in dev.error
     assert any(error in r for r in d.reasons)
 
 
@@ -114,8 +120,6 @@ def test_onerng_handshake_starts_and_stops_the_stream() -> None:
         for _ in range(50):  # the simulator reads the stop command asynchronously
             if not sim.streaming:
                 break
-            import time
-
             time.sleep(0.02)
     assert sim.commands[:2] == [b"cmd0\n", b"cmdO\n"]
     assert b"cmdo\n" in sim.commands
@@ -147,7 +151,9 @@ def test_permission_denied_is_reported_per_device_not_a_crash(tmp_path: os.PathL
             "--config",
             str(cfg),
         ]
-        proc = subprocess.run(prefix + cmd, capture_output=True, env=env, timeout=60, cwd=str(REPO))
+        proc = subprocess.run(
+            prefix + cmd, capture_output=True, env=env, timeout=60, cwd=str(REPO), check=False
+        )
     assert proc.returncode == 0, proc.stderr.decode()
     out = json.loads(proc.stdout)
     denied = next(d for d in out["devices"] if d["path"] == sim.path)

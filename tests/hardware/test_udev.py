@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.skipif(
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def report_under_umockdev(tmp_path: Path, description: str) -> dict[str, object]:
+def report_under_umockdev(tmp_path: Path, description: str) -> dict[str, Any]:
     devices = tmp_path / "devices.umockdev"
     devices.write_text(description)
     cfg = tmp_path / "hw.toml"
@@ -29,31 +30,33 @@ def report_under_umockdev(tmp_path: Path, description: str) -> dict[str, object]
     proc = subprocess.run(
         ["umockdev-run", "-d", str(devices), "--", sys.executable, "-m", "sidecar.cli",
          "hardware", "report", "--json", "--config", str(cfg)],
-        capture_output=True, env=ENV, timeout=60, cwd=str(REPO),
+        capture_output=True, env=ENV, timeout=60, cwd=str(REPO), check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode()
-    out: dict[str, object] = json.loads(proc.stdout)
+    out: dict[str, Any] = json.loads(proc.stdout)
     return out
 
 
-def by_model(out: dict[str, object]) -> dict[str, dict[str, object]]:
-    return {str(d["model"]): d for d in out["devices"]}  # type: ignore[attr-defined]
+def by_model(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {str(d["model"]): d for d in out["devices"]}
 
 
 def test_quantis_pcie_with_parent_is_healthy_local_quantum(tmp_path: Path) -> None:
     out = report_under_umockdev(tmp_path, udev.quantis_pcie(os.urandom(4096)))
     dev = by_model(out)["ID Quantique Quantis PCIe"]
-    assert dev["kind"] == "quantum_local" and dev["path"] == "/dev/qrandom0"
-    assert dev["driver"] == "quantis" and dev["health"] == "pass"
+    assert dev["kind"] == "quantum_local"
+    assert dev["path"] == "/dev/qrandom0"
+    assert dev["driver"] == "quantis"
+    assert dev["health"] == "pass"
     assert out["tier"] == 3
 
 
 def test_qrandom_node_without_quantis_parent_is_not_quantum(tmp_path: Path) -> None:
     out = report_under_umockdev(tmp_path, udev.quantis_pcie(os.urandom(4096), with_parent=False))
-    (dev,) = out["devices"]  # type: ignore[misc]
+    (dev,) = out["devices"]
     assert dev["kind"] == "unverified"
     assert out["tier"] == 2
-    assert any("not local quantum hardware" in r for r in out["reasons"])  # type: ignore[attr-defined]
+    assert any("not local quantum hardware" in r for r in out["reasons"])
 
 
 def test_stuck_quantis_is_a_health_failure(tmp_path: Path) -> None:
@@ -86,7 +89,7 @@ def test_usb_rngs_are_classified_by_ids_and_product(tmp_path: Path) -> None:
 def test_hotplug_raises_and_lowers_the_tier_with_events() -> None:
     proc = subprocess.run(
         ["umockdev-wrapper", sys.executable, str(REPO / "tests/hardware/hotplug_driver.py")],
-        capture_output=True, env=ENV, timeout=90, cwd=str(REPO),
+        capture_output=True, env=ENV, timeout=90, cwd=str(REPO), check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode()
     lines = proc.stdout.decode().splitlines()
