@@ -111,7 +111,7 @@ def enumerate_udev() -> list[Found]:
             found.append(Found(rep, partial(CharDeviceSource, path) if path else None))
         for node in ctx.list_devices(subsystem="misc", sys_name="hw_random"):
             found.append(_hwrng(node.device_node or "/dev/hwrng", node.sys_path))
-    except (OSError, pyudev.DeviceNotFoundError) as exc:
+    except Exception as exc:  # a broken sysfs must not stop the probe: report it
         rep = DeviceReport(SourceKind.UNVERIFIED, "udev", error=f"udev enumeration failed: {exc}")
         found.append(Found(rep, None))
     return found
@@ -186,6 +186,9 @@ def sample(found: Found, config: HardwareConfig, sample_bytes: int | None = None
     except SourceError as exc:
         rep.error = str(exc)
         rep.bytes_sampled = getattr(exc, "received", 0)
+        return rep
+    except Exception as exc:  # a driver quirk is reported on its device, never a crash
+        rep.error = f"unexpected {type(exc).__name__}: {exc}"
         return rep
     finally:
         source.close()

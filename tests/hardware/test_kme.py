@@ -7,6 +7,7 @@ from hardware.errors import (
     KMEProtocolError,
     KMETimeout,
     KMETLSError,
+    KMEUnauthorized,
     KMEUnavailable,
 )
 from hardware.kme import KMEClient
@@ -159,3 +160,28 @@ async def test_ceiling_caps_and_floor_flags(pki: ThrowawayPKI) -> None:
     assert floored.tier is Tier.HARDENED_PQ
     assert floored.below_floor
     assert any("floor 3" in r for r in floored.reasons)
+
+
+async def test_only_the_slave_sae_may_fetch_a_key(pki: ThrowawayPKI) -> None:
+    master, slave = paired_kmes(pki)
+    with master, slave:
+        async with client(pki, master.url) as alice, client(pki, slave.url) as alice_on_b:
+            keys = await alice.enc_keys("sae-bob", method="POST", extension_optional=[{"x": 1}])
+            with pytest.raises(KMEUnauthorized) as info:
+                await alice_on_b.dec_keys("sae-alice", [keys[0].key_ID])
+    assert info.value.status == 401
+
+
+async def test_missing_client_certificate_file_is_reported_not_raised(pki: ThrowawayPKI) -> None:
+    raw = kme_raw(pki, "https://127.0.0.1:1")
+    raw["cert"] = "/nonexistent/cert.pem"
+    d = await evaluate(config_for(kme=raw))
+    assert d.tier is Tier.HARDENED_PQ
+    assert d.kme is not None
+    assert "KME client setup failed" in str(d.kme.error)
+
+
+async def test_refused_connection_is_reported(pki: ThrowawayPKI) -> None:
+    d = await evaluate(config_for(kme=kme_raw(pki, "https://127.0.0.1:1")))
+    assert d.kme is not None
+    assert "KMEConnectionError" in str(d.kme.error)

@@ -11,6 +11,7 @@ import pytest
 from hardware.errors import SourceDisconnected, SourceTimeout
 from hardware.probe import evaluate
 from hardware.reports import HealthVerdict
+from hardware.simulators.remote_qrng import RemoteQRNGSimulator
 from hardware.simulators.serial_qrng import SerialQRNGSimulator
 from hardware.sources import SerialSource
 from hardware.tier import Tier
@@ -162,3 +163,36 @@ def test_permission_denied_is_reported_per_device_not_a_crash(tmp_path: os.PathL
     other = next(d for d in out["devices"] if d["path"] == good.path)
     assert other["health"] == "pass"
     assert out["tier"] == 2
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "handshake", "tier"),
+    [("dtr", "dtr", Tier.ENTROPY_ENHANCED), ("dtr", "none", Tier.HARDENED_PQ),
+     ("onerng", "onerng", Tier.ENTROPY_ENHANCED), ("onerng", "none", Tier.HARDENED_PQ)],
+)  # fmt: skip
+async def test_handshake_devices_need_their_handshake(
+    behaviour: str, handshake: str, tier: Tier
+) -> None:
+    with SerialQRNGSimulator(behaviour) as sim:
+        cfg = config_for(serial_ports=[qrng_port(sim.path, handshake=handshake)], read_timeout=0.5)
+        d = await evaluate(cfg)
+    assert d.tier is tier
+    if tier is Tier.HARDENED_PQ:
+        assert any("0 of 2048 bytes" in r for r in d.reasons)
+
+
+async def test_remote_endpoint_is_quantum_remote_and_not_tier_3() -> None:
+    with RemoteQRNGSimulator() as remote:
+        cfg = config_for(remote_endpoints=[{"name": "lab QRNG", "url": remote.url}])
+        d = await evaluate(cfg)
+    (dev,) = d.devices
+    assert dev.kind.value == "quantum_remote"
+    assert dev.health is HealthVerdict.PASS
+    assert dev.bytes_sampled == 2048
+    assert d.tier is Tier.HARDENED_PQ
+
+
+async def test_stuck_remote_endpoint_fails_health() -> None:
+    with RemoteQRNGSimulator("stuck") as remote:
+        d = await evaluate(config_for(remote_endpoints=[{"name": "r", "url": remote.url}]))
+    assert d.devices[0].health is HealthVerdict.FAIL
