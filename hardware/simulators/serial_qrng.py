@@ -140,7 +140,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3600.0)
     args = ap.parse_args()
     with SerialQRNGSimulator(args.behaviour) as sim:
-        print(sim.path, flush=True)
+        handshake = {Behaviour.DTR: "dtr", Behaviour.ONERNG: "onerng"}.get(sim.behaviour, "none")
+        print(
+            f'[[hardware.serial_ports]]\npath = "{sim.path}"\nkind = "quantum_local"\n'
+            f'handshake = "{handshake}"\nsimulated = true',
+            flush=True,
+        )
         time.sleep(args.seconds)
 
 
