@@ -15,7 +15,7 @@ import pyudev
 
 from hardware.classify import QUANTIS_PCIE, Model, classify_usb, is_quantis_pci
 from hardware.config import HardwareConfig, KMEConfig
-from hardware.errors import KMEError, SourceError, SourcePermissionDenied
+from hardware.errors import KMEError, SourceError, SourcePermissionDenied, SourceTimeout
 from hardware.health import HealthTest
 from hardware.kme import KMEClient
 from hardware.reports import DeviceReport, HealthVerdict, KMEStatusReport, SourceKind
@@ -183,9 +183,13 @@ def sample(found: Found, config: HardwareConfig, sample_bytes: int | None = None
         rep.readable = False
         rep.error = str(exc)
         return rep
+    except SourceTimeout as exc:
+        rep.error = str(exc)
+        rep.bytes_sampled = exc.received
+        rep.rate_bps = exc.received / config.read_timeout
+        return rep
     except SourceError as exc:
         rep.error = str(exc)
-        rep.bytes_sampled = getattr(exc, "received", 0)
         return rep
     except Exception as exc:  # a driver quirk is reported on its device, never a crash
         rep.error = f"unexpected {type(exc).__name__}: {exc}"
