@@ -7,6 +7,7 @@ import glob
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -217,8 +218,9 @@ def probe_found(config: HardwareConfig, sample_bytes: int | None = None) -> list
     found = enumerate_udev() if config.use_udev else []
     known = {f.report.path for f in found if f.report.path}
     found += configured(config, known)
-    for f in found:
-        sample(f, config, sample_bytes)
+    if found:  # in parallel: a stalled device costs one read timeout, not one per device
+        with ThreadPoolExecutor(max_workers=min(8, len(found)), thread_name_prefix="probe") as pool:
+            list(pool.map(lambda f: sample(f, config, sample_bytes), found))
     return found
 
 

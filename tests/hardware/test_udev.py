@@ -26,7 +26,7 @@ def report_under_umockdev(tmp_path: Path, description: str) -> dict[str, Any]:
     devices = tmp_path / "devices.umockdev"
     devices.write_text(description)
     cfg = tmp_path / "hw.toml"
-    cfg.write_text("[hardware]\nchar_devices = []\nsample_bytes = 1024\nread_timeout = 1.0\n")
+    cfg.write_text("[hardware]\nchar_devices = []\nsample_bytes = 1024\nread_timeout = 0.5\n")
     proc = subprocess.run(
         ["umockdev-run", "-d", str(devices), "--", sys.executable, "-m", "sidecar.cli",
          "hardware", "report", "--json", "--config", str(cfg)],
