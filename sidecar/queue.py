@@ -128,10 +128,13 @@ class QppValidatorQueue:
             wal.append_and_sync(encode_frame([reserve_record(upto)]))
             return wal, rec, items
 
-        if self._layer.blocking:
-            wal, rec, items = await loop.run_in_executor(None, recover)
-        else:
-            wal, rec, items = recover()
+        try:
+            if self._layer.blocking:
+                wal, rec, items = await loop.run_in_executor(None, recover)
+            else:
+                wal, rec, items = recover()
+        except OSError as exc:
+            raise LogFailed(f"{self.path}: cannot open the log: {exc}") from exc
         assert rec.replayed is not None
         self.recovery = rec
         self._next_id = rec.replayed.next_id
