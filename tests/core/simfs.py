@@ -169,9 +169,8 @@ def _surviving_bytes(inode: Inode, rng: random.Random) -> bytes:
             if op == "t":
                 del data[off:]
                 continue
-            if i == k - 1 and chunk and rng.random() < 0.5:
-                chunk = chunk[: rng.randint(0, len(chunk))]
-            _put(data, off, chunk)
+            torn = i == k - 1 and chunk and rng.random() < 0.5
+            _put(data, off, chunk[: rng.randint(0, len(chunk))] if torn else chunk)
     else:
         # an arbitrary subset of 512-byte sectors of the unsynced writes
         for op, off, chunk in pending:
