@@ -36,7 +36,8 @@ def test_priorities_and_default_modes_follow_the_spec_table() -> None:
         Kind.TELEMETRY: (25, Mode.ASYNC),
     }
     for kind, (prio, mode) in table.items():
-        assert kind.priority == prio and kind.default_mode is mode
+        assert kind.priority == prio
+        assert kind.default_mode is mode
     assert Priority.CRITICAL > Priority.HIGH > Priority.NORMAL > Priority.LOW
 
 

@@ -51,14 +51,16 @@ async def test_default_modes_and_provenance(tmp_path: Path) -> None:
             True,
         )
         assert (g_async.mode, g_async.persisted) == (Mode.ASYNC, False)
-        assert b.created_at > 0 and b.delivery_count == 0
+        assert b.created_at > 0
+        assert b.delivery_count == 0
 
 
 async def test_sync_and_async_execute_forms(tmp_path: Path) -> None:
     async with await QppValidatorQueue.open("v", tmp_path) as q:
         a = await QppSyncSubmit.execute(q, block(1), submitted_by="t")
         b = await QppAsyncSubmit.execute(q, gossip(1), submitted_by="t")
-        assert b > a and q.depth()["total"] == 2
+        assert b > a
+        assert q.depth()["total"] == 2
 
 
 async def test_popped_message_is_not_delivered_after_restart(tmp_path: Path) -> None:
@@ -69,7 +71,8 @@ async def test_popped_message_is_not_delivered_after_restart(tmp_path: Path) -> 
     await q.close()
     q = await QppValidatorQueue.open("v", tmp_path)
     ids = [i.message_id for i in q._state.ready_items()]
-    assert first.message_id not in ids and len(ids) == 2
+    assert first.message_id not in ids
+    assert len(ids) == 2
     await q.close()
 
 
@@ -79,7 +82,9 @@ async def test_async_messages_are_logged_on_close_and_restored(tmp_path: Path) -
     await q.close()
     q = await QppValidatorQueue.open("v", tmp_path)
     item = (await q.pop()).consume()  # type: ignore[union-attr]
-    assert item.message_id == mid and item.persisted and item.mode is Mode.ASYNC
+    assert item.message_id == mid
+    assert item.persisted
+    assert item.mode is Mode.ASYNC
     await q.close()
 
 
@@ -107,7 +112,8 @@ async def test_ids_keep_increasing_across_restart_and_compaction(tmp_path: Path)
         await q.compact_wal()
         seen.append(await q.submit_sync(block(2), submitted_by="t"))
         await q.close()
-    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+    assert seen == sorted(seen)
+    assert len(set(seen)) == len(seen)
 
 
 async def test_pop_returns_a_noclone_handle(tmp_path: Path) -> None:
@@ -129,14 +135,19 @@ async def test_lease_ack_release_and_expiry(tmp_path: Path) -> None:
     async with await QppValidatorQueue.open("v", tmp_path) as q:
         a = await q.submit_sync(block(1), submitted_by="t")
         lease = await q.lease(timeout=30)
-        assert lease is not None and lease.message_id == a and lease.item.delivery_count == 0
+        assert lease is not None
+        assert lease.message_id == a
+        assert lease.item.delivery_count == 0
         assert await q.lease(timeout=30) is None  # leased messages are not handed out twice
         await q.release(lease)
         again = await q.lease(timeout=0.01)
-        assert again is not None and again.message_id == a and again.item.delivery_count == 1
+        assert again is not None
+        assert again.message_id == a
+        assert again.item.delivery_count == 1
         await asyncio.sleep(0.03)
         third = await q.lease(timeout=30)
-        assert third is not None and third.item.delivery_count == 2
+        assert third is not None
+        assert third.item.delivery_count == 2
         with pytest.raises(AlreadyConsumed):
             await q.ack(again)  # stale handle: the lease expired
         await q.ack(third.lease_id)
@@ -144,7 +155,8 @@ async def test_lease_ack_release_and_expiry(tmp_path: Path) -> None:
             await q.ack(third)  # a message is acked at most once
         with pytest.raises(NotFound):
             await q.ack(10_000)
-        assert q.depth()["total"] == 0 and q.redeliveries == 1
+        assert q.depth()["total"] == 0
+        assert q.redeliveries == 1
     q = await QppValidatorQueue.open("v", tmp_path)
     assert q.depth()["total"] == 0  # the ack was durable
     await q.close()
@@ -157,7 +169,8 @@ async def test_unacked_lease_comes_back_after_restart(tmp_path: Path) -> None:
     await q.close()
     q = await QppValidatorQueue.open("v", tmp_path)
     lease = await q.lease(timeout=30)
-    assert lease is not None and lease.message_id == mid
+    assert lease is not None
+    assert lease.message_id == mid
     await q.close()
 
 
@@ -210,7 +223,9 @@ async def test_depth_and_stats(tmp_path: Path) -> None:
             "low": 1,
         }
         s = q.stats()
-        assert s["durable_messages"] == 1 and s["log_bytes"] > 0 and s["fatal"] is None
+        assert s["durable_messages"] == 1
+        assert s["log_bytes"] > 0
+        assert s["fatal"] is None
 
 
 async def test_closed_queue_refuses_work(tmp_path: Path) -> None:

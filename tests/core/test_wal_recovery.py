@@ -14,6 +14,7 @@ from sidecar.wal import (
     TEMP_SUFFIX,
     WriteAheadLog,
     consume_record,
+    decode_frame_at,
     encode_frame,
     file_header,
     scan,
@@ -30,7 +31,6 @@ async def _log_with(tmp_path: Path, n: int) -> str:
 
 
 def _frame_offsets(data: bytes) -> list[int]:
-    from sidecar.wal import decode_frame_at
 
     offsets, off = [], FILE_HEADER_SIZE
     while off < len(data):
@@ -53,10 +53,12 @@ async def test_torn_tail_is_cut_with_a_warning_and_earlier_records_kept(
         q = await QppValidatorQueue.open("v", tmp_path)
     assert "torn tail" in caplog.text
     assert q.depth()["total"] == 5  # the torn consume never happened
-    assert q.recovery is not None and q.recovery.torn_bytes == len(frame) - 3
+    assert q.recovery is not None
+    assert q.recovery.torn_bytes == len(frame) - 3
     await q.close()
     data = Path(path).read_bytes()
-    assert scan(data).clean and len(data) > good
+    assert scan(data).clean
+    assert len(data) > good
 
 
 async def test_zero_filled_tail_counts_as_torn(tmp_path: Path) -> None:
@@ -77,7 +79,8 @@ async def test_mid_log_corruption_refuses_to_open_and_changes_nothing(tmp_path: 
     with pytest.raises(LogCorrupt) as info:
         await QppValidatorQueue.open("v", tmp_path)
     assert info.value.offset == second
-    assert str(second) in info.value.message and "salvage" in info.value.message
+    assert str(second) in info.value.message
+    assert "salvage" in info.value.message
     assert Path(path).read_bytes() == bytes(data)
     assert not [p for p in os.listdir(tmp_path) if ".corrupt-" in p]
 
@@ -93,7 +96,8 @@ async def test_salvage_keeps_every_valid_record_and_sets_the_bad_file_aside(tmp_
     ids = sorted(i.message_id for i in q._state.ready_items())
     assert ids == [1, 2, 4, 5, 6]  # everything but the damaged frame
     aside = [p for p in os.listdir(tmp_path) if ".corrupt-" in p]
-    assert len(aside) == 1 and (tmp_path / aside[0]).read_bytes() == bytes(data)
+    assert len(aside) == 1
+    assert (tmp_path / aside[0]).read_bytes() == bytes(data)
     new = await q.submit_sync(block(99), submitted_by="t")
     assert new > 6
     await q.close()
@@ -104,7 +108,8 @@ async def test_leftover_compaction_temp_file_is_removed(tmp_path: Path) -> None:
     path = await _log_with(tmp_path, 2)
     Path(path + TEMP_SUFFIX).write_bytes(file_header() + b"half a compaction")
     q = await QppValidatorQueue.open("v", tmp_path)
-    assert q.depth()["total"] == 2 and not os.path.exists(path + TEMP_SUFFIX)
+    assert q.depth()["total"] == 2
+    assert not os.path.exists(path + TEMP_SUFFIX)
     await q.close()
 
 
@@ -120,5 +125,7 @@ def test_append_is_rolled_back_when_reopened_log_is_reused(tmp_path: Path) -> No
     wal.append_and_sync(encode_frame([consume_record(7)]))
     wal.close()
     wal2, rec2 = WriteAheadLog.open(str(tmp_path / "x.wal"))
-    assert rec2.records == 1 and rec2.replayed is not None and rec2.replayed.consumes == 1
+    assert rec2.records == 1
+    assert rec2.replayed is not None
+    assert rec2.replayed.consumes == 1
     wal2.close()
