@@ -451,7 +451,7 @@ class QppValidatorQueue:
         happened). Once the batch is being written the operation completes anyway:
         a cancelled pop then loses that message to its caller (at most once).
         """
-        fut = committer.enqueue(code, record, payload)
+        fut = await committer.commit(code, record, payload)
         try:
             await fut  # cancelling the caller cancels `fut`; the committer skips it
         except asyncio.CancelledError:
