@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sidecar.errors import LogFailed
+from sidecar.errors import LogFailed, Unavailable
 from sidecar.observer import QueueObserver
 from sidecar.wal import WriteAheadLog, WriteFailed, encode_frame
 
@@ -63,10 +63,17 @@ class GroupCommitter:
     # -- entry points --------------------------------------------------------------------
     def enqueue(self, code: int, record: bytes, payload: Any) -> asyncio.Future[None]:
         """Queue a record for the next batch; the future resolves once it is durable."""
+        self._check_accepting()
         fut: asyncio.Future[None] = self._loop.create_future()
         self._pending.append((code, record, fut, payload))
         self._wake.set()
         return fut
+
+    def _check_accepting(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
+        if self._stopping:
+            raise Unavailable(f"{self.wal.path}: the log is shutting down")
 
     def withdraw(self, fut: asyncio.Future[None]) -> Op | None:
         """Take a record back out if its batch has not been started (a cancelled caller)."""
@@ -113,6 +120,7 @@ class GroupCommitter:
         wait for it anyway). Otherwise the writer task takes the whole batch and runs
         its fsync in the worker thread while the loop accepts the next batch.
         """
+        self._check_accepting()
         fut: asyncio.Future[None] = self._loop.create_future()
         op: Op = (code, record, fut, payload)
         self._pending.append(op)
