@@ -173,7 +173,7 @@ class QppValidatorQueue:
             on_commit=self._apply_commit,
             on_rollback=self._apply_rollback,
             on_idle=self._maybe_compact,
-            on_fatal=self._wake_waiters,
+            on_fatal=self._on_log_failed,
             observer=self._observer,
         )
         restored = len(self._durable_live)
@@ -428,6 +428,15 @@ class QppValidatorQueue:
             finally:
                 if fut in self._waiters:
                     self._waiters.remove(fut)
+
+    def _on_log_failed(self) -> None:
+        committer = self._committer
+        error = committer.fatal if committer is not None else None
+        waiters, self._reserve_waiters = self._reserve_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_exception(error or LogFailed("the log failed"))
+        self._wake_waiters()
 
     def _wake_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
