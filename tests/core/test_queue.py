@@ -311,10 +311,10 @@ async def test_a_submit_waiting_for_ids_fails_instead_of_hanging_when_the_log_di
     disk.fail_sync = lambda: True
 
     async def submit_many() -> None:
-        for i in range(10):  # the third one needs a new reservation, whose fsync fails
-            await asyncio.wait_for(q.submit_async(gossip(i), submitted_by="t"), 10)
+        for i in range(10):  # the third one waits for a new reservation, whose fsync fails
+            await q.submit_async(gossip(i), submitted_by="t")
 
     with pytest.raises(LogFailed):
-        await submit_many()
+        await asyncio.wait_for(submit_many(), 10)
     with pytest.raises(LogFailed):
         await q.close()
