@@ -1,0 +1,156 @@
+"""Record types kept in log frames, and replaying them into the set of live messages.
+
+Records are compact JSON arrays (parsing arrays is about twice as fast as objects,
+which matters when a million records are replayed at start-up); `record_to_dict`
+gives the named form that `wal dump` prints. The first element is the type:
+
+* ``["S", id, priority, created_at, submitted_by, mode, persisted, broadcast,
+  upgraded, delivery_count, message]``: a submit with its full provenance.
+  ``persisted`` is always true (the record exists because it is being made durable);
+  ``message`` is the canonical message JSON as a string, kept unparsed in memory
+  until someone looks inside it.
+* ``["C", id]``: consumed (popped or acked); never delivered again.
+* ``["R", next_id]``: ids below ``next_id`` may have been handed out. Async submits
+  are not logged, so ids are reserved in blocks ahead of use and never reused.
+* ``["K", next_id, created_at]``: checkpoint, the first record of a compacted log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from sidecar.errors import LogCorrupt
+from sidecar.messages import Mode, Priority, QueueMessage, QueueMessageWithProvenance
+
+SUBMIT = "S"
+CONSUME = "C"
+RESERVE = "R"
+CHECKPOINT = "K"
+RECORD_TYPES = {SUBMIT: "submit", CONSUME: "consume", RESERVE: "reserve", CHECKPOINT: "checkpoint"}
+
+_MODES = {m.value: m for m in Mode}
+_PRIORITIES = {int(p): p for p in Priority}
+
+Record = list[Any]
+
+
+def submit_record(item: QueueMessageWithProvenance) -> bytes:
+    return orjson.dumps(
+        [
+            SUBMIT,
+            item.message_id,
+            int(item.priority),
+            item.created_at,
+            item.submitted_by,
+            item.mode.value,
+            True,
+            item.broadcast,
+            item.upgraded,
+            item.delivery_count,
+            item.message.to_json_bytes().decode(),
+        ]
+    )
+
+
+def consume_record(message_id: int) -> bytes:
+    return b'["C",%d]' % message_id
+
+
+def reserve_record(next_id: int) -> bytes:
+    return b'["R",%d]' % next_id
+
+
+def checkpoint_record(next_id: int, created_at: float) -> bytes:
+    return orjson.dumps([CHECKPOINT, next_id, created_at])
+
+
+def item_from_submit(rec: Record) -> QueueMessageWithProvenance:
+    item = QueueMessageWithProvenance.__new__(QueueMessageWithProvenance)
+    item.message = QueueMessage.from_logged(rec[10].encode())
+    item.message_id = rec[1]
+    item.priority = _PRIORITIES[rec[2]]
+    item.created_at = rec[3]
+    item.submitted_by = rec[4]
+    item.mode = _MODES[rec[5]]
+    item.persisted = True
+    item.broadcast = rec[7]
+    item.upgraded = rec[8]
+    item.delivery_count = rec[9]
+    return item
+
+
+def record_to_dict(rec: Record) -> dict[str, Any]:
+    """The named form of a record (for people and tools; `wal dump`)."""
+    kind = rec[0]
+    if kind == SUBMIT:
+        return {
+            "type": "submit",
+            "message_id": rec[1],
+            "priority": rec[2],
+            "created_at": rec[3],
+            "submitted_by": rec[4],
+            "mode": rec[5],
+            "persisted": rec[6],
+            "broadcast": rec[7],
+            "upgraded": rec[8],
+            "delivery_count": rec[9],
+            "message": orjson.loads(rec[10]),
+        }
+    if kind == CONSUME:
+        return {"type": "consume", "message_id": rec[1]}
+    if kind == RESERVE:
+        return {"type": "reserve", "next_id": rec[1]}
+    if kind == CHECKPOINT:
+        return {"type": "checkpoint", "next_id": rec[1], "created_at": rec[2]}
+    return {"type": "unknown", "raw": rec}
+
+
+@dataclass
+class Replayed:
+    """The state a sequence of records describes."""
+
+    live: dict[int, Record] = field(default_factory=dict)  # id -> submit record
+    next_id: int = 1
+    submits: int = 0
+    consumes: int = 0
+
+    def items(self) -> list[QueueMessageWithProvenance]:
+        return [item_from_submit(rec) for rec in self.live.values()]
+
+
+def _corrupt(path: str, what: str) -> LogCorrupt:
+    return LogCorrupt(f"{path}: {what}", path=path, offset=-1, next_valid_offset=None)
+
+
+def replay(records: list[Record], *, path: str = "<log>") -> Replayed:
+    out = Replayed()
+    live = out.live
+    next_id = 1
+    submits = consumes = 0
+    try:
+        for rec in records:
+            kind = rec[0]
+            if kind == SUBMIT:
+                mid = rec[1]
+                if len(rec) != 11 or rec[2] not in _PRIORITIES:
+                    raise _corrupt(path, f"malformed submit record for id {mid!r}")
+                live[mid] = rec
+                submits += 1
+                if mid >= next_id:
+                    next_id = mid + 1
+            elif kind == CONSUME:
+                live.pop(rec[1], None)
+                consumes += 1
+            elif kind in (RESERVE, CHECKPOINT):
+                next_id = max(next_id, rec[1])
+            else:
+                raise _corrupt(path, f"unknown record type {kind!r} (written by a newer version?)")
+    except (IndexError, KeyError, TypeError) as exc:
+        raise _corrupt(path, f"malformed record ({exc!r}) inside a checksummed frame") from None
+    out.next_id = next_id
+    out.submits = submits
+    out.consumes = consumes
+    return out
