@@ -29,6 +29,9 @@ def _run_child(persist_dir: Path, seed: int, rng: random.Random) -> list[str]:
         stderr=subprocess.PIPE,
         env=env,
         cwd=REPO,
+        # unbuffered: communicate() reads the raw pipe, so anything a buffered
+        # readline() had read past the first line would be lost to the checker
+        bufsize=0,
     )
     assert child.stdout is not None
     ready = child.stdout.readline()
