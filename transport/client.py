@@ -68,6 +68,14 @@ def error_from_wire(code: str, message: str) -> SidecarError:
     return cls(message)
 
 
+class ConnectFailed(Unavailable):
+    """The SSH connection or the ``qssh-queue`` channel could not be set up."""
+
+
+class AuthRefused(errors.Forbidden):
+    """The server accepted none of our keys."""
+
+
 class _ClientSession(asyncssh.SSHClientSession[bytes]):
     def __init__(self, client: QueueClient) -> None:
         self._client = client
@@ -241,7 +249,7 @@ class QueueClient:
                 raise pinning.refusal from None
             raise HostKeyError(f"host key of {host}:{port} could not be verified") from None
         except asyncssh.PermissionDenied as exc:
-            raise errors.Forbidden(
+            raise AuthRefused(
                 f"{host}:{port} refused our key(s): {exc.reason} "
                 "(is the public key in the server's authorized_keys?)"
             ) from None
@@ -250,7 +258,7 @@ class QueueClient:
                 f"no common post-quantum key exchange with {host}:{port}: {exc.reason}"
             ) from None
         except (OSError, asyncssh.Error) as exc:
-            raise Unavailable(f"cannot reach the queue service at {host}:{port}: {exc}") from None
+            raise ConnectFailed(f"cannot reach the queue service at {host}:{port}: {exc}") from None
         client = cls(conn, max_in_flight)
         try:
             chan, _ = await conn.create_session(
@@ -258,7 +266,7 @@ class QueueClient:
             )
         except asyncssh.ChannelOpenError as exc:
             conn.close()
-            raise Unavailable(f"server refused the {SUBSYSTEM} channel: {exc.reason}") from None
+            raise ConnectFailed(f"server refused the {SUBSYSTEM} channel: {exc.reason}") from None
         client._chan = chan
         return client
 
