@@ -203,7 +203,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
             if role is not None:
                 self._principal.require(role, command)
             if command == "depth":
-                result: Any = {"depth": service.queue.depth()}
+                result: Any = service.depth_snapshot()
             elif command == "tier":
                 result = service.tier().to_wire()
             else:
