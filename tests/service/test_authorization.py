@@ -141,7 +141,8 @@ async def test_one_shot_exec_commands_answer_json(service: Service) -> None:
         stats = await conn.run("stats", check=True)
         assert orjson.loads(stats.stdout)["depth"]["total"] == 1
         shell = await conn.run("rm -rf /")
-        assert shell.exit_status != 0
+        assert shell.exit_status == 127
+        assert orjson.loads(shell.stderr)["error"]["code"] == "bad_request"
 
 
 async def test_exec_stats_needs_admin(service: Service) -> None:
