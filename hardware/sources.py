@@ -117,7 +117,7 @@ class SerialSource:
         return {"type": "serial", "path": self.path, "handshake": self.handshake}
 
     def close(self) -> None:
-        port, self._port = self._port, None
+        port = self._port
         if port is None:
             return
         try:
@@ -125,9 +125,10 @@ class SerialSource:
                 port.write(ONERNG_STOP)
                 port.flush()
             elif self.handshake == "dtr":
-                port.dtr = False
+                self._set_dtr(False)
         except (OSError, serial.SerialException):
             pass  # already gone; closing is best effort
+        self._port = None
         try:
             port.close()
         except (OSError, serial.SerialException):

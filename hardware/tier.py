@@ -109,7 +109,9 @@ def decide(
     if below:
         reasons.append(f"below operator floor {int(floor)} ({floor.name})")
 
-    simulated = any(d.simulated for d in devices if d.healthy) or bool(kme and kme.healthy and kme.simulated)
+    simulated = any(d.simulated for d in devices if d.healthy) or bool(
+        kme and kme.healthy and kme.simulated
+    )
     return TierDecision(
         tier=tier,
         reasons=tuple(reasons),
