@@ -88,3 +88,19 @@ class LogFailed(Unavailable):
     have dropped the dirty pages, so retrying could report success for lost data).
     Restart recovers from what is on disk.
     """
+
+
+class LogCorrupt(Unavailable):
+    """The log is damaged in the middle: valid records follow a bad one.
+
+    Raised by open/recovery; nothing is changed on disk. The operator decides whether to
+    salvage (keep every valid record, set the damaged file aside).
+    """
+
+    def __init__(
+        self, message: str, *, path: str, offset: int, next_valid_offset: int | None
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.offset = offset
+        self.next_valid_offset = next_valid_offset

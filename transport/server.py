@@ -30,9 +30,9 @@ from transport.protocol import (
     encode_result,
     parse_request,
 )
-from transport.queue_algorithms import algorithm_options
 from transport.queue_port import QueuePort
 from transport.service import ChannelState, QueueService, TierInfo
+from transport.ssh_options import ssh_options_for_tier
 
 log = logging.getLogger(__name__)
 
@@ -345,10 +345,13 @@ class QueueServer:
 
     async def start(self) -> None:
         s = self.settings
-        host_keys: list[Any] = [*s.host_keys, *(str(p) for p in s.host_key_paths)]
+        host_keys = [*s.host_keys, *(asyncssh.read_private_key(p) for p in s.host_key_paths)]
         if not host_keys:
             raise ValueError("the queue server needs at least one host key")
-        options = {**algorithm_options(s.current_tier().level), **s.ssh_options}
+        options: dict[str, Any] = {
+            **ssh_options_for_tier(s.current_tier().level, "server"),
+            **s.ssh_options,
+        }
         self._listener = await asyncssh.listen(
             s.host,
             s.port,

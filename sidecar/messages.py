@@ -1,0 +1,446 @@
+"""The seven message kinds (SPEC §3): validation, priorities and canonical JSON.
+
+A `QueueMessage` keeps its canonical JSON form (hashes as lowercase hex, other bytes
+as base64) as its internal representation: the log and the wire carry exactly that
+form, so recovery rebuilds messages without re-validating or re-encoding them.
+Input may also be the Rust node's serde form, ``{"BlockImport": {...}}`` with byte
+arrays as lists of ints.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from collections.abc import Callable, Mapping
+from enum import IntEnum, StrEnum
+from typing import Any, Final
+
+import orjson
+
+from sidecar.errors import InvalidMessage, MessageTooLarge, UnknownKind
+
+DEFAULT_MAX_MESSAGE_BYTES: Final = 1024 * 1024
+U64_MAX: Final = 2**64 - 1
+
+
+class Priority(IntEnum):
+    CRITICAL = 100
+    HIGH = 75
+    NORMAL = 50
+    LOW = 25
+
+
+class Mode(StrEnum):
+    SYNC = "sync"
+    ASYNC = "async"
+
+
+class Kind(StrEnum):
+    BLOCK_IMPORT = "block_import"
+    VOTE = "vote"
+    TRANSACTION = "transaction"
+    ENTROPY_SHARE = "entropy_share"
+    GOSSIP = "gossip"
+    PEER_DISCOVERY = "peer_discovery"
+    TELEMETRY = "telemetry"
+
+    @property
+    def priority(self) -> Priority:
+        return _PRIORITY[self]
+
+    @property
+    def default_mode(self) -> Mode:
+        return _DEFAULT_MODE[self]
+
+    @property
+    def serde_name(self) -> str:
+        return "".join(part.capitalize() for part in self.value.split("_"))
+
+
+_PRIORITY: Final = {
+    Kind.BLOCK_IMPORT: Priority.CRITICAL,
+    Kind.VOTE: Priority.CRITICAL,
+    Kind.TRANSACTION: Priority.HIGH,
+    Kind.ENTROPY_SHARE: Priority.HIGH,
+    Kind.GOSSIP: Priority.NORMAL,
+    Kind.PEER_DISCOVERY: Priority.NORMAL,
+    Kind.TELEMETRY: Priority.LOW,
+}
+_DEFAULT_MODE: Final = {
+    k: Mode.SYNC if p >= Priority.HIGH else Mode.ASYNC for k, p in _PRIORITY.items()
+}
+_BY_SERDE_NAME: Final = {k.serde_name: k for k in Kind}
+
+# --- field types -----------------------------------------------------------------------
+# Each converter takes (field path, input value, serde form?) and returns the canonical
+# JSON value, raising InvalidMessage with the field named.
+
+_Conv = Callable[[str, Any, bool], Any]
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_DECIMAL = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
+
+
+def _bad(path: str, what: str) -> InvalidMessage:
+    return InvalidMessage(f"field {path!r}: {what}")
+
+
+def _int_list_to_bytes(path: str, value: Any) -> bytes:
+    if not isinstance(value, list):
+        raise _bad(path, "expected a list of byte values (0-255)")
+    try:
+        return bytes(value)
+    except (TypeError, ValueError):
+        raise _bad(path, "expected a list of byte values (0-255)") from None
+
+
+def _hash32(path: str, value: Any, serde: bool) -> str:
+    if serde and isinstance(value, list):
+        raw = _int_list_to_bytes(path, value)
+        if len(raw) != 32 or any(isinstance(v, bool) for v in value):
+            raise _bad(path, f"expected 32 bytes, got {len(raw)}")
+        return raw.hex()
+    if isinstance(value, str) and _HEX64.fullmatch(value):
+        return value.lower()
+    raise _bad(path, "expected a 32-byte hash as 64 hex digits")
+
+
+def _bytes(path: str, value: Any, serde: bool) -> str:
+    if serde and isinstance(value, list):
+        if any(isinstance(v, bool) for v in value):
+            raise _bad(path, "expected a list of byte values (0-255)")
+        return base64.b64encode(_int_list_to_bytes(path, value)).decode("ascii")
+    if isinstance(value, str):
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise _bad(path, "expected base64") from None
+        return base64.b64encode(raw).decode("ascii")
+    raise _bad(path, "expected bytes as a base64 string")
+
+
+def _u64(path: str, value: Any, serde: bool) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(path, "expected an unsigned 64-bit integer")
+    if not 0 <= value <= U64_MAX:
+        raise _bad(path, "out of the u64 range")
+    return value
+
+
+def _str(path: str, value: Any, serde: bool) -> str:
+    if not isinstance(value, str):
+        raise _bad(path, "expected a string")
+    return value
+
+
+def _decimal(path: str, value: Any, serde: bool) -> str:
+    if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
+        raise _bad(path, "expected a non-negative decimal string such as '1250.50'")
+    return value
+
+
+def _number(path: str, value: Any, serde: bool) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(path, "expected a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _bad(path, "expected a finite number")
+    return value
+
+
+def _percent(path: str, value: Any, serde: bool) -> int | float:
+    number = _number(path, value, serde)
+    if not 0 <= number <= 100:
+        raise _bad(path, "expected a percentage between 0 and 100")
+    return number
+
+
+def _str_list(path: str, value: Any, serde: bool) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _bad(path, "expected a list of strings")
+    return list(value)
+
+
+def _str_map(path: str, value: Any, serde: bool) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise _bad(path, "expected an object of string to string")
+    return dict(value)
+
+
+# kind -> field name -> (converter, required)
+_SCHEMA: Final[dict[Kind, dict[str, tuple[_Conv, bool]]]] = {
+    Kind.BLOCK_IMPORT: {
+        "block_hash": (_hash32, True),
+        "block_number": (_u64, True),
+        "timestamp": (_u64, True),
+    },
+    Kind.VOTE: {
+        "validator": (_str, True),
+        "block_hash": (_hash32, True),
+        "signature": (_bytes, True),
+    },
+    Kind.TRANSACTION: {
+        "tx_hash": (_hash32, True),
+        "tx_data": (_bytes, True),
+        "value_usd": (_decimal, False),
+    },
+    Kind.ENTROPY_SHARE: {
+        "device_id": (_str, True),
+        "entropy": (_bytes, True),
+        "qber_percent": (_percent, True),
+    },
+    Kind.GOSSIP: {"topic": (_str, True), "data": (_bytes, True)},
+    Kind.PEER_DISCOVERY: {"peer_id": (_str, True), "addresses": (_str_list, True)},
+    Kind.TELEMETRY: {"name": (_str, True), "value": (_number, True), "labels": (_str_map, False)},
+}
+_BYTE_FIELDS: Final = {
+    (kind, name)
+    for kind, fields in _SCHEMA.items()
+    for name, (conv, _) in fields.items()
+    if conv in (_bytes, _hash32)
+}
+
+
+class QueueMessage:
+    """One validated message; immutable. Build with `from_json` or `create`."""
+
+    __slots__ = ("_canon", "_encoded", "kind")
+
+    kind: Kind
+    _canon: dict[str, Any]
+    _encoded: bytes
+
+    def __init__(self) -> None:
+        raise TypeError("use QueueMessage.from_json() or QueueMessage.create()")
+
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def from_json(
+        cls, obj: Mapping[str, Any] | str | bytes, *, max_size: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> QueueMessage:
+        """Validate canonical or Rust serde JSON; raise an `InvalidMessage` subclass."""
+        if isinstance(obj, str | bytes | bytearray | memoryview):
+            # serde byte arrays take up to four characters per byte, hence the slack
+            if len(obj) > 4 * max_size + 1024:
+                raise MessageTooLarge(f"message of {len(obj)} bytes exceeds {max_size} bytes")
+            try:
+                obj = orjson.loads(obj)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidMessage(f"message is not valid JSON: {exc}") from None
+        if not isinstance(obj, Mapping):
+            raise InvalidMessage("message must be a JSON object")
+        if "kind" in obj:
+            kind_name = obj["kind"]
+            try:
+                kind = Kind(kind_name)
+            except ValueError:
+                raise UnknownKind(f"unknown message kind {kind_name!r}") from None
+            fields = {k: v for k, v in obj.items() if k != "kind"}
+            serde = False
+        elif len(obj) == 1:
+            ((name, fields),) = obj.items()
+            found = _BY_SERDE_NAME.get(name) if isinstance(name, str) else None
+            if found is None:
+                raise UnknownKind(f"unknown message kind {name!r}")
+            kind = found
+            if not isinstance(fields, Mapping):
+                raise InvalidMessage(f"{name}: fields must be a JSON object")
+            serde = True
+        else:
+            raise InvalidMessage("message needs a 'kind' field (or one serde variant key)")
+        return cls._validate(kind, fields, serde=serde, max_size=max_size)
+
+    @classmethod
+    def create(cls, kind: Kind | str, /, **fields: Any) -> QueueMessage:
+        """Build from Python values: bytes fields may be given as `bytes`."""
+        try:
+            kind = Kind(kind)
+        except ValueError:
+            raise UnknownKind(f"unknown message kind {kind!r}") from None
+        canon: dict[str, Any] = {}
+        for name, value in fields.items():
+            if isinstance(value, bytes | bytearray) and (kind, name) in _BYTE_FIELDS:
+                conv = _SCHEMA[kind][name][0]
+                canon[name] = value.hex() if conv is _hash32 else base64.b64encode(value).decode()
+            else:
+                canon[name] = value
+        return cls._validate(kind, canon, serde=False, max_size=DEFAULT_MAX_MESSAGE_BYTES)
+
+    @classmethod
+    def _validate(
+        cls, kind: Kind, fields: Mapping[str, Any], *, serde: bool, max_size: int
+    ) -> QueueMessage:
+        schema = _SCHEMA[kind]
+        extra = sorted(set(fields) - set(schema))
+        if extra:
+            raise InvalidMessage(f"{kind.value}: unexpected field(s) {', '.join(map(str, extra))}")
+        canon: dict[str, Any] = {"kind": kind.value}
+        for name, (conv, required) in schema.items():
+            value = fields.get(name)
+            if value is None:
+                if required:
+                    raise InvalidMessage(f"{kind.value}: missing field {name!r}")
+                continue
+            canon[name] = conv(name, value, serde)
+        encoded = orjson.dumps(canon)
+        if len(encoded) > max_size:
+            raise MessageTooLarge(
+                f"{kind.value} message of {len(encoded)} bytes exceeds the {max_size}-byte limit"
+            )
+        return cls._trusted(kind, canon, encoded)
+
+    @classmethod
+    def _trusted(
+        cls, kind: Kind, canon: dict[str, Any], encoded: bytes | None = None
+    ) -> QueueMessage:
+        """Build from canonical JSON already validated (e.g. read back from the log)."""
+        msg = object.__new__(cls)
+        msg.kind = kind
+        msg._canon = canon
+        msg._encoded = orjson.dumps(canon) if encoded is None else encoded
+        return msg
+
+    @classmethod
+    def from_canonical(cls, canon: dict[str, Any]) -> QueueMessage:
+        """Rebuild from a canonical dict that came from our own log (CRC-checked)."""
+        return cls._trusted(Kind(canon["kind"]), canon)
+
+    # -- views ---------------------------------------------------------------------------
+    @property
+    def priority(self) -> Priority:
+        return _PRIORITY[self.kind]
+
+    @property
+    def default_mode(self) -> Mode:
+        return _DEFAULT_MODE[self.kind]
+
+    @property
+    def encoded_size(self) -> int:
+        return len(self._encoded)
+
+    def to_json(self) -> dict[str, Any]:
+        """Canonical form as a fresh dict (hashes hex, other bytes base64)."""
+        return dict(self._canon)
+
+    def to_json_bytes(self) -> bytes:
+        return self._encoded
+
+    def canonical(self) -> dict[str, Any]:
+        """The internal canonical dict; do not mutate (saves a copy on hot paths)."""
+        return self._canon
+
+    def get(self, name: str) -> Any:
+        """A field as a Python value: bytes fields decoded to `bytes`, absent → None."""
+        value = self._canon.get(name)
+        if value is None or (self.kind, name) not in _BYTE_FIELDS:
+            return value
+        if _SCHEMA[self.kind][name][0] is _hash32:
+            return bytes.fromhex(value)
+        return base64.b64decode(value)
+
+    def to_serde(self) -> dict[str, Any]:
+        """The Rust node's serde form (byte arrays as lists of ints)."""
+        inner = {
+            k: list(self.get(k)) if (self.kind, k) in _BYTE_FIELDS else v
+            for k, v in self._canon.items()
+            if k != "kind"
+        }
+        return {self.kind.serde_name: inner}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, QueueMessage) and self._encoded == other._encoded
+
+    def __hash__(self) -> int:
+        return hash(self._encoded)
+
+    def __repr__(self) -> str:
+        return f"QueueMessage({self._encoded[:120].decode('utf-8', 'replace')})"
+
+
+class QueueMessageWithProvenance:
+    """A message plus what the queue knows about it (SPEC §3 provenance)."""
+
+    __slots__ = (
+        "broadcast",
+        "created_at",
+        "delivery_count",
+        "message",
+        "message_id",
+        "mode",
+        "persisted",
+        "priority",
+        "submitted_by",
+        "upgraded",
+    )
+
+    def __init__(
+        self,
+        message: QueueMessage,
+        message_id: int,
+        created_at: float,
+        submitted_by: str,
+        *,
+        persisted: bool = False,
+        broadcast: bool = False,
+        mode: Mode = Mode.SYNC,
+        upgraded: bool = False,
+        delivery_count: int = 0,
+    ) -> None:
+        self.message = message
+        self.message_id = message_id
+        self.created_at = created_at
+        self.submitted_by = submitted_by
+        self.persisted = persisted
+        self.broadcast = broadcast
+        self.priority: Priority = message.priority
+        self.mode = mode
+        self.upgraded = upgraded
+        self.delivery_count = delivery_count
+
+    @property
+    def kind(self) -> Kind:
+        return self.message.kind
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id,
+            "message": self.message.to_json(),
+            "created_at": self.created_at,
+            "submitted_by": self.submitted_by,
+            "persisted": self.persisted,
+            "broadcast": self.broadcast,
+            "priority": int(self.priority),
+            "mode": self.mode.value,
+            "upgraded": self.upgraded,
+            "delivery_count": self.delivery_count,
+        }
+
+    def to_json_bytes(self) -> bytes:
+        return orjson.dumps(self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> QueueMessageWithProvenance:
+        """Parse `to_json()` output; the message part is validated."""
+        try:
+            return cls(
+                QueueMessage.from_json(obj["message"]),
+                int(obj["message_id"]),
+                float(obj["created_at"]),
+                str(obj["submitted_by"]),
+                persisted=bool(obj["persisted"]),
+                broadcast=bool(obj.get("broadcast", False)),
+                mode=Mode(obj.get("mode", Mode.SYNC)),
+                upgraded=bool(obj.get("upgraded", False)),
+                delivery_count=int(obj.get("delivery_count", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidMessage(f"bad provenance record: {exc}") from None
+
+    def __repr__(self) -> str:
+        return (
+            f"QueueMessageWithProvenance(id={self.message_id}, kind={self.kind.value}, "
+            f"mode={self.mode.value}, persisted={self.persisted}, "
+            f"delivery_count={self.delivery_count})"
+        )

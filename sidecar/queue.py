@@ -1,0 +1,551 @@
+"""`QppValidatorQueue`: the asyncio shell over the pure state, the log and group commit.
+
+Durability rules (SPEC §4):
+* sync submit: returns its id only after its submit record is fsync'd; the message is
+  visible to consumers from then on.
+* async submit: memory only, no disk I/O; written to the log by `close()`.
+* pop / ack of a logged message: the consume record is fsync'd before the call returns.
+* ids come from blocks reserved durably ahead of use, so no id is ever handed out twice,
+  whatever is lost in a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+from typing import Any
+
+from sidecar.commit import GroupCommitter, Op
+from sidecar.errors import InvalidMessage, LogFailed, Unavailable
+from sidecar.handles import NoClone
+from sidecar.messages import Mode, QueueMessage, QueueMessageWithProvenance
+from sidecar.observer import NULL_OBSERVER, QueueObserver
+from sidecar.state import Lease, Limits, QueueState
+from sidecar.wal import (
+    FileLayer,
+    OsFileLayer,
+    Recovery,
+    WriteAheadLog,
+    checkpoint_record,
+    consume_record,
+    encode_frame,
+    item_from_submit,
+    reserve_record,
+    submit_record,
+)
+
+log = logging.getLogger("sidecar.queue")
+
+ID_BLOCK = 1 << 20  # ids reserved per durable reservation record
+DEFAULT_COMPACT_BYTES = 10 * 1024 * 1024
+_MIN_COMPACT_BYTES = 1024 * 1024
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_CLOSE_FRAME_BYTES = 8 * 1024 * 1024
+
+# op codes for the group committer
+_SUBMIT, _CONSUME_POP, _CONSUME_ACK, _RESERVE = range(4)
+
+
+class QppValidatorQueue:
+    """One validator's durable priority queue. Create with `await QppValidatorQueue.open()`."""
+
+    def __init__(
+        self,
+        name: str,
+        persist_dir: str | os.PathLike[str],
+        *,
+        limits: Limits | None = None,
+        observer: QueueObserver | None = None,
+        layer: FileLayer | None = None,
+        compact_bytes: int = DEFAULT_COMPACT_BYTES,
+    ) -> None:
+        if not _NAME.fullmatch(name):
+            raise InvalidMessage(f"queue name {name!r} must be 1-64 of [A-Za-z0-9_.-]")
+        self.name = name
+        self.persist_dir = os.fspath(persist_dir)
+        self.path = os.path.join(self.persist_dir, f"{name}.wal")
+        self._layer = layer or OsFileLayer()
+        self._observer = observer or NULL_OBSERVER
+        self._state = QueueState(limits)
+        self._compact_bytes = compact_bytes
+        self._committer: GroupCommitter | None = None
+        self._durable_live: dict[int, QueueMessageWithProvenance] = {}
+        self._next_id = 1
+        self._reserved_upto = 1  # ids below this are durably reserved
+        self._reserve_pending = False
+        self._reserve_waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._closing = False
+        self._closed = False
+        self._compacting = False
+        self._log_records = 0  # records in the current log file
+        self.recovery: Recovery | None = None
+        self.compactions = 0
+        self.redeliveries = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+    @classmethod
+    async def open(
+        cls,
+        name: str,
+        persist_dir: str | os.PathLike[str],
+        *,
+        salvage: bool = False,
+        limits: Limits | None = None,
+        observer: QueueObserver | None = None,
+        layer: FileLayer | None = None,
+        compact_bytes: int = DEFAULT_COMPACT_BYTES,
+    ) -> QppValidatorQueue:
+        """Open (creating if needed) and recover the queue `name` in `persist_dir`."""
+        q = cls(
+            name,
+            persist_dir,
+            limits=limits,
+            observer=observer,
+            layer=layer,
+            compact_bytes=compact_bytes,
+        )
+        if layer is None:
+            os.makedirs(q.persist_dir, exist_ok=True)
+        await q.restore_from_wal(salvage=salvage)
+        return q
+
+    async def restore_from_wal(self, *, salvage: bool = False) -> int:
+        """Recover from the log (the open path); returns how many messages came back."""
+        if self._committer is not None:
+            raise Unavailable("the queue is already open")
+        loop = asyncio.get_running_loop()
+
+        def recover() -> tuple[WriteAheadLog, Recovery, list[QueueMessageWithProvenance]]:
+            wal, rec = WriteAheadLog.open(self.path, layer=self._layer, salvage=salvage)
+            assert rec.replayed is not None
+            items = [item_from_submit(r) for r in rec.replayed.live.values()]
+            upto = rec.replayed.next_id + ID_BLOCK
+            wal.append_and_sync(encode_frame([reserve_record(upto)]))
+            return wal, rec, items
+
+        if self._layer.blocking:
+            wal, rec, items = await loop.run_in_executor(None, recover)
+        else:
+            wal, rec, items = recover()
+        assert rec.replayed is not None
+        self.recovery = rec
+        self._next_id = rec.replayed.next_id
+        self._reserved_upto = self._next_id + ID_BLOCK
+        self._log_records = rec.records + 1
+        self._state.load(items)
+        self._durable_live = {item.message_id: item for item in items}
+        self._committer = GroupCommitter(
+            wal,
+            on_commit=self._apply_commit,
+            on_rollback=self._apply_rollback,
+            on_idle=self._maybe_compact,
+            observer=self._observer,
+        )
+        self._observer.on_log_bytes(wal.size)
+        log.info("[%s] restored %d messages from %s", self.name, len(items), self.path)
+        return len(items)
+
+    async def close(self) -> None:
+        """Graceful shutdown: finish in-flight work, log async messages durably, close."""
+        if self._closed or self._closing:
+            return
+        self._closing = True
+        committer = self._committer
+        if committer is None:
+            self._closed = True
+            return
+        error: LogFailed | None = None
+        await committer.stop()
+        if committer.fatal is None:
+            items = [i for i in self._state.ready_items() if not i.persisted]
+            items += [i for i in self._state.leased_items() if not i.persisted]
+            items.sort(key=lambda i: i.message_id)
+            if items:
+                try:
+                    await committer.io(self._write_async_items, committer.wal, items)
+                except LogFailed as exc:
+                    error = exc
+        with contextlib.suppress(OSError):
+            committer.wal.close()
+        committer.shutdown_io()
+        self._closed = True
+        self._wake_waiters()
+        if error is not None:
+            raise error
+        if committer.fatal is not None:
+            raise committer.fatal
+
+    @staticmethod
+    def _write_async_items(wal: WriteAheadLog, items: list[QueueMessageWithProvenance]) -> None:
+        # one frame per fsync keeps "only the last frame can be torn" true
+        chunk: list[bytes] = []
+        size = 0
+        for item in items:
+            item.persisted = True
+            rec = submit_record(item)
+            chunk.append(rec)
+            size += len(rec)
+            if size >= _CLOSE_FRAME_BYTES:
+                wal.append_and_sync(encode_frame(chunk))
+                chunk, size = [], 0
+        if chunk:
+            wal.append_and_sync(encode_frame(chunk))
+
+    async def __aenter__(self) -> QppValidatorQueue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- checks and ids ------------------------------------------------------------------
+    def _live(self) -> GroupCommitter:
+        committer = self._committer
+        if committer is None:
+            raise Unavailable(f"queue {self.name!r} is not open")
+        if committer.fatal is not None:
+            raise committer.fatal
+        if self._closing:
+            raise Unavailable(f"queue {self.name!r} is shutting down")
+        return committer
+
+    async def _alloc_id(self, committer: GroupCommitter) -> int:
+        while self._next_id >= self._reserved_upto:
+            self._request_reservation(committer)
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._reserve_waiters.append(fut)
+            await fut
+        mid = self._next_id
+        self._next_id = mid + 1
+        if mid >= self._reserved_upto - ID_BLOCK // 2:
+            self._request_reservation(committer)
+        return mid
+
+    def _request_reservation(self, committer: GroupCommitter) -> None:
+        if self._reserve_pending:
+            return
+        self._reserve_pending = True
+        upto = self._reserved_upto + ID_BLOCK
+        committer.enqueue(_RESERVE, reserve_record(upto), upto)
+
+    # -- submit --------------------------------------------------------------------------
+    async def submit_sync(
+        self,
+        msg: QueueMessage,
+        *,
+        submitted_by: str,
+        broadcast: bool = False,
+        upgraded: bool = False,
+    ) -> int:
+        """SyncOp: returns the message id once its record is fsync'd."""
+        committer = self._live()
+        size = msg.encoded_size
+        self._state.admit(size)
+        try:
+            mid = await self._alloc_id(committer)
+        except BaseException:
+            self._state.forget(size)
+            raise
+        item = QueueMessageWithProvenance(
+            msg,
+            mid,
+            time.time(),
+            submitted_by,
+            persisted=True,
+            broadcast=broadcast,
+            mode=Mode.SYNC,
+            upgraded=upgraded,
+        )
+        await committer.enqueue(_SUBMIT, submit_record(item), item)
+        self._observer.on_submit(Mode.SYNC, upgraded)
+        return mid
+
+    async def submit_async(
+        self, msg: QueueMessage, *, submitted_by: str, broadcast: bool = False
+    ) -> int:
+        """AsyncOp: memory only (lost on a crash, logged by a graceful close)."""
+        committer = self._live()
+        size = msg.encoded_size
+        self._state.admit(size)
+        mid = self._next_id
+        if mid < self._reserved_upto:
+            self._next_id = mid + 1
+            if mid >= self._reserved_upto - ID_BLOCK // 2:
+                self._request_reservation(committer)
+        else:
+            try:
+                mid = await self._alloc_id(committer)
+            except BaseException:
+                self._state.forget(size)
+                raise
+        item = QueueMessageWithProvenance(
+            msg, mid, time.time(), submitted_by, broadcast=broadcast, mode=Mode.ASYNC
+        )
+        self._state.push(item)
+        if self._waiters:
+            self._wake_waiters()
+        self._observer.on_submit(Mode.ASYNC, False)
+        return mid
+
+    async def submit(
+        self,
+        msg: QueueMessage,
+        *,
+        submitted_by: str,
+        mode: Mode | str | None = None,
+        broadcast: bool = False,
+        upgraded: bool = False,
+    ) -> int:
+        """Submit in `mode` ("sync", "async", or None/"default" for the kind's default)."""
+        if mode is None or mode == "default":
+            chosen = msg.default_mode
+        else:
+            try:
+                chosen = Mode(mode)
+            except ValueError:
+                raise InvalidMessage(f"mode must be sync, async or default, not {mode!r}") from None
+        if chosen is Mode.SYNC:
+            return await self.submit_sync(
+                msg, submitted_by=submitted_by, broadcast=broadcast, upgraded=upgraded
+            )
+        return await self.submit_async(msg, submitted_by=submitted_by, broadcast=broadcast)
+
+    # -- consume -------------------------------------------------------------------------
+    async def pop(self) -> NoClone[QueueMessageWithProvenance] | None:
+        """Take the next message for good (at-most-once): consume record fsync'd first."""
+        committer = self._live()
+        self._expire()
+        item = self._state.take()
+        if item is None:
+            return None
+        if item.persisted:
+            await committer.enqueue(_CONSUME_POP, consume_record(item.message_id), item)
+        else:
+            self._state.forget(item.message.encoded_size)
+        self._observer.on_consume("pop")
+        return NoClone(item)
+
+    async def lease(self, timeout: float) -> Lease | None:  # noqa: ASYNC109
+        """Reserve the next message for `timeout` seconds (at-least-once delivery)."""
+        self._live()
+        if not timeout > 0:
+            raise InvalidMessage("lease timeout must be a positive number of seconds")
+        now = time.monotonic()
+        self._expire(now)
+        return self._state.lease(now, timeout)
+
+    async def ack(self, lease: Lease | int) -> None:
+        """Consume a leased message for good; a second ack or a stale lease raises
+        `AlreadyConsumed`, an unknown lease id `NotFound`."""
+        committer = self._live()
+        lease_id = lease if isinstance(lease, int) else lease.lease_id
+        self._expire()
+        held = self._state.end_lease(lease_id)
+        if held.item.persisted:
+            await committer.enqueue(_CONSUME_ACK, consume_record(held.message_id), held)
+        else:
+            self._state.forget(held.item.message.encoded_size)
+        self._observer.on_consume("ack")
+
+    async def release(self, lease: Lease | int) -> None:
+        """Give a leased message back now (delivery_count + 1)."""
+        self._live()
+        lease_id = lease if isinstance(lease, int) else lease.lease_id
+        self._expire()
+        self._state.release(lease_id)
+        self._observer.on_release()
+        self._wake_waiters()
+
+    async def wait_available(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Wait until a message can be popped or leased; False on timeout or close."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._live()
+            now = time.monotonic()
+            self._expire(now)
+            if self._state.ready:
+                return True
+            wait = None if deadline is None else deadline - now
+            if wait is not None and wait <= 0:
+                return False
+            lease_deadline = self._state.next_deadline()
+            if lease_deadline is not None:
+                until = max(lease_deadline - now, 0.0) + 0.001
+                wait = until if wait is None else min(wait, until)
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(fut)
+            try:
+                await asyncio.wait_for(fut, wait)
+            except TimeoutError:
+                pass
+            finally:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _expire(self, now: float | None = None) -> None:
+        n = self._state.expire(time.monotonic() if now is None else now)
+        if n:
+            self.redeliveries += n
+            self._observer.on_redelivery(n)
+            self._wake_waiters()
+
+    # -- group commit callbacks ------------------------------------------------------------
+    def _apply_commit(self, batch: list[Op]) -> None:
+        state = self._state
+        live = self._durable_live
+        pushed = False
+        for code, _rec, _fut, payload in batch:
+            if code == _SUBMIT:
+                live[payload.message_id] = payload
+                state.push(payload)
+                pushed = True
+            elif code == _CONSUME_POP:
+                live.pop(payload.message_id, None)
+                state.forget(payload.message.encoded_size)
+            elif code == _CONSUME_ACK:
+                live.pop(payload.message_id, None)
+                state.forget(payload.item.message.encoded_size)
+            else:
+                self._reserved_upto = max(self._reserved_upto, payload)
+                self._reserve_pending = False
+                waiters, self._reserve_waiters = self._reserve_waiters, []
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_result(None)
+        self._log_records += len(batch)
+        if pushed and self._waiters:
+            self._wake_waiters()
+
+    def _apply_rollback(self, batch: list[Op]) -> None:
+        state = self._state
+        for code, _rec, _fut, payload in batch:
+            if code == _SUBMIT:
+                state.forget(payload.message.encoded_size)
+            elif code == _CONSUME_POP:
+                state.push(payload)
+            elif code == _CONSUME_ACK:
+                state.restore_lease(payload)
+            else:
+                self._reserve_pending = False
+                waiters, self._reserve_waiters = self._reserve_waiters, []
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_exception(
+                            LogFailed("could not reserve message ids (log write failed)")
+                        )
+        self._wake_waiters()
+
+    # -- compaction ----------------------------------------------------------------------
+    def _maybe_compact(self) -> None:
+        committer = self._committer
+        if committer is None or self._compacting or self._closing:
+            return
+        size = committer.wal.size
+        live = len(self._durable_live)
+        too_big = size >= self._compact_bytes and live * 2 < self._log_records
+        mostly_consumed = size >= _MIN_COMPACT_BYTES and live * 4 < self._log_records
+        if too_big or mostly_consumed:
+            self._compacting = True
+            task = asyncio.get_running_loop().create_task(self._compact(committer))
+            task.add_done_callback(_log_task_error)
+
+    async def compact_wal(self) -> dict[str, Any]:
+        """Rewrite the log with only live messages; safe against concurrent work."""
+        return await self._compact(self._live())
+
+    async def _compact(self, committer: GroupCommitter) -> dict[str, Any]:
+        def job() -> dict[str, Any]:
+            # runs between two batches: the log holds exactly the durable state
+            started = time.perf_counter()
+            wal = committer.wal
+            before = wal.size
+            items = list(self._durable_live.values())
+            records = [checkpoint_record(self._reserved_upto, time.time())]
+            records += [submit_record(item) for item in items]
+            wal.rewrite(records)
+            self._log_records = len(records)
+            seconds = time.perf_counter() - started
+            return {
+                "bytes_before": before,
+                "bytes_after": wal.size,
+                "live": len(items),
+                "seconds": seconds,
+            }
+
+        try:
+            result = await committer.run_exclusive(job)
+        finally:
+            self._compacting = False
+        self.compactions += 1
+        self._observer.on_compaction(
+            result["seconds"], result["bytes_before"], result["bytes_after"]
+        )
+        self._observer.on_log_bytes(result["bytes_after"])
+        return result
+
+    # -- introspection -------------------------------------------------------------------
+    def depth(self) -> dict[str, int]:
+        """Messages held: total (ready + leased), ready, leased, and ready per priority."""
+        state = self._state
+        out = {"total": state.ready + state.leased, "ready": state.ready, "leased": state.leased}
+        out.update(state.depth_by_priority())
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        committer = self._committer
+        return {
+            "name": self.name,
+            "path": self.path,
+            "depth": self.depth(),
+            "bytes": self._state.bytes,
+            "durable_messages": len(self._durable_live),
+            "next_id": self._next_id,
+            "log_bytes": committer.wal.size if committer else 0,
+            "log_records": self._log_records,
+            "batches": committer.batches if committer else 0,
+            "records_committed": committer.records if committer else 0,
+            "compactions": self.compactions,
+            "redeliveries": self.redeliveries,
+            "fatal": committer.fatal.message if committer and committer.fatal else None,
+            "closed": self._closed,
+        }
+
+    @property
+    def failed(self) -> LogFailed | None:
+        return self._committer.fatal if self._committer else None
+
+
+def _log_task_error(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background compaction failed: %s", task.exception())
+
+
+class QppSyncSubmit:
+    """The explicit SyncOp form."""
+
+    @staticmethod
+    async def execute(
+        queue: QppValidatorQueue, msg: QueueMessage, *, submitted_by: str, **kw: Any
+    ) -> int:
+        return await queue.submit_sync(msg, submitted_by=submitted_by, **kw)
+
+
+class QppAsyncSubmit:
+    """The explicit AsyncOp form."""
+
+    @staticmethod
+    async def execute(
+        queue: QppValidatorQueue, msg: QueueMessage, *, submitted_by: str, **kw: Any
+    ) -> int:
+        return await queue.submit_async(msg, submitted_by=submitted_by, **kw)

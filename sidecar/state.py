@@ -1,0 +1,163 @@
+"""Pure queue state: priority order, leases, limits. No I/O, no clock: callers pass `now`.
+
+Order: higher priority first, then lower message id (FIFO within a priority).
+Accounting (count and bytes against the limits) covers messages waiting, leased, being
+consumed, and submits reserved but not yet committed; a full queue raises `QueueFull`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from sidecar.errors import AlreadyConsumed, NotFound, QueueFull
+from sidecar.messages import Priority, QueueMessageWithProvenance
+
+DEFAULT_MAX_MESSAGES = 1_000_000
+DEFAULT_MAX_BYTES = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_messages: int = DEFAULT_MAX_MESSAGES
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A reservation of one message until `deadline` (same clock as the `now` values)."""
+
+    lease_id: int
+    message_id: int
+    item: QueueMessageWithProvenance
+    deadline: float
+
+
+class QueueState:
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._ready: list[tuple[int, int, QueueMessageWithProvenance]] = []
+        self._leases: dict[int, Lease] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._next_lease_id = 1
+        self.count = 0
+        self.bytes = 0
+        self._ready_by_priority: dict[int, int] = {int(p): 0 for p in Priority}
+
+    # -- admission -----------------------------------------------------------------------
+    def admit(self, size: int) -> None:
+        """Account for one incoming message of `size` bytes or raise QueueFull."""
+        if self.count >= self.limits.max_messages:
+            raise QueueFull(
+                f"queue holds {self.count} messages (limit {self.limits.max_messages}); "
+                "consume some or raise the limit"
+            )
+        if self.bytes + size > self.limits.max_bytes:
+            raise QueueFull(
+                f"queue holds {self.bytes} bytes; a {size}-byte message would pass the "
+                f"limit of {self.limits.max_bytes}"
+            )
+        self.count += 1
+        self.bytes += size
+
+    def forget(self, size: int) -> None:
+        """Undo `admit`: the message left the queue (consumed) or its submit failed."""
+        self.count -= 1
+        self.bytes -= size
+
+    # -- ready heap ----------------------------------------------------------------------
+    def push(self, item: QueueMessageWithProvenance) -> None:
+        """Make an admitted message available."""
+        heapq.heappush(self._ready, (-item.priority, item.message_id, item))
+        self._ready_by_priority[item.priority] += 1
+
+    def load(self, items: list[QueueMessageWithProvenance]) -> None:
+        """Bulk-load recovered messages (admitted without the limit check)."""
+        for item in items:
+            self._ready.append((-item.priority, item.message_id, item))
+            self._ready_by_priority[item.priority] += 1
+            self.count += 1
+            self.bytes += item.message.encoded_size
+        heapq.heapify(self._ready)
+
+    def take(self) -> QueueMessageWithProvenance | None:
+        """Remove the next message (still accounted until `forget`)."""
+        if not self._ready:
+            return None
+        item = heapq.heappop(self._ready)[2]
+        self._ready_by_priority[item.priority] -= 1
+        return item
+
+    def peek(self) -> QueueMessageWithProvenance | None:
+        return self._ready[0][2] if self._ready else None
+
+    @property
+    def ready(self) -> int:
+        return len(self._ready)
+
+    # -- leases --------------------------------------------------------------------------
+    def lease(self, now: float, timeout: float) -> Lease | None:
+        item = self.take()
+        if item is None:
+            return None
+        lease = Lease(self._next_lease_id, item.message_id, item, now + timeout)
+        self._next_lease_id += 1
+        self._leases[lease.lease_id] = lease
+        heapq.heappush(self._deadlines, (lease.deadline, lease.lease_id))
+        return lease
+
+    def end_lease(self, lease_id: int) -> Lease:
+        """Remove an active lease (for ack or release); raise if stale or unknown."""
+        lease = self._leases.pop(lease_id, None)
+        if lease is None:
+            if 0 < lease_id < self._next_lease_id:
+                raise AlreadyConsumed(
+                    f"lease {lease_id} is no longer held (already acked, released or expired)"
+                )
+            raise NotFound(f"no lease {lease_id}")
+        return lease
+
+    def restore_lease(self, lease: Lease) -> None:
+        """Undo `end_lease` (the ack could not be logged)."""
+        self._leases[lease.lease_id] = lease
+        heapq.heappush(self._deadlines, (lease.deadline, lease.lease_id))
+
+    def release(self, lease_id: int) -> Lease:
+        """Return a leased message to the queue, counted as one more delivery."""
+        lease = self.end_lease(lease_id)
+        lease.item.delivery_count += 1
+        self.push(lease.item)
+        return lease
+
+    def expire(self, now: float) -> int:
+        """Return every lease past its deadline to the queue; how many."""
+        n = 0
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, lease_id = heapq.heappop(deadlines)
+            lease = self._leases.get(lease_id)
+            if lease is None or lease.deadline > now:
+                continue
+            del self._leases[lease_id]
+            lease.item.delivery_count += 1
+            self.push(lease.item)
+            n += 1
+        return n
+
+    def next_deadline(self) -> float | None:
+        while self._deadlines and self._deadlines[0][1] not in self._leases:
+            heapq.heappop(self._deadlines)
+        return self._deadlines[0][0] if self._deadlines else None
+
+    @property
+    def leased(self) -> int:
+        return len(self._leases)
+
+    def leased_items(self) -> list[QueueMessageWithProvenance]:
+        return [lease.item for lease in self._leases.values()]
+
+    def ready_items(self) -> list[QueueMessageWithProvenance]:
+        return [entry[2] for entry in self._ready]
+
+    def depth_by_priority(self) -> dict[str, int]:
+        return {Priority(p).name.lower(): n for p, n in self._ready_by_priority.items()}

@@ -1,0 +1,68 @@
+"""Write-ahead log: framing, record types, recovery rules. Free of asyncio.
+
+Format and guarantees: docs/wal-format.md.
+"""
+
+from sidecar.wal._files import FileLayer, LogHandle, OsFileLayer
+from sidecar.wal._framing import (
+    FILE_HEADER_SIZE,
+    FRAME_HEADER_SIZE,
+    Scan,
+    check_file_header,
+    decode_frame_at,
+    encode_frame,
+    file_header,
+    scan,
+)
+from sidecar.wal._log import (
+    CORRUPT_SUFFIX,
+    TEMP_SUFFIX,
+    FsyncFailed,
+    Recovery,
+    WriteAheadLog,
+    WriteFailed,
+)
+from sidecar.wal._records import (
+    CHECKPOINT,
+    CONSUME,
+    RESERVE,
+    SUBMIT,
+    Replayed,
+    checkpoint_record,
+    consume_record,
+    item_from_submit,
+    replay,
+    reserve_record,
+    submit_record,
+)
+
+__all__ = [
+    "CHECKPOINT",
+    "CONSUME",
+    "CORRUPT_SUFFIX",
+    "FILE_HEADER_SIZE",
+    "FRAME_HEADER_SIZE",
+    "RESERVE",
+    "SUBMIT",
+    "TEMP_SUFFIX",
+    "FileLayer",
+    "FsyncFailed",
+    "LogHandle",
+    "OsFileLayer",
+    "Recovery",
+    "Replayed",
+    "Scan",
+    "WriteAheadLog",
+    "WriteFailed",
+    "check_file_header",
+    "checkpoint_record",
+    "consume_record",
+    "decode_frame_at",
+    "encode_frame",
+    "file_header",
+    "item_from_submit",
+    "replay",
+    "reserve_record",
+    "scan",
+    "submit_record",
+]

@@ -1,0 +1,270 @@
+"""The log file: open with recovery, append a frame, sync, rewrite (compaction).
+
+Blocking, free of asyncio: the queue shell runs these calls in a worker thread; the
+crash simulator runs them inline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import orjson
+
+from sidecar.errors import LogCorrupt, LogFailed
+from sidecar.wal._files import FileLayer, LogHandle, OsFileLayer
+from sidecar.wal._framing import (
+    FILE_HEADER_SIZE,
+    Scan,
+    check_file_header,
+    encode_frame,
+    file_header,
+    scan,
+)
+from sidecar.wal._records import Replayed, replay
+
+log = logging.getLogger("sidecar.wal")
+
+TEMP_SUFFIX = ".compact-tmp"
+CORRUPT_SUFFIX = ".corrupt-"
+# records per frame when rewriting a log (keeps frames far below the size cap)
+_REWRITE_FRAME_RECORDS = 4096
+
+
+class WriteFailed(LogFailed):
+    """A write failed and was rolled back: nothing of that batch is in the log."""
+
+
+class FsyncFailed(LogFailed):
+    """fsync failed: the log's durable content is unknown; the queue must stop."""
+
+
+def _describe(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    return f"{name}: {exc.strerror or exc}"
+
+
+@dataclass
+class Recovery:
+    """What opening the log found and did."""
+
+    path: str
+    created: bool = False
+    records: int = 0
+    frames: int = 0
+    torn_bytes: int = 0  # cut from the tail
+    salvaged_to: str | None = None  # damaged original kept here
+    removed_temp: bool = False  # a leftover compaction temp file was removed
+    replayed: Replayed | None = None
+
+
+class WriteAheadLog:
+    def __init__(self, layer: FileLayer, path: str, handle: LogHandle, size: int) -> None:
+        self.layer = layer
+        self.path = path
+        self._handle = handle
+        self.size = size
+        self.dir = os.path.dirname(os.path.abspath(path))
+
+    # -- open and recover ----------------------------------------------------------------
+    @classmethod
+    def open(
+        cls, path: str, *, layer: FileLayer | None = None, salvage: bool = False
+    ) -> tuple[WriteAheadLog, Recovery]:
+        layer = layer or OsFileLayer()
+        rec = Recovery(path=path)
+        directory = os.path.dirname(os.path.abspath(path))
+        temp = path + TEMP_SUFFIX
+        if layer.exists(temp):
+            # The rename of a compaction never happened: the old log is authoritative.
+            log.warning("%s: removing leftover compaction file %s", path, temp)
+            layer.unlink(temp)
+            layer.fsync_dir(directory)
+            rec.removed_temp = True
+        data = layer.read(path)
+        if data is None:
+            _write_new_log(layer, path, [])
+            rec.created = True
+            rec.replayed = Replayed()
+            return cls(layer, path, layer.open_append(path), FILE_HEADER_SIZE), rec
+
+        problem = check_file_header(data)
+        if problem is not None:
+            result = scan(b"\0" * FILE_HEADER_SIZE + data, salvage=True) if salvage else None
+            if result is None:
+                raise LogCorrupt(
+                    f"{path}: {problem}; refusing to open. Move the file away, or open with "
+                    "salvage to set it aside and keep any valid records",
+                    path=path,
+                    offset=0,
+                    next_valid_offset=None,
+                )
+            return cls._salvage(layer, path, data, result, rec)
+
+        result = scan(data, salvage=salvage)
+        if result.corrupt:
+            if not salvage:
+                raise LogCorrupt(
+                    f"{path}: corrupt record at byte offset {result.bad_offset}, followed by "
+                    f"valid records (next at offset {result.next_valid_offset}); refusing to "
+                    "open. Run `qssh-sidecar wal verify` to inspect; open with salvage "
+                    "(serve --salvage-wal) to keep every valid record and set the damaged "
+                    "file aside",
+                    path=path,
+                    offset=result.bad_offset or 0,
+                    next_valid_offset=result.next_valid_offset,
+                )
+            return cls._salvage(layer, path, data, result, rec)
+
+        rec.records = len(result.records)
+        rec.frames = result.frames
+        rec.replayed = replay(result.records, path=path)
+        handle = layer.open_append(path)
+        if result.torn_tail:
+            rec.torn_bytes = len(data) - result.valid_end
+            log.warning(
+                "%s: torn tail of %d bytes at offset %d (an unfinished write at a crash); "
+                "truncating it",
+                path,
+                rec.torn_bytes,
+                result.valid_end,
+            )
+            handle.truncate(result.valid_end)
+            handle.sync()
+        return cls(layer, path, handle, result.valid_end), rec
+
+    @classmethod
+    def _salvage(
+        cls, layer: FileLayer, path: str, data: bytes, result: Scan, rec: Recovery
+    ) -> tuple[WriteAheadLog, Recovery]:
+        aside = f"{path}{CORRUPT_SUFFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+        n = 0
+        while layer.exists(aside if n == 0 else f"{aside}.{n}"):
+            n += 1
+        aside = aside if n == 0 else f"{aside}.{n}"
+        out = layer.create(aside)
+        try:
+            out.write(data)
+            out.sync()
+        finally:
+            out.close()
+        replayed = replay(result.records, path=path)
+        _write_new_log(layer, path, [orjson.dumps(r) for r in result.records])
+        log.warning(
+            "%s: salvaged %d valid records; the damaged file is kept as %s",
+            path,
+            len(result.records),
+            aside,
+        )
+        rec.records = len(result.records)
+        rec.frames = result.frames + result.salvaged_frames
+        rec.salvaged_to = aside
+        rec.replayed = replayed
+        size = len(layer.read(path) or b"")
+        return cls(layer, path, layer.open_append(path), size), rec
+
+    # -- append --------------------------------------------------------------------------
+    def append(self, frame: bytes) -> None:
+        """Write one frame; on failure cut the file back and raise WriteFailed."""
+        try:
+            self._handle.write(frame)
+        except OSError as exc:
+            try:
+                self._handle.truncate(self.size)
+            except OSError as exc2:
+                raise FsyncFailed(
+                    f"{self.path}: write failed ({_describe(exc)}) and rolling it back failed "
+                    f"({_describe(exc2)}); the queue has stopped, restart to recover"
+                ) from exc2
+            raise WriteFailed(
+                f"{self.path}: write of {len(frame)} bytes failed ({_describe(exc)}); "
+                "nothing of this batch was logged"
+            ) from exc
+        self.size += len(frame)
+
+    def sync(self) -> None:
+        try:
+            self._handle.sync()
+        except OSError as exc:
+            raise FsyncFailed(
+                f"{self.path}: fsync failed ({_describe(exc)}); the queue has stopped and "
+                "will not retry (the kernel may have dropped the data). Restart to recover "
+                "from what is on disk"
+            ) from exc
+
+    def append_and_sync(self, frame: bytes) -> None:
+        self.append(frame)
+        self.sync()
+
+    def append_records(self, records: list[bytes]) -> None:
+        self.append_and_sync(encode_frame(records))
+
+    # -- compaction ----------------------------------------------------------------------
+    def rewrite(self, records: Iterable[bytes]) -> None:
+        """Replace the log with `records`: temp file, fsync, rename, fsync directory.
+
+        A failure before the rename leaves the old log in use (raises WriteFailed);
+        a failure after it is fatal (FsyncFailed).
+        """
+        temp = self.path + TEMP_SUFFIX
+        try:
+            size = _write_file(self.layer, temp, records)
+        except OSError as exc:
+            try:
+                if self.layer.exists(temp):
+                    self.layer.unlink(temp)
+            except OSError:
+                pass
+            raise WriteFailed(
+                f"{self.path}: compaction failed ({_describe(exc)}); the old log is kept"
+            ) from exc
+        try:
+            self.layer.rename(temp, self.path)
+            self.layer.fsync_dir(self.dir)
+            new_handle = self.layer.open_append(self.path)
+        except OSError as exc:
+            raise FsyncFailed(
+                f"{self.path}: compaction rename/directory fsync failed ({_describe(exc)}); "
+                "the queue has stopped, restart to recover"
+            ) from exc
+        old, self._handle, self.size = self._handle, new_handle, size
+        with contextlib.suppress(OSError):
+            old.close()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _write_file(layer: FileLayer, path: str, records: Iterable[bytes]) -> int:
+    out = layer.create(path)
+    try:
+        size = FILE_HEADER_SIZE
+        out.write(file_header())
+        chunk: list[bytes] = []
+        for r in records:
+            chunk.append(r)
+            if len(chunk) >= _REWRITE_FRAME_RECORDS:
+                frame = encode_frame(chunk)
+                out.write(frame)
+                size += len(frame)
+                chunk = []
+        if chunk:
+            frame = encode_frame(chunk)
+            out.write(frame)
+            size += len(frame)
+        out.sync()
+    finally:
+        out.close()
+    return size
+
+
+def _write_new_log(layer: FileLayer, path: str, records: list[bytes]) -> None:
+    temp = path + TEMP_SUFFIX
+    _write_file(layer, temp, records)
+    layer.rename(temp, path)
+    layer.fsync_dir(os.path.dirname(os.path.abspath(path)))
