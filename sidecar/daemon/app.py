@@ -47,13 +47,15 @@ class Sidecar:
         *,
         out: IO[str] | None = None,
         notifier: SystemdNotifier | None = None,
+        salvage: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.salvage = salvage
         self.out = out or sys.stdout
         self.notifier = notifier or SystemdNotifier()
         self.metrics = SidecarMetrics(cfg.instance)
-        self.queue = QueuePart(cfg, self.metrics)
         self.hardware = HardwarePart(cfg, self.metrics, self._on_tier_change)
+        self.queue = QueuePart(cfg, self.metrics, self.hardware.level)
         self.server = ServerPart(cfg, self.metrics, self.queue, self.hardware)
         self.node = NodeEndpointServer(NodeRpc(self, self._count_node_call))
         self._stop = asyncio.Event()
@@ -69,7 +71,7 @@ class Sidecar:
         return self.cfg.instance
 
     async def node_submit(self, message: object) -> int:
-        return await self.queue.submit_from_node(message, self.hardware.level())
+        return await self.queue.submit_from_node(message)
 
     async def node_pop(self) -> dict[str, Any] | None:
         return await self.queue.pop_for_node()
@@ -138,7 +140,7 @@ class Sidecar:
             operator = keys.ensure_local_operator(cfg, host)
         self.server.load_authorized_keys(cfg.authorized_keys_path)
 
-        recovery = await self.queue.open()
+        recovery = await self.queue.open(salvage=self.salvage)
         self.say(f"log {self.queue.wal_dir}: {recovery}")
 
         decision = await self.hardware.start()
@@ -251,7 +253,7 @@ class Sidecar:
         return (
             f"depth {self.queue.depth()} ({self.queue.depth_summary()}); "
             f"tier {self.hardware.level()} {self.hardware.name()}; "
-            f"connections {int(self.metrics.connections._value.get())}"
+            f"connections {self.server.connections() or 0}"
         )
 
     async def _status_loop(self) -> None:
@@ -259,7 +261,12 @@ class Sidecar:
         while True:
             await asyncio.sleep(METRICS_PERIOD)
             ticks += 1
-            self.metrics.refresh(self.queue.depth_by_priority(), self.queue.log_bytes())
+            self.metrics.refresh(
+                self.queue.depth_by_priority(),
+                self.queue.leased(),
+                self.queue.log_bytes(),
+                self.server.connections(),
+            )
             if ticks % int(STATUS_PERIOD / METRICS_PERIOD) == 0:
                 line = self._status_line()
                 if line != self._last_status:

@@ -135,8 +135,8 @@ def operator_howto(cfg: DaemonConfig, op: LocalOperator, port: int) -> list[str]
     )
     return [
         f"local operator key {op.key_path}: {op.fingerprint}" + (" (new)" if op.new else ""),
-        "try:",
-        f"  {base} submit gossip --topic blocks --data aGVsbG8=",
+        "talk to it as the local operator (key with producer, consumer, admin roles):",
+        f"  {base} submit gossip topic=blocks data=aGVsbG8=",
         f'  {base} submit \'{{"kind":"telemetry","name":"cpu","value":0.5}}\' --sync',
         f"  {base} depth",
         f"  {base} pop",

@@ -20,6 +20,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from sidecar import Mode, QueueObserver
+
 from .config import Endpoint
 
 PRIORITIES = {100: "critical", 75: "high", 50: "normal", 25: "low"}
@@ -57,9 +59,6 @@ class SidecarMetrics:
             "qssh_redeliveries", "Messages returned by an expired or released lease", registry=r
         )
         self.connections = Gauge("qssh_connections", "Open SSH connections", registry=r)
-        self.connections_total = Counter(
-            "qssh_connections_accepted", "SSH connections accepted", registry=r
-        )
         self.auth_failures = Counter(
             "qssh_auth_failures", "Rejected SSH authentication attempts", registry=r
         )
@@ -98,11 +97,20 @@ class SidecarMetrics:
 
     # ---- state mirrored from the queue ------------------------------------------
 
-    def refresh(self, depth_by_priority: Mapping[int, int], log_bytes: int | None) -> None:
-        for prio, name in PRIORITIES.items():
-            self.depth.labels(priority=name).set(depth_by_priority.get(prio, 0))
+    def refresh(
+        self,
+        depth_by_priority: Mapping[str, int],
+        leased: int,
+        log_bytes: int | None,
+        connections: int | None,
+    ) -> None:
+        for name in PRIORITIES.values():
+            self.depth.labels(priority=name).set(depth_by_priority.get(name, 0))
+        self.leased.set(leased)
         if log_bytes is not None:
             self.log_bytes.set(log_bytes)
+        if connections is not None:
+            self.connections.set(connections)
 
     # ---- exporter ----------------------------------------------------------------
 
@@ -134,3 +142,31 @@ class SidecarMetrics:
                 labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
                 out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
         return out
+
+
+class MetricsObserver(QueueObserver):
+    """The queue core's hooks, counted. Called on the event loop; never raises."""
+
+    def __init__(self, metrics: SidecarMetrics) -> None:
+        self.m = metrics
+
+    def on_fsync(self, seconds: float, batch_records: int) -> None:
+        self.m.observe_fsync(seconds, batch_records)
+
+    def on_submit(self, mode: Mode, upgraded: bool) -> None:
+        self.m.observe_submit(mode.value, upgraded)
+
+    def on_consume(self, how: str) -> None:
+        (self.m.acks if how == "ack" else self.m.pops).inc()
+
+    def on_redelivery(self, count: int) -> None:
+        self.m.redeliveries.inc(count)
+
+    def on_release(self) -> None:
+        self.m.redeliveries.inc()
+
+    def on_compaction(self, seconds: float, bytes_before: int, bytes_after: int) -> None:
+        self.m.compactions.inc()
+
+    def on_log_bytes(self, size: int) -> None:
+        self.m.log_bytes.set(size)

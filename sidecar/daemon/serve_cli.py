@@ -40,6 +40,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--node-http", metavar="ADDR:PORT", help="node JSON-RPC over HTTP (loopback only)"
     )
+    parser.add_argument(
+        "--salvage",
+        action="store_true",
+        help="start even if the log is corrupt mid-file: keep the bad file aside, "
+        "keep every valid record",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
 
@@ -71,4 +77,4 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     from .app import Sidecar  # noqa: PLC0415 - keeps `--help` and config errors fast
 
-    return asyncio.run(Sidecar(cfg).main())
+    return asyncio.run(Sidecar(cfg, salvage=args.salvage).main())

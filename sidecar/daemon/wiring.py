@@ -11,16 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncssh
+
 from hardware.tier import Tier, TierDecision, decide
-from sidecar.errors import TierRequired, Unavailable
-from sidecar.messages import Mode, Priority, QueueMessage
-from transport.auth import AuthorizedKeys
+from sidecar import Limits, Mode, Priority, QppValidatorQueue, QueueMessage
+from sidecar.errors import InvalidMessage, TierRequired, Unavailable
+from transport.auth import AuthorizedKey, AuthorizedKeys
 from transport.limits import ServiceLimits
 from transport.server import QueueServer, ServerSettings, start_queue_server
 from transport.service import TIER_NAMES, TierInfo, required_tier
 
 from .config import DaemonConfig, Endpoint
-from .metrics import SidecarMetrics
+from .metrics import MetricsObserver, SidecarMetrics
 
 log = logging.getLogger(__name__)
 
@@ -28,43 +30,90 @@ NODE_PREFIX = "node:"
 
 
 class QueuePart:
-    def __init__(self, cfg: DaemonConfig, metrics: SidecarMetrics) -> None:
+    """The queue core, plus the daemon's durability policy, shaped as the service's port."""
+
+    def __init__(self, cfg: DaemonConfig, metrics: SidecarMetrics, tier: Callable[[], int]) -> None:
         self.cfg = cfg
         self.metrics = metrics
+        self.tier = tier
         self.wal_dir = cfg.data_dir / "queue"
-        self.q: Any = None
+        self.q: QppValidatorQueue | None = None
 
-    async def open(self) -> str:
+    async def open(self, *, salvage: bool = False) -> str:
         """Open and recover the log; a one-line account of what recovery found."""
-        from sidecar import QppValidatorQueue  # noqa: PLC0415
-
         self.wal_dir.mkdir(mode=0o700, exist_ok=True)
-        self.q = await QppValidatorQueue.open(self.cfg.instance, self.wal_dir)
-        return f"restored {self.q.depth()} messages"
+        limits = self.cfg.limits
+        self.q = await QppValidatorQueue.open(
+            self.cfg.instance,
+            self.wal_dir,
+            salvage=salvage,
+            limits=Limits(max_messages=limits.max_queue_messages, max_bytes=limits.max_queue_bytes),
+            observer=MetricsObserver(self.metrics),
+            compact_bytes=self.cfg.durability.compact_bytes,
+        )
+        return describe_recovery(self.q)
 
-    def _queue(self) -> Any:
+    def _queue(self) -> QppValidatorQueue:
         if self.q is None:
             raise Unavailable("the queue is not open")
         return self.q
 
-    async def submit(self, msg: Any, *, mode: Any, submitted_by: str) -> Any:
-        return await self._queue().submit(msg, mode=mode, submitted_by=submitted_by)
+    def _policy_mode(self, msg: QueueMessage, mode: Mode | str | None) -> tuple[Mode, bool]:
+        """Tier >= 3 or durability.policy = "sync" makes every submit sync (SPEC §6.1)."""
+        chosen = msg.default_mode if mode in (None, "default") else Mode(mode)
+        if chosen is Mode.ASYNC and (self.tier() >= 3 or self.cfg.durability.policy == "sync"):
+            return Mode.SYNC, True
+        return chosen, False
 
-    async def submit_from_node(self, raw: object, tier: int) -> int:
-        msg = QueueMessage.from_json(raw, max_size=self.cfg.limits.max_message_bytes)  # type: ignore[arg-type]
+    # ---- the service's QueuePort ------------------------------------------------------
+
+    async def submit(self, msg: Any, *, mode: Any, submitted_by: str) -> int:
+        try:
+            chosen, upgraded = self._policy_mode(msg, mode)
+        except ValueError:
+            raise InvalidMessage(f"mode must be sync, async or default, not {mode!r}") from None
+        return await self._queue().submit(
+            msg, mode=chosen, submitted_by=submitted_by, upgraded=upgraded
+        )
+
+    async def pop(self) -> Any:
+        return await self._queue().pop()
+
+    async def lease(self, timeout: float) -> Any:  # noqa: ASYNC109
+        lease = await self._queue().lease(timeout)
+        if lease is not None:
+            self.metrics.leases.inc()
+        return lease
+
+    async def ack(self, lease_or_id: Any) -> None:
+        await self._queue().ack(lease_or_id)
+
+    async def release(self, lease_or_id: Any) -> None:
+        await self._queue().release(lease_or_id)
+
+    async def wait_available(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        return await self._queue().wait_available(timeout)
+
+    def depth(self) -> int:
+        return 0 if self.q is None else int(self.q.depth()["total"])
+
+    def stats(self) -> dict[str, Any]:
+        return {} if self.q is None else self.q.stats()
+
+    # ---- the node endpoint ------------------------------------------------------------
+
+    async def submit_from_node(self, raw: object) -> int:
+        if not isinstance(raw, dict | str):
+            raise InvalidMessage("the message must be a JSON object (serde or canonical form)")
+        msg = QueueMessage.from_json(raw, max_size=self.cfg.limits.max_message_bytes)
         need = required_tier(msg.to_json())
-        if need > tier:
+        have = self.tier()
+        if need > have:
             raise TierRequired(
                 f"a transaction of value_usd={msg.to_json().get('value_usd')} needs tier "
-                f"{need}, this sidecar runs at tier {tier}"
+                f"{need}, this sidecar runs at tier {have}"
             )
-        mode = msg.default_mode
-        if mode is Mode.ASYNC and (tier >= 3 or self.cfg.durability.policy == "sync"):
-            mode = Mode.SYNC
-        mid = await self._queue().submit(
-            msg, mode=mode, submitted_by=f"{NODE_PREFIX}{self.cfg.instance}"
-        )
-        return int(mid)
+        return await self.submit(msg, mode=None, submitted_by=f"{NODE_PREFIX}{self.cfg.instance}")
 
     async def pop_for_node(self) -> dict[str, Any] | None:
         item = await self._queue().pop()
@@ -75,41 +124,48 @@ class QueuePart:
         view["message"] = prov.message.to_serde()
         return view
 
-    def depth(self) -> int:
-        return 0 if self.q is None else int(self.q.depth())
+    # ---- state for metrics and STATUS= ------------------------------------------------
 
-    def depth_by_priority(self) -> dict[int, int]:
+    def depth_by_priority(self) -> dict[str, int]:
         if self.q is None:
             return {}
-        stats = self.q.stats()
-        by = stats.get("depth_by_priority", {}) if isinstance(stats, dict) else {}
-        return {int(k): int(v) for k, v in by.items()}
+        d = self.q.depth()
+        return {p.name.lower(): int(d.get(p.name.lower(), 0)) for p in Priority}
 
     def depth_summary(self) -> str:
-        by = self.depth_by_priority()
-        names = {int(p): p.name.lower() for p in Priority}
-        return ", ".join(f"{names[p]} {by.get(p, 0)}" for p in sorted(names, reverse=True))
+        return ", ".join(f"{k} {v}" for k, v in self.depth_by_priority().items())
+
+    def leased(self) -> int:
+        return 0 if self.q is None else int(self.q.depth()["leased"])
 
     def log_bytes(self) -> int | None:
-        if self.q is None:
-            return None
-        stats = self.q.stats()
-        value = stats.get("log_bytes") if isinstance(stats, dict) else None
-        return int(value) if value is not None else None
-
-    def stats(self) -> dict[str, Any]:
-        if self.q is None:
-            return {}
-        stats = self.q.stats()
-        return dict(stats) if isinstance(stats, dict) else {"stats": str(stats)}
+        return None if self.q is None else int(self.q.stats()["log_bytes"])
 
     async def close(self) -> str:
         if self.q is None:
             return "not open"
-        depth = self.q.depth()
-        await self.q.close()
-        self.q = None
-        return f"{depth} messages kept"
+        depth = self.depth()
+        q, self.q = self.q, None
+        await q.close()
+        return f"{depth} messages kept on disk"
+
+
+def describe_recovery(q: QppValidatorQueue) -> str:
+    rec = q.recovery
+    restored = q.depth()["total"]
+    if rec is None:
+        return f"restored {restored} messages"
+    parts = [f"{'created' if rec.created else 'recovered'} {rec.path}"]
+    parts.append(
+        f"{rec.records} records, restored {restored} messages, next id {q.stats()['next_id']}"
+    )
+    if rec.torn_bytes:
+        parts.append(f"truncated a torn tail of {rec.torn_bytes} bytes")
+    if rec.removed_temp:
+        parts.append("removed a leftover compaction file")
+    if rec.salvaged_to:
+        parts.append(f"SALVAGED: damaged log kept at {rec.salvaged_to}")
+    return "; ".join(parts)
 
 
 class HardwarePart:
@@ -167,7 +223,7 @@ class ServerPart:
         self._authorized: AuthorizedKeys | None = None
 
     def load_authorized_keys(self, path: Path) -> int:
-        keys = AuthorizedKeys(path)
+        keys = CountingAuthorizedKeys(path, self.metrics)
         self._authorized = keys
         if self.server is not None:
             self.server.authorized_keys = keys
@@ -192,7 +248,26 @@ class ServerPart:
             self.server.authorized_keys = self._authorized
         return Endpoint(self.cfg.listen.host, self.server.port)
 
+    def connections(self) -> int | None:
+        if self.server is None:
+            return None
+        return int(self.server.service.server_stats().get("connections", 0))
+
     async def stop(self, drain: float) -> None:
         if self.server is not None:
             await self.server.close()
             self.server = None
+
+
+class CountingAuthorizedKeys(AuthorizedKeys):
+    """Authorized keys whose refusals are counted as authentication failures."""
+
+    def __init__(self, path: Path, metrics: SidecarMetrics) -> None:
+        self._metrics = metrics
+        super().__init__(path)
+
+    def lookup(self, key: asyncssh.SSHKey) -> AuthorizedKey | None:
+        entry = super().lookup(key)
+        if entry is None:
+            self._metrics.auth_failures.inc()
+        return entry
