@@ -1,0 +1,257 @@
+"""ETSI GS QKD 014 (v1.1.1) REST client over mutual TLS.
+
+Key material only ever lives in `Key.key`; `Key.__repr__` hides it and nothing here
+logs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+from hardware.errors import (
+    KMEBadRequest,
+    KMEConnectionError,
+    KMEHTTPError,
+    KMEProtocolError,
+    KMETimeout,
+    KMETLSError,
+    KMEUnauthorized,
+    KMEUnavailable,
+)
+
+API = "/api/v1/keys"
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    source_KME_ID: str
+    target_KME_ID: str
+    master_SAE_ID: str
+    slave_SAE_ID: str
+    key_size: int
+    stored_key_count: int
+    max_key_count: int
+    max_key_per_request: int
+    max_key_size: int
+    min_key_size: int
+    max_SAE_ID_count: int
+    extensions: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, body: Any) -> KeyStatus:
+        if not isinstance(body, dict):
+            raise KMEProtocolError("status: response is not a JSON object")
+        try:
+            return cls(
+                source_KME_ID=_str(body, "source_KME_ID"),
+                target_KME_ID=_str(body, "target_KME_ID"),
+                master_SAE_ID=_str(body, "master_SAE_ID"),
+                slave_SAE_ID=_str(body, "slave_SAE_ID"),
+                key_size=_int(body, "key_size"),
+                stored_key_count=_int(body, "stored_key_count"),
+                max_key_count=_int(body, "max_key_count"),
+                max_key_per_request=_int(body, "max_key_per_request"),
+                max_key_size=_int(body, "max_key_size"),
+                min_key_size=_int(body, "min_key_size"),
+                max_SAE_ID_count=int(body.get("max_SAE_ID_count", 0)),
+                extensions=body.get("status_extension") or {},
+            )
+        except (TypeError, ValueError) as exc:
+            raise KMEProtocolError(f"status: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Key:
+    key_ID: str
+    key: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Key(key_ID={self.key_ID!r}, {len(self.key) * 8} bits)"
+
+
+def _str(body: Mapping[str, Any], name: str) -> str:
+    v = body.get(name)
+    if not isinstance(v, str):
+        raise ValueError(f"field {name} missing or not a string")
+    return v
+
+
+def _int(body: Mapping[str, Any], name: str) -> int:
+    v = body.get(name)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ValueError(f"field {name} missing or not an integer")
+    return v
+
+
+def parse_key_container(body: Any) -> list[Key]:
+    if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
+        raise KMEProtocolError("key container: no 'keys' list")
+    keys = []
+    for item in body["keys"]:
+        if not isinstance(item, dict):
+            raise KMEProtocolError("key container: key entry is not an object")
+        key_id, key_b64 = item.get("key_ID"), item.get("key")
+        if not isinstance(key_id, str) or not isinstance(key_b64, str):
+            raise KMEProtocolError("key container: key_ID/key missing")
+        try:
+            keys.append(Key(key_ID=key_id, key=base64.b64decode(key_b64, validate=True)))
+        except binascii.Error as exc:
+            raise KMEProtocolError(f"key container: key {key_id} is not base64") from exc
+    return keys
+
+
+def client_tls_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class KMEClient:
+    """One SAE talking to its own KME. `async with KMEClient(...) as kme: await kme.status(peer)`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        cert: str,
+        key: str,
+        ca: str,
+        timeout: float = 5.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            verify=client_tls_context(cert, key, ca),
+            timeout=timeout,
+            headers={"Accept": "application/json"},
+        )
+
+    async def __aenter__(self) -> KMEClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def status(self, slave_sae_id: str) -> KeyStatus:
+        return KeyStatus.from_json(await self._call("GET", f"{_sae(slave_sae_id)}/status"))
+
+    async def enc_keys(
+        self,
+        slave_sae_id: str,
+        number: int = 1,
+        size: int | None = None,
+        *,
+        method: Literal["GET", "POST"] = "GET",
+        additional_slave_sae_ids: Sequence[str] = (),
+    ) -> list[Key]:
+        path = f"{_sae(slave_sae_id)}/enc_keys"
+        if method == "GET":
+            if additional_slave_sae_ids:
+                raise ValueError("additional slave SAE IDs need method='POST'")
+            params: dict[str, int] = {"number": number}
+            if size is not None:
+                params["size"] = size
+            body = await self._call("GET", path, params=params)
+        else:
+            req: dict[str, Any] = {"number": number}
+            if size is not None:
+                req["size"] = size
+            if additional_slave_sae_ids:
+                req["additional_slave_SAE_IDs"] = list(additional_slave_sae_ids)
+            body = await self._call("POST", path, json=req)
+        return parse_key_container(body)
+
+    async def dec_keys(
+        self,
+        master_sae_id: str,
+        key_ids: Sequence[str],
+        *,
+        method: Literal["GET", "POST"] = "POST",
+    ) -> list[Key]:
+        path = f"{_sae(master_sae_id)}/dec_keys"
+        if method == "GET":
+            if len(key_ids) != 1:
+                raise ValueError("dec_keys GET carries exactly one key_ID; use POST")
+            body = await self._call("GET", path, params={"key_ID": key_ids[0]})
+        else:
+            body = await self._call(
+                "POST", path, json={"key_IDs": [{"key_ID": k} for k in key_ids]}
+            )
+        return parse_key_container(body)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> Any:
+        url = f"{API}/{path}"
+        try:
+            resp = await self._client.request(method, url, params=params, json=json)
+        except ssl.SSLError as exc:  # an alert read after the handshake (TLS 1.3 client auth)
+            raise KMETLSError(f"TLS with KME {self.base_url} failed: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise KMETimeout(f"KME {self.base_url} did not answer in time") from exc
+        except httpx.ConnectError as exc:
+            if _is_tls(exc):
+                raise KMETLSError(f"TLS with KME {self.base_url} failed: {_root(exc)}") from exc
+            raise KMEConnectionError(f"cannot reach KME {self.base_url}: {_root(exc)}") from exc
+        except httpx.HTTPError as exc:
+            if _is_tls(exc):
+                raise KMETLSError(f"TLS with KME {self.base_url} failed: {_root(exc)}") from exc
+            raise KMEConnectionError(f"KME {self.base_url}: {_root(exc)}") from exc
+        if resp.status_code != 200:
+            raise _http_error(resp)
+        try:
+            return orjson.loads(resp.content)
+        except orjson.JSONDecodeError as exc:
+            raise KMEProtocolError(f"KME {self.base_url} sent malformed JSON") from exc
+
+
+def _sae(sae_id: str) -> str:
+    return quote(sae_id, safe="")
+
+
+def _root(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return str(exc) or type(exc).__name__
+
+
+def _is_tls(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) or "SSL" in str(seen) or "TLS" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _http_error(resp: httpx.Response) -> KMEHTTPError:
+    message, details = resp.reason_phrase or "error", []
+    try:
+        body = orjson.loads(resp.content)
+        if isinstance(body, dict):
+            message = str(body.get("message", message))
+            raw = body.get("details")
+            details = raw if isinstance(raw, list) else []
+    except orjson.JSONDecodeError:
+        pass
+    cls = {400: KMEBadRequest, 401: KMEUnauthorized, 503: KMEUnavailable}.get(
+        resp.status_code, KMEHTTPError
+    )
+    return cls(resp.status_code, message, details)
