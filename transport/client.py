@@ -363,9 +363,9 @@ class QueueClient:
 
     async def lease(
         self,
-        timeout: float = 30.0,
+        timeout: float = 30.0,  # noqa: ASYNC109 (the lease length, not a call timeout)
         wait: float = 0.0,
-        detach: bool = False,  # noqa: ASYNC109
+        detach: bool = False,
     ) -> dict[str, Any] | None:
         """Reserve the next message for ``timeout`` s, waiting up to ``wait`` s for one.
 
