@@ -33,12 +33,16 @@ class GroupCommitter:
         on_commit: BatchHandler,
         on_rollback: BatchHandler,
         on_idle: Callable[[], None],
+        on_fatal: Callable[[], None],
         observer: QueueObserver,
+        inline_single: bool = True,
     ) -> None:
         self.wal = wal
+        self.inline_single = inline_single
         self._on_commit = on_commit
         self._on_rollback = on_rollback
         self._on_idle = on_idle
+        self._on_fatal = on_fatal
         self._observer = observer
         self._loop = asyncio.get_running_loop()
         self._pending: list[Op] = []
@@ -63,6 +67,14 @@ class GroupCommitter:
         self._wake.set()
         return fut
 
+    def withdraw(self, fut: asyncio.Future[None]) -> Op | None:
+        """Take a record back out if its batch has not been started (a cancelled caller)."""
+        for i, op in enumerate(self._pending):
+            if op[2] is fut:
+                del self._pending[i]
+                return op
+        return None
+
     async def run_exclusive(self, job: Callable[[], R]) -> R:
         """Run `job` (blocking log work, e.g. compaction) between two batches."""
         fut: asyncio.Future[R] = self._loop.create_future()
@@ -80,6 +92,12 @@ class GroupCommitter:
         self._stopping = True
         self._wake.set()
         await self._task
+
+    def detach(self) -> None:
+        """Drop the callbacks into the queue (breaks the reference cycle at close)."""
+        noop: Callable[..., None] = _noop
+        self._on_commit = self._on_rollback = noop
+        self._on_idle = self._on_fatal = noop
 
     def shutdown_io(self) -> None:
         if self._executor is not None:
@@ -107,7 +125,14 @@ class GroupCommitter:
         frame = encode_frame([op[1] for op in batch])
         started = time.perf_counter()
         try:
-            await self.io(self.wal.append_and_sync, frame)
+            if len(batch) == 1 and self.inline_single:
+                # A lone record: a thread hop would cost a large part of the fsync it
+                # waits for, so sync it inline (the loop would only wait for it anyway).
+                # From two records on, the fsync runs in the worker thread and the loop
+                # keeps accepting the next batch.
+                self.wal.append_and_sync(frame)
+            else:
+                await self.io(self.wal.append_and_sync, frame)
         except WriteFailed as exc:
             self._on_rollback(batch)
             for op in batch:
@@ -120,6 +145,7 @@ class GroupCommitter:
         self.batches += 1
         self.records += len(batch)
         self._observer.on_fsync(time.perf_counter() - started, len(batch))
+        self._observer.on_log_bytes(self.wal.size)
         self._on_commit(batch)
         for op in batch:
             if op[2] is not None and not op[2].done():
@@ -150,6 +176,7 @@ class GroupCommitter:
             )
         self._pending = batch + self._pending
         self._fail_all(self.fatal)
+        self._on_fatal()
 
     def _fail_all(self, exc: LogFailed) -> None:
         pending, self._pending = self._pending, []
@@ -160,3 +187,7 @@ class GroupCommitter:
         for _, fut in jobs:
             if not fut.done():
                 fut.set_exception(exc)
+
+
+def _noop(*_: Any) -> None:
+    return None

@@ -14,6 +14,7 @@ from sidecar.wal._framing import (
     file_header,
     scan,
 )
+from sidecar.wal._lock import LogLock
 from sidecar.wal._log import (
     CORRUPT_SUFFIX,
     TEMP_SUFFIX,
@@ -31,6 +32,7 @@ from sidecar.wal._records import (
     checkpoint_record,
     consume_record,
     item_from_submit,
+    record_to_dict,
     replay,
     reserve_record,
     submit_record,
@@ -48,6 +50,7 @@ __all__ = [
     "FileLayer",
     "FsyncFailed",
     "LogHandle",
+    "LogLock",
     "OsFileLayer",
     "Recovery",
     "Replayed",
@@ -61,6 +64,7 @@ __all__ = [
     "encode_frame",
     "file_header",
     "item_from_submit",
+    "record_to_dict",
     "replay",
     "reserve_record",
     "scan",
