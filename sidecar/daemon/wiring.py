@@ -7,6 +7,7 @@ daemon (metrics, notify, node endpoint), so ``app.py`` reads as the start/stop o
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import asyncssh
 
 from hardware.tier import Tier, TierDecision, decide
-from sidecar import Limits, Mode, Priority, QppValidatorQueue, QueueMessage
+from sidecar import Lease, Limits, Mode, Priority, QppValidatorQueue, QueueMessage
 from sidecar.errors import InvalidMessage, TierRequired, Unavailable
 from transport.auth import AuthorizedKey, AuthorizedKeys
 from transport.limits import ServiceLimits
@@ -79,17 +80,18 @@ class QueuePart:
     async def pop(self) -> Any:
         return await self._queue().pop()
 
-    async def lease(self, timeout: float) -> Any:  # noqa: ASYNC109
+    async def lease(self, timeout: float) -> ServiceLease | None:  # noqa: ASYNC109
         lease = await self._queue().lease(timeout)
-        if lease is not None:
-            self.metrics.leases.inc()
-        return lease
+        if lease is None:
+            return None
+        self.metrics.leases.inc()
+        return ServiceLease(lease)
 
     async def ack(self, lease_or_id: Any) -> None:
-        await self._queue().ack(lease_or_id)
+        await self._queue().ack(_lease_id(lease_or_id))
 
     async def release(self, lease_or_id: Any) -> None:
-        await self._queue().release(lease_or_id)
+        await self._queue().release(_lease_id(lease_or_id))
 
     async def wait_available(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         return await self._queue().wait_available(timeout)
@@ -148,6 +150,26 @@ class QueuePart:
         q, self.q = self.q, None
         await q.close()
         return f"{depth} messages kept on disk"
+
+
+class ServiceLease:
+    """A core ``Lease`` as the service reads it (``.message``, wall-clock expiry)."""
+
+    __slots__ = ("expires_at", "lease", "lease_id", "message")
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.lease_id = lease.lease_id
+        self.message = lease.item
+        self.expires_at = time.time() + (lease.deadline - time.monotonic())
+
+
+def _lease_id(lease_or_id: Any) -> int:
+    if isinstance(lease_or_id, ServiceLease | Lease):
+        return lease_or_id.lease_id
+    if isinstance(lease_or_id, int) and not isinstance(lease_or_id, bool):
+        return lease_or_id
+    raise InvalidMessage(f"lease_id must be an integer, not {lease_or_id!r}")
 
 
 def describe_recovery(q: QppValidatorQueue) -> str:

@@ -1,0 +1,188 @@
+"""The node's JSON-RPC 2.0 endpoint, through a real unix socket and 127.0.0.1 HTTP."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from sidecar.daemon.config import ConfigError, parse_endpoint
+
+from .harness import Daemon, child_env, free_port, http_tcp, http_unix, rpc_line
+
+BLOCK = {"BlockImport": {"block_hash": [1] * 32, "block_number": 42, "timestamp": 1_700_000_000}}
+VOTE = {"Vote": {"validator": "bob", "block_hash": [2] * 32, "signature": [9, 8, 7]}}
+TX_HIGH_VALUE = {"Transaction": {"tx_hash": [3] * 32, "tx_data": [1, 2], "value_usd": "5000000"}}
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Path, int]]:
+    cwd = tmp_path_factory.mktemp("node")
+    d = Daemon(
+        [
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            "d",
+            "--metrics",
+            "",
+            "--node-http",
+            f"127.0.0.1:{free_port()}",
+        ],
+        child_env(),
+        cwd,
+    )
+    try:
+        d.wait_ready()
+        yield d, cwd / "d" / "node.sock", d.port("node_http")
+    finally:
+        assert d.stop() == 0
+
+
+Transport = str
+TRANSPORTS = ("unix-line", "unix-http", "tcp-http")
+
+
+def rpc(node: tuple[Daemon, Path, int], how: Transport, body: bytes) -> Any:
+    _, sock, port = node
+    if how == "unix-line":
+        return rpc_line(sock, body)
+    status, payload = http_unix(sock, body) if how == "unix-http" else http_tcp(port, body)
+    assert status == 200, (status, payload)
+    return orjson.loads(payload)
+
+
+def call(node: Any, how: Transport, method: str, params: Any = None, req_id: Any = 1) -> Any:
+    req: dict[str, Any] = {"jsonrpc": "2.0", "id": req_id, "method": method}
+    if params is not None:
+        req["params"] = params
+    reply = rpc(node, how, orjson.dumps(req))
+    assert reply["jsonrpc"] == "2.0" and reply["id"] == req_id
+    return reply
+
+
+def drain(node: Any) -> None:
+    for _ in range(1000):
+        if call(node, "unix-line", "qssh_popMessage")["result"] is None:
+            return
+    raise AssertionError("queue did not drain")
+
+
+@pytest.mark.parametrize("how", TRANSPORTS)
+def test_each_method_with_the_serde_form(node: Any, how: Transport) -> None:
+    drain(node)
+    assert call(node, how, "qssh_getValidatorName")["result"] == "alice"
+    assert call(node, how, "qssh_getQueueDepth")["result"] == 0
+    vote_id = call(node, how, "qssh_submitMessage", [VOTE])["result"]
+    block_id = call(node, how, "qssh_submitMessage", {"message": BLOCK})["result"]
+    assert isinstance(vote_id, int) and block_id > vote_id
+    assert call(node, how, "qssh_getQueueDepth")["result"] == 2
+    metrics = call(node, how, "qssh_getMetrics")["result"]
+    assert metrics["instance"] == "alice" and metrics["tier"] == 2
+    assert metrics["queue"]["depth"]["critical"] == 2
+    first = call(node, how, "qssh_popMessage")["result"]
+    assert first["message"] == VOTE  # same priority: FIFO by id
+    assert first["message_id"] == vote_id
+    assert first["submitted_by"] == "node:alice"
+    assert first["persisted"] is True and first["mode"] == "sync"
+    assert call(node, how, "qssh_popMessage")["result"]["message"] == BLOCK
+    assert call(node, how, "qssh_popMessage")["result"] is None
+
+
+def test_canonical_form_is_accepted_too(node: Any) -> None:
+    drain(node)
+    msg = {"kind": "telemetry", "name": "cpu", "value": 0.5}
+    call(node, "tcp-http", "qssh_submitMessage", [msg])
+    popped = call(node, "tcp-http", "qssh_popMessage")["result"]
+    assert popped["message"] == {"Telemetry": {"name": "cpu", "value": 0.5}}
+    assert popped["mode"] == "async" and popped["persisted"] is False
+
+
+@pytest.mark.parametrize("how", TRANSPORTS)
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b'{"jsonrpc": "2.0", "id": 1, "method": ', -32700),
+        (b"[]", -32600),
+        (b'{"id": 1, "method": "qssh_getQueueDepth"}', -32600),
+        (b'{"jsonrpc": "2.0", "id": 1}', -32600),
+        (b'{"jsonrpc": "2.0", "id": {"a": 1}, "method": "qssh_getQueueDepth"}', -32600),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "eth_call"}', -32601),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "qssh_submitMessage", "params": 5}', -32600),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "qssh_submitMessage", "params": []}', -32602),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "qssh_getQueueDepth", "params": [1]}', -32602),
+    ],
+)
+def test_bad_requests_get_standard_error_objects(
+    node: Any, how: Transport, body: bytes, code: int
+) -> None:
+    reply = rpc(node, how, body)
+    assert reply["jsonrpc"] == "2.0"
+    assert reply["error"]["code"] == code
+    assert isinstance(reply["error"]["message"], str) and reply["error"]["message"]
+    assert "result" not in reply
+
+
+@pytest.mark.parametrize(
+    ("message", "data_code"),
+    [
+        ({"Nope": {}}, "unknown_kind"),
+        (
+            {"BlockImport": {"block_hash": [1] * 31, "block_number": 1, "timestamp": 1}},
+            "bad_request",
+        ),
+        ({"Gossip": {"topic": "t", "data": [1], "extra": 1}}, "bad_request"),
+    ],
+)
+def test_invalid_messages_are_invalid_params_and_change_nothing(
+    node: Any, message: Any, data_code: str
+) -> None:
+    drain(node)
+    reply = call(node, "unix-line", "qssh_submitMessage", [message])
+    assert reply["error"]["code"] == -32602
+    assert reply["error"]["data"]["code"] == data_code
+    assert call(node, "unix-line", "qssh_getQueueDepth")["result"] == 0
+
+
+def test_a_transaction_above_the_tier_is_refused(node: Any) -> None:
+    reply = call(node, "unix-line", "qssh_submitMessage", [TX_HIGH_VALUE])
+    assert reply["error"]["code"] == -32000
+    assert reply["error"]["data"]["code"] == "tier_required"
+
+
+def test_batch_and_notification(node: Any) -> None:
+    drain(node)
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "qssh_getValidatorName"},
+        {"jsonrpc": "2.0", "method": "qssh_submitMessage", "params": [VOTE]},  # notification
+        {"jsonrpc": "2.0", "id": 2, "method": "nope"},
+    ]
+    replies = rpc(node, "unix-http", orjson.dumps(batch))
+    assert [r["id"] for r in replies] == [1, 2]
+    assert replies[0]["result"] == "alice" and replies[1]["error"]["code"] == -32601
+    assert call(node, "unix-line", "qssh_getQueueDepth")["result"] == 1  # the notification ran
+
+
+def test_http_requires_json_content_type(node: Any) -> None:
+    _, _, port = node
+    body = b'{"jsonrpc": "2.0", "id": 1, "method": "qssh_getValidatorName"}'
+    status, _ = http_tcp(port, body, content_type="text/plain")
+    assert status == 415
+
+
+def test_socket_mode_is_0660(node: Any) -> None:
+    _, sock, _ = node
+    st = os.stat(sock)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o660
+
+
+@pytest.mark.parametrize("addr", ["0.0.0.0:9944", "192.168.1.5:9944", "[::]:9944", "example.com:1"])
+def test_non_loopback_node_http_is_refused_at_config_time(addr: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_endpoint(addr, "node.http", loopback_only=True)
