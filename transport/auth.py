@@ -6,7 +6,7 @@ The file is OpenSSH ``authorized_keys`` with one extra option, ``roles``::
     roles="consumer,admin" ssh-falcon512 AAAA... ops
 
 A key listed without ``roles`` may authenticate and ``ping`` but nothing else. The file
-is re-read when its modification time changes, so revoking a key needs no restart.
+is re-read when it changes (modification time, size or inode), so revoking a key needs no restart.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class AuthorizedKeys:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._mtime_ns: int | None = None
+        self._signature: tuple[int, int, int] | None = None
         self._by_key: dict[bytes, AuthorizedKey] = {}
         self.reload()
 
@@ -115,10 +115,11 @@ class AuthorizedKeys:
 
     def reload(self) -> None:
         stat = os.stat(self.path)
-        if stat.st_mtime_ns == self._mtime_ns:
+        signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if signature == self._signature:
             return
         self._by_key = self.parse(self.path.read_text(), str(self.path))
-        self._mtime_ns = stat.st_mtime_ns
+        self._signature = signature
 
     def lookup(self, key: asyncssh.SSHKey) -> AuthorizedKey | None:
         try:

@@ -254,7 +254,7 @@ class QueueClient:
                 "(is the public key in the server's authorized_keys?)"
             ) from None
         except asyncssh.KeyExchangeFailed as exc:
-            raise Unavailable(
+            raise ConnectFailed(
                 f"no common post-quantum key exchange with {host}:{port}: {exc.reason}"
             ) from None
         except (OSError, asyncssh.Error) as exc:
@@ -380,8 +380,13 @@ class QueueClient:
         return sub
 
     async def depth(self) -> int:
-        result = await self.call("depth")
-        return int(result["depth"])
+        """Messages held (ready + leased); :meth:`depth_detail` has the breakdown."""
+        result = await self.depth_detail()
+        return int(result["total"])
+
+    async def depth_detail(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("depth")
+        return result
 
     async def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("stats")

@@ -294,8 +294,7 @@ async def run_command(args: argparse.Namespace, sub: argparse.Namespace, out: Ou
         if command == "tail":
             return await _tail(client, sub, out)
         if command == "depth":
-            depth = await client.depth()
-            out.data({"depth": depth}) if out.as_json else out.console.print(depth)
+            out.data(await client.depth_detail(), "depth")
             return EXIT_OK
         if command == "stats":
             out.data(await client.stats(), "stats")

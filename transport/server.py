@@ -109,10 +109,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         return True
 
     def exec_requested(self, command: str) -> bool:
-        name = command.strip()
-        if name not in EXEC_COMMANDS:
-            return False
-        self._exec = name
+        self._exec = command.strip()
         return True
 
     def session_started(self) -> None:
@@ -196,6 +193,12 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
     async def _run_exec(self, command: str) -> None:
         chan = self._chan
         assert chan is not None
+        if command not in EXEC_COMMANDS:
+            known = ", ".join(sorted(EXEC_COMMANDS))
+            error = {"code": ErrorCode.BAD_REQUEST.value, "message": f"commands: {known}"}
+            chan.write_stderr(orjson.dumps({"error": error}) + b"\n")
+            chan.exit(127)
+            return
         role = EXEC_COMMANDS[command]
         service = self._server.service
         status = 0
@@ -203,7 +206,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
             if role is not None:
                 self._principal.require(role, command)
             if command == "depth":
-                result: Any = {"depth": service.queue.depth()}
+                result: Any = service.depth_snapshot()
             elif command == "tier":
                 result = service.tier().to_wire()
             else:

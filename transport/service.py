@@ -8,7 +8,6 @@ Independent of SSH: a :class:`ChannelState` stands for one ``qssh-queue`` channe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import itertools
 import logging
@@ -19,7 +18,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
-from sidecar.messages import QueueMessage
 
 from sidecar.errors import (
     InvalidMessage,
@@ -28,6 +26,7 @@ from sidecar.errors import (
     SidecarError,
     TierRequired,
 )
+from sidecar.messages import QueueMessage
 from transport.auth import Principal, Role
 from transport.limits import ServiceLimits, SubmitBucket
 from transport.protocol import Params, ProtocolError, Request
@@ -108,11 +107,10 @@ def delivery_view(item: Any) -> dict[str, Any]:
 
 
 def lease_view(lease: Any) -> dict[str, Any]:
-    view = delivery_view(lease.message)
+    """A ``Lease`` as the wire shows it; its monotonic deadline as wall-clock time."""
+    view = delivery_view(lease.item)
     view["lease_id"] = _wire_value(lease.lease_id)
-    expires = getattr(lease, "expires_at", None)
-    if expires is not None:
-        view["lease_expires_at"] = expires
+    view["lease_expires_at"] = time.time() + (lease.deadline - time.monotonic())
     return view
 
 
@@ -123,12 +121,7 @@ def parse_message(raw: Any) -> Any:
 
 async def wait_for_message(queue: QueuePort, within: float) -> None:
     """Return when the queue may have something to lease, or after ``within`` s."""
-    waiter: Callable[[], Awaitable[Any]] | None = getattr(queue, "wait_available", None)
-    if waiter is None:
-        await asyncio.sleep(min(within, 0.05))
-        return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(waiter(), within)
+    await queue.wait_available(timeout=within)
 
 
 @dataclass
@@ -193,8 +186,10 @@ class QueueService:
 
     # ----- producer
 
-    def _effective_mode(self, mode: str) -> tuple[str, bool]:
-        """Tier >= 3 makes every submit sync (SPEC §6.1); says whether it upgraded."""
+    def _effective_mode(self, message: Any, mode: str) -> tuple[str, bool]:
+        """The kind's default resolved; tier >= 3 makes every submit sync (SPEC §6.1)."""
+        if mode == "default":
+            mode = str(_wire_value(message.default_mode))
         if mode == "async" and self.tier().level >= 3:
             return "sync", True
         return mode, False
@@ -214,18 +209,20 @@ class QueueService:
             raise InvalidMessage("'message' must be a JSON object")
         message = parse_message(raw)
         self._check_tier(message)
-        effective, upgraded = self._effective_mode(mode)
+        effective, upgraded = self._effective_mode(message, mode)
         message_id = await self.queue.submit(
-            message, mode=effective, submitted_by=channel.principal.submitted_by
+            message,
+            mode=effective,
+            submitted_by=channel.principal.submitted_by,
+            upgraded=upgraded,
         )
         self.counters.submits += 1
-        result: dict[str, Any] = {"message_id": _wire_value(message_id)}
-        if effective != "default":
-            result["mode"] = effective
-            result["persisted"] = effective == "sync"
-        if upgraded:
-            result["upgraded"] = True
-        return result
+        return {
+            "message_id": _wire_value(message_id),
+            "mode": effective,
+            "persisted": effective == "sync",
+            "upgraded": upgraded,
+        }
 
     def _take_rate(self, channel: ChannelState, n: int) -> None:
         if not channel.bucket.take(n):
@@ -340,7 +337,11 @@ class QueueService:
 
     async def _depth(self, channel: ChannelState, params: Params) -> Any:
         params.finish()
-        return {"depth": self.queue.depth()}
+        return self.depth_snapshot()
+
+    def depth_snapshot(self) -> dict[str, Any]:
+        depth = self.queue.depth()
+        return depth if isinstance(depth, dict) else {"total": depth}
 
     def stats_snapshot(self) -> dict[str, Any]:
         raw = self.queue.stats()
@@ -348,7 +349,7 @@ class QueueService:
         c = self.counters
         return {
             "queue": orjson.loads(orjson.dumps(queue_stats, default=str)),
-            "depth": self.queue.depth(),
+            "depth": self.depth_snapshot(),
             "tier": self.tier().to_wire(),
             "service": {
                 "requests": c.requests,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import ssl
 import threading
 import time
@@ -153,7 +154,15 @@ class KMESimulator:
                 sock, addr = self.socket.accept()
                 sock.settimeout(10)
                 assert sim._tls_ctx is not None
-                return sim._tls_ctx.wrap_socket(sock, server_side=True), addr
+                tls = sim._tls_ctx.wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False
+                )
+                try:
+                    tls.do_handshake()
+                except OSError:
+                    _linger_close(tls)
+                    raise
+                return tls, addr
 
             def handle_error(self, request: Any, client_address: Any) -> None:
                 pass  # refused handshakes and dropped clients are expected here
@@ -269,6 +278,24 @@ class KMESimulator:
             for key_id, _ in found:
                 del link.delivered[key_id]  # a key is handed to the slave once
         return {"keys": [{"key_ID": k, "key": base64.b64encode(v).decode()} for k, v in found]}
+
+
+def _linger_close(sock: socket.socket) -> None:
+    """Close after a refused handshake without a reset, so the client reads the TLS alert.
+
+    Closing with the client's request still unread would send RST, and the client
+    would see "connection reset" instead of the alert.
+    """
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(1.0)
+        for _ in range(64):
+            if not sock.recv(4096):
+                break
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 def _common_name(peer: Any) -> str:

@@ -1,0 +1,65 @@
+"""Limits: in-flight requests, submit rate, connections. Over a limit: an error, no crash."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sidecar.errors import QueueFull, Unavailable
+from tests.service.conftest import Keys, gossip, start_service, stop_service
+from tests.service.rawchannel import RawChannel
+from transport.limits import ServiceLimits
+
+
+async def test_in_flight_limit_answers_unavailable(tmp_path: Path, keys: Keys) -> None:
+    svc = await start_service(tmp_path, keys, ServiceLimits(max_in_flight_per_channel=4))
+    try:
+        raw = await RawChannel.open(svc.port, keys.everything)
+        for i in range(50):
+            raw.send({"id": i, "method": "lease", "params": {"wait": 0.3}})
+        codes = []
+        for _ in range(50):
+            reply = await raw.recv()
+            assert reply is not None
+            codes.append(reply["error"]["code"] if "error" in reply else "ok")
+        assert codes.count("unavailable") >= 40
+        assert "ok" in codes
+        await raw.close()
+    finally:
+        await stop_service(svc)
+
+
+async def test_submit_rate_limit_answers_queue_full(tmp_path: Path, keys: Keys) -> None:
+    limits = ServiceLimits(submits_per_second=1.0, submit_burst=3)
+    svc = await start_service(tmp_path, keys, limits)
+    try:
+        async with svc.connect() as client:
+            results = await asyncio.gather(
+                *(client.submit(gossip(i), "async") for i in range(10)), return_exceptions=True
+            )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert all(isinstance(e, QueueFull) for e in errors)
+        assert 3 <= 10 - len(errors) <= 5
+    finally:
+        await stop_service(svc)
+
+
+async def test_connections_over_the_limit_are_refused_others_served(
+    tmp_path: Path, keys: Keys
+) -> None:
+    svc = await start_service(tmp_path, keys, ServiceLimits(max_connections=2))
+    try:
+        async with svc.connect() as a, svc.connect() as b:
+            refused = 0
+            try:
+                async with svc.connect() as c:
+                    await c.ping()
+            except Unavailable:
+                refused += 1
+            assert refused == 1
+            assert (await a.ping())["pong"]
+            assert (await b.ping())["pong"]
+        async with svc.connect() as again:
+            assert (await again.ping())["pong"]
+    finally:
+        await stop_service(svc)

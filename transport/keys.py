@@ -1,0 +1,250 @@
+"""Post-quantum SSH key files in OpenSSH formats.
+
+Private keys are ``openssh-key-v1`` (optionally passphrase-protected with
+bcrypt-pbkdf + aes256-ctr), public keys are one-line ``ssh-falcon512 AAAA… comment``;
+``authorized_keys`` and ``known_hosts`` hold the same public lines. asyncssh does the
+encoding once our algorithms are registered (:mod:`transport.ssh_algorithms`); this
+module adds the file handling: modes, no silent overwrite, and errors that say
+which file is wrong and how.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+import asyncssh
+
+from sidecar.errors import ErrorCode, SidecarError
+from transport.crypto import Family
+from transport.ssh_algorithms import PQSSHKey, key_class, registered_algorithms
+
+PRIVATE_MODE = 0o600
+PUBLIC_MODE = 0o644
+DEFAULT_ALGORITHM = "ssh-falcon512"
+DEFAULT_KDF_ROUNDS = 64  # bcrypt-pbkdf rounds when a passphrase is set (bcrypt warns below 50)
+
+
+class KeyFileError(SidecarError):
+    """A key file is missing, malformed, of a refused algorithm, or would be overwritten."""
+
+    code = ErrorCode.BAD_REQUEST
+
+
+def canonical_algorithm(name: str) -> str:
+    """``falcon512`` or ``ssh-falcon512`` -> ``ssh-falcon512``; refuses unknown names."""
+    available = registered_algorithms()
+    for candidate in (name, f"ssh-{name}"):
+        if candidate in available:
+            return candidate
+    raise KeyFileError(f"unknown key algorithm {name!r}; available: {', '.join(available)}")
+
+
+def generate_key(algorithm: str = DEFAULT_ALGORITHM, comment: str | None = None) -> PQSSHKey:
+    key = key_class(canonical_algorithm(algorithm)).generate(b"")
+    if comment:
+        key.set_comment(comment)
+    return key
+
+
+def public_line(key: asyncssh.SSHKey) -> str:
+    """``ALG BASE64 [comment]`` as in ``.pub``, ``authorized_keys`` and ``known_hosts``."""
+    return key.export_public_key("openssh").decode().strip()
+
+
+def fingerprint(key: asyncssh.SSHKey) -> str:
+    return key.get_fingerprint("sha256")
+
+
+def _write_file(path: Path, data: bytes, mode: int, *, force: bool) -> None:
+    """Write ``data`` to ``path`` atomically with ``mode``; never replace unless ``force``."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # independent of the umask
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        if force:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if path appeared meanwhile
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists; use --force to overwrite it") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def key_pair_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    private_path = Path(path)
+    return private_path, private_path.with_name(private_path.name + ".pub")
+
+
+def refuse_overwrite(path: str | os.PathLike[str]) -> None:
+    """Raise if ``path`` or ``path.pub`` exists (checked again, atomically, on write)."""
+    for existing in key_pair_paths(path):
+        if existing.exists():
+            raise KeyFileError(f"{existing} already exists; use --force to overwrite it")
+
+
+def write_key_pair(
+    key: asyncssh.SSHKey,
+    path: str | os.PathLike[str],
+    *,
+    passphrase: str | None = None,
+    force: bool = False,
+    kdf_rounds: int = DEFAULT_KDF_ROUNDS,
+) -> tuple[Path, Path]:
+    """Write ``path`` (private, 0600) and ``path.pub`` (public, 0644)."""
+    private_path, public_path = key_pair_paths(path)
+    if not force:
+        refuse_overwrite(path)
+    private_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_data = key.export_private_key("openssh", passphrase or None, rounds=kdf_rounds)
+    _write_file(private_path, private_data, PRIVATE_MODE, force=force)
+    _write_file(public_path, (public_line(key) + "\n").encode(), PUBLIC_MODE, force=force)
+    dir_fd = os.open(private_path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return private_path, public_path
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(f"{what} {path} does not exist") from None
+    except PermissionError:
+        raise KeyFileError(f"{what} {path} is not readable (permission denied)") from None
+    except IsADirectoryError:
+        raise KeyFileError(f"{what} {path} is a directory, not a key file") from None
+
+
+def _require_pq(key: asyncssh.SSHKey, path: Path, what: str) -> PQSSHKey:
+    if not isinstance(key, PQSSHKey):
+        raise KeyFileError(
+            f"{what} {path} is a {key.get_algorithm()} key; only post-quantum keys "
+            f"are accepted ({', '.join(registered_algorithms())})"
+        )
+    return key
+
+
+def check_key_pair(key: PQSSHKey) -> bool:
+    """True if the secret key belongs to the public key stored with it."""
+    secret = key.secret_key_bytes
+    if secret is None:
+        return False
+    if key.spec.family in (Family.SPHINCS, Family.SLH_DSA):
+        # SPHINCS+/SLH-DSA secret keys end with the public key (PK.seed || PK.root).
+        return secret[-len(key.public_key_bytes) :] == key.public_key_bytes
+    probe = b"qssh-sidecar key pair check"
+    signature = key.scheme.sign(secret, probe)
+    return key.scheme.verify(key.public_key_bytes, probe, signature)
+
+
+def read_private_key(
+    path: str | os.PathLike[str], passphrase: str | None = None, *, require_pq: bool = True
+) -> asyncssh.SSHKey:
+    path = Path(path)
+    data = _read(path, "private key")
+    try:
+        key = asyncssh.import_private_key(data, passphrase or None)
+    except asyncssh.KeyEncryptionError as exc:
+        if "passphrase" in str(exc).lower():
+            raise KeyFileError(f"private key {path}: wrong passphrase") from None
+        raise KeyFileError(f"private key {path}: cannot decrypt ({exc})") from None
+    except asyncssh.KeyImportError as exc:
+        message = str(exc)
+        if "Passphrase must be specified" in message:
+            raise KeyFileError(
+                f"private key {path} is encrypted: give its passphrase (-N / passphrase=)"
+            ) from None
+        raise KeyFileError(f"private key {path} is malformed: {message}") from None
+    key.set_filename(str(path))
+    if not require_pq:
+        return key
+    pq_key = _require_pq(key, path, "private key")
+    if not check_key_pair(pq_key):
+        raise KeyFileError(f"private key {path}: secret key does not match its public key")
+    return pq_key
+
+
+def read_public_key(path: str | os.PathLike[str], *, require_pq: bool = True) -> asyncssh.SSHKey:
+    path = Path(path)
+    data = _read(path, "public key")
+    try:
+        key = asyncssh.import_public_key(data)
+    except asyncssh.KeyImportError as exc:
+        raise KeyFileError(f"public key {path} is malformed: {exc}") from None
+    return _require_pq(key, path, "public key") if require_pq else key
+
+
+def _check_key_fields(path: Path, what: str, number: int, fields: list[str]) -> None:
+    """Raise a KeyFileError naming the line if ``ALG BASE64`` is not a usable key."""
+    if len(fields) < 2:
+        raise KeyFileError(f"{what} {path} line {number}: expected 'ALGORITHM BASE64-KEY'")
+    try:
+        asyncssh.import_public_key(f"{fields[0]} {fields[1]}")
+    except asyncssh.KeyImportError as exc:
+        raise KeyFileError(f"{what} {path} line {number}: {exc}") from None
+
+
+def _key_lines(text: str) -> list[tuple[int, str]]:
+    return [
+        (number, line.strip())
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def read_authorized_keys(path: str | os.PathLike[str]) -> asyncssh.SSHAuthorizedKeys:
+    """Parse an ``authorized_keys`` file; any bad line is an error, never silently skipped."""
+    path = Path(path)
+    what = "authorized_keys file"
+    text = _read(path, what).decode("utf-8", errors="replace")
+    known = {alg.decode() for alg in asyncssh.public_key.get_public_key_algs()}
+    known |= {alg.decode() for alg in asyncssh.public_key.get_certificate_algs()}
+    for number, line in _key_lines(text):
+        fields = line.split()
+        # Options (which may hold quoted spaces) come before the algorithm name.
+        start = next((i for i, field in enumerate(fields) if field in known), None)
+        if start is None:
+            raise KeyFileError(f"{what} {path} line {number}: no known key algorithm")
+        _check_key_fields(path, what, number, fields[start:])
+        try:
+            asyncssh.import_authorized_keys(line)
+        except ValueError as exc:
+            raise KeyFileError(f"{what} {path} line {number}: {exc}") from None
+    try:
+        return asyncssh.import_authorized_keys(text)
+    except ValueError as exc:
+        raise KeyFileError(f"{what} {path} is malformed: {exc}") from None
+
+
+def read_known_hosts(path: str | os.PathLike[str]) -> asyncssh.SSHKnownHosts:
+    """Parse a ``known_hosts`` file; any bad line is an error, never silently skipped."""
+    path = Path(path)
+    what = "known_hosts file"
+    text = _read(path, what).decode("utf-8", errors="replace")
+    for number, line in _key_lines(text):
+        fields = line.split()
+        if fields[0].startswith("@"):  # @cert-authority / @revoked marker
+            fields = fields[1:]
+        _check_key_fields(path, what, number, fields[1:])
+    try:
+        return asyncssh.import_known_hosts(text)
+    except ValueError as exc:
+        raise KeyFileError(f"{what} {path} is malformed: {exc}") from None
+
+
+def known_hosts_line(host: str, port: int, key: asyncssh.SSHKey) -> str:
+    """A ``known_hosts`` line pinning ``key`` for ``host:port`` (OpenSSH syntax)."""
+    pattern = host if port == 22 else f"[{host}]:{port}"
+    return f"{pattern} {public_line(key)}"
