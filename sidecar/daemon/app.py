@@ -77,7 +77,7 @@ class Sidecar:
         return await self.queue.pop_for_node()
 
     def node_depth(self) -> int:
-        return self.queue.depth()
+        return self.queue.total_depth()
 
     def node_metrics(self) -> dict[str, Any]:
         return {
@@ -197,7 +197,7 @@ class Sidecar:
     async def shutdown(self) -> int:
         """Stop accepting, drain, flush async messages with fsync; the exit code."""
         timeout = self.cfg.durability.shutdown_timeout
-        self.notifier.stopping(f"stopping; depth {self.queue.depth()}")
+        self.notifier.stopping(f"stopping; depth {self.queue.total_depth()}")
         self.say("stopping: no new connections, finishing in-flight requests")
         code = EXIT_OK
         for task in self._tasks:
@@ -251,7 +251,7 @@ class Sidecar:
 
     def _status_line(self) -> str:
         return (
-            f"depth {self.queue.depth()} ({self.queue.depth_summary()}); "
+            f"depth {self.queue.total_depth()} ({self.queue.depth_summary()}); "
             f"tier {self.hardware.level()} {self.hardware.name()}; "
             f"connections {self.server.connections() or 0}"
         )
