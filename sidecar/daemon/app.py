@@ -197,6 +197,7 @@ class Sidecar:
     async def shutdown(self) -> int:
         """Stop accepting, drain, flush async messages with fsync; the exit code."""
         timeout = self.cfg.durability.shutdown_timeout
+        began = time.monotonic()
         self.notifier.stopping(f"stopping; depth {self.queue.total_depth()}")
         self.say("stopping: no new connections, finishing in-flight requests")
         code = EXIT_OK
@@ -218,7 +219,7 @@ class Sidecar:
         await self.hardware.stop()
         self.metrics.stop()
         self._unlock()
-        self.say("stopped")
+        self.say(f"stopped in {time.monotonic() - began:.2f}s")
         return code
 
     async def _abort_start(self) -> None:

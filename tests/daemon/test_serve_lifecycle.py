@@ -45,7 +45,7 @@ def test_ready_watchdog_sigterm_flush_and_restart(
 
     assert d.stop(signal.SIGTERM) == 0
     assert "STOPPING=1" in notify_socket.wait_for("STOPPING=1")
-    assert d.lines[-1] == "stopped"
+    assert d.lines[-1].startswith("stopped in ")
 
     d2 = spawn(args, **env)
     d2.wait_ready()
