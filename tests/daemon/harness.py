@@ -13,7 +13,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,7 +111,7 @@ class Daemon:
                     if m:
                         return m
                 left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None and not self._alive_readers():
+                if left <= 0 or (self.proc.poll() is not None and not self._alive_readers()):
                     raise AssertionError(
                         f"no line matching {pattern!r}; stdout={self.lines!r} "
                         f"stderr={self.errors[-20:]!r}"
@@ -188,10 +190,8 @@ def run_serve(
 # ---- node JSON-RPC clients (line mode and HTTP on a unix socket, HTTP on TCP) ----------
 
 
-def rpc_line(sock_path: Path, body: bytes) -> object:
+def rpc_line(sock_path: Path, body: bytes) -> Any:
     """One newline-delimited JSON-RPC exchange on the node's unix socket."""
-    import orjson
-
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(20)
         s.connect(str(sock_path))
@@ -205,9 +205,7 @@ def rpc_line(sock_path: Path, body: bytes) -> object:
     return orjson.loads(buf)
 
 
-def call_line(sock_path: Path, method: str, params: object = None, req_id: int = 1) -> object:
-    import orjson
-
+def call_line(sock_path: Path, method: str, params: object = None, req_id: int = 1) -> Any:
     req: dict[str, object] = {"jsonrpc": "2.0", "id": req_id, "method": method}
     if params is not None:
         req["params"] = params

@@ -61,8 +61,10 @@ http = "127.0.0.1:9944"
     assert cfg.limits.max_connections == 8
     assert cfg.durability.policy == "sync"
     assert (int(cfg.hardware.floor), int(cfg.hardware.ceiling)) == (2, 3)
-    assert cfg.metrics is not None and cfg.metrics.port == 9700
-    assert cfg.node.http is not None and cfg.node.http.port == 9944
+    assert cfg.metrics is not None
+    assert cfg.metrics.port == 9700
+    assert cfg.node.http is not None
+    assert cfg.node.http.port == 9944
 
 
 @pytest.mark.parametrize(
@@ -102,7 +104,8 @@ def _assert_one_line_failure(tmp_path: Path, args: list[str], needle: str, port:
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("qssh-sidecar: ")
     assert needle in lines[0]
-    assert "ready" not in r.stdout and "listening" not in r.stdout
+    assert "ready" not in r.stdout
+    assert "listening" not in r.stdout
     assert not is_listening(port)
 
 

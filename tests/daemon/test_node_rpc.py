@@ -62,7 +62,8 @@ def call(node: Any, how: Transport, method: str, params: Any = None, req_id: Any
     if params is not None:
         req["params"] = params
     reply = rpc(node, how, orjson.dumps(req))
-    assert reply["jsonrpc"] == "2.0" and reply["id"] == req_id
+    assert reply["jsonrpc"] == "2.0"
+    assert reply["id"] == req_id
     return reply
 
 
@@ -80,16 +81,19 @@ def test_each_method_with_the_serde_form(node: Any, how: Transport) -> None:
     assert call(node, how, "qssh_getQueueDepth")["result"] == 0
     vote_id = call(node, how, "qssh_submitMessage", [VOTE])["result"]
     block_id = call(node, how, "qssh_submitMessage", {"message": BLOCK})["result"]
-    assert isinstance(vote_id, int) and block_id > vote_id
+    assert isinstance(vote_id, int)
+    assert block_id > vote_id
     assert call(node, how, "qssh_getQueueDepth")["result"] == 2
     metrics = call(node, how, "qssh_getMetrics")["result"]
-    assert metrics["instance"] == "alice" and metrics["tier"] == 2
+    assert metrics["instance"] == "alice"
+    assert metrics["tier"] == 2
     assert metrics["queue"]["depth"]["critical"] == 2
     first = call(node, how, "qssh_popMessage")["result"]
     assert first["message"] == VOTE  # same priority: FIFO by id
     assert first["message_id"] == vote_id
     assert first["submitted_by"] == "node:alice"
-    assert first["persisted"] is True and first["mode"] == "sync"
+    assert first["persisted"] is True
+    assert first["mode"] == "sync"
     assert call(node, how, "qssh_popMessage")["result"]["message"] == BLOCK
     assert call(node, how, "qssh_popMessage")["result"] is None
 
@@ -100,7 +104,8 @@ def test_canonical_form_is_accepted_too(node: Any) -> None:
     call(node, "tcp-http", "qssh_submitMessage", [msg])
     popped = call(node, "tcp-http", "qssh_popMessage")["result"]
     assert popped["message"] == {"Telemetry": {"name": "cpu", "value": 0.5}}
-    assert popped["mode"] == "async" and popped["persisted"] is False
+    assert popped["mode"] == "async"
+    assert popped["persisted"] is False
 
 
 @pytest.mark.parametrize("how", TRANSPORTS)
@@ -124,7 +129,8 @@ def test_bad_requests_get_standard_error_objects(
     reply = rpc(node, how, body)
     assert reply["jsonrpc"] == "2.0"
     assert reply["error"]["code"] == code
-    assert isinstance(reply["error"]["message"], str) and reply["error"]["message"]
+    assert isinstance(reply["error"]["message"], str)
+    assert reply["error"]["message"]
     assert "result" not in reply
 
 
@@ -164,7 +170,8 @@ def test_batch_and_notification(node: Any) -> None:
     ]
     replies = rpc(node, "unix-http", orjson.dumps(batch))
     assert [r["id"] for r in replies] == [1, 2]
-    assert replies[0]["result"] == "alice" and replies[1]["error"]["code"] == -32601
+    assert replies[0]["result"] == "alice"
+    assert replies[1]["error"]["code"] == -32601
     assert call(node, "unix-line", "qssh_getQueueDepth")["result"] == 1  # the notification ran
 
 

@@ -45,7 +45,8 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     # verify prints warnings without failing; any output about our units is a defect.
     ours = [ln for ln in (r.stdout + r.stderr).splitlines() if "qssh-sidecar" in ln]
-    assert r.returncode == 0 and not ours, r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not ours, r.stdout + r.stderr
 
 
 def test_unit_has_the_required_hardening() -> None:
