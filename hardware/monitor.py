@@ -8,6 +8,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pyudev
+
 from hardware.config import HardwareConfig
 from hardware.errors import HealthTestFailure
 from hardware.health import HealthTest
@@ -115,13 +117,11 @@ class HardwareMonitor:
 
     def _watch_udev(self) -> None:
         try:
-            import pyudev
-
             mon = pyudev.Monitor.from_netlink(pyudev.Context())
             for sub in HOTPLUG_SUBSYSTEMS:
                 mon.filter_by(sub)
             mon.start()
-        except (ImportError, OSError) as exc:
+        except OSError as exc:
             log.warning("no udev hotplug events (%s); relying on periodic checks", exc)
             return
         self._udev_monitor = mon

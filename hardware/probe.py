@@ -7,13 +7,16 @@ import glob
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import pyudev
+
 from hardware.classify import QUANTIS_PCIE, Model, classify_usb, is_quantis_pci
 from hardware.config import HardwareConfig, KMEConfig
-from hardware.errors import KMEError, SourceError, SourcePermissionDenied
+from hardware.errors import KMEError, SourceError, SourcePermissionDenied, SourceTimeout
 from hardware.health import HealthTest
 from hardware.kme import KMEClient
 from hardware.reports import DeviceReport, HealthVerdict, KMEStatusReport, SourceKind
@@ -39,6 +42,12 @@ def _attr(dev: Any, name: str) -> str | None:
     return value.decode(errors="replace").strip() if isinstance(value, bytes) else str(value)
 
 
+def _driver(dev: Any | None) -> str | None:
+    if dev is None:
+        return None
+    return dev.driver or dev.properties.get("DRIVER")  # type: ignore[no-any-return]
+
+
 def _usb_report(usb: Any, model: Model, node: Any | None) -> DeviceReport:
     return DeviceReport(
         kind=model.kind,
@@ -49,18 +58,13 @@ def _usb_report(usb: Any, model: Model, node: Any | None) -> DeviceReport:
         product=_attr(usb, "product"),
         serial=_attr(usb, "serial"),
         sys_path=(node or usb).sys_path,
-        driver=(node.parent.driver if node is not None and node.parent is not None else None)
-        or usb.driver,
+        driver=(_driver(node.parent) if node is not None else None) or _driver(usb),
         expected_rate_bps=model.expected_rate_bps,
     )
 
 
 def enumerate_udev() -> list[Found]:
     """Every known RNG udev sees; an import or sysfs failure yields an empty list."""
-    try:
-        import pyudev
-    except ImportError:
-        return []
     found: list[Found] = []
     try:
         ctx = pyudev.Context()
@@ -102,13 +106,13 @@ def enumerate_udev() -> list[Found]:
                 vendor_id=_attr(pci, "vendor") if pci is not None else None,
                 product_id=_attr(pci, "device") if pci is not None else None,
                 sys_path=node.sys_path,
-                driver=pci.driver if pci is not None else None,
+                driver=_driver(pci),
                 expected_rate_bps=QUANTIS_PCIE.expected_rate_bps if quantis else None,
             )
             found.append(Found(rep, partial(CharDeviceSource, path) if path else None))
         for node in ctx.list_devices(subsystem="misc", sys_name="hw_random"):
             found.append(_hwrng(node.device_node or "/dev/hwrng", node.sys_path))
-    except (OSError, pyudev.DeviceNotFoundError) as exc:
+    except Exception as exc:  # a broken sysfs must not stop the probe: report it
         rep = DeviceReport(SourceKind.UNVERIFIED, "udev", error=f"udev enumeration failed: {exc}")
         found.append(Found(rep, None))
     return found
@@ -148,8 +152,13 @@ def configured(config: HardwareConfig, known_paths: set[str]) -> list[Found]:
         if kind is SourceKind.QUANTUM_LOCAL and not port.simulated:
             kind = SourceKind.UNVERIFIED  # a quantum claim needs udev ids or an explicit simulator
         handshake = "none" if port.handshake == "auto" else port.handshake
-        rep = DeviceReport(kind, port.model or "configured serial RNG", path=port.path,
-                           expected_rate_bps=port.expected_rate_bps, simulated=port.simulated)  # fmt: skip
+        rep = DeviceReport(
+            kind,
+            port.model or "configured serial RNG",
+            path=port.path,
+            expected_rate_bps=port.expected_rate_bps,
+            simulated=port.simulated,
+        )
         found.append(Found(rep, partial(SerialSource, port.path, handshake, port.baudrate)))
     for ep in config.remote_endpoints:
         rep = DeviceReport(SourceKind.QUANTUM_REMOTE, ep.name, path=ep.url,
@@ -175,9 +184,16 @@ def sample(found: Found, config: HardwareConfig, sample_bytes: int | None = None
         rep.readable = False
         rep.error = str(exc)
         return rep
+    except SourceTimeout as exc:
+        rep.error = str(exc)
+        rep.bytes_sampled = exc.received
+        rep.rate_bps = exc.received / config.read_timeout
+        return rep
     except SourceError as exc:
         rep.error = str(exc)
-        rep.bytes_sampled = getattr(exc, "received", 0)
+        return rep
+    except Exception as exc:  # a driver quirk is reported on its device, never a crash
+        rep.error = f"unexpected {type(exc).__name__}: {exc}"
         return rep
     finally:
         source.close()
@@ -193,7 +209,8 @@ def sample(found: Found, config: HardwareConfig, sample_bytes: int | None = None
     elif len(data) >= config.health.startup_samples:
         rep.health = HealthVerdict.PASS
     else:
-        rep.error = f"sample of {len(data)} bytes is below the startup minimum {config.health.startup_samples}"
+        minimum = config.health.startup_samples
+        rep.error = f"sample of {len(data)} bytes is below the startup minimum {minimum}"
     return rep
 
 
@@ -201,8 +218,9 @@ def probe_found(config: HardwareConfig, sample_bytes: int | None = None) -> list
     found = enumerate_udev() if config.use_udev else []
     known = {f.report.path for f in found if f.report.path}
     found += configured(config, known)
-    for f in found:
-        sample(f, config, sample_bytes)
+    if found:  # in parallel: a stalled device costs one read timeout, not one per device
+        with ThreadPoolExecutor(max_workers=min(8, len(found)), thread_name_prefix="probe") as pool:
+            list(pool.map(lambda f: sample(f, config, sample_bytes), found))
     return found
 
 

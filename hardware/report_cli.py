@@ -10,6 +10,8 @@ import tomllib
 from typing import Any
 
 import orjson
+from rich.console import Console
+from rich.table import Table
 
 from hardware.config import ConfigError, HardwareConfig
 from hardware.probe import evaluate
@@ -54,9 +56,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_table(decision: TierDecision, elapsed: float) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     table = Table(title="Entropy hardware")
     for col in ("kind", "model", "ids", "path", "driver", "readable", "sampled", "rate B/s",

@@ -34,8 +34,10 @@ class GroupCommitter:
         on_rollback: BatchHandler,
         on_idle: Callable[[], None],
         observer: QueueObserver,
+        inline_single: bool = True,
     ) -> None:
         self.wal = wal
+        self.inline_single = inline_single
         self._on_commit = on_commit
         self._on_rollback = on_rollback
         self._on_idle = on_idle
@@ -107,7 +109,14 @@ class GroupCommitter:
         frame = encode_frame([op[1] for op in batch])
         started = time.perf_counter()
         try:
-            await self.io(self.wal.append_and_sync, frame)
+            if len(batch) == 1 and self.inline_single:
+                # A lone record: a thread hop would cost a large part of the fsync it
+                # waits for, so sync it inline (the loop would only wait for it anyway).
+                # From two records on, the fsync runs in the worker thread and the loop
+                # keeps accepting the next batch.
+                self.wal.append_and_sync(frame)
+            else:
+                await self.io(self.wal.append_and_sync, frame)
         except WriteFailed as exc:
             self._on_rollback(batch)
             for op in batch:

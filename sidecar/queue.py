@@ -27,6 +27,7 @@ from sidecar.observer import NULL_OBSERVER, QueueObserver
 from sidecar.state import Lease, Limits, QueueState
 from sidecar.wal import (
     FileLayer,
+    LogLock,
     OsFileLayer,
     Recovery,
     WriteAheadLog,
@@ -83,6 +84,7 @@ class QppValidatorQueue:
         self._closed = False
         self._compacting = False
         self._log_records = 0  # records in the current log file
+        self._lock: LogLock | None = None
         self.recovery: Recovery | None = None
         self.compactions = 0
         self.redeliveries = 0
@@ -111,7 +113,14 @@ class QppValidatorQueue:
         )
         if layer is None:
             os.makedirs(q.persist_dir, exist_ok=True)
-        await q.restore_from_wal(salvage=salvage)
+            q._lock = LogLock(q.path)
+            q._lock.acquire()
+        try:
+            await q.restore_from_wal(salvage=salvage)
+        except BaseException:
+            if q._lock is not None:
+                q._lock.release()
+            raise
         return q
 
     async def restore_from_wal(self, *, salvage: bool = False) -> int:
@@ -128,10 +137,13 @@ class QppValidatorQueue:
             wal.append_and_sync(encode_frame([reserve_record(upto)]))
             return wal, rec, items
 
-        if self._layer.blocking:
-            wal, rec, items = await loop.run_in_executor(None, recover)
-        else:
-            wal, rec, items = recover()
+        try:
+            if self._layer.blocking:
+                wal, rec, items = await loop.run_in_executor(None, recover)
+            else:
+                wal, rec, items = recover()
+        except OSError as exc:
+            raise LogFailed(f"{self.path}: cannot open the log: {exc}") from exc
         assert rec.replayed is not None
         self.recovery = rec
         self._next_id = rec.replayed.next_id
@@ -173,6 +185,8 @@ class QppValidatorQueue:
         with contextlib.suppress(OSError):
             committer.wal.close()
         committer.shutdown_io()
+        if self._lock is not None:
+            self._lock.release()
         self._closed = True
         self._wake_waiters()
         if error is not None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -204,28 +206,69 @@ def _key_lines(text: str) -> list[tuple[int, str]]:
     ]
 
 
-def read_authorized_keys(path: str | os.PathLike[str]) -> asyncssh.SSHAuthorizedKeys:
-    """Parse an ``authorized_keys`` file; any bad line is an error, never silently skipped."""
-    path = Path(path)
-    what = "authorized_keys file"
-    text = _read(path, what).decode("utf-8", errors="replace")
+class PostQuantumAuthorizedKeys(asyncssh.SSHAuthorizedKeys):
+    """``authorized_keys`` that only ever matches post-quantum user keys.
+
+    asyncssh's server does not restrict user-key algorithms by ``signature_algs``,
+    so the restriction lives here, where keys are matched.
+    """
+
+    def validate(
+        self,
+        key: asyncssh.SSHKey,
+        client_host: str,
+        client_addr: str,
+        cert_principals: Sequence[str] | None = None,
+        ca: bool = False,
+    ) -> Mapping[str, object] | None:
+        if not isinstance(key, PQSSHKey):
+            return None
+        return super().validate(key, client_host, client_addr, cert_principals, ca)
+
+    def validate_x509(self, cert: Any, client_host: str, client_addr: str) -> tuple[None, None]:
+        return None, None
+
+
+def parse_authorized_keys(
+    text: str, source: str = "<authorized_keys>", *, require_pq: bool = True
+) -> PostQuantumAuthorizedKeys:
+    """Parse ``authorized_keys`` text; any bad line is an error, never silently skipped."""
+    what = "authorized_keys"
+    path = Path(source)
     known = {alg.decode() for alg in asyncssh.public_key.get_public_key_algs()}
     known |= {alg.decode() for alg in asyncssh.public_key.get_certificate_algs()}
-    for number, line in _key_lines(text):
+    pq = set(registered_algorithms())
+    lines = _key_lines(text)
+    if not lines:
+        raise KeyFileError(f"{what} {path} has no keys")
+    for number, line in lines:
         fields = line.split()
         # Options (which may hold quoted spaces) come before the algorithm name.
         start = next((i for i, field in enumerate(fields) if field in known), None)
         if start is None:
             raise KeyFileError(f"{what} {path} line {number}: no known key algorithm")
         _check_key_fields(path, what, number, fields[start:])
+        if require_pq and fields[start] not in pq:
+            raise KeyFileError(
+                f"{what} {path} line {number}: {fields[start]} is not a post-quantum key "
+                f"algorithm; generate one with `qssh-sidecar keygen`"
+            )
         try:
             asyncssh.import_authorized_keys(line)
         except ValueError as exc:
             raise KeyFileError(f"{what} {path} line {number}: {exc}") from None
     try:
-        return asyncssh.import_authorized_keys(text)
+        return PostQuantumAuthorizedKeys(text)
     except ValueError as exc:
         raise KeyFileError(f"{what} {path} is malformed: {exc}") from None
+
+
+def read_authorized_keys(
+    path: str | os.PathLike[str], *, require_pq: bool = True
+) -> PostQuantumAuthorizedKeys:
+    path = Path(path)
+    text = _read(path, "authorized_keys file").decode("utf-8", errors="replace")
+    return parse_authorized_keys(text, str(path), require_pq=require_pq)
 
 
 def read_known_hosts(path: str | os.PathLike[str]) -> asyncssh.SSHKnownHosts:

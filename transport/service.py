@@ -210,12 +210,13 @@ class QueueService:
         message = parse_message(raw)
         self._check_tier(message)
         effective, upgraded = self._effective_mode(message, mode)
-        message_id = await self.queue.submit(
-            message,
-            mode=effective,
-            submitted_by=channel.principal.submitted_by,
-            upgraded=upgraded,
-        )
+        submitted_by = channel.principal.submitted_by
+        if upgraded:
+            message_id = await self.queue.submit(
+                message, mode=effective, submitted_by=submitted_by, upgraded=True
+            )
+        else:  # a queue wrapper may not know ``upgraded`` (it can apply the policy itself)
+            message_id = await self.queue.submit(message, mode=effective, submitted_by=submitted_by)
         self.counters.submits += 1
         return {
             "message_id": _wire_value(message_id),

@@ -6,8 +6,12 @@ ECDH); no classical-only KEX is ever offered, so a client offering only
 ``curve25519-sha256`` finds no common algorithm and is refused. Host and user
 keys are post-quantum only. Tier 2 and above use AES-256-GCM only.
 
-Which host-key algorithms a tier accepts is configuration: pass
-``allowed_host_key_algs`` (e.g. :data:`HIGH_ASSURANCE_HOST_KEYS` at tier >= 2).
+Which host-key (and user-key) algorithms a tier accepts is configuration: pass
+``allowed_host_key_algs`` (e.g. :data:`HIGH_ASSURANCE_HOST_KEYS` at tier >= 2) and
+``allowed_user_key_algs``. The server applies the host-key restriction to the keys
+it presents (:meth:`ConnectionPolicy.select_host_keys`); user keys are matched only
+if post-quantum (:class:`transport.keys.PostQuantumAuthorizedKeys`), because
+asyncssh's server does not filter user-key algorithms itself.
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ class ConnectionPolicy:
     tier: int
     kex_algs: tuple[str, ...]
     host_key_algs: tuple[str, ...]
-    """Accepted host-key and user-key signature algorithms, preferred first."""
+    """Accepted server host-key algorithms, preferred first."""
+    user_key_algs: tuple[str, ...]
+    """Accepted client (user) key signature algorithms, preferred first."""
     encryption_algs: tuple[str, ...]
     mac_algs: tuple[str, ...]
     compression_algs: tuple[str, ...] = ("none",)
@@ -68,7 +74,7 @@ class ConnectionPolicy:
             "encryption_algs": list(self.encryption_algs),
             "mac_algs": list(self.mac_algs),
             "compression_algs": list(self.compression_algs),
-            "signature_algs": list(self.host_key_algs),
+            "signature_algs": list(self.user_key_algs),
         }
         if role == "client":
             options["server_host_key_algs"] = list(self.host_key_algs)
@@ -90,8 +96,20 @@ class ConnectionPolicy:
         return chosen
 
 
+def _restrict(available: list[str], allowed: Sequence[str] | None, what: str) -> tuple[str, ...]:
+    if allowed is None:
+        return tuple(available)
+    chosen = tuple(a for a in allowed if a in available)
+    if not chosen:
+        raise PolicyError(f"none of the allowed {what} algorithms is available here: {allowed}")
+    return chosen
+
+
 def connection_policy(
-    tier: int, *, allowed_host_key_algs: Sequence[str] | None = None
+    tier: int,
+    *,
+    allowed_host_key_algs: Sequence[str] | None = None,
+    allowed_user_key_algs: Sequence[str] | None = None,
 ) -> ConnectionPolicy:
     if not MIN_TIER <= tier <= MAX_TIER:
         raise PolicyError(f"tier must be {MIN_TIER}..{MAX_TIER}, got {tier}")
@@ -99,17 +117,10 @@ def connection_policy(
     if DEFAULT_KEX not in kex:
         raise PolicyError(f"{DEFAULT_KEX} is not available: cryptography lacks ML-KEM")
     available = registered_algorithms()
-    if allowed_host_key_algs is None:
-        host_keys = tuple(available)
-    else:
-        unknown = [a for a in allowed_host_key_algs if a not in available]
-        host_keys = tuple(a for a in allowed_host_key_algs if a in available)
-        if not host_keys:
-            raise PolicyError(
-                f"none of the allowed host-key algorithms is available here: {unknown}"
-            )
+    host_keys = _restrict(available, allowed_host_key_algs, "host-key")
+    user_keys = _restrict(available, allowed_user_key_algs, "user-key")
     ciphers = _HARDENED_CIPHERS if tier >= HARDENED_TIER else _BASIC_CIPHERS
-    return ConnectionPolicy(tier, tuple(kex), host_keys, ciphers, _MACS)
+    return ConnectionPolicy(tier, tuple(kex), host_keys, user_keys, ciphers, _MACS)
 
 
 def ssh_options_for_tier(
@@ -117,7 +128,12 @@ def ssh_options_for_tier(
     role: Role = "client",
     *,
     allowed_host_key_algs: Sequence[str] | None = None,
+    allowed_user_key_algs: Sequence[str] | None = None,
 ) -> dict[str, object]:
     """asyncssh keyword arguments for ``role`` at ``tier`` (see :class:`ConnectionPolicy`)."""
-    policy = connection_policy(tier, allowed_host_key_algs=allowed_host_key_algs)
+    policy = connection_policy(
+        tier,
+        allowed_host_key_algs=allowed_host_key_algs,
+        allowed_user_key_algs=allowed_user_key_algs,
+    )
     return policy.asyncssh_options(role)

@@ -9,6 +9,7 @@ simulators sharing one `QKDLink` are a master/slave pair: keys handed out by
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
 import socket
@@ -24,7 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
-from hardware.simulators.tls import ThrowawayPKI
+from hardware.simulators.tls import ThrowawayPKI, make_pki
 
 MAX_REQUEST = 64 * 1024
 
@@ -329,3 +330,25 @@ def paired_kmes(
     a = KMESimulator(pki, behaviour, kme_id="KME-A", peer_kme_id="KME-B", link=link)
     b = KMESimulator(pki, behaviour, kme_id="KME-B", peer_kme_id="KME-A", link=link)
     return a, b
+
+
+def main() -> None:
+    """Demo: `python -m hardware.simulators.kme_server DIR [behaviour]` prints a config."""
+    ap = argparse.ArgumentParser(description="ETSI 014 KME simulator on 127.0.0.1 (demo)")
+    ap.add_argument("directory", help="where the throwaway CA and certificates are written")
+    ap.add_argument("behaviour", nargs="?", default="ok", choices=[b.value for b in KMEBehaviour])
+    ap.add_argument("--seconds", type=float, default=3600.0)
+    args = ap.parse_args()
+    pki = make_pki(args.directory)
+    alice = pki.clients["sae-alice"]
+    with KMESimulator(pki, args.behaviour) as kme:
+        print(
+            f'[hardware.kme]\nurl = "{kme.url}"\nsae_id = "sae-alice"\nslave_sae_id = "sae-bob"\n'
+            f'cert = "{alice.cert}"\nkey = "{alice.key}"\nca = "{pki.ca}"\nsimulated = true',
+            flush=True,
+        )
+        time.sleep(args.seconds)
+
+
+if __name__ == "__main__":
+    main()

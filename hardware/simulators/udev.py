@@ -16,12 +16,19 @@ USB_PARENT = "/devices/pci0000:00/0000:00:14.0/usb1"
 
 
 def _node_content(data: bytes) -> str:
-    return data.hex()
+    return data.hex().upper()  # umockdev parses upper-case hex only
 
 
-def quantis_pcie(data: bytes, *, device: str = "0002", with_parent: bool = True) -> str:
-    pci = f"{PCI_PARENT}/0000:03:00.0"
-    node = f"{pci}/qrandom/qrandom0" if with_parent else "/devices/virtual/qrandom/qrandom0"
+def quantis_pcie(
+    data: bytes, *, device: str = "0002", with_parent: bool = True, index: int = 0
+) -> str:
+    """A Quantis PCIe card and its /dev/qrandomN node (contents: `data`).
+
+    `with_parent=False` gives the node alone, as a look-alike driver would create it.
+    """
+    pci = f"{PCI_PARENT}/0000:0{3 + index}:00.0"
+    name = f"qrandom{index}"
+    node = f"{pci}/qrandom/{name}" if with_parent else f"/devices/virtual/qrandom/{name}"
     parts = []
     if with_parent:
         parts.append(
@@ -29,8 +36,8 @@ def quantis_pcie(data: bytes, *, device: str = "0002", with_parent: bool = True)
             f"A: vendor=0x1e89\nA: device=0x{device}\n"
         )
     parts.append(
-        f"P: {node}\nN: qrandom0={_node_content(data)}\nE: DEVNAME=/dev/qrandom0\n"
-        "E: SUBSYSTEM=qrandom\nE: MAJOR=240\nE: MINOR=0\n"
+        f"P: {node}\nN: {name}={_node_content(data)}\nE: DEVNAME=/dev/{name}\n"
+        f"E: SUBSYSTEM=qrandom\nE: MAJOR=240\nE: MINOR={index}\n"
     )
     return "\n".join(parts)
 
@@ -48,7 +55,8 @@ def usb_device(
         intf = f"{usb}/{port}:1.0"
         parts.append(f"P: {intf}\nE: SUBSYSTEM=usb\nE: DEVTYPE=usb_interface\nE: DRIVER=cdc_acm\n")
         parts.append(
-            f"P: {intf}/tty/{tty}\nN: {tty}={_node_content(data)}\nE: DEVNAME=/dev/{tty}\n"
+            f"P: {intf}/tty/{tty}\nN: {tty}{'=' + _node_content(data) if data else ''}\n"
+            f"E: DEVNAME=/dev/{tty}\n"
             "E: SUBSYSTEM=tty\nE: MAJOR=166\nE: MINOR=0\n"
         )
     return "\n".join(parts)
@@ -74,6 +82,10 @@ def infinite_noise(port: str = "1-6", tty: str = "ttyUSB1") -> str:
     return usb_device("0403", "6015", "Infinite Noise TRNG", port=port, tty=tty)
 
 
+class _GError(ctypes.Structure):
+    _fields_ = [("domain", ctypes.c_uint32), ("code", ctypes.c_int), ("message", ctypes.c_char_p)]
+
+
 class Testbed:
     """libumockdev's testbed through ctypes; call from inside `umockdev-wrapper`."""
 
@@ -95,8 +107,12 @@ class Testbed:
 
     def add(self, description: str) -> None:
         """Add devices (emits `add` uevents)."""
-        if not self._lib.umockdev_testbed_add_from_string(self._tb, description.encode(), None):
-            raise RuntimeError("umockdev rejected the device description")
+        err = ctypes.POINTER(_GError)()
+        if not self._lib.umockdev_testbed_add_from_string(
+            self._tb, description.encode(), ctypes.byref(err)
+        ):
+            why = err.contents.message.decode() if err else "unknown error"
+            raise RuntimeError(f"umockdev rejected the device description: {why}")
 
     def remove(self, sys_path: str) -> None:
         """Emit a `remove` uevent and delete the device from the testbed."""

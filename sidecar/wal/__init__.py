@@ -14,6 +14,7 @@ from sidecar.wal._framing import (
     file_header,
     scan,
 )
+from sidecar.wal._lock import LogLock
 from sidecar.wal._log import (
     CORRUPT_SUFFIX,
     TEMP_SUFFIX,
@@ -48,6 +49,7 @@ __all__ = [
     "FileLayer",
     "FsyncFailed",
     "LogHandle",
+    "LogLock",
     "OsFileLayer",
     "Recovery",
     "Replayed",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from fractions import Fraction
 
 import pytest
@@ -76,12 +77,11 @@ def test_bad_parameters_are_refused() -> None:
 def test_stuck_stream_fails_both_tests() -> None:
     t = HealthTest()
     assert not t.feed(b"\x42" * 2048)
-    assert t.counts.rct_failures >= 1 and t.counts.apt_failures >= 1
+    assert t.counts.rct_failures >= 1
+    assert t.counts.apt_failures >= 1
 
 
 def test_biased_stream_fails() -> None:
-    import random
-
     rnd = random.Random(7)
     data = bytes(0 if rnd.random() < 0.5 else rnd.randrange(256) for _ in range(4096))
     t = HealthTest()
@@ -92,7 +92,8 @@ def test_urandom_passes() -> None:
     # false-alarm probability per test is alpha = 2^-40 per sample: this cannot flake
     t = HealthTest()
     assert t.feed(os.urandom(64 * 1024))
-    assert t.counts.samples == 64 * 1024 and not t.counts.failed
+    assert t.counts.samples == 64 * 1024
+    assert not t.counts.failed
 
 
 def test_state_carries_across_feeds() -> None:

@@ -7,6 +7,7 @@ from hardware.errors import (
     KMEProtocolError,
     KMETimeout,
     KMETLSError,
+    KMEUnauthorized,
     KMEUnavailable,
 )
 from hardware.kme import KMEClient
@@ -28,7 +29,8 @@ async def test_status_has_the_standard_fields(pki: ThrowawayPKI) -> None:
             st = await c.status("sae-bob")
     assert (st.source_KME_ID, st.target_KME_ID) == ("KME-A", "KME-B")
     assert (st.master_SAE_ID, st.slave_SAE_ID) == ("sae-alice", "sae-bob")
-    assert st.stored_key_count > 0 and st.key_size == 256
+    assert st.stored_key_count > 0
+    assert st.key_size == 256
     assert st.min_key_size <= st.key_size <= st.max_key_size
 
 
@@ -41,10 +43,12 @@ async def test_paired_kmes_agree_on_keys(pki: ThrowawayPKI, enc: str, dec: str) 
             keys = await alice.enc_keys("sae-bob", n, 512, method=enc)  # type: ignore[arg-type]
             got = await bob.dec_keys("sae-alice", [k.key_ID for k in keys], method=dec)  # type: ignore[arg-type]
             after = await alice.status("sae-bob")
-    assert got == keys and len(keys) == n
+    assert got == keys
+    assert len(keys) == n
     assert all(len(k.key) == 64 for k in keys)
     assert after.stored_key_count == 1000 - n
-    assert "bits" in repr(keys[0]) and keys[0].key.hex() not in repr(keys[0])
+    assert "bits" in repr(keys[0])
+    assert keys[0].key.hex() not in repr(keys[0])
 
 
 async def test_a_key_is_delivered_to_the_slave_once(pki: ThrowawayPKI) -> None:
@@ -55,7 +59,8 @@ async def test_a_key_is_delivered_to_the_slave_once(pki: ThrowawayPKI) -> None:
             await bob.dec_keys("sae-alice", [key.key_ID])
             with pytest.raises(KMEBadRequest) as info:
                 await bob.dec_keys("sae-alice", [key.key_ID])
-    assert info.value.status == 400 and info.value.message == "key not found"
+    assert info.value.status == 400
+    assert info.value.message == "key not found"
     assert info.value.details == [{"key_ID": key.key_ID}]
 
 
@@ -72,7 +77,8 @@ async def test_503_is_unavailable_with_the_etsi_message(pki: ThrowawayPKI) -> No
         async with client(pki, kme.url) as c:
             with pytest.raises(KMEUnavailable) as info:
                 await c.status("sae-bob")
-    assert info.value.status == 503 and "out of service" in info.value.message
+    assert info.value.status == 503
+    assert "out of service" in info.value.message
 
 
 async def test_slow_kme_times_out(pki: ThrowawayPKI) -> None:
@@ -103,9 +109,12 @@ async def test_key_depletion_is_a_bad_request_with_count(pki: ThrowawayPKI) -> N
 async def test_healthy_kme_gives_tier_4_and_the_probe_spends_no_keys(pki: ThrowawayPKI) -> None:
     with KMESimulator(pki) as kme:
         d = await evaluate(config_for(kme=kme_raw(pki, kme.url)))
-        assert kme.link.stored_key_count == 1000 and not kme.link.delivered
-    assert d.tier is Tier.QUANTUM_SECURED and d.simulated
-    assert d.kme is not None and d.kme.stored_key_count == 1000
+        assert kme.link.stored_key_count == 1000
+        assert not kme.link.delivered
+    assert d.tier is Tier.QUANTUM_SECURED
+    assert d.simulated
+    assert d.kme is not None
+    assert d.kme.stored_key_count == 1000
 
 
 @pytest.mark.parametrize(
@@ -127,7 +136,9 @@ async def test_bad_client_certificate_reported_as_tls_error(pki: ThrowawayPKI) -
         raw["url"] = kme.url
         d = await evaluate(config_for(kme=raw))
     assert d.tier is Tier.HARDENED_PQ
-    assert d.kme is not None and d.kme.error is not None and "KMETLSError" in d.kme.error
+    assert d.kme is not None
+    assert d.kme.error is not None
+    assert "KMETLSError" in d.kme.error
 
 
 async def test_small_kme_keys_are_not_tier_4(pki: ThrowawayPKI) -> None:
@@ -146,5 +157,31 @@ async def test_ceiling_caps_and_floor_flags(pki: ThrowawayPKI) -> None:
     assert capped.tier is Tier.ENTROPY_ENHANCED
     assert any("ceiling 3" in r for r in capped.reasons)
     floored = await evaluate(config_for(floor=3))
-    assert floored.tier is Tier.HARDENED_PQ and floored.below_floor
+    assert floored.tier is Tier.HARDENED_PQ
+    assert floored.below_floor
     assert any("floor 3" in r for r in floored.reasons)
+
+
+async def test_only_the_slave_sae_may_fetch_a_key(pki: ThrowawayPKI) -> None:
+    master, slave = paired_kmes(pki)
+    with master, slave:
+        async with client(pki, master.url) as alice, client(pki, slave.url) as alice_on_b:
+            keys = await alice.enc_keys("sae-bob", method="POST", extension_optional=[{"x": 1}])
+            with pytest.raises(KMEUnauthorized) as info:
+                await alice_on_b.dec_keys("sae-alice", [keys[0].key_ID])
+    assert info.value.status == 401
+
+
+async def test_missing_client_certificate_file_is_reported_not_raised(pki: ThrowawayPKI) -> None:
+    raw = kme_raw(pki, "https://127.0.0.1:1")
+    raw["cert"] = "/nonexistent/cert.pem"
+    d = await evaluate(config_for(kme=raw))
+    assert d.tier is Tier.HARDENED_PQ
+    assert d.kme is not None
+    assert "KME client setup failed" in str(d.kme.error)
+
+
+async def test_refused_connection_is_reported(pki: ThrowawayPKI) -> None:
+    d = await evaluate(config_for(kme=kme_raw(pki, "https://127.0.0.1:1")))
+    assert d.kme is not None
+    assert "KMEConnectionError" in str(d.kme.error)

@@ -4,12 +4,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from hardware.errors import SourceDisconnected, SourceTimeout
 from hardware.probe import evaluate
 from hardware.reports import HealthVerdict
+from hardware.simulators.remote_qrng import RemoteQRNGSimulator
 from hardware.simulators.serial_qrng import SerialQRNGSimulator
 from hardware.sources import SerialSource
 from hardware.tier import Tier
@@ -44,8 +46,12 @@ async def test_unhealthy_output_is_a_health_failure_not_tier_3(behaviour: str) -
 async def test_slow_source_below_expected_rate_is_not_tier_3() -> None:
     # the simulator cannot exceed ~2000 B/s, the device claims 200 kB/s
     with SerialQRNGSimulator("slow", slow_rate_bps=2000) as sim:
-        cfg = config_for(serial_ports=[qrng_port(sim.path, expected_rate_bps=200_000)],
-                         sample_bytes=256, health={"startup_samples": 256}, read_timeout=3.0)  # fmt: skip
+        cfg = config_for(
+            serial_ports=[qrng_port(sim.path, expected_rate_bps=200_000)],
+            sample_bytes=256,
+            health={"startup_samples": 256},
+            read_timeout=3.0,
+        )
         d = await evaluate(cfg)
     assert d.tier is Tier.HARDENED_PQ
     assert d.devices[0].rate_ok is False
@@ -60,7 +66,8 @@ async def test_stall_and_disconnect_are_reported_not_hung(behaviour: str, error:
         d = await evaluate(config_for(serial_ports=[qrng_port(sim.path)], read_timeout=1.0))
     dev = d.devices[0]
     assert d.tier is Tier.HARDENED_PQ
-    assert dev.error is not None and error in dev.error
+    assert dev.error is not None
+    assert error in dev.error
     assert any(error in r for r in d.reasons)
 
 
@@ -114,8 +121,6 @@ def test_onerng_handshake_starts_and_stops_the_stream() -> None:
         for _ in range(50):  # the simulator reads the stop command asynchronously
             if not sim.streaming:
                 break
-            import time
-
             time.sleep(0.02)
     assert sim.commands[:2] == [b"cmd0\n", b"cmdO\n"]
     assert b"cmdo\n" in sim.commands
@@ -137,6 +142,9 @@ def test_permission_denied_is_reported_per_device_not_a_crash(tmp_path: os.PathL
         prefix = []
         if os.geteuid() == 0:
             prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+            probe = subprocess.run([*prefix, "true"], capture_output=True, check=False)
+            if probe.returncode != 0:
+                pytest.skip("root without CAP_SETPCAP: cannot make the kernel refuse an open")
         cmd = [
             sys.executable,
             "-m",
@@ -147,7 +155,9 @@ def test_permission_denied_is_reported_per_device_not_a_crash(tmp_path: os.PathL
             "--config",
             str(cfg),
         ]
-        proc = subprocess.run(prefix + cmd, capture_output=True, env=env, timeout=60, cwd=str(REPO))
+        proc = subprocess.run(
+            prefix + cmd, capture_output=True, env=env, timeout=60, cwd=str(REPO), check=False
+        )
     assert proc.returncode == 0, proc.stderr.decode()
     out = json.loads(proc.stdout)
     denied = next(d for d in out["devices"] if d["path"] == sim.path)
@@ -156,3 +166,36 @@ def test_permission_denied_is_reported_per_device_not_a_crash(tmp_path: os.PathL
     other = next(d for d in out["devices"] if d["path"] == good.path)
     assert other["health"] == "pass"
     assert out["tier"] == 2
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "handshake", "tier"),
+    [("dtr", "dtr", Tier.ENTROPY_ENHANCED), ("dtr", "none", Tier.HARDENED_PQ),
+     ("onerng", "onerng", Tier.ENTROPY_ENHANCED), ("onerng", "none", Tier.HARDENED_PQ)],
+)  # fmt: skip
+async def test_handshake_devices_need_their_handshake(
+    behaviour: str, handshake: str, tier: Tier
+) -> None:
+    with SerialQRNGSimulator(behaviour) as sim:
+        cfg = config_for(serial_ports=[qrng_port(sim.path, handshake=handshake)], read_timeout=0.5)
+        d = await evaluate(cfg)
+    assert d.tier is tier
+    if tier is Tier.HARDENED_PQ:
+        assert any("0 of 2048 bytes" in r for r in d.reasons)
+
+
+async def test_remote_endpoint_is_quantum_remote_and_not_tier_3() -> None:
+    with RemoteQRNGSimulator() as remote:
+        cfg = config_for(remote_endpoints=[{"name": "lab QRNG", "url": remote.url}])
+        d = await evaluate(cfg)
+    (dev,) = d.devices
+    assert dev.kind.value == "quantum_remote"
+    assert dev.health is HealthVerdict.PASS
+    assert dev.bytes_sampled == 2048
+    assert d.tier is Tier.HARDENED_PQ
+
+
+async def test_stuck_remote_endpoint_fails_health() -> None:
+    with RemoteQRNGSimulator("stuck") as remote:
+        d = await evaluate(config_for(remote_endpoints=[{"name": "r", "url": remote.url}]))
+    assert d.devices[0].health is HealthVerdict.FAIL

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
+from transport.keys import parse_authorized_keys
 from transport.ssh_options import ssh_options_for_tier
 
 
@@ -38,8 +39,8 @@ async def pq_server(
     options = ssh_options_for_tier(tier, "server")
     if kex_algs is not None:
         options["kex_algs"] = list(kex_algs)
-    authorized = asyncssh.import_authorized_keys(
-        "".join(k.export_public_key().decode() for k in client_keys)
+    authorized = parse_authorized_keys(
+        "".join(k.export_public_key().decode() for k in client_keys), require_pq=False
     )
     server = await asyncssh.create_server(
         asyncssh.SSHServer,

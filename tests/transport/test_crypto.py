@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import base64
+import ctypes.util
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,7 +59,8 @@ def test_slh_dsa_is_unavailable_with_a_reason_when_liboqs_is_absent() -> None:
     assert slh
     for entry in slh:
         assert entry.scheme is None
-        assert entry.reason == liboqs.ABSENT_REASON
+        assert entry.reason is not None
+        assert entry.reason.startswith(liboqs.ABSENT_REASON)
         with pytest.raises(AlgorithmUnavailable, match="liboqs shared library not present"):
             get_scheme(entry.spec.ssh_name)
 
@@ -232,3 +237,70 @@ def test_liboqs_verifies_the_stored_pqclean_vectors() -> None:
             base64.b64decode(vector["message"]),
             base64.b64decode(vector["signature"]),
         )
+
+
+@pytest.mark.parametrize("scheme", FAST, ids=lambda s: s.name)
+def test_signatures_are_detached_not_signed_messages(scheme: SignatureScheme) -> None:
+    public_key, secret_key = scheme.generate_keypair()
+    long_message = bytes(range(256)) * 40  # 10 KiB: larger than any signature here
+    signature = scheme.sign(secret_key, long_message)
+    assert len(signature) <= scheme.spec.signature_size
+    assert long_message not in signature
+    assert scheme.verify(public_key, long_message, signature) is True
+
+
+def _probe_liboqs(env_home: Path, install: Path) -> dict[str, object]:
+    """Run the detection in a fresh interpreter with the given search locations."""
+    code = (
+        "import json, sys\n"
+        "from transport.crypto import liboqs\n"
+        "s = liboqs.status()\n"
+        "print(json.dumps({'library': str(s.library) if s.library else None,"
+        " 'error': s.error, 'oqs_imported': 'oqs' in sys.modules,"
+        " 'version': liboqs.version()}))\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "HOME": str(env_home),
+        "OQS_INSTALL_PATH": str(install),
+    }
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=60, check=True)  # fmt: skip
+    parsed: dict[str, object] = json.loads(result.stdout)
+    return parsed
+
+
+@pytest.mark.skipif(liboqs.available(), reason="a real liboqs is installed here")
+def test_a_file_named_liboqs_that_is_not_liboqs_is_not_used(tmp_path: Path) -> None:
+    libz = ctypes.util.find_library("z")
+    if libz is None:
+        pytest.skip("no zlib shared library to stand in for a wrong liboqs.so")
+    install = tmp_path / "oqs"
+    (install / "lib").mkdir(parents=True)
+    dirs = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib")
+    resolved = next((Path(d) / libz for d in dirs if (Path(d) / libz).exists()), None)
+    if resolved is None:
+        pytest.skip(f"cannot locate {libz} on disk to stand in for a wrong liboqs.so")
+    shutil.copy(resolved, install / "lib" / "liboqs.so")
+    (install / "lib64").mkdir()
+    (install / "lib64" / "liboqs.so").write_bytes(b"not an ELF file")
+    probe = _probe_liboqs(tmp_path, install)
+    assert probe["library"] is None
+    assert probe["oqs_imported"] is False
+    assert probe["version"] is None
+    error = str(probe["error"])
+    assert error.startswith("liboqs shared library not present")
+    assert "lib/liboqs.so: not liboqs" in error
+    assert "lib64/liboqs.so" in error
+
+
+@pytest.mark.skipif(liboqs.available(), reason="a real liboqs is installed here")
+def test_no_liboqs_anywhere_means_pqclean_only_and_no_oqs_import(tmp_path: Path) -> None:
+    probe = _probe_liboqs(tmp_path, tmp_path / "nowhere")
+    assert probe == {
+        "library": None,
+        "error": "liboqs shared library not present",
+        "oqs_imported": False,
+        "version": None,
+    }

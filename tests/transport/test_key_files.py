@@ -210,7 +210,7 @@ def test_a_bad_authorized_keys_line_is_an_error_not_skipped(
 ) -> None:
     good = public_line(generate_key())
     path = _write(tmp_path, "authorized_keys", f"{good}\n{bad_line}\n")
-    with pytest.raises(KeyFileError, match=f"authorized_keys file .*{fault}"):
+    with pytest.raises(KeyFileError, match=f"authorized_keys .*{fault}"):
         read_authorized_keys(path)
 
 
@@ -229,3 +229,29 @@ def test_a_bad_known_hosts_line_is_an_error_not_skipped(
     path = _write(tmp_path, "known_hosts", f"# pinned\n{bad_line}\n{good}\n")
     with pytest.raises(KeyFileError, match=f"known_hosts file .*{fault}"):
         read_known_hosts(path)
+
+
+def test_classical_authorized_key_line_is_refused(tmp_path: Path) -> None:
+    ed = asyncssh.generate_private_key("ssh-ed25519")
+    path = _write(tmp_path, "authorized_keys", ed.export_public_key())
+    with pytest.raises(KeyFileError, match="line 1: ssh-ed25519 is not a post-quantum key"):
+        read_authorized_keys(path)
+
+
+def test_classical_key_never_matches_even_when_listed(tmp_path: Path) -> None:
+    ed = asyncssh.generate_private_key("ssh-ed25519")
+    path = _write(tmp_path, "authorized_keys", ed.export_public_key())
+    authorized = read_authorized_keys(path, require_pq=False)
+    assert authorized.validate(ed.convert_to_public(), "127.0.0.1", "127.0.0.1") is None
+    assert (
+        asyncssh.import_authorized_keys(ed.export_public_key().decode()).validate(
+            ed.convert_to_public(), "127.0.0.1", "127.0.0.1"
+        )
+        is not None
+    )  # the control: stock asyncssh would have matched it
+
+
+def test_empty_authorized_keys_is_an_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, "authorized_keys", "# nobody yet\n")
+    with pytest.raises(KeyFileError, match="has no keys"):
+        read_authorized_keys(path)

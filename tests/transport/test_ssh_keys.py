@@ -6,15 +6,19 @@ import base64
 
 import asyncssh
 import pytest
+from asyncssh.kex import _kex_handlers
 from asyncssh.packet import SSHPacket, String
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from transport import ssh_algorithms
-from transport.crypto import available_schemes
+from transport.crypto import available_kex, available_schemes
 from transport.ssh_algorithms import PQSSHKey, key_class, register, registered_algorithms
 
 DATA = b"session id || userauth request"
 FAST_ALGS = [s.spec.ssh_name for s in available_schemes() if not s.spec.slow_signer]
 ALL_ALGS = registered_algorithms()
+_FALCON = key_class("ssh-falcon512").generate(b"")
 
 
 @pytest.fixture(scope="module", params=ALL_ALGS)
@@ -129,3 +133,17 @@ def test_sphincs_keys_sign_off_the_event_loop_and_falcon_on_it() -> None:
 def test_unavailable_algorithm_gives_a_clear_error() -> None:
     with pytest.raises(asyncssh.KeyImportError, match="not available"):
         key_class("ssh-nonexistent")
+
+
+@settings(max_examples=60, deadline=None)
+@given(blob=st.binary(max_size=2000), trailer=st.binary(max_size=8))
+def test_ssh_verify_never_raises_on_arbitrary_signature_blobs(blob: bytes, trailer: bytes) -> None:
+    key = _FALCON
+    assert key.verify(DATA, blob) is False
+    assert key.verify(DATA, String(b"ssh-falcon512") + String(blob) + trailer) is False
+
+
+def test_our_hybrid_kex_names_sign_through_the_offloading_handler() -> None:
+    for name in available_kex():
+        handler = _kex_handlers[name.encode()][0]
+        assert handler.__name__ == "_OffloadedSigningHybridKex", name

@@ -42,7 +42,8 @@ def kex_statuses() -> list[KexStatus]:
     result = []
     for name in HYBRID_KEX:
         if name.startswith("sntrup") and not liboqs.available():
-            result.append(KexStatus(name, False, _KEX_PROVIDER[name], liboqs.ABSENT_REASON))
+            reason = liboqs.status().error or liboqs.ABSENT_REASON
+            result.append(KexStatus(name, False, _KEX_PROVIDER[name], reason))
         elif name not in registered:
             result.append(KexStatus(name, False, _KEX_PROVIDER[name], "not offered by asyncssh"))
         else:

@@ -26,6 +26,8 @@ from transport.crypto.scheme import SignatureScheme
 
 PROVIDER = "liboqs"
 ABSENT_REASON = "liboqs shared library not present"
+# liboqs-python calls these at import; a file lacking them is not liboqs.
+_REQUIRED_SYMBOLS = ("OQS_init", "OQS_version", "OQS_SIG_new")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +51,22 @@ def _candidates() -> list[Path]:
 
 @functools.cache
 def status() -> LiboqsStatus:
+    rejected: list[str] = []
     for path in _candidates():
         # find_library returns a bare soname the loader resolves; others must exist.
         if path.is_absolute() and not path.exists():
             continue
         try:
-            ctypes.CDLL(str(path))
-        except OSError:
+            library = ctypes.CDLL(str(path))
+        except OSError as exc:
+            rejected.append(f"{path}: {exc}")
+            continue
+        if not all(hasattr(library, symbol) for symbol in _REQUIRED_SYMBOLS):
+            rejected.append(f"{path}: not liboqs (no {'/'.join(_REQUIRED_SYMBOLS)})")
             continue
         return LiboqsStatus(path, None)
+    if rejected:
+        return LiboqsStatus(None, f"{ABSENT_REASON} ({'; '.join(rejected)})")
     return LiboqsStatus(None, ABSENT_REASON)
 
 

@@ -43,7 +43,7 @@ def _table() -> dict[str, AlgorithmStatus]:
         if providers:
             entry = AlgorithmStatus(spec, providers[0], None)
         elif spec.pqclean_module is None and not liboqs.available():
-            entry = AlgorithmStatus(spec, None, liboqs.ABSENT_REASON)
+            entry = AlgorithmStatus(spec, None, liboqs.status().error or liboqs.ABSENT_REASON)
         else:
             entry = AlgorithmStatus(spec, None, "not enabled in the loaded liboqs")
         table[spec.name] = entry

@@ -1,0 +1,179 @@
+"""``qssh-sidecar wal verify|dump|compact PATH``: inspect and maintain a log offline.
+
+Exit codes: 0 clean; 1 torn tail (an unfinished write at a crash; the next open cuts
+it); 2 corruption, unreadable file or not a log; 3 the log is in use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import orjson
+
+from sidecar.errors import LogCorrupt, Unavailable
+from sidecar.wal import (
+    TEMP_SUFFIX,
+    LogLock,
+    WriteAheadLog,
+    check_file_header,
+    checkpoint_record,
+    replay,
+    scan,
+)
+
+EXIT_CLEAN, EXIT_TORN, EXIT_CORRUPT, EXIT_BUSY = 0, 1, 2, 3
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="wal_command", metavar="ACTION", required=True)
+    verify = sub.add_parser("verify", help="check every frame; report torn tail or corruption")
+    verify.add_argument("path")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    dump = sub.add_parser("dump", help="print every record as NDJSON")
+    dump.add_argument("path")
+    compact = sub.add_parser("compact", help="rewrite the log keeping only live messages")
+    compact.add_argument("path")
+    compact.add_argument(
+        "--salvage",
+        action="store_true",
+        help="if the log is corrupt, set it aside and keep every valid record",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    action = {"verify": _verify, "dump": _dump, "compact": _compact}[args.wal_command]
+    return action(args)
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return None
+
+
+def _verify(args: argparse.Namespace) -> int:
+    data = _read(args.path)
+    if data is None:
+        return EXIT_CORRUPT
+    problem = check_file_header(data)
+    if problem is not None:
+        print(f"{args.path}: {problem}", file=sys.stderr)
+        return EXIT_CORRUPT
+    result = scan(data)
+    report: dict[str, object] = {
+        "path": args.path,
+        "bytes": len(data),
+        "frames": result.frames,
+        "records": len(result.records),
+        "valid_bytes": result.valid_end,
+        "status": "clean",
+    }
+    try:
+        replayed = replay(result.records, path=args.path)
+    except LogCorrupt as exc:
+        print(exc.message, file=sys.stderr)
+        return EXIT_CORRUPT
+    report["live_messages"] = len(replayed.live)
+    report["next_id"] = replayed.next_id
+    if os.path.exists(args.path + TEMP_SUFFIX):
+        report["leftover_compaction_file"] = args.path + TEMP_SUFFIX
+    code = EXIT_CLEAN
+    if result.corrupt:
+        report["status"] = "corrupt"
+        report["bad_offset"] = result.bad_offset
+        report["next_valid_offset"] = result.next_valid_offset
+        message = (
+            f"{args.path}: CORRUPT: bad frame at byte offset {result.bad_offset}, valid frames "
+            f"follow (next at {result.next_valid_offset}). The sidecar will refuse to open "
+            "it; `qssh-sidecar wal compact --salvage` keeps every valid record and sets the "
+            "damaged file aside"
+        )
+        code = EXIT_CORRUPT
+    elif result.torn_tail:
+        report["status"] = "torn_tail"
+        report["torn_bytes"] = len(data) - result.valid_end
+        message = (
+            f"{args.path}: torn tail: {len(data) - result.valid_end} bytes at offset "
+            f"{result.valid_end} are an unfinished write (a crash mid-write); the next open "
+            "truncates them. Nothing acknowledged is in them"
+        )
+        code = EXIT_TORN
+    else:
+        message = (
+            f"{args.path}: clean: {result.frames} frames, {len(result.records)} records, "
+            f"{len(replayed.live)} live messages, next id {replayed.next_id}"
+        )
+    if args.json:
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+    print(message, file=sys.stdout if code == EXIT_CLEAN and not args.json else sys.stderr)
+    return code
+
+
+def _dump(args: argparse.Namespace) -> int:
+    data = _read(args.path)
+    if data is None:
+        return EXIT_CORRUPT
+    problem = check_file_header(data)
+    if problem is not None:
+        print(f"{args.path}: {problem}", file=sys.stderr)
+        return EXIT_CORRUPT
+    result = scan(data)
+    out = sys.stdout.buffer
+    try:
+        for record in result.records:
+            out.write(orjson.dumps(record) + b"\n")
+        out.flush()
+    except BrokenPipeError:  # e.g. piped into `head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLEAN
+    if result.corrupt:
+        print(
+            f"{args.path}: stopped at corrupt frame at offset {result.bad_offset}",
+            file=sys.stderr,
+        )
+        return EXIT_CORRUPT
+    if result.torn_tail:
+        print(f"{args.path}: torn tail at offset {result.valid_end}", file=sys.stderr)
+        return EXIT_TORN
+    return EXIT_CLEAN
+
+
+def _compact(args: argparse.Namespace) -> int:
+    if not os.path.exists(args.path):
+        print(f"{args.path}: no such log", file=sys.stderr)
+        return EXIT_CORRUPT
+    lock = LogLock(args.path)
+    try:
+        lock.acquire()
+    except Unavailable as exc:
+        print(exc.message, file=sys.stderr)
+        return EXIT_BUSY
+    try:
+        try:
+            wal, rec = WriteAheadLog.open(args.path, salvage=args.salvage)
+        except LogCorrupt as exc:
+            print(exc.message, file=sys.stderr)
+            return EXIT_CORRUPT
+        assert rec.replayed is not None
+        before = wal.size
+        started = time.perf_counter()
+        records = [checkpoint_record(rec.replayed.next_id, time.time())]
+        records += [orjson.dumps(r) for r in rec.replayed.live.values()]
+        wal.rewrite(records)
+        wal.close()
+        print(
+            f"{args.path}: compacted {before} -> {wal.size} bytes, "
+            f"{len(rec.replayed.live)} live messages kept, next id {rec.replayed.next_id} "
+            f"({time.perf_counter() - started:.3f}s)"
+        )
+        if rec.salvaged_to:
+            print(f"damaged original kept as {rec.salvaged_to}")
+        return EXIT_CLEAN
+    finally:
+        lock.release()

@@ -1,0 +1,23 @@
+"""Small builders shared by the core tests."""
+
+from __future__ import annotations
+
+from sidecar import QueueMessage
+
+
+def block(n: int) -> QueueMessage:
+    return QueueMessage.create(
+        "block_import", block_hash=n.to_bytes(32, "big"), block_number=n, timestamp=n
+    )
+
+
+def tx(n: int, size: int = 16) -> QueueMessage:
+    return QueueMessage.create("transaction", tx_hash=n.to_bytes(32, "big"), tx_data=bytes(size))
+
+
+def gossip(n: int) -> QueueMessage:
+    return QueueMessage.create("gossip", topic=f"t{n}", data=n.to_bytes(4, "big"))
+
+
+def telemetry(n: int) -> QueueMessage:
+    return QueueMessage.create("telemetry", name="cpu", value=n)

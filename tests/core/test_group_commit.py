@@ -1,0 +1,85 @@
+"""Group commit: concurrent sync submits, pops and acks share one write and one fsync."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sidecar import QppValidatorQueue
+from sidecar.wal import LogHandle, OsFileLayer, scan
+from tests.core.helpers import block
+from tests.core.simfs import SimDisk
+
+
+class _Counted:
+    def __init__(self, inner: LogHandle, layer: _CountingLayer) -> None:
+        self._inner = inner
+        self._layer = layer
+
+    def write(self, data: bytes) -> None:
+        self._layer.writes += 1
+        self._inner.write(data)
+
+    def sync(self) -> None:
+        self._layer.syncs += 1
+        self._inner.sync()
+
+    def truncate(self, size: int) -> None:
+        self._inner.truncate(size)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _CountingLayer(OsFileLayer):
+    """The real OS file layer, counting writes and fsyncs of the log."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.syncs = 0
+
+    def open_append(self, path: str) -> LogHandle:
+        return _Counted(super().open_append(path), self)
+
+
+async def test_concurrent_sync_submits_share_fsyncs_on_a_real_disk(tmp_path: Path) -> None:
+    layer = _CountingLayer()
+    q = await QppValidatorQueue.open("v", tmp_path, layer=layer)
+    base_w, base_s = layer.writes, layer.syncs
+    n = 256
+    ids = await asyncio.gather(*(q.submit_sync(block(i), submitted_by="t") for i in range(n)))
+    syncs, writes = layer.syncs - base_s, layer.writes - base_w
+    assert len(set(ids)) == n
+    assert syncs <= n // 8, f"{syncs} fsyncs for {n} concurrent submits"
+    assert writes == syncs  # one write per batch
+    assert q.stats()["batches"] == syncs
+    await q.close()
+
+
+async def test_concurrent_pops_and_acks_are_grouped_too() -> None:
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk)
+    await asyncio.gather(*(q.submit_sync(block(i), submitted_by="t") for i in range(100)))
+    leases = [await q.lease(timeout=60) for _ in range(50)]
+    before = disk.syncs
+    await asyncio.gather(
+        *(q.pop() for _ in range(50)), *(q.ack(lease) for lease in leases if lease is not None)
+    )
+    assert disk.syncs - before <= 2
+    assert q.depth()["total"] == 0
+    await q.close()
+
+
+async def test_no_ack_before_its_record_is_durable() -> None:
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk)
+
+    async def submit_and_check(i: int) -> None:
+        mid = await q.submit_sync(block(i), submitted_by="t")
+        durable = scan(disk.names["/d/v.wal"].durable).records
+        assert any(r.get("message_id") == mid and r["type"] == "submit" for r in durable)
+
+    await asyncio.gather(*(submit_and_check(i) for i in range(64)))
+    for _ in range(8):  # serial too
+        await submit_and_check(1000)
+    await q.close()

@@ -1,0 +1,129 @@
+"""Hypothesis stateful test: the pure queue state against a plain model."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from sidecar import AlreadyConsumed, Limits, NotFound, QueueFull, QueueMessageWithProvenance
+from sidecar.state import QueueState
+from tests.core.helpers import block, gossip, telemetry, tx
+
+_MAKERS = [block, tx, gossip, telemetry]
+
+
+class QueueModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = QueueState(Limits(max_messages=12))
+        self.now = 0.0
+        self.next_id = 1
+        # model: ready = {id: (priority, delivery_count)}; leases = {lease_id: (id, deadline)}
+        self.ready: dict[int, tuple[int, int]] = {}
+        self.leases: dict[int, tuple[int, float, int]] = {}
+        self.ended: set[int] = set()
+        self.consumed: set[int] = set()
+        self.prio_of: dict[int, int] = {}
+
+    def _expected_next(self) -> int | None:
+        if not self.ready:
+            return None
+        return min(self.ready, key=lambda i: (-self.ready[i][0], i))
+
+    def _expire_model(self) -> None:
+        for lid, (mid, deadline, dc) in list(self.leases.items()):
+            if deadline <= self.now:
+                del self.leases[lid]
+                self.ended.add(lid)
+                self.ready[mid] = (self.prio_of[mid], dc + 1)
+
+    @rule(kind=st.integers(0, 3))
+    def submit(self, kind: int) -> None:
+        msg = _MAKERS[kind](self.next_id)
+        try:
+            self.state.admit(msg.encoded_size)
+        except QueueFull:
+            assert len(self.ready) + len(self.leases) >= 12
+            return
+        item = QueueMessageWithProvenance(msg, self.next_id, self.now, "t")
+        self.state.push(item)
+        self.prio_of[self.next_id] = int(msg.priority)
+        self.ready[self.next_id] = (int(msg.priority), 0)
+        self.next_id += 1
+
+    @rule()
+    def take(self) -> None:
+        self.state.expire(self.now)
+        self._expire_model()
+        expected = self._expected_next()
+        item = self.state.take()
+        if expected is None:
+            assert item is None
+            return
+        assert item is not None
+        assert item.message_id == expected
+        assert item.delivery_count == self.ready[expected][1]
+        self.state.forget(item.message.encoded_size)
+        del self.ready[expected]
+        self.consumed.add(expected)
+
+    @rule(timeout=st.sampled_from([0.5, 1.0, 5.0]))
+    def lease(self, timeout: float) -> None:
+        self.state.expire(self.now)
+        self._expire_model()
+        expected = self._expected_next()
+        lease = self.state.lease(self.now, timeout)
+        if expected is None:
+            assert lease is None
+            return
+        assert lease is not None
+        assert lease.message_id == expected
+        _, dc = self.ready.pop(expected)
+        self.leases[lease.lease_id] = (expected, self.now + timeout, dc)
+
+    @precondition(lambda self: bool(self.leases) or bool(self.ended))
+    @rule(data=st.data(), release=st.booleans())
+    def ack_or_release(self, data: st.DataObject, release: bool) -> None:
+        self.state.expire(self.now)
+        self._expire_model()
+        choices = sorted(self.leases) + sorted(self.ended)
+        lid = data.draw(st.sampled_from(choices))
+        if lid in self.ended:
+            try:
+                self.state.end_lease(lid)
+                raise AssertionError("a stale lease was accepted")
+            except AlreadyConsumed:
+                return
+        mid, _, dc = self.leases.pop(lid)
+        self.ended.add(lid)
+        if release:
+            self.state.release(lid)
+            self.ready[mid] = (self.prio_of[mid], dc + 1)
+        else:
+            lease = self.state.end_lease(lid)
+            assert lease.message_id == mid
+            self.state.forget(lease.item.message.encoded_size)
+            self.consumed.add(mid)
+
+    @rule()
+    def unknown_lease(self) -> None:
+        try:
+            self.state.end_lease(10**9)
+            raise AssertionError("an unknown lease was accepted")
+        except NotFound:
+            pass
+
+    @rule(dt=st.sampled_from([0.1, 0.5, 1.0, 3.0]))
+    def advance(self, dt: float) -> None:
+        self.now += dt
+
+    @invariant()
+    def counts_agree(self) -> None:
+        assert self.state.ready + self.state.leased == len(self.ready) + len(self.leases)
+        assert self.state.count == len(self.ready) + len(self.leases)
+        assert not (set(self.ready) & self.consumed)
+
+
+TestQueueModel = QueueModel.TestCase
+TestQueueModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
