@@ -205,7 +205,7 @@ class Sidecar:
             task.cancel()
         try:
             async with asyncio.timeout(timeout):
-                await self.node.close()
+                await self.node.close(drain=timeout / 2)
                 await self.server.stop(drain=timeout / 2)
         except TimeoutError:
             log.warning("in-flight requests did not finish within %.1fs; closing anyway", timeout)
@@ -224,7 +224,7 @@ class Sidecar:
 
     async def _abort_start(self) -> None:
         with contextlib.suppress(Exception):
-            await self.node.close()
+            await self.node.close(drain=0)
         with contextlib.suppress(Exception):
             await self.server.stop(drain=0)
         with contextlib.suppress(Exception):

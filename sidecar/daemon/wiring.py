@@ -266,6 +266,7 @@ class ServerPart:
             max_frame_bytes=self.cfg.limits.max_frame_bytes,
             max_in_flight_per_channel=self.cfg.limits.max_in_flight,
             max_connections=self.cfg.limits.max_connections,
+            drain_seconds=self.cfg.durability.shutdown_timeout / 2,
         )
         settings = ServerSettings(
             host=self.cfg.listen.host,
@@ -286,6 +287,7 @@ class ServerPart:
         return int(self.server.service.server_stats().get("connections", 0))
 
     async def stop(self, drain: float) -> None:
+        """Stop accepting and drain (bounded by ``limits.drain_seconds``, set from config)."""
         if self.server is not None:
             await self.server.close()
             self.server = None
