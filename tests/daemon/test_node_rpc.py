@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import stat
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -193,3 +195,39 @@ def test_socket_mode_is_0660(node: Any) -> None:
 def test_non_loopback_node_http_is_refused_at_config_time(addr: str) -> None:
     with pytest.raises(ConfigError):
         parse_endpoint(addr, "node.http", loopback_only=True)
+
+
+def test_sync_policy_upgrades_node_async_submits_and_socket_group_applies(
+    tmp_path: Path,
+) -> None:
+    mport = free_port()
+    (tmp_path / "c.toml").write_text(
+        f'listen = "127.0.0.1:{free_port()}"\ndata_dir = "d"\n'
+        '[durability]\npolicy = "sync"\n'
+        f'[metrics]\nlisten = "127.0.0.1:{mport}"\n'
+        '[node]\nsocket = "node.sock"\nsocket_group = "daemon"\n'
+        "[hardware]\nuse_udev = false\nchar_devices = []\n"
+    )
+    d = Daemon(["--config", "c.toml"], child_env(), tmp_path)
+    try:
+        d.wait_ready()
+        sock = tmp_path / "node.sock"
+        assert os.stat(sock).st_gid == grp.getgrnam("daemon").gr_gid
+        gossip = {"Gossip": {"topic": "t", "data": [1, 2, 3]}}
+        assert rpc_line(sock, _req("qssh_submitMessage", [gossip]))["result"] >= 1
+        item = rpc_line(sock, _req("qssh_popMessage"))["result"]
+        assert item["mode"] == "sync"
+        assert item["upgraded"] is True
+        assert item["persisted"] is True
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        assert "qssh_submit_upgrades_total 1.0" in text
+    finally:
+        assert d.stop() == 0
+
+
+def _req(method: str, params: Any = None) -> bytes:
+    req: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": method}
+    if params is not None:
+        req["params"] = params
+    return orjson.dumps(req)
