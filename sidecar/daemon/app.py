@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -112,6 +111,11 @@ class Sidecar:
                 print(f"qssh-sidecar: cannot start: {e}", file=sys.stderr, flush=True)
                 await self._abort_start()
                 return EXIT_FAILURE
+            except Exception as e:
+                log.exception("unexpected error while starting")
+                print(f"qssh-sidecar: cannot start: {e!r}", file=sys.stderr, flush=True)
+                await self._abort_start()
+                return EXIT_FAILURE
             await self._stop.wait()
             return await self.shutdown()
         finally:
@@ -138,7 +142,10 @@ class Sidecar:
         operator = None
         if cfg.embedded_defaults or not cfg.authorized_keys_path.exists():
             operator = keys.ensure_local_operator(cfg, host)
-        self.server.load_authorized_keys(cfg.authorized_keys_path)
+        try:
+            self.server.load_authorized_keys(cfg.authorized_keys_path)
+        except ValueError as e:
+            raise ConfigError(f"authorized_keys: {e}") from None
 
         recovery = await self.queue.open(salvage=self.salvage)
         self.say(f"log {self.queue.wal_dir}: {recovery}")
@@ -262,6 +269,14 @@ class Sidecar:
         while True:
             await asyncio.sleep(METRICS_PERIOD)
             ticks += 1
+            failed = self.queue.failed()
+            if failed is not None:
+                # fsyncgate: the queue refuses work for good; exit non-zero so the
+                # service manager restarts us and recovery reads what is on disk.
+                log.error("the log failed, stopping for a restart: %s", failed)
+                self.notifier.status(f"log failed: {failed}")
+                self._stop.set()
+                return
             self.metrics.refresh(
                 self.queue.depth_by_priority(),
                 self.queue.leased(),
@@ -277,6 +292,3 @@ class Sidecar:
     def _on_tier_change(self, old: int | None, new: int, reason: str) -> None:
         self.say(f"tier changed {old} -> {new}: {reason}")
         self.notifier.status(self._status_line())
-
-
-Callback = Callable[[], None]

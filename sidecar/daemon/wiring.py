@@ -142,6 +142,11 @@ class QueuePart:
     def depth_summary(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.depth_by_priority().items())
 
+    def failed(self) -> str | None:
+        """Why the log stopped taking work (a failed fsync), or None."""
+        fatal = None if self.q is None else self.q.failed
+        return None if fatal is None else fatal.message
+
     def leased(self) -> int:
         return 0 if self.q is None else int(self.q.depth()["leased"])
 

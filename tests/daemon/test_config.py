@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncssh
 import pytest
 
+import transport.ssh_algorithms  # noqa: F401 - registers ssh-falcon512
 from sidecar.daemon import config
 from sidecar.daemon.config import ConfigError
 
@@ -158,4 +160,16 @@ def test_serve_data_dir_not_writable(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")  # as root, permissions do not stop us; a file does
     _assert_one_line_failure(
         tmp_path, ["--port", str(port), "--data-dir", "afile/d"], "data_dir: cannot create", port
+    )
+
+
+def test_serve_unknown_role_in_authorized_keys(tmp_path: Path) -> None:
+    port = free_port()
+    key = asyncssh.generate_private_key("ssh-falcon512")
+    (tmp_path / "ak").write_text('roles="superuser" ' + key.export_public_key().decode())
+    _assert_one_line_failure(
+        tmp_path,
+        ["--port", str(port), "--data-dir", "d", "--authorized-keys", "ak"],
+        "unknown role 'superuser'",
+        port,
     )
