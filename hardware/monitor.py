@@ -11,10 +11,10 @@ from typing import Any
 import pyudev
 
 from hardware.config import HardwareConfig
-from hardware.errors import HealthTestFailure
+from hardware.errors import HealthTestFailure, SourceError
 from hardware.health import HealthTest
 from hardware.probe import Found, evaluate_found
-from hardware.reports import SourceKind
+from hardware.reports import DeviceReport, HealthVerdict, SourceKind
 from hardware.sources import EntropySource
 from hardware.tier import TierDecision
 
@@ -30,22 +30,34 @@ class HealthCheckedSource:
     After a failure every read raises `HealthTestFailure`: the bytes are never returned.
     """
 
-    def __init__(self, source: EntropySource, test: HealthTest, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        source: EntropySource,
+        test: HealthTest,
+        timeout: float = 2.0,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
         self.source = source
         self.test = test
         self.timeout = timeout
+        self.on_failure = on_failure  # called from the reading thread
         self.failed = False
+        self.closed = False
         self._opened = False
 
     def read(self, n: int) -> bytes:
         if self.failed:
             raise HealthTestFailure(f"{self.source.path}: health test failed earlier")
+        if self.closed:
+            raise SourceError(f"{self.source.path}: reader was closed")
         if not self._opened:
             self.source.open()
             self._opened = True
         data = self.source.read(n, self.timeout)
         if not self.test.feed(data):
             self.failed = True
+            if self.on_failure is not None:
+                self.on_failure()
             c = self.test.counts
             raise HealthTestFailure(
                 f"{self.source.path}: health test failed (repetition count {c.rct_failures}, "
@@ -57,6 +69,20 @@ class HealthCheckedSource:
         if self._opened:
             self.source.close()
             self._opened = False
+        self.closed = True
+
+    def describe_into(self, report: DeviceReport) -> None:
+        """Fill a probe report from the live tests instead of opening the device again."""
+        counts = self.test.counts
+        report.readable = True
+        report.bytes_sampled = counts.samples
+        report.health_counts = counts.as_dict()
+        report.error = None
+        if self.failed:
+            report.health = HealthVerdict.FAIL
+        elif counts.samples >= self.test.params.startup_samples:
+            report.health = HealthVerdict.PASS
+        # else: keep the verdict of the startup sample taken when the source was chosen
 
 
 class HardwareMonitor:
@@ -69,6 +95,8 @@ class HardwareMonitor:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._udev_monitor: Any = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._live: list[HealthCheckedSource] = []
         self.evaluations = 0
         self.hotplug_events = 0
 
@@ -83,6 +111,7 @@ class HardwareMonitor:
 
     async def start(self) -> TierDecision:
         """Evaluate once (so `current` is set), then keep watching in the background."""
+        self._event_loop = asyncio.get_running_loop()
         await self._evaluate("startup")
         if self._hotplug:
             self._watch_udev()
@@ -102,17 +131,32 @@ class HardwareMonitor:
             self._task = None
 
     def trigger(self) -> None:
-        """Re-evaluate soon (e.g. after a health failure seen by a reader)."""
-        self._wake.set()
+        """Re-evaluate soon; safe to call from any thread."""
+        loop = self._event_loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake.set()
+        else:
+            loop.call_soon_threadsafe(self._wake.set)
 
     def best_quantum_source(self) -> HealthCheckedSource | None:
         """A fresh health-checked reader on the best healthy local quantum RNG, if any."""
         for f in self._found:
             rep = f.report
             if rep.kind is SourceKind.QUANTUM_LOCAL and rep.healthy and f.open_source:
-                return HealthCheckedSource(
-                    f.open_source(), HealthTest(self.config.health), self.config.read_timeout
+                src = HealthCheckedSource(
+                    f.open_source(),
+                    HealthTest(self.config.health),
+                    self.config.read_timeout,
+                    on_failure=self.trigger,
                 )
+                self._live.append(src)
+                return src
         return None
 
     def _watch_udev(self) -> None:
@@ -154,7 +198,11 @@ class HardwareMonitor:
                 log.exception("hardware re-evaluation failed; keeping tier")
 
     async def _evaluate(self, cause: str) -> None:
-        decision, found = await evaluate_found(self.config)
+        self._live = [s for s in self._live if not s.closed]
+        # a device being read is judged by its continuous tests; opening it again
+        # would split its stream between two readers
+        in_use = {s.source.path: s.describe_into for s in self._live}
+        decision, found = await evaluate_found(self.config, in_use=in_use)
         self.evaluations += 1
         old, self._found = self._current, found
         self._current = decision

@@ -6,7 +6,7 @@ import asyncio
 import glob
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -214,13 +214,20 @@ def sample(found: Found, config: HardwareConfig, sample_bytes: int | None = None
     return rep
 
 
-def probe_found(config: HardwareConfig, sample_bytes: int | None = None) -> list[Found]:
+def probe_found(
+    config: HardwareConfig,
+    sample_bytes: int | None = None,
+    skip: Collection[str] = (),
+) -> list[Found]:
+    """Enumerate and sample; devices whose path is in `skip` (in use) are not opened."""
     found = enumerate_udev() if config.use_udev else []
     known = {f.report.path for f in found if f.report.path}
     found += configured(config, known)
-    if found:  # in parallel: a stalled device costs one read timeout, not one per device
-        with ThreadPoolExecutor(max_workers=min(8, len(found)), thread_name_prefix="probe") as pool:
-            list(pool.map(lambda f: sample(f, config, sample_bytes), found))
+    to_sample = [f for f in found if f.report.path not in skip]
+    if to_sample:  # in parallel: a stalled device costs one read timeout, not one per device
+        workers = min(8, len(to_sample))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
+            list(pool.map(lambda f: sample(f, config, sample_bytes), to_sample))
     return found
 
 
@@ -254,9 +261,17 @@ async def kme_status(cfg: KMEConfig) -> KMEStatusReport:
 
 
 async def evaluate_found(
-    config: HardwareConfig, sample_bytes: int | None = None
+    config: HardwareConfig,
+    sample_bytes: int | None = None,
+    in_use: Mapping[str, Callable[[DeviceReport], None]] | None = None,
 ) -> tuple[TierDecision, list[Found]]:
-    found = await asyncio.to_thread(probe_found, config, sample_bytes)
+    """Probe and decide; a device in `in_use` is described by its callback, not re-opened."""
+    in_use = in_use or {}
+    found = await asyncio.to_thread(probe_found, config, sample_bytes, set(in_use))
+    for f in found:
+        describe_live = in_use.get(f.report.path or "")
+        if describe_live is not None:
+            describe_live(f.report)
     kme = await kme_status(config.kme) if config.kme else None
     devices = [f.report for f in found]
     return decide(devices, kme, floor=config.floor, ceiling=config.ceiling), found

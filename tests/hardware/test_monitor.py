@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
 from hardware.errors import HealthTestFailure
 from hardware.health import HealthTest
 from hardware.monitor import HardwareMonitor, HealthCheckedSource
-from hardware.simulators.serial_qrng import SerialQRNGSimulator
+from hardware.simulators.serial_qrng import Behaviour, SerialQRNGSimulator
 from hardware.sources import SerialSource
 from hardware.tier import Tier, TierDecision
 from tests.hardware.conftest import config_for
@@ -89,3 +90,56 @@ def test_health_checked_source_refuses_a_stream_that_goes_stuck() -> None:
         finally:
             src.close()
     assert src.failed
+
+
+async def wait_until(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_a_source_that_goes_bad_in_use_drops_the_tier() -> None:
+    with SerialQRNGSimulator("good") as sim:
+        monitor = HardwareMonitor(config_for(serial_ports=[qrng(sim.path)], check_interval=60))
+        changes: list[TierDecision] = []
+        monitor.subscribe(lambda _old, new: changes.append(new))
+        await monitor.start()
+        try:
+            src = monitor.best_quantum_source()
+            assert src is not None
+            await asyncio.to_thread(src.read, 2048)
+            sim.behaviour = Behaviour.STUCK  # the device fails after it was trusted
+            failure = None
+            for _ in range(50):  # the pty may still hold some good bytes
+                try:
+                    await asyncio.to_thread(src.read, 4096)
+                except HealthTestFailure as exc:
+                    failure = exc
+                    break
+            assert failure is not None
+            await wait_until(lambda: len(changes) >= 2)
+        finally:
+            await monitor.stop()
+    assert [int(d.tier) for d in changes] == [3, 2]
+    assert any("health test failure" in r for r in changes[1].reasons)
+
+
+async def test_a_device_in_use_is_judged_by_its_live_tests_not_reopened() -> None:
+    with SerialQRNGSimulator("good") as sim:
+        monitor = HardwareMonitor(config_for(serial_ports=[qrng(sim.path)], check_interval=0.2))
+        await monitor.start()
+        src = monitor.best_quantum_source()
+        assert src is not None
+        try:
+            await asyncio.to_thread(src.read, 3000)
+            before = monitor.evaluations
+            await wait_until(lambda: monitor.evaluations >= before + 1)
+            decision = monitor.current
+        finally:
+            await monitor.stop()
+            src.close()
+    assert decision is not None
+    assert decision.tier is Tier.ENTROPY_ENHANCED
+    assert decision.devices[0].bytes_sampled == 3000  # the live count, not a fresh sample
