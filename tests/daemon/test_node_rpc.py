@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grp
 import os
+import socket
 import stat
 import urllib.request
 from collections.abc import Iterator
@@ -231,3 +232,23 @@ def _req(method: str, params: Any = None) -> bytes:
     if params is not None:
         req["params"] = params
     return orjson.dumps(req)
+
+
+def test_http_keep_alive_serves_several_requests_on_one_connection(node: Any) -> None:
+    _, _, port = node
+    body = b'{"jsonrpc": "2.0", "id": 1, "method": "qssh_getValidatorName"}'
+    head = (
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        f = s.makefile("rb")
+        for _ in range(3):
+            s.sendall(head + body)
+            assert f.readline().startswith(b"HTTP/1.1 200")
+            length = 0
+            while (line := f.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            assert orjson.loads(f.read(length))["result"] == "alice"
