@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import asyncssh
 
 import transport.ssh_algorithms  # noqa: F401 - registers ssh-falcon512
+from transport.client import QueueClient
 
 from .harness import NotifySocket, call_line, free_port
 
@@ -92,3 +94,29 @@ def test_second_daemon_on_the_same_data_dir_is_refused(spawn: Any, tmp_path: Pat
     other.stop()
     assert any("in use by another qssh-sidecar" in e for e in other.errors)
     assert d.stop() == 0
+
+
+async def test_sigterm_with_an_ssh_client_connected_keeps_its_async_submits(
+    tmp_path: Path, spawn: Any
+) -> None:
+    args = ["--port", str(free_port()), "--data-dir", "d", "--metrics", ""]
+    d = spawn(args)
+    d.wait_ready()
+    op = tmp_path / "d" / "operator"
+    gossip = {"kind": "gossip", "topic": "x", "data": "aGk="}
+    async with QueueClient.connect(
+        "127.0.0.1",
+        d.port("ssh"),
+        username="operator",
+        client_keys=[op / "id_falcon512"],
+        known_hosts=op / "known_hosts",
+    ) as c:
+        results = await c.submit_batch([gossip] * 40, mode="async")
+        assert all(r["mode"] == "async" for r in results)
+        d.proc.send_signal(signal.SIGTERM)  # while this connection is still open
+        rc = await asyncio.to_thread(d.stop)
+    assert rc == 0
+    d2 = spawn(args)
+    d2.wait_ready()
+    assert d2.wait_line(r"restored (\d+) messages").group(1) == "40"
+    assert d2.stop() == 0
