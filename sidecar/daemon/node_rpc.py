@@ -234,7 +234,9 @@ class NodeEndpointServer:
         _remove_stale_socket(path)
         old_umask = os.umask(0o117)  # the socket is born 0660, never briefly wider
         try:
-            server = await asyncio.start_unix_server(self._serve_unix, path=str(path))
+            server = await asyncio.start_unix_server(
+                self._serve_unix, path=str(path), limit=MAX_BODY + 1024
+            )
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o660)
@@ -245,7 +247,9 @@ class NodeEndpointServer:
 
     async def start_http(self, endpoint: Endpoint) -> int:
         """Listen on a loopback address (checked by the config); the bound port."""
-        server = await asyncio.start_server(self._serve_http, endpoint.host, endpoint.port)
+        server = await asyncio.start_server(
+            self._serve_http, endpoint.host, endpoint.port, limit=MAX_BODY + 1024
+        )
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 

@@ -252,3 +252,13 @@ def test_http_keep_alive_serves_several_requests_on_one_connection(node: Any) ->
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
             assert orjson.loads(f.read(length))["result"] == "alice"
+
+
+@pytest.mark.parametrize("how", TRANSPORTS)
+def test_a_large_message_in_serde_form(node: Any, how: Transport) -> None:
+    drain(node)
+    data = list(range(256)) * 2000  # 512 KB of bytes, ~2 MB as a serde int list
+    assert call(node, how, "qssh_submitMessage", [{"Gossip": {"topic": "big", "data": data}}])[
+        "result"
+    ]
+    assert call(node, how, "qssh_popMessage")["result"]["message"]["Gossip"]["data"] == data
