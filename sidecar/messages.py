@@ -72,6 +72,7 @@ _DEFAULT_MODE: Final = {
     k: Mode.SYNC if p >= Priority.HIGH else Mode.ASYNC for k, p in _PRIORITY.items()
 }
 _BY_SERDE_NAME: Final = {k.serde_name: k for k in Kind}
+_KIND_BY_VALUE: Final = {k.value: k for k in Kind}
 
 # --- field types -----------------------------------------------------------------------
 # Each converter takes (field path, input value, serde form?) and returns the canonical
@@ -206,10 +207,10 @@ _BYTE_FIELDS: Final = {
 class QueueMessage:
     """One validated message; immutable. Build with `from_json` or `create`."""
 
-    __slots__ = ("_canon", "_encoded", "kind")
+    __slots__ = ("_canon", "_encoded", "_kind")
 
-    kind: Kind
-    _canon: dict[str, Any]
+    _kind: Kind | None
+    _canon: dict[str, Any] | None  # None until needed (messages read back from the log)
     _encoded: bytes
 
     def __init__(self) -> None:
@@ -292,20 +293,38 @@ class QueueMessage:
         return cls._trusted(kind, canon, encoded)
 
     @classmethod
-    def _trusted(
-        cls, kind: Kind, canon: dict[str, Any], encoded: bytes | None = None
-    ) -> QueueMessage:
-        """Build from canonical JSON already validated (e.g. read back from the log)."""
+    def _trusted(cls, kind: Kind, canon: dict[str, Any], encoded: bytes) -> QueueMessage:
         msg = object.__new__(cls)
-        msg.kind = kind
+        msg._kind = kind
         msg._canon = canon
-        msg._encoded = orjson.dumps(canon) if encoded is None else encoded
+        msg._encoded = encoded
         return msg
 
     @classmethod
-    def from_canonical(cls, canon: dict[str, Any]) -> QueueMessage:
-        """Rebuild from a canonical dict that came from our own log (CRC-checked)."""
-        return cls._trusted(Kind(canon["kind"]), canon)
+    def from_logged(cls, encoded: bytes) -> QueueMessage:
+        """A message whose canonical bytes came from our own (checksummed) log.
+
+        Nothing is parsed until a field is needed: recovering a million messages
+        only keeps their bytes.
+        """
+        msg = object.__new__(cls)
+        msg._kind = None
+        msg._canon = None
+        msg._encoded = encoded
+        return msg
+
+    def _parsed(self) -> dict[str, Any]:
+        canon = self._canon
+        if canon is None:
+            canon = self._canon = orjson.loads(self._encoded)
+        return canon
+
+    @property
+    def kind(self) -> Kind:
+        kind = self._kind
+        if kind is None:
+            kind = self._kind = _KIND_BY_VALUE[self._parsed()["kind"]]
+        return kind
 
     # -- views ---------------------------------------------------------------------------
     @property
@@ -322,18 +341,18 @@ class QueueMessage:
 
     def to_json(self) -> dict[str, Any]:
         """Canonical form as a fresh dict (hashes hex, other bytes base64)."""
-        return dict(self._canon)
+        return dict(self._parsed())
 
     def to_json_bytes(self) -> bytes:
         return self._encoded
 
     def canonical(self) -> dict[str, Any]:
         """The internal canonical dict; do not mutate (saves a copy on hot paths)."""
-        return self._canon
+        return self._parsed()
 
     def get(self, name: str) -> Any:
         """A field as a Python value: bytes fields decoded to `bytes`, absent → None."""
-        value = self._canon.get(name)
+        value = self._parsed().get(name)
         if value is None or (self.kind, name) not in _BYTE_FIELDS:
             return value
         if _SCHEMA[self.kind][name][0] is _hash32:
@@ -344,7 +363,7 @@ class QueueMessage:
         """The Rust node's serde form (byte arrays as lists of ints)."""
         inner = {
             k: list(self.get(k)) if (self.kind, k) in _BYTE_FIELDS else v
-            for k, v in self._canon.items()
+            for k, v in self._parsed().items()
             if k != "kind"
         }
         return {self.kind.serde_name: inner}

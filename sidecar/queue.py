@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -133,24 +134,33 @@ class QppValidatorQueue:
             wal, rec = WriteAheadLog.open(self.path, layer=self._layer, salvage=salvage)
             assert rec.replayed is not None
             items = [item_from_submit(r) for r in rec.replayed.live.values()]
+            rec.replayed.live.clear()
             upto = rec.replayed.next_id + ID_BLOCK
             wal.append_and_sync(encode_frame([reserve_record(upto)]))
             return wal, rec, items
 
+        # Millions of small objects are created and none is garbage: pausing the cyclic
+        # collector meanwhile cuts recovery time severalfold.
+        was_enabled = gc.isenabled()
+        gc.disable()
         try:
-            if self._layer.blocking:
-                wal, rec, items = await loop.run_in_executor(None, recover)
-            else:
-                wal, rec, items = recover()
-        except OSError as exc:
-            raise LogFailed(f"{self.path}: cannot open the log: {exc}") from exc
-        assert rec.replayed is not None
-        self.recovery = rec
-        self._next_id = rec.replayed.next_id
-        self._reserved_upto = self._next_id + ID_BLOCK
-        self._log_records = rec.records + 1
-        self._state.load(items)
-        self._durable_live = {item.message_id: item for item in items}
+            try:
+                if self._layer.blocking:
+                    wal, rec, items = await loop.run_in_executor(None, recover)
+                else:
+                    wal, rec, items = recover()
+            except OSError as exc:
+                raise LogFailed(f"{self.path}: cannot open the log: {exc}") from exc
+            assert rec.replayed is not None
+            self.recovery = rec
+            self._next_id = rec.replayed.next_id
+            self._reserved_upto = self._next_id + ID_BLOCK
+            self._log_records = rec.records + 1
+            self._state.load(items)
+            self._durable_live = {item.message_id: item for item in items}
+        finally:
+            if was_enabled:
+                gc.enable()
         self._committer = GroupCommitter(
             wal,
             on_commit=self._apply_commit,

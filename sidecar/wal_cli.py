@@ -20,6 +20,7 @@ from sidecar.wal import (
     WriteAheadLog,
     check_file_header,
     checkpoint_record,
+    record_to_dict,
     replay,
     scan,
 )
@@ -127,7 +128,7 @@ def _dump(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     try:
         for record in result.records:
-            out.write(orjson.dumps(record) + b"\n")
+            out.write(orjson.dumps(record_to_dict(record)) + b"\n")
         out.flush()
     except BrokenPipeError:  # e.g. piped into `head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

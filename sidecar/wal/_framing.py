@@ -60,7 +60,7 @@ def encode_frame(records: list[bytes]) -> bytes:
     return head + crc32c.crc32c(body, crc32c.crc32c(head)).to_bytes(4, "little") + body
 
 
-def decode_frame_at(data: bytes, offset: int) -> tuple[int, list[dict[str, Any]]] | None:
+def decode_frame_at(data: bytes, offset: int) -> tuple[int, list[list[Any]]] | None:
     """(end offset, records) of a valid frame at `offset`, or None."""
     end_head = offset + FRAME_HEADER_SIZE
     if end_head > len(data) or data[offset : offset + 3] != _FRAME_PREFIX:
@@ -77,7 +77,7 @@ def decode_frame_at(data: bytes, offset: int) -> tuple[int, list[dict[str, Any]]
         records = orjson.loads(mv[end_head:end])
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+    if not isinstance(records, list) or not all(type(r) is list and r for r in records):
         return None
     return end, records
 
@@ -86,7 +86,7 @@ def decode_frame_at(data: bytes, offset: int) -> tuple[int, list[dict[str, Any]]
 class Scan:
     """What a scan of a log file found."""
 
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[list[Any]] = field(default_factory=list)
     frames: int = 0
     valid_end: int = FILE_HEADER_SIZE  # end of the longest valid prefix
     file_size: int = 0

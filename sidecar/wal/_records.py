@@ -1,13 +1,18 @@
 """Record types kept in log frames, and replaying them into the set of live messages.
 
-Every record is one JSON object with a ``type``:
+Records are compact JSON arrays (parsing arrays is about twice as fast as objects,
+which matters when a million records are replayed at start-up); `record_to_dict`
+gives the named form that `wal dump` prints. The first element is the type:
 
-* ``submit``: a message with its full provenance (``persisted`` is true: the record
-  exists only because it is being made durable).
-* ``consume``: ``message_id`` was popped or acked; it is never delivered again.
-* ``reserve``: ids below ``next_id`` may have been handed out (async submits are not
-  logged, so ids are reserved in blocks ahead of use and never reused).
-* ``checkpoint``: first record of a compacted log; carries ``next_id`` forward.
+* ``["S", id, priority, created_at, submitted_by, mode, persisted, broadcast,
+  upgraded, delivery_count, message]``: a submit with its full provenance.
+  ``persisted`` is always true (the record exists because it is being made durable);
+  ``message`` is the canonical message JSON as a string, kept unparsed in memory
+  until someone looks inside it.
+* ``["C", id]``: consumed (popped or acked); never delivered again.
+* ``["R", next_id]``: ids below ``next_id`` may have been handed out. Async submits
+  are not logged, so ids are reserved in blocks ahead of use and never reused.
+* ``["K", next_id, created_at]``: checkpoint, the first record of a compacted log.
 """
 
 from __future__ import annotations
@@ -18,69 +23,96 @@ from typing import Any
 import orjson
 
 from sidecar.errors import LogCorrupt
-from sidecar.messages import Kind, Mode, QueueMessage, QueueMessageWithProvenance
+from sidecar.messages import Mode, Priority, QueueMessage, QueueMessageWithProvenance
 
-SUBMIT = "submit"
-CONSUME = "consume"
-RESERVE = "reserve"
-CHECKPOINT = "checkpoint"
-RECORD_TYPES = (SUBMIT, CONSUME, RESERVE, CHECKPOINT)
+SUBMIT = "S"
+CONSUME = "C"
+RESERVE = "R"
+CHECKPOINT = "K"
+RECORD_TYPES = {SUBMIT: "submit", CONSUME: "consume", RESERVE: "reserve", CHECKPOINT: "checkpoint"}
 
-_KINDS = {k.value: k for k in Kind}
 _MODES = {m.value: m for m in Mode}
+_PRIORITIES = {int(p): p for p in Priority}
+
+Record = list[Any]
 
 
 def submit_record(item: QueueMessageWithProvenance) -> bytes:
     return orjson.dumps(
-        {
-            "type": SUBMIT,
-            "message_id": item.message_id,
-            "message": item.message.canonical(),
-            "created_at": item.created_at,
-            "submitted_by": item.submitted_by,
-            "persisted": True,
-            "broadcast": item.broadcast,
-            "priority": int(item.priority),
-            "mode": item.mode.value,
-            "upgraded": item.upgraded,
-            "delivery_count": item.delivery_count,
-        }
+        [
+            SUBMIT,
+            item.message_id,
+            int(item.priority),
+            item.created_at,
+            item.submitted_by,
+            item.mode.value,
+            True,
+            item.broadcast,
+            item.upgraded,
+            item.delivery_count,
+            item.message.to_json_bytes().decode(),
+        ]
     )
 
 
 def consume_record(message_id: int) -> bytes:
-    return b'{"type":"consume","message_id":%d}' % message_id
+    return b'["C",%d]' % message_id
 
 
 def reserve_record(next_id: int) -> bytes:
-    return b'{"type":"reserve","next_id":%d}' % next_id
+    return b'["R",%d]' % next_id
 
 
 def checkpoint_record(next_id: int, created_at: float) -> bytes:
-    return orjson.dumps({"type": CHECKPOINT, "next_id": next_id, "created_at": created_at})
+    return orjson.dumps([CHECKPOINT, next_id, created_at])
 
 
-def item_from_submit(rec: dict[str, Any]) -> QueueMessageWithProvenance:
-    canon = rec["message"]
+def item_from_submit(rec: Record) -> QueueMessageWithProvenance:
     item = QueueMessageWithProvenance.__new__(QueueMessageWithProvenance)
-    item.message = QueueMessage._trusted(_KINDS[canon["kind"]], canon)
-    item.message_id = rec["message_id"]
-    item.created_at = rec["created_at"]
-    item.submitted_by = rec["submitted_by"]
+    item.message = QueueMessage.from_logged(rec[10].encode())
+    item.message_id = rec[1]
+    item.priority = _PRIORITIES[rec[2]]
+    item.created_at = rec[3]
+    item.submitted_by = rec[4]
+    item.mode = _MODES[rec[5]]
     item.persisted = True
-    item.broadcast = rec["broadcast"]
-    item.priority = item.message.priority
-    item.mode = _MODES[rec["mode"]]
-    item.upgraded = rec["upgraded"]
-    item.delivery_count = rec["delivery_count"]
+    item.broadcast = rec[7]
+    item.upgraded = rec[8]
+    item.delivery_count = rec[9]
     return item
+
+
+def record_to_dict(rec: Record) -> dict[str, Any]:
+    """The named form of a record (for people and tools; `wal dump`)."""
+    kind = rec[0]
+    if kind == SUBMIT:
+        return {
+            "type": "submit",
+            "message_id": rec[1],
+            "priority": rec[2],
+            "created_at": rec[3],
+            "submitted_by": rec[4],
+            "mode": rec[5],
+            "persisted": rec[6],
+            "broadcast": rec[7],
+            "upgraded": rec[8],
+            "delivery_count": rec[9],
+            "message": orjson.loads(rec[10]),
+        }
+    if kind == CONSUME:
+        return {"type": "consume", "message_id": rec[1]}
+    if kind == RESERVE:
+        return {"type": "reserve", "next_id": rec[1]}
+    if kind == CHECKPOINT:
+        return {"type": "checkpoint", "next_id": rec[1], "created_at": rec[2]}
+    return {"type": "unknown", "raw": rec}
 
 
 @dataclass
 class Replayed:
     """The state a sequence of records describes."""
 
-    live: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> submit record
+    live: dict[int, Record] = field(default_factory=dict)  # id -> submit record
     next_id: int = 1
     submits: int = 0
     consumes: int = 0
@@ -89,39 +121,35 @@ class Replayed:
         return [item_from_submit(rec) for rec in self.live.values()]
 
 
-def replay(records: list[dict[str, Any]], *, path: str = "<log>") -> Replayed:
+def _corrupt(path: str, what: str) -> LogCorrupt:
+    return LogCorrupt(f"{path}: {what}", path=path, offset=-1, next_valid_offset=None)
+
+
+def replay(records: list[Record], *, path: str = "<log>") -> Replayed:
     out = Replayed()
     live = out.live
     next_id = 1
     submits = consumes = 0
     try:
         for rec in records:
-            kind = rec["type"]
+            kind = rec[0]
             if kind == SUBMIT:
-                mid = rec["message_id"]
+                mid = rec[1]
+                if len(rec) != 11 or rec[2] not in _PRIORITIES:
+                    raise _corrupt(path, f"malformed submit record for id {mid!r}")
                 live[mid] = rec
                 submits += 1
                 if mid >= next_id:
                     next_id = mid + 1
             elif kind == CONSUME:
-                live.pop(rec["message_id"], None)
+                live.pop(rec[1], None)
                 consumes += 1
             elif kind in (RESERVE, CHECKPOINT):
-                next_id = max(next_id, rec["next_id"])
+                next_id = max(next_id, rec[1])
             else:
-                raise LogCorrupt(
-                    f"{path}: unknown record type {kind!r} (written by a newer version?)",
-                    path=path,
-                    offset=-1,
-                    next_valid_offset=None,
-                )
-    except (KeyError, TypeError) as exc:
-        raise LogCorrupt(
-            f"{path}: malformed record ({exc!r}) inside a checksummed frame",
-            path=path,
-            offset=-1,
-            next_valid_offset=None,
-        ) from None
+                raise _corrupt(path, f"unknown record type {kind!r} (written by a newer version?)")
+    except (IndexError, KeyError, TypeError) as exc:
+        raise _corrupt(path, f"malformed record ({exc!r}) inside a checksummed frame") from None
     out.next_id = next_id
     out.submits = submits
     out.consumes = consumes

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from sidecar import QppValidatorQueue
-from sidecar.wal import LogHandle, OsFileLayer, scan
+from sidecar.wal import LogHandle, OsFileLayer, record_to_dict, scan
 from tests.core.helpers import block
 from tests.core.simfs import SimDisk
 
@@ -76,7 +76,7 @@ async def test_no_ack_before_its_record_is_durable() -> None:
 
     async def submit_and_check(i: int) -> None:
         mid = await q.submit_sync(block(i), submitted_by="t")
-        durable = scan(disk.names["/d/v.wal"].durable).records
+        durable = map(record_to_dict, scan(disk.names["/d/v.wal"].durable).records)
         assert any(r.get("message_id") == mid and r["type"] == "submit" for r in durable)
 
     await asyncio.gather(*(submit_and_check(i) for i in range(64)))

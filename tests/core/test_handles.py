@@ -18,7 +18,7 @@ from sidecar import (
     QueueMessageWithProvenance,
     TypeStateMessage,
 )
-from sidecar.wal import WriteAheadLog, scan
+from sidecar.wal import WriteAheadLog, record_to_dict, scan
 from tests.core.helpers import block
 
 
@@ -47,7 +47,7 @@ def test_type_states_move_forward_once_and_persist_writes_the_log(tmp_path: Path
     queued = TypeStateMessage.new(_item(7))
     persisted = queued.persist(wal)
     assert persisted.state is Persisted
-    records = scan((tmp_path / "t.wal").read_bytes()).records
+    records = [record_to_dict(r) for r in scan((tmp_path / "t.wal").read_bytes()).records]
     assert records[-1]["message_id"] == 7
     assert records[-1]["persisted"] is True
     with pytest.raises(AlreadyConsumed):
