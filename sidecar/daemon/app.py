@@ -35,7 +35,7 @@ from .wiring import HardwarePart, QueuePart, ServerPart
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
-STATUS_PERIOD = 5.0
+STATUS_PERIOD = 2.0
 METRICS_PERIOD = 1.0
 
 

@@ -45,6 +45,8 @@ def test_ready_watchdog_sigterm_flush_and_restart(
     ]
     ids.append(call_line(sock, "qssh_submitMessage", [_block(7)])["result"])
     assert call_line(sock, "qssh_getQueueDepth")["result"] == ASYNC_COUNT + 1
+    status = notify_socket.wait_for(f"STATUS=depth {ASYNC_COUNT + 1} ")
+    assert f"critical 1, high 0, normal {ASYNC_COUNT}, low 0" in status
 
     assert d.stop(signal.SIGTERM) == 0
     assert "STOPPING=1" in notify_socket.wait_for("STOPPING=1")
