@@ -173,3 +173,12 @@ def test_serve_unknown_role_in_authorized_keys(tmp_path: Path) -> None:
         "unknown role 'superuser'",
         port,
     )
+
+
+def test_the_documented_config_reference_is_valid(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    block = doc.split("## Config file reference", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = _load(tmp_path, block)
+    assert cfg.instance == "alice"
+    assert cfg.hardware.kme is not None
+    assert cfg.node.socket_group == "substrate"
