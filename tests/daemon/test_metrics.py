@@ -103,3 +103,28 @@ async def test_counters_move_under_load(tmp_path: Path, spawn: Any) -> None:
 def test_metrics_address_must_be_loopback() -> None:
     with pytest.raises(ConfigError, match="loopback"):
         parse_endpoint("0.0.0.0:9615", "metrics.listen", loopback_only=True)
+
+
+async def test_compactions_are_counted(tmp_path: Path, spawn: Any) -> None:
+    mport = free_port()
+    (tmp_path / "c.toml").write_text(
+        f'listen = "127.0.0.1:{free_port()}"\ndata_dir = "d"\n'
+        "[durability]\ncompact_bytes = 1\n"
+        f'[metrics]\nlisten = "127.0.0.1:{mport}"\n'
+        "[hardware]\nuse_udev = false\nchar_devices = []\n"
+    )
+    d = spawn(["--config", "c.toml"])
+    d.wait_ready()
+    sock = tmp_path / "d" / "node.sock"
+    for n in range(20):
+        block = {"BlockImport": {"block_hash": [n] * 32, "block_number": n, "timestamp": n}}
+        call_line(sock, "qssh_submitMessage", [block])
+    for _ in range(20):
+        assert call_line(sock, "qssh_popMessage")["result"] is not None
+    call_line(sock, "qssh_submitMessage", [block])  # a commit after the pops: idle hook runs
+    for _ in range(100):  # bounded: compaction runs when the committer goes idle
+        if scrape(mport).get("qssh_wal_compactions_total", 0) >= 1:
+            break
+        await asyncio.sleep(0.1)
+    assert scrape(mport)["qssh_wal_compactions_total"] >= 1
+    assert d.stop() == 0
