@@ -361,8 +361,18 @@ class QueueClient:
         result: dict[str, Any] | None = await self.call("pop")
         return result
 
-    async def lease(self, timeout: float = 30.0, wait: float = 0.0) -> dict[str, Any] | None:  # noqa: ASYNC109
-        result: dict[str, Any] | None = await self.call("lease", {"timeout": timeout, "wait": wait})
+    async def lease(
+        self,
+        timeout: float = 30.0,  # noqa: ASYNC109 (the lease length, not a call timeout)
+        wait: float = 0.0,
+        detach: bool = False,
+    ) -> dict[str, Any] | None:
+        """Reserve the next message for ``timeout`` s, waiting up to ``wait`` s for one.
+
+        The lease is released when this connection drops, unless ``detach`` (then only
+        its timeout ends it, so another connection can ack it later)."""
+        params = {"timeout": timeout, "wait": wait, "detach": detach}
+        result: dict[str, Any] | None = await self.call("lease", params)
         return result
 
     async def ack(self, lease_id: int | str) -> None:

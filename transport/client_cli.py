@@ -84,7 +84,11 @@ def command_parser(command: str) -> argparse.ArgumentParser:
     elif command == "tail":
         p.add_argument("--credit", type=int, default=16, help="deliveries in flight")
         p.add_argument("--lease-timeout", type=float, default=30.0)
-        p.add_argument("--no-ack", action="store_true", help="release instead of ack")
+        p.add_argument(
+            "--no-ack",
+            action="store_true",
+            help="release each delivery instead of acking it (it is delivered again)",
+        )
         p.add_argument("-n", "--count", type=int, default=0, help="stop after N (0 = forever)")
     return p
 
@@ -217,6 +221,9 @@ async def _tail(client: QueueClient, args: argparse.Namespace, out: Output) -> i
     interrupted = False
     try:
         while not args.count or seen < args.count:
+            if stop.is_set():
+                interrupted = True
+                break
             getter = asyncio.ensure_future(sub.next())
             stopper = asyncio.ensure_future(stop.wait())
             done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -236,6 +243,7 @@ async def _tail(client: QueueClient, args: argparse.Namespace, out: Output) -> i
                     f"{msg.get('kind')} {orjson.dumps(msg).decode()}",
                     markup=False,
                 )
+                sys.stdout.flush()
             if args.no_ack:
                 await client.release(lease_id)
             else:
@@ -277,7 +285,8 @@ async def run_command(args: argparse.Namespace, sub: argparse.Namespace, out: Ou
             out.data(item, "message")
             return EXIT_OK
         if command == "lease":
-            lease = await client.lease(timeout=sub.timeout, wait=sub.wait)
+            # detached: this process exits now, the ack comes from a later one
+            lease = await client.lease(timeout=sub.timeout, wait=sub.wait, detach=True)
             if lease is None:
                 out.data(None) if out.as_json else out.err.print("queue is empty")
                 return EXIT_EMPTY

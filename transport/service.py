@@ -278,11 +278,13 @@ class QueueService:
     async def _lease(self, channel: ChannelState, params: Params) -> Any:
         timeout = params.number("timeout", 30.0, 0.001, self.limits.max_lease_seconds)
         wait = params.number("wait", 0.0, 0.0, self.limits.max_wait_seconds)
+        detach = params.boolean("detach", False)
         params.finish()
         lease = await self._lease_wait(timeout, wait)
         if lease is None:
             return None
-        channel.hold(lease)
+        if not detach:  # a detached lease outlives the channel and ends only by its timeout
+            channel.hold(lease)
         self.counters.deliveries += 1
         return lease_view(lease)
 

@@ -48,6 +48,14 @@ class Params:
             raise self._fail(f"parameter '{name}' must be one of {', '.join(choices)}")
         return value
 
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._get(name)
+        if value is _MISSING or value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self._fail(f"parameter '{name}' must be true or false")
+        return value
+
     def integer(
         self, name: str, default: int | None = None, minimum: int = 0, maximum: int = 2**63
     ) -> int:
