@@ -117,7 +117,10 @@ def client_tls_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
 
 
 class KMEClient:
-    """One SAE talking to its own KME. `async with KMEClient(...) as kme: await kme.status(peer)`."""
+    """One SAE talking to its own KME.
+
+    `async with KMEClient(url, cert=..., key=..., ca=...) as kme: await kme.status(peer)`
+    """
 
     def __init__(
         self,
@@ -156,11 +159,13 @@ class KMEClient:
         *,
         method: Literal["GET", "POST"] = "GET",
         additional_slave_sae_ids: Sequence[str] = (),
+        extension_mandatory: Sequence[Mapping[str, Any]] = (),
+        extension_optional: Sequence[Mapping[str, Any]] = (),
     ) -> list[Key]:
         path = f"{_sae(slave_sae_id)}/enc_keys"
         if method == "GET":
-            if additional_slave_sae_ids:
-                raise ValueError("additional slave SAE IDs need method='POST'")
+            if additional_slave_sae_ids or extension_mandatory or extension_optional:
+                raise ValueError("additional slave SAE IDs and extensions need method='POST'")
             params: dict[str, int] = {"number": number}
             if size is not None:
                 params["size"] = size
@@ -171,6 +176,10 @@ class KMEClient:
                 req["size"] = size
             if additional_slave_sae_ids:
                 req["additional_slave_SAE_IDs"] = list(additional_slave_sae_ids)
+            if extension_mandatory:
+                req["extension_mandatory"] = [dict(e) for e in extension_mandatory]
+            if extension_optional:
+                req["extension_optional"] = [dict(e) for e in extension_optional]
             body = await self._call("POST", path, json=req)
         return parse_key_container(body)
 

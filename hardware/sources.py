@@ -5,6 +5,7 @@ All reads are blocking with a deadline; async callers use `asyncio.to_thread`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -129,10 +130,8 @@ class SerialSource:
         except (OSError, serial.SerialException):
             pass  # already gone; closing is best effort
         self._port = None
-        try:
+        with contextlib.suppress(OSError, serial.SerialException):
             port.close()
-        except (OSError, serial.SerialException):
-            pass
 
 
 class CharDeviceSource:

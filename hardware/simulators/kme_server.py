@@ -9,8 +9,10 @@ simulators sharing one `QKDLink` are a master/slave pair: keys handed out by
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
+import socket
 import ssl
 import threading
 import time
@@ -23,7 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
-from hardware.simulators.tls import ThrowawayPKI
+from hardware.simulators.tls import ThrowawayPKI, make_pki
 
 MAX_REQUEST = 64 * 1024
 
@@ -153,7 +155,15 @@ class KMESimulator:
                 sock, addr = self.socket.accept()
                 sock.settimeout(10)
                 assert sim._tls_ctx is not None
-                return sim._tls_ctx.wrap_socket(sock, server_side=True), addr
+                tls = sim._tls_ctx.wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False
+                )
+                try:
+                    tls.do_handshake()
+                except OSError:
+                    _linger_close(tls)
+                    raise
+                return tls, addr
 
             def handle_error(self, request: Any, client_address: Any) -> None:
                 pass  # refused handshakes and dropped clients are expected here
@@ -271,6 +281,24 @@ class KMESimulator:
         return {"keys": [{"key_ID": k, "key": base64.b64encode(v).decode()} for k, v in found]}
 
 
+def _linger_close(sock: socket.socket) -> None:
+    """Close after a refused handshake without a reset, so the client reads the TLS alert.
+
+    Closing with the client's request still unread would send RST, and the client
+    would see "connection reset" instead of the alert.
+    """
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(1.0)
+        for _ in range(64):
+            if not sock.recv(4096):
+                break
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
 def _common_name(peer: Any) -> str:
     for rdn in (peer or {}).get("subject", ()):
         for attr in rdn:
@@ -302,3 +330,25 @@ def paired_kmes(
     a = KMESimulator(pki, behaviour, kme_id="KME-A", peer_kme_id="KME-B", link=link)
     b = KMESimulator(pki, behaviour, kme_id="KME-B", peer_kme_id="KME-A", link=link)
     return a, b
+
+
+def main() -> None:
+    """Demo: `python -m hardware.simulators.kme_server DIR [behaviour]` prints a config."""
+    ap = argparse.ArgumentParser(description="ETSI 014 KME simulator on 127.0.0.1 (demo)")
+    ap.add_argument("directory", help="where the throwaway CA and certificates are written")
+    ap.add_argument("behaviour", nargs="?", default="ok", choices=[b.value for b in KMEBehaviour])
+    ap.add_argument("--seconds", type=float, default=3600.0)
+    args = ap.parse_args()
+    pki = make_pki(args.directory)
+    alice = pki.clients["sae-alice"]
+    with KMESimulator(pki, args.behaviour) as kme:
+        print(
+            f'[hardware.kme]\nurl = "{kme.url}"\nsae_id = "sae-alice"\nslave_sae_id = "sae-bob"\n'
+            f'cert = "{alice.cert}"\nkey = "{alice.key}"\nca = "{pki.ca}"\nsimulated = true',
+            flush=True,
+        )
+        time.sleep(args.seconds)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ instead of the DTR signal (see docs/hardware.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import select
@@ -43,7 +44,7 @@ class SerialQRNGSimulator:
         self.behaviour = Behaviour(behaviour)
         self.slow_rate_bps = slow_rate_bps
         self.cut_after = cut_after  # stall / disconnect after this many bytes
-        self._rng = random.Random(seed)
+        self._rng = random.Random(seed)  # noqa: S311 - reproducible bias, not secrets
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         self.path = os.ttyname(self._slave)
@@ -72,10 +73,8 @@ class SerialQRNGSimulator:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         for fd in (self._master, self._slave):
-            try:
+            with contextlib.suppress(OSError):  # disconnect already closed the master
                 os.close(fd)
-            except OSError:
-                pass  # disconnect behaviour already closed the master
 
     def _chunk(self, n: int) -> bytes:
         b = self.behaviour
@@ -111,10 +110,8 @@ class SerialQRNGSimulator:
                 want_write = False
             r, w, _ = select.select([m], [m] if want_write else [], [], 0.05)
             if r:
-                try:
+                with contextlib.suppress(OSError):  # EIO while no slave is open
                     self._handle_input(os.read(m, 4096))
-                except OSError:
-                    pass  # EIO while no slave is open: nothing to read
             if not w:
                 continue
             n = 1024
@@ -143,7 +140,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3600.0)
     args = ap.parse_args()
     with SerialQRNGSimulator(args.behaviour) as sim:
-        print(sim.path, flush=True)
+        handshake = {Behaviour.DTR: "dtr", Behaviour.ONERNG: "onerng"}.get(sim.behaviour, "none")
+        print(
+            f'[[hardware.serial_ports]]\npath = "{sim.path}"\nkind = "quantum_local"\n'
+            f'handshake = "{handshake}"\nsimulated = true',
+            flush=True,
+        )
         time.sleep(args.seconds)
 
 

@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,7 +35,7 @@ from .wiring import HardwarePart, QueuePart, ServerPart
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
-STATUS_PERIOD = 5.0
+STATUS_PERIOD = 2.0
 METRICS_PERIOD = 1.0
 
 
@@ -77,7 +76,7 @@ class Sidecar:
         return await self.queue.pop_for_node()
 
     def node_depth(self) -> int:
-        return self.queue.depth()
+        return self.queue.total_depth()
 
     def node_metrics(self) -> dict[str, Any]:
         return {
@@ -112,6 +111,11 @@ class Sidecar:
                 print(f"qssh-sidecar: cannot start: {e}", file=sys.stderr, flush=True)
                 await self._abort_start()
                 return EXIT_FAILURE
+            except Exception as e:
+                log.exception("unexpected error while starting")
+                print(f"qssh-sidecar: cannot start: {e!r}", file=sys.stderr, flush=True)
+                await self._abort_start()
+                return EXIT_FAILURE
             await self._stop.wait()
             return await self.shutdown()
         finally:
@@ -138,7 +142,10 @@ class Sidecar:
         operator = None
         if cfg.embedded_defaults or not cfg.authorized_keys_path.exists():
             operator = keys.ensure_local_operator(cfg, host)
-        self.server.load_authorized_keys(cfg.authorized_keys_path)
+        try:
+            self.server.load_authorized_keys(cfg.authorized_keys_path)
+        except ValueError as e:
+            raise ConfigError(f"authorized_keys: {e}") from None
 
         recovery = await self.queue.open(salvage=self.salvage)
         self.say(f"log {self.queue.wal_dir}: {recovery}")
@@ -197,14 +204,15 @@ class Sidecar:
     async def shutdown(self) -> int:
         """Stop accepting, drain, flush async messages with fsync; the exit code."""
         timeout = self.cfg.durability.shutdown_timeout
-        self.notifier.stopping(f"stopping; depth {self.queue.depth()}")
+        began = time.monotonic()
+        self.notifier.stopping(f"stopping; depth {self.queue.total_depth()}")
         self.say("stopping: no new connections, finishing in-flight requests")
         code = EXIT_OK
         for task in self._tasks:
             task.cancel()
         try:
             async with asyncio.timeout(timeout):
-                await self.node.close()
+                await self.node.close(drain=timeout / 2)
                 await self.server.stop(drain=timeout / 2)
         except TimeoutError:
             log.warning("in-flight requests did not finish within %.1fs; closing anyway", timeout)
@@ -218,12 +226,12 @@ class Sidecar:
         await self.hardware.stop()
         self.metrics.stop()
         self._unlock()
-        self.say("stopped")
+        self.say(f"stopped in {time.monotonic() - began:.2f}s")
         return code
 
     async def _abort_start(self) -> None:
         with contextlib.suppress(Exception):
-            await self.node.close()
+            await self.node.close(drain=0)
         with contextlib.suppress(Exception):
             await self.server.stop(drain=0)
         with contextlib.suppress(Exception):
@@ -251,7 +259,7 @@ class Sidecar:
 
     def _status_line(self) -> str:
         return (
-            f"depth {self.queue.depth()} ({self.queue.depth_summary()}); "
+            f"depth {self.queue.total_depth()} ({self.queue.depth_summary()}); "
             f"tier {self.hardware.level()} {self.hardware.name()}; "
             f"connections {self.server.connections() or 0}"
         )
@@ -261,6 +269,14 @@ class Sidecar:
         while True:
             await asyncio.sleep(METRICS_PERIOD)
             ticks += 1
+            failed = self.queue.failed()
+            if failed is not None:
+                # fsyncgate: the queue refuses work for good; exit non-zero so the
+                # service manager restarts us and recovery reads what is on disk.
+                log.error("the log failed, stopping for a restart: %s", failed)
+                self.notifier.status(f"log failed: {failed}")
+                self._stop.set()
+                return
             self.metrics.refresh(
                 self.queue.depth_by_priority(),
                 self.queue.leased(),
@@ -276,6 +292,3 @@ class Sidecar:
     def _on_tier_change(self, old: int | None, new: int, reason: str) -> None:
         self.say(f"tier changed {old} -> {new}: {reason}")
         self.notifier.status(self._status_line())
-
-
-Callback = Callable[[], None]

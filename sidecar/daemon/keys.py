@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,10 +129,22 @@ def ensure_local_operator(cfg: DaemonConfig, host: LoadedKey) -> LocalOperator:
     return LocalOperator(op.path, known, op.fingerprint, op.new)
 
 
+def client_command() -> str:
+    """How to run ``qssh-queue`` from here: on PATH, beside this interpreter, or as a module."""
+    if shutil.which("qssh-queue"):
+        return "qssh-queue"
+    beside = Path(sys.executable).parent / "qssh-queue"
+    if beside.exists():
+        inside = beside.resolve().is_relative_to(Path.cwd().resolve())
+        return shlex.quote(os.path.relpath(beside) if inside else str(beside))
+    repo = shlex.quote(str(Path(__file__).resolve().parents[2]))
+    return f"PYTHONPATH={repo} {shlex.quote(sys.executable)} -m transport.client_cli"
+
+
 def operator_howto(cfg: DaemonConfig, op: LocalOperator, port: int) -> list[str]:
     """The exact commands to talk to this sidecar as the local operator."""
     base = (
-        f"qssh-queue -p {port} -i {shlex.quote(str(op.key_path))} "
+        f"{client_command()} -p {port} -i {shlex.quote(str(op.key_path))} "
         f"-o UserKnownHostsFile={shlex.quote(str(op.known_hosts))} operator@127.0.0.1"
     )
     return [

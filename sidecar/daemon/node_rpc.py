@@ -220,7 +220,9 @@ class NodeEndpointServer:
         self._rpc = rpc
         self._servers: list[asyncio.Server] = []
         self._socket_path: Path | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._busy: set[asyncio.Task[Any]] = set()  # answering a request right now
+        self._closing = False
 
     async def start_unix(self, path: Path, group: str | None) -> None:
         gid = None
@@ -232,7 +234,9 @@ class NodeEndpointServer:
         _remove_stale_socket(path)
         old_umask = os.umask(0o117)  # the socket is born 0660, never briefly wider
         try:
-            server = await asyncio.start_unix_server(self._serve_unix, path=str(path))
+            server = await asyncio.start_unix_server(
+                self._serve_unix, path=str(path), limit=MAX_BODY + 1024
+            )
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o660)
@@ -243,15 +247,25 @@ class NodeEndpointServer:
 
     async def start_http(self, endpoint: Endpoint) -> int:
         """Listen on a loopback address (checked by the config); the bound port."""
-        server = await asyncio.start_server(self._serve_http, endpoint.host, endpoint.port)
+        server = await asyncio.start_server(
+            self._serve_http, endpoint.host, endpoint.port, limit=MAX_BODY + 1024
+        )
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
-    async def close(self) -> None:
+    async def close(self, drain: float = 5.0) -> None:
+        """Stop accepting; let requests being answered finish (up to ``drain`` s)."""
+        self._closing = True
         for s in self._servers:
             s.close()
-        for t in list(self._tasks):
-            t.cancel()
+        for t in self._tasks - self._busy:
+            t.cancel()  # idle keep-alive connections: nothing in flight
+        busy = set(self._busy)
+        if busy:
+            _done, late = await asyncio.wait(busy, timeout=drain)
+            for t in late:
+                log.warning("node RPC request still running after %.1fs; cancelling", drain)
+                t.cancel()
         for s in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(s.wait_closed(), 2.0)
@@ -274,6 +288,15 @@ class NodeEndpointServer:
                 self._tasks.discard(task)
 
         return run()
+
+    async def _answer(self, body: bytes) -> bytes | None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._busy.add(task)
+        try:
+            return await self._rpc.handle_body(body)
+        finally:
+            self._busy.discard(task)
 
     async def _serve_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._track(lambda: self._unix_conn(reader, writer))
@@ -303,10 +326,12 @@ class NodeEndpointServer:
                 return
             if not line.strip():
                 continue
-            reply = await self._rpc.handle_body(line)
+            reply = await self._answer(line)
             if reply is not None:
                 writer.write(reply + b"\n")
                 await writer.drain()
+            if self._closing:
+                return
 
     async def _http_conn(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes
@@ -348,7 +373,8 @@ class NodeEndpointServer:
                 await _http_reply(writer, 411 if length < 0 else 413, b"", close=True)
                 return
             body = await reader.readexactly(length)
-            reply = await self._rpc.handle_body(body)
+            reply = await self._answer(body)
+            keep_alive = keep_alive and not self._closing
             if reply is None:
                 await _http_reply(writer, 204, b"", close=not keep_alive)
             else:

@@ -13,8 +13,9 @@ from typing import Any
 
 import asyncssh
 
-from hardware.tier import Tier, TierDecision, decide
-from sidecar import Limits, Mode, Priority, QppValidatorQueue, QueueMessage
+from hardware.monitor import HardwareMonitor
+from hardware.tier import Tier, TierDecision
+from sidecar import Lease, Limits, Mode, Priority, QppValidatorQueue, QueueMessage
 from sidecar.errors import InvalidMessage, TierRequired, Unavailable
 from transport.auth import AuthorizedKey, AuthorizedKeys
 from transport.limits import ServiceLimits
@@ -67,35 +68,41 @@ class QueuePart:
 
     # ---- the service's QueuePort ------------------------------------------------------
 
-    async def submit(self, msg: Any, *, mode: Any, submitted_by: str) -> int:
+    async def submit(
+        self, msg: Any, *, submitted_by: str, mode: Any = None, upgraded: bool = False
+    ) -> int:
         try:
-            chosen, upgraded = self._policy_mode(msg, mode)
+            chosen, by_policy = self._policy_mode(msg, mode)
         except ValueError:
             raise InvalidMessage(f"mode must be sync, async or default, not {mode!r}") from None
         return await self._queue().submit(
-            msg, mode=chosen, submitted_by=submitted_by, upgraded=upgraded
+            msg, mode=chosen, submitted_by=submitted_by, upgraded=upgraded or by_policy
         )
 
     async def pop(self) -> Any:
         return await self._queue().pop()
 
-    async def lease(self, timeout: float) -> Any:  # noqa: ASYNC109
+    async def lease(self, timeout: float) -> Lease | None:  # noqa: ASYNC109
         lease = await self._queue().lease(timeout)
         if lease is not None:
             self.metrics.leases.inc()
         return lease
 
-    async def ack(self, lease_or_id: Any) -> None:
+    async def ack(self, lease_or_id: Lease | int) -> None:
         await self._queue().ack(lease_or_id)
 
-    async def release(self, lease_or_id: Any) -> None:
+    async def release(self, lease_or_id: Lease | int) -> None:
         await self._queue().release(lease_or_id)
 
     async def wait_available(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         return await self._queue().wait_available(timeout)
 
-    def depth(self) -> int:
-        return 0 if self.q is None else int(self.q.depth()["total"])
+    def depth(self) -> dict[str, int]:
+        """The core's depth detail: total, ready, leased, and ready per priority."""
+        return {"total": 0} if self.q is None else self.q.depth()
+
+    def total_depth(self) -> int:
+        return int(self.depth()["total"])
 
     def stats(self) -> dict[str, Any]:
         return {} if self.q is None else self.q.stats()
@@ -135,6 +142,11 @@ class QueuePart:
     def depth_summary(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.depth_by_priority().items())
 
+    def failed(self) -> str | None:
+        """Why the log stopped taking work (a failed fsync), or None."""
+        fatal = None if self.q is None else self.q.failed
+        return None if fatal is None else fatal.message
+
     def leased(self) -> int:
         return 0 if self.q is None else int(self.q.depth()["leased"])
 
@@ -144,7 +156,7 @@ class QueuePart:
     async def close(self) -> str:
         if self.q is None:
             return "not open"
-        depth = self.depth()
+        depth = self.total_depth()
         q, self.q = self.q, None
         await q.close()
         return f"{depth} messages kept on disk"
@@ -169,6 +181,8 @@ def describe_recovery(q: QppValidatorQueue) -> str:
 
 
 class HardwarePart:
+    """The hardware monitor: the tier now, and a callback on every change."""
+
     def __init__(
         self,
         cfg: DaemonConfig,
@@ -178,20 +192,37 @@ class HardwarePart:
         self.cfg = cfg
         self.metrics = metrics
         self.on_change = on_change
+        self.monitor: HardwareMonitor | None = None
         self.decision: TierDecision | None = None
 
     async def start(self) -> str:
-        hw = self.cfg.hardware
-        self.decision = decide([], None, floor=hw.floor, ceiling=hw.ceiling)
+        self.monitor = HardwareMonitor(self.cfg.hardware)
+        self.decision = await self.monitor.start()
         self.metrics.observe_tier(None, int(self.decision.tier))
+        if self.decision.below_floor:
+            raise TierBelowFloor(
+                f"hardware gives tier {int(self.decision.tier)}, below the configured floor "
+                f"{int(self.cfg.hardware.floor)}: {'; '.join(self.decision.reasons)}"
+            )
+        self.monitor.subscribe(self._changed)
         return self.describe()
+
+    def _changed(self, old: TierDecision | None, new: TierDecision) -> None:
+        self.decision = new
+        before = None if old is None else int(old.tier)
+        self.metrics.observe_tier(before, int(new.tier))
+        why = "; ".join(new.reasons) or "all hardware healthy"
+        if new.below_floor:
+            log.error("tier %d is below the configured floor: %s", new.tier, why)
+        self.on_change(before, int(new.tier), why)
 
     def describe(self) -> str:
         d = self.decision
         if d is None:
             return "undecided"
-        why = "; ".join(d.reasons) if d.reasons else "all sources healthy"
-        return f"{int(d.tier)} {d.tier.name}" + (" (simulated)" if d.simulated else "") + f": {why}"
+        why = "; ".join(d.reasons) if d.reasons else "all hardware healthy"
+        sim = " (simulated hardware)" if d.simulated else ""
+        return f"{int(d.tier)} {TIER_NAMES.get(int(d.tier), d.tier.name)}{sim}: {why}"
 
     def level(self) -> int:
         return int(self.decision.tier) if self.decision else int(Tier.HARDENED_PQ)
@@ -204,7 +235,13 @@ class HardwarePart:
         return TierInfo(self.level(), tuple(d.reasons) if d else ())
 
     async def stop(self) -> None:
-        return None
+        if self.monitor is not None:
+            await self.monitor.stop()
+            self.monitor = None
+
+
+class TierBelowFloor(Unavailable):
+    """The hardware cannot give the tier the operator set as the floor."""
 
 
 class ServerPart:
@@ -234,6 +271,7 @@ class ServerPart:
             max_frame_bytes=self.cfg.limits.max_frame_bytes,
             max_in_flight_per_channel=self.cfg.limits.max_in_flight,
             max_connections=self.cfg.limits.max_connections,
+            drain_seconds=self.cfg.durability.shutdown_timeout / 2,
         )
         settings = ServerSettings(
             host=self.cfg.listen.host,
@@ -254,6 +292,7 @@ class ServerPart:
         return int(self.server.service.server_stats().get("connections", 0))
 
     async def stop(self, drain: float) -> None:
+        """Stop accepting and drain (bounded by ``limits.drain_seconds``, set from config)."""
         if self.server is not None:
             await self.server.close()
             self.server = None

@@ -13,7 +13,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,7 +111,7 @@ class Daemon:
                     if m:
                         return m
                 left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None and not self._alive_readers():
+                if left <= 0 or (self.proc.poll() is not None and not self._alive_readers()):
                     raise AssertionError(
                         f"no line matching {pattern!r}; stdout={self.lines!r} "
                         f"stderr={self.errors[-20:]!r}"
@@ -183,3 +185,62 @@ def run_serve(
         timeout=timeout,
         check=False,
     )
+
+
+# ---- node JSON-RPC clients (line mode and HTTP on a unix socket, HTTP on TCP) ----------
+
+
+def rpc_line(sock_path: Path, body: bytes) -> Any:
+    """One newline-delimited JSON-RPC exchange on the node's unix socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(20)
+        s.connect(str(sock_path))
+        s.sendall(body.rstrip(b"\n") + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return orjson.loads(buf)
+
+
+def call_line(sock_path: Path, method: str, params: object = None, req_id: int = 1) -> Any:
+    req: dict[str, object] = {"jsonrpc": "2.0", "id": req_id, "method": method}
+    if params is not None:
+        req["params"] = params
+    return rpc_line(sock_path, orjson.dumps(req))
+
+
+def _http_exchange(s: socket.socket, body: bytes, content_type: str) -> tuple[int, bytes]:
+    s.sendall(
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
+        + content_type.encode()
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\nConnection: close\r\n\r\n"
+        + body
+    )
+    buf = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    head, _, payload = buf.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, payload
+
+
+def http_unix(
+    sock_path: Path, body: bytes, content_type: str = "application/json"
+) -> tuple[int, bytes]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(20)
+        s.connect(str(sock_path))
+        return _http_exchange(s, body, content_type)
+
+
+def http_tcp(port: int, body: bytes, content_type: str = "application/json") -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        return _http_exchange(s, body, content_type)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncssh
 import pytest
 
+import transport.ssh_algorithms  # noqa: F401 - registers ssh-falcon512
 from sidecar.daemon import config
 from sidecar.daemon.config import ConfigError
 
@@ -61,8 +63,10 @@ http = "127.0.0.1:9944"
     assert cfg.limits.max_connections == 8
     assert cfg.durability.policy == "sync"
     assert (int(cfg.hardware.floor), int(cfg.hardware.ceiling)) == (2, 3)
-    assert cfg.metrics is not None and cfg.metrics.port == 9700
-    assert cfg.node.http is not None and cfg.node.http.port == 9944
+    assert cfg.metrics is not None
+    assert cfg.metrics.port == 9700
+    assert cfg.node.http is not None
+    assert cfg.node.http.port == 9944
 
 
 @pytest.mark.parametrize(
@@ -102,7 +106,8 @@ def _assert_one_line_failure(tmp_path: Path, args: list[str], needle: str, port:
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("qssh-sidecar: ")
     assert needle in lines[0]
-    assert "ready" not in r.stdout and "listening" not in r.stdout
+    assert "ready" not in r.stdout
+    assert "listening" not in r.stdout
     assert not is_listening(port)
 
 
@@ -156,3 +161,24 @@ def test_serve_data_dir_not_writable(tmp_path: Path) -> None:
     _assert_one_line_failure(
         tmp_path, ["--port", str(port), "--data-dir", "afile/d"], "data_dir: cannot create", port
     )
+
+
+def test_serve_unknown_role_in_authorized_keys(tmp_path: Path) -> None:
+    port = free_port()
+    key = asyncssh.generate_private_key("ssh-falcon512")
+    (tmp_path / "ak").write_text('roles="superuser" ' + key.export_public_key().decode())
+    _assert_one_line_failure(
+        tmp_path,
+        ["--port", str(port), "--data-dir", "d", "--authorized-keys", "ak"],
+        "unknown role 'superuser'",
+        port,
+    )
+
+
+def test_the_documented_config_reference_is_valid(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    block = doc.split("## Config file reference", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = _load(tmp_path, block)
+    assert cfg.instance == "alice"
+    assert cfg.hardware.kme is not None
+    assert cfg.node.socket_group == "substrate"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from pathlib import Path
@@ -53,8 +54,6 @@ def test_watchdog_meant_for_another_pid_is_ignored() -> None:
 
 
 async def test_watchdog_pings_arrive(tmp_path: Path) -> None:
-    import asyncio
-
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.bind(str(tmp_path / "w.sock"))
         s.setblocking(False)
