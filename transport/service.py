@@ -195,6 +195,8 @@ class QueueService:
         return mode, False
 
     def _check_tier(self, message: Any) -> None:
+        if getattr(message, "kind", "transaction") != "transaction":
+            return  # only transactions escalate
         canonical = _message_json(message)
         need = required_tier(canonical) if isinstance(canonical, dict) else 1
         have = self.tier().level
