@@ -158,6 +158,7 @@ class QueueClient:
         self._early: dict[int, list[dict[str, Any]]] = {}
         self._slots = asyncio.Semaphore(max_in_flight)
         self._failure: SidecarError | None = None
+        self._outbox: list[bytes] = []
 
     # ----- connecting
 
@@ -339,11 +340,22 @@ class QueueClient:
             request_id = next(self._ids)
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._pending[request_id] = fut
-            self._chan.write(encode_request(request_id, method, params or {}))
+            self._send(encode_request(request_id, method, params or {}))
             try:
                 return await fut
             finally:
                 self._pending.pop(request_id, None)
+
+    def _send(self, frame: bytes) -> None:
+        # Requests made in the same loop turn leave as one channel write.
+        self._outbox.append(frame)
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        frames, self._outbox = self._outbox, []
+        if frames and self._chan is not None and not self._chan.is_closing():
+            self._chan.write(b"".join(frames))
 
     async def ping(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("ping")

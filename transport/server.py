@@ -87,6 +87,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         self._decoder = FrameDecoder(server.settings.limits.max_frame_bytes)
         self._exec: str | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._outbox: list[bytes] = []
         self._eof = False
         self._closed = False
         self._state = ChannelState(principal, bucket, self._push)
@@ -233,15 +234,26 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         self._write(encode_event(event, data))
 
     def _write(self, frame: bytes) -> None:
+        # Replies finished in the same loop turn (a group commit answers many submits
+        # at once) go out as one channel write: one SSH packet instead of one each.
+        if self._closed:
+            return
+        self._outbox.append(frame)
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
         chan = self._chan
-        if self._closed or chan is None or chan.is_closing():
+        frames, self._outbox = self._outbox, []
+        if not frames or chan is None or chan.is_closing():
             return
         try:
-            chan.write(frame)
+            chan.write(b"".join(frames))
         except (BrokenPipeError, OSError):
             self._closed = True
 
     def _close_after_flush(self) -> None:
+        self._flush()
         self._closed = True
         if self._chan is not None:
             self._chan.close()
