@@ -28,12 +28,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-import orjson
-import redis.asyncio as aioredis
-
 REPO = Path(__file__).resolve().parents[1]
+# Run as a script, bench/ is first on sys.path and bench/queue.py would shadow the
+# standard library's queue module (which redis imports): put the repo root there.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
+
+import asyncssh  # noqa: E402
+import orjson  # noqa: E402
+import redis.asyncio as aioredis  # noqa: E402
 
 import transport.ssh_algorithms  # noqa: E402, F401  (registers ssh-falcon512)
 from transport.client import QueueClient  # noqa: E402
