@@ -4,6 +4,7 @@ Prints one JSON object. In each round, interleaved, on the same disk:
   - fdatasync: a raw ``write + fdatasync`` loop of 200-byte records (one writer);
   - redis_always_{1,16}: RPUSH to a private redis-server with ``appendfsync always``,
     over 1 and 16 connections, each connection pipelined ``--window`` deep;
+  - redis_always_16_c_client: the same Redis load from ``redis-benchmark`` (C client);
   - qssh_sync_{1,16}: ``submit`` mode=sync to a real ``qssh-sidecar serve`` over
     post-quantum SSH (ML-KEM-768+X25519, Falcon-512), over 1 and 16 connections,
     each pipelined ``--window`` deep.
@@ -163,6 +164,28 @@ async def bench_redis(port: int, connections: int, window: int, seconds: float) 
             await c.aclose()
 
 
+def redis_benchmark_c_client(port: int, connections: int, window: int) -> dict[str, float]:
+    """The same Redis load from the C client ``redis-benchmark``: Redis's own ceiling
+    here, free of Python client overhead (which bounds both Python-client figures)."""
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        return {}
+    out = subprocess.run(
+        [
+            binary, "-p", str(port), "-c", str(connections), "-P", str(window),
+            "-n", "200000", "-d", str(len(RECORD)), "-t", "rpush", "--csv",
+        ],
+        check=True, capture_output=True, text=True, timeout=300,
+    ).stdout  # fmt: skip
+    header, row = (line.replace('"', "").split(",") for line in out.strip().splitlines()[-2:])
+    values = dict(zip(header, row, strict=True))
+    return {
+        "ops_per_s": float(values["rps"]),
+        "p50_ms": float(values["p50_latency_ms"]),
+        "p99_ms": float(values["p99_latency_ms"]),
+    }
+
+
 class SidecarServer:
     """A real ``qssh-sidecar serve`` subprocess with fresh keys."""
 
@@ -270,12 +293,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await redis_server.wait()
         await sidecar.wait()
         w, t, rport = args.window, args.seconds, redis_server.port
+        c_client = redis_benchmark_c_client
         cases: list[tuple[str, Callable[[], Awaitable[dict[str, float]]]]] = [
             ("fdatasync", lambda: asyncio.to_thread(fdatasync_loop, base, t)),
             ("redis_always_1", lambda: bench_redis(rport, 1, w, t)),
             ("qssh_sync_1", lambda: bench_qssh(sidecar, 1, w, t)),
             ("redis_always_16", lambda: bench_redis(rport, 16, w, t)),
             ("qssh_sync_16", lambda: bench_qssh(sidecar, 16, w, t)),
+            ("redis_always_16_c_client", lambda: asyncio.to_thread(c_client, rport, 16, w)),
         ]
         for _ in range(args.rounds):
             for name, case in cases:
@@ -288,6 +313,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     medians = {
         name: {key: statistics.median(s[key] for s in runs) for key in runs[0]}
         for name, runs in samples.items()
+        if runs[0]
     }
 
     def ratio(a: str, b: str) -> float:
@@ -305,6 +331,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "qssh_1_vs_redis_always_1": ratio("qssh_sync_1", "redis_always_1"),
             "qssh_16_vs_fdatasync_loop": ratio("qssh_sync_16", "fdatasync"),
             "redis_always_16_vs_fdatasync_loop": ratio("redis_always_16", "fdatasync"),
+            **(
+                {
+                    "qssh_16_vs_redis_always_16_c_client": ratio(
+                        "qssh_sync_16", "redis_always_16_c_client"
+                    )
+                }
+                if "redis_always_16_c_client" in medians
+                else {}
+            ),
         },
         "target": "qssh_16_vs_redis_always_16 >= 0.5",
     }
