@@ -115,10 +115,9 @@ class _PinningClient(asyncssh.SSHClient):
 class Subscription:
     """Deliveries pushed by the server; grants one credit back per delivery taken."""
 
-    def __init__(self, client: QueueClient, sub_id: int, credit: int) -> None:
+    def __init__(self, client: QueueClient, sub_id: int) -> None:
         self.client = client
         self.id = sub_id
-        self.window = credit
         self.queue: asyncio.Queue[dict[str, Any] | SidecarError] = asyncio.Queue()
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
@@ -395,7 +394,7 @@ class QueueClient:
 
     async def subscribe(self, credit: int = 16, lease_timeout: float = 30.0) -> Subscription:
         result = await self.call("subscribe", {"credit": credit, "lease_timeout": lease_timeout})
-        sub = Subscription(self, int(result["subscription"]), credit)
+        sub = Subscription(self, int(result["subscription"]))
         self._subscriptions[sub.id] = sub
         for early in self._early.pop(sub.id, []):
             sub.queue.put_nowait(early)
