@@ -65,6 +65,7 @@ class QppValidatorQueue:
         observer: QueueObserver | None = None,
         layer: FileLayer | None = None,
         compact_bytes: int = DEFAULT_COMPACT_BYTES,
+        inline_lone_sync: bool = True,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise InvalidMessage(f"queue name {name!r} must be 1-64 of [A-Za-z0-9_.-]")
@@ -75,6 +76,7 @@ class QppValidatorQueue:
         self._observer = observer or NULL_OBSERVER
         self._state = QueueState(limits)
         self._compact_bytes = compact_bytes
+        self._inline_lone_sync = inline_lone_sync
         self._committer: GroupCommitter | None = None
         self._durable_live: dict[int, QueueMessageWithProvenance] = {}
         self._next_id = 1
@@ -103,8 +105,16 @@ class QppValidatorQueue:
         observer: QueueObserver | None = None,
         layer: FileLayer | None = None,
         compact_bytes: int = DEFAULT_COMPACT_BYTES,
+        inline_lone_sync: bool = True,
     ) -> QppValidatorQueue:
-        """Open (creating if needed) and recover the queue `name` in `persist_dir`."""
+        """Open (creating if needed) and recover the queue `name` in `persist_dir`.
+
+        `salvage`: open a log with mid-log corruption by keeping every valid record and
+        setting the damaged file aside. `limits`: count and byte limits (`QueueFull`).
+        `compact_bytes`: log size that triggers automatic compaction. `inline_lone_sync`:
+        a lone record is fsync'd on the event loop thread (faster for a serial caller;
+        blocks the loop for one fsync); batches of two or more always use the worker.
+        """
         q = cls(
             name,
             persist_dir,
@@ -112,6 +122,7 @@ class QppValidatorQueue:
             observer=observer,
             layer=layer,
             compact_bytes=compact_bytes,
+            inline_lone_sync=inline_lone_sync,
         )
         if layer is None:
             os.makedirs(q.persist_dir, exist_ok=True)
@@ -173,8 +184,9 @@ class QppValidatorQueue:
             on_commit=self._apply_commit,
             on_rollback=self._apply_rollback,
             on_idle=self._maybe_compact,
-            on_fatal=self._wake_waiters,
+            on_fatal=self._on_log_failed,
             observer=self._observer,
+            inline_single=self._inline_lone_sync,
         )
         restored = len(self._durable_live)
         self._observer.on_log_bytes(wal.size)
@@ -429,6 +441,15 @@ class QppValidatorQueue:
                 if fut in self._waiters:
                     self._waiters.remove(fut)
 
+    def _on_log_failed(self) -> None:
+        committer = self._committer
+        error = committer.fatal if committer is not None else None
+        waiters, self._reserve_waiters = self._reserve_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_exception(error or LogFailed("the log failed"))
+        self._wake_waiters()
+
     def _wake_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
         for fut in waiters:
@@ -451,7 +472,7 @@ class QppValidatorQueue:
         happened). Once the batch is being written the operation completes anyway:
         a cancelled pop then loses that message to its caller (at most once).
         """
-        fut = committer.enqueue(code, record, payload)
+        fut = await committer.commit(code, record, payload)
         try:
             await fut  # cancelling the caller cancels `fut`; the committer skips it
         except asyncio.CancelledError:

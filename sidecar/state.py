@@ -26,7 +26,11 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """A reservation of one message until `deadline` (same clock as the `now` values)."""
+    """A reservation of one message until `deadline`.
+
+    `deadline` is on the clock of the `now` values given to `QueueState`; the queue
+    shell uses `time.monotonic()`.
+    """
 
     lease_id: int
     message_id: int

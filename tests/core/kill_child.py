@@ -1,4 +1,4 @@
-"""Child process for test_sigkill.py: sync submits, pops, leases and acks forever.
+"""Child process for test_sigkill.py: sync submits, pops, leases, acks, compactions.
 
 Prints one line per acknowledged operation, flushed *after* the call returned:
 ``S <id> <block_number>`` submit acked, ``C <id>`` consumed (pop returned or ack returned).
@@ -39,6 +39,8 @@ async def main(persist_dir: str, seed: int) -> None:
 
     async def consumer() -> None:
         while True:
+            if rng.random() < 0.03:
+                await q.compact_wal()  # a kill may land mid-compaction too
             if rng.random() < 0.5:
                 h = await q.pop()
                 if h is not None:

@@ -161,7 +161,11 @@ def _seeds() -> range:
 
 
 @pytest.mark.parametrize("seed", _seeds())
-async def test_crash_at_every_point_keeps_acked_and_consumed(seed: int) -> None:
+async def test_crash_at_every_point_keeps_acked_and_consumed(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # small id blocks: reservations happen often, and async submits must wait for them
+    monkeypatch.setattr("sidecar.queue.ID_BLOCK", 4 if seed % 2 else 1 << 20)
     steps = 40
     total = await _run(seed, None, steps)
     rng = random.Random(seed * 7919)

@@ -83,3 +83,16 @@ async def test_no_ack_before_its_record_is_durable() -> None:
     for _ in range(8):  # serial too
         await submit_and_check(1000)
     await q.close()
+
+
+async def test_every_fsync_can_go_to_the_worker_thread(tmp_path: Path) -> None:
+    layer = _CountingLayer()
+    q = await QppValidatorQueue.open("v", tmp_path, layer=layer, inline_lone_sync=False)
+    serial = [await q.submit_sync(block(i), submitted_by="t") for i in range(10)]
+    together = await asyncio.gather(*(q.submit_sync(block(i), submitted_by="t") for i in range(50)))
+    assert q._committer is not None
+    assert q._committer.inline_single is False
+    await q.close()
+    q = await QppValidatorQueue.open("v", tmp_path)
+    assert {i.message_id for i in q._state.ready_items()} == {*serial, *together}
+    await q.close()

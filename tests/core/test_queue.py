@@ -12,6 +12,7 @@ import pytest
 from sidecar import (
     AlreadyConsumed,
     Limits,
+    LogFailed,
     Mode,
     NotFound,
     QppAsyncSubmit,
@@ -285,3 +286,35 @@ async def test_automatic_compaction_when_mostly_consumed(tmp_path: Path) -> None
     assert q.compactions >= 1
     assert q.stats()["log_bytes"] < 64 * 1024
     await q.close()
+
+
+async def test_async_submits_past_the_reserved_ids_wait_for_a_durable_reservation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sidecar.queue.ID_BLOCK", 2)
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk)
+    ids = [await q.submit_async(gossip(i), submitted_by="t") for i in range(20)]
+    assert ids == sorted(set(ids))
+    image = {p: bytes(i.durable) for p, i in disk.names.items()}  # crash: async lost
+    q2 = await QppValidatorQueue.open("v", "/d", layer=SimDisk(image))
+    assert await q2.submit_async(gossip(0), submitted_by="t") > max(ids)
+    await q2.close()
+
+
+async def test_a_submit_waiting_for_ids_fails_instead_of_hanging_when_the_log_dies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sidecar.queue.ID_BLOCK", 2)
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk)
+    disk.fail_sync = lambda: True
+
+    async def submit_many() -> None:
+        for i in range(10):  # the third one waits for a new reservation, whose fsync fails
+            await q.submit_async(gossip(i), submitted_by="t")
+
+    with pytest.raises(LogFailed):
+        await asyncio.wait_for(submit_many(), 10)
+    with pytest.raises(LogFailed):
+        await q.close()

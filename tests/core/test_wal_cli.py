@@ -113,3 +113,20 @@ async def test_compact_refuses_a_log_in_use(tmp_path: Path) -> None:
         assert "in use" in res.stderr
     finally:
         await q.close()
+
+
+async def test_compact_salvage_sets_a_corrupt_log_aside(tmp_path: Path) -> None:
+    path = await _make_log(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[FILE_HEADER_SIZE + 60] ^= 0x55
+    path.write_bytes(bytes(data))
+    refused = _cli("compact", str(path))
+    assert refused.returncode == 2
+    assert "salvage" in refused.stderr
+    res = _cli("compact", "--salvage", str(path))
+    assert res.returncode == 0, res.stderr
+    assert "kept as" in res.stdout
+    assert _cli("verify", str(path)).returncode == 0
+    aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1
+    assert aside[0].read_bytes() == bytes(data)
