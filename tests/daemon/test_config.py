@@ -81,6 +81,7 @@ http = "127.0.0.1:9944"
         ('[node]\nhttp = "10.1.2.3:9944"', "not a loopback address"),
         ("[limits]\nmax_connections = -1", "must be a positive integer"),
         ("[limits]\nmax_connections = true", "expected an integer"),
+        ("[limits]\nmax_frame_bytes = 100", "max_frame_bytes must be at least 1024"),
         ('[durability]\npolicy = "sometimes"', "must be 'default' or 'sync'"),
         ("[hardware]\nfloor = 4\nceiling = 2", "floor is above ceiling"),
         ("[hardware]\nbogus = 1", "unknown keys"),
