@@ -33,6 +33,7 @@ class GroupCommitter:
         on_commit: BatchHandler,
         on_rollback: BatchHandler,
         on_idle: Callable[[], None],
+        on_fatal: Callable[[], None],
         observer: QueueObserver,
         inline_single: bool = True,
     ) -> None:
@@ -41,6 +42,7 @@ class GroupCommitter:
         self._on_commit = on_commit
         self._on_rollback = on_rollback
         self._on_idle = on_idle
+        self._on_fatal = on_fatal
         self._observer = observer
         self._loop = asyncio.get_running_loop()
         self._pending: list[Op] = []
@@ -52,6 +54,7 @@ class GroupCommitter:
         )
         self._jobs: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self.fatal: LogFailed | None = None
+        self._busy = False  # a batch or job is being written
         self._stopping = False
         self.batches = 0
         self.records = 0
@@ -64,6 +67,14 @@ class GroupCommitter:
         self._pending.append((code, record, fut, payload))
         self._wake.set()
         return fut
+
+    def withdraw(self, fut: asyncio.Future[None]) -> Op | None:
+        """Take a record back out if its batch has not been started (a cancelled caller)."""
+        for i, op in enumerate(self._pending):
+            if op[2] is fut:
+                del self._pending[i]
+                return op
+        return None
 
     async def run_exclusive(self, job: Callable[[], R]) -> R:
         """Run `job` (blocking log work, e.g. compaction) between two batches."""
@@ -83,9 +94,50 @@ class GroupCommitter:
         self._wake.set()
         await self._task
 
+    def detach(self) -> None:
+        """Drop the callbacks into the queue (breaks the reference cycle at close)."""
+        noop: Callable[..., None] = _noop
+        self._on_commit = self._on_rollback = noop
+        self._on_idle = self._on_fatal = noop
+
     def shutdown_io(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+
+    async def commit(self, code: int, record: bytes, payload: Any) -> asyncio.Future[None]:
+        """Queue a record and return its future, once it is durable or has failed.
+
+        The fast path for a lone caller: give concurrent callers one loop turn to join;
+        if nobody did and no batch is in flight, write and fsync right here (a thread
+        hop would cost a large part of the fsync it waits for, and the loop would only
+        wait for it anyway). Otherwise the writer task takes the whole batch and runs
+        its fsync in the worker thread while the loop accepts the next batch.
+        """
+        fut: asyncio.Future[None] = self._loop.create_future()
+        op: Op = (code, record, fut, payload)
+        self._pending.append(op)
+        if self._busy or self._jobs or not self.inline_single:
+            self._wake.set()
+            return fut
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            if self.withdraw(fut) is not None:
+                self._on_rollback([op])
+            raise
+        pending = self._pending
+        if not fut.done() and not self._busy and len(pending) == 1 and pending[0] is op:
+            self._pending = []
+            self._busy = True
+            try:
+                self._write_inline(pending)
+            finally:
+                self._busy = False
+            if not self._pending and not self._jobs and self.fatal is None:
+                self._on_idle()
+        elif not fut.done():
+            self._wake.set()
+        return fut
 
     # -- the writer ----------------------------------------------------------------------
     async def _run(self) -> None:
@@ -93,10 +145,14 @@ class GroupCommitter:
             await self._wake.wait()
             self._wake.clear()
             while (self._pending or self._jobs) and self.fatal is None:
-                if self._pending:
-                    await self._commit_batch()
-                elif self._jobs:
-                    await self._run_job()
+                self._busy = True
+                try:
+                    if self._pending:
+                        await self._commit_batch()
+                    elif self._jobs:
+                        await self._run_job()
+                finally:
+                    self._busy = False
                 if not self._pending and not self._jobs:
                     self._on_idle()
             if self.fatal is not None:
@@ -106,29 +162,42 @@ class GroupCommitter:
 
     async def _commit_batch(self) -> None:
         batch, self._pending = self._pending, []
+        if len(batch) == 1 and self.inline_single:
+            self._write_inline(batch)
+            return
         frame = encode_frame([op[1] for op in batch])
         started = time.perf_counter()
         try:
-            if len(batch) == 1 and self.inline_single:
-                # A lone record: a thread hop would cost a large part of the fsync it
-                # waits for, so sync it inline (the loop would only wait for it anyway).
-                # From two records on, the fsync runs in the worker thread and the loop
-                # keeps accepting the next batch.
-                self.wal.append_and_sync(frame)
-            else:
-                await self.io(self.wal.append_and_sync, frame)
-        except WriteFailed as exc:
-            self._on_rollback(batch)
-            for op in batch:
-                if op[2] is not None and not op[2].done():
-                    op[2].set_exception(exc)
-            return
+            await self.io(self.wal.append_and_sync, frame)
         except BaseException as exc:
+            self._failed(batch, exc)
+            return
+        self._committed(batch, started)
+
+    def _write_inline(self, batch: list[Op]) -> None:
+        frame = encode_frame([op[1] for op in batch])
+        started = time.perf_counter()
+        try:
+            self.wal.append_and_sync(frame)
+        except BaseException as exc:
+            self._failed(batch, exc)
+            return
+        self._committed(batch, started)
+
+    def _failed(self, batch: list[Op], exc: BaseException) -> None:
+        if not isinstance(exc, WriteFailed):
             self._die(exc, batch)
             return
+        self._on_rollback(batch)
+        for op in batch:
+            if op[2] is not None and not op[2].done():
+                op[2].set_exception(exc)
+
+    def _committed(self, batch: list[Op], started: float) -> None:
         self.batches += 1
         self.records += len(batch)
         self._observer.on_fsync(time.perf_counter() - started, len(batch))
+        self._observer.on_log_bytes(self.wal.size)
         self._on_commit(batch)
         for op in batch:
             if op[2] is not None and not op[2].done():
@@ -159,6 +228,7 @@ class GroupCommitter:
             )
         self._pending = batch + self._pending
         self._fail_all(self.fatal)
+        self._on_fatal()
 
     def _fail_all(self, exc: LogFailed) -> None:
         pending, self._pending = self._pending, []
@@ -169,3 +239,7 @@ class GroupCommitter:
         for _, fut in jobs:
             if not fut.done():
                 fut.set_exception(exc)
+
+
+def _noop(*_: Any) -> None:
+    return None

@@ -8,6 +8,7 @@ consumed, and submits reserved but not yet committed; a full queue raises `Queue
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from dataclasses import dataclass
 
 from sidecar.errors import AlreadyConsumed, NotFound, QueueFull
@@ -25,7 +26,11 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """A reservation of one message until `deadline` (same clock as the `now` values)."""
+    """A reservation of one message until `deadline`.
+
+    `deadline` is on the clock of the `now` values given to `QueueState`; the queue
+    shell uses `time.monotonic()`.
+    """
 
     lease_id: int
     message_id: int
@@ -73,12 +78,13 @@ class QueueState:
 
     def load(self, items: list[QueueMessageWithProvenance]) -> None:
         """Bulk-load recovered messages (admitted without the limit check)."""
-        for item in items:
-            self._ready.append((-item.priority, item.message_id, item))
-            self._ready_by_priority[item.priority] += 1
-            self.count += 1
-            self.bytes += item.message.encoded_size
-        heapq.heapify(self._ready)
+        ready = self._ready
+        ready.extend([(-item.priority, item.message_id, item) for item in items])
+        heapq.heapify(ready)
+        for priority, n in Counter([item.priority for item in items]).items():
+            self._ready_by_priority[priority] += n
+        self.count += len(items)
+        self.bytes += sum([item.message.encoded_size for item in items])
 
     def take(self) -> QueueMessageWithProvenance | None:
         """Remove the next message (still accounted until `forget`)."""

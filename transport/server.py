@@ -135,6 +135,16 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         self._maybe_finish()
         return True  # keep our side open until in-flight replies are written
 
+    def pause_writing(self) -> None:
+        # A peer that sends requests but does not read replies: stop reading its
+        # requests until our replies drain, so the send buffer stays bounded.
+        if self._chan is not None and not self._closed:
+            self._chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._chan is not None and not self._closed:
+            self._chan.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._server._sessions.discard(self)

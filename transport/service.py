@@ -283,8 +283,10 @@ class QueueService:
         lease = await self._lease_wait(timeout, wait)
         if lease is None:
             return None
-        if not detach:  # a detached lease outlives the channel and ends only by its timeout
-            channel.hold(lease)
+        # A detached lease outlives the channel and ends only by ack, release or timeout.
+        if not detach and not channel.hold(lease):
+            await self.queue.release(lease)  # the channel went away meanwhile
+            return None
         self.counters.deliveries += 1
         return lease_view(lease)
 
@@ -406,7 +408,9 @@ class Subscription:
                 if lease is None:
                     await wait_for_message(queue, 1.0)
                     continue
-                self.channel.hold(lease)
+                if not self.channel.hold(lease):
+                    await queue.release(lease)
+                    return
                 self.credit -= 1
                 if self.credit <= 0:
                     self._has_credit.clear()
@@ -433,9 +437,15 @@ class ChannelState:
     push: Callable[[str, dict[str, Any]], None]
     leases: dict[Any, Any] = field(default_factory=dict)
     subscriptions: dict[int, Subscription] = field(default_factory=dict)
+    closed: bool = False
 
-    def hold(self, lease: Any) -> None:
+    def hold(self, lease: Any) -> bool:
+        """Keep ``lease`` until ack/release; false once the channel is closed (then the
+        caller gives it back, or it would stay leased until its timeout)."""
+        if self.closed:
+            return False
         self.leases[_wire_value(lease.lease_id)] = lease
+        return True
 
     def held(self, lease_id: Any) -> Any:
         """The lease object when this channel holds it, else the id (the core decides)."""
@@ -459,6 +469,7 @@ class ChannelState:
 
     async def close(self, queue: QueuePort) -> int:
         """Stop pushes and give every lease still held back to the queue."""
+        self.closed = True
         for sub in self.subscriptions.values():
             sub.stop()
         self.subscriptions.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 from sidecar import QppValidatorQueue
@@ -91,3 +92,17 @@ async def test_server_close_answers_in_flight_then_refuses(tmp_path: Path, keys:
         await reopened.close()
     assert set(acked) <= present
     await client.close()
+
+
+async def test_lease_waiting_when_its_channel_drops_is_given_back(service: Service) -> None:
+    consumer = await service.connect()
+    waiting = asyncio.ensure_future(consumer.lease(timeout=300, wait=10))
+    await asyncio.sleep(0.1)
+    consumer.conn.abort()
+    async with service.connect() as producer:
+        sent = await producer.submit(gossip(5), "sync")
+        lease = await producer.lease(timeout=30, wait=20)
+        assert lease is not None
+        assert lease["message_id"] == sent["message_id"]
+    with contextlib.suppress(Exception):
+        await waiting

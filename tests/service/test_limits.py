@@ -63,3 +63,31 @@ async def test_connections_over_the_limit_are_refused_others_served(
             assert (await again.ping())["pong"]
     finally:
         await stop_service(svc)
+
+
+async def test_peer_that_does_not_read_replies_is_throttled_not_buffered(
+    tmp_path: Path, keys: Keys
+) -> None:
+    svc = await start_service(tmp_path, keys)
+    try:
+        raw = await RawChannel.open(svc.port, keys.everything)
+        raw.chan.pause_reading()  # never reads: the SSH window to it fills up
+        total = 20_000
+        for i in range(total):
+            raw.send({"id": i, "method": "ping"})
+        await asyncio.sleep(1.0)
+        buffered = [s._chan.get_write_buffer_size() for s in svc.server._sessions if s._chan]
+        assert buffered
+        assert max(buffered) < 1024 * 1024  # 20 000 pong replies would be ~5 MB
+        async with svc.connect() as other:
+            assert (await other.ping())["pong"]
+        raw.chan.resume_reading()
+        ids = set()
+        for _ in range(total):
+            reply = await raw.recv(60)
+            assert reply is not None
+            ids.add(reply["id"])
+        assert ids == set(range(total))
+        await raw.close()
+    finally:
+        await stop_service(svc)
