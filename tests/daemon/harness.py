@@ -76,9 +76,11 @@ class NotifySocket:
 class Daemon:
     """A running ``serve`` subprocess with its stdout collected in a thread."""
 
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], cwd: Path, prefix: list[str] | None = None
+    ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar.cli", "serve", *args],
+            [*(prefix or []), sys.executable, "-m", "sidecar.cli", "serve", *args],
             env=env,
             cwd=cwd,
             stdout=subprocess.PIPE,
