@@ -91,9 +91,8 @@ def decide(
             for d in devices
             if d.kind is SourceKind.UNVERIFIED
         )
-    for d in quantum:
-        if not d.healthy:
-            reasons.append(f"tier 3 unavailable: {d.label}: {_why_unhealthy(d)}")
+    prefix = "not used" if healthy_quantum else "tier 3 unavailable"
+    reasons.extend(f"{prefix}: {d.label}: {_why_unhealthy(d)}" for d in quantum if not d.healthy)
 
     if kme is not None and kme.healthy:
         tier = Tier.QUANTUM_SECURED

@@ -45,9 +45,12 @@ class SerialQRNGSimulator:
         self.slow_rate_bps = slow_rate_bps
         self.cut_after = cut_after  # stall / disconnect after this many bytes
         self._rng = random.Random(seed)  # noqa: S311 - reproducible bias, not secrets
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        self.path = os.ttyname(self._slave)
+        self._master, slave = os.openpty()
+        tty.setraw(slave)
+        self.path = os.ttyname(slave)
+        # Like a USB device, stream only while a reader has the port open: with no
+        # slave fd open the master polls POLLHUP, so the simulator can tell.
+        os.close(slave)
         self.sent = 0
         self.streaming = self.behaviour not in (Behaviour.DTR, Behaviour.ONERNG)
         self.commands: list[bytes] = []
@@ -72,9 +75,8 @@ class SerialQRNGSimulator:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-        for fd in (self._master, self._slave):
-            with contextlib.suppress(OSError):  # disconnect already closed the master
-                os.close(fd)
+        with contextlib.suppress(OSError):  # disconnect already closed the master
+            os.close(self._master)
 
     def _chunk(self, n: int) -> bytes:
         b = self.behaviour
@@ -104,15 +106,22 @@ class SerialQRNGSimulator:
 
     def _run(self) -> None:
         m = self._master
+        poller = select.poll()
+        poller.register(m, select.POLLIN)
         while not self._stop.is_set():
             want_write = self.streaming
             if self.behaviour is Behaviour.STALL and self.sent >= self.cut_after:
                 want_write = False
-            r, w, _ = select.select([m], [m] if want_write else [], [], 0.05)
-            if r:
-                with contextlib.suppress(OSError):  # EIO while no slave is open
+            poller.modify(m, select.POLLIN | (select.POLLOUT if want_write else 0))
+            events = poller.poll(50)
+            mask = events[0][1] if events else 0
+            if mask & select.POLLIN:  # before HUP: a closing reader's last command
+                with contextlib.suppress(OSError):
                     self._handle_input(os.read(m, 4096))
-            if not w:
+            if mask & select.POLLHUP:  # nobody has the port open
+                time.sleep(0.01)
+                continue
+            if not mask & select.POLLOUT:
                 continue
             n = 1024
             if self.behaviour is Behaviour.SLOW:

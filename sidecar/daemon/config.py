@@ -18,6 +18,7 @@ from typing import Any
 
 from hardware.config import ConfigError as HardwareConfigError
 from hardware.config import HardwareConfig
+from transport.limits import ServiceLimits
 
 DEFAULT_INSTANCE = "alice"
 DEFAULT_HOST = "127.0.0.1"
@@ -327,6 +328,15 @@ def override(
 
 
 def check_values(cfg: DaemonConfig) -> None:
+    try:
+        ServiceLimits(
+            max_frame_bytes=cfg.limits.max_frame_bytes,
+            max_in_flight_per_channel=cfg.limits.max_in_flight,
+            max_connections=cfg.limits.max_connections,
+            drain_seconds=cfg.durability.shutdown_timeout / 2,
+        )
+    except ValueError as e:
+        raise ConfigError(f"limits: {e}") from None
     if not _INSTANCE_RE.match(cfg.instance):
         raise ConfigError(
             f"instance: {cfg.instance!r} must be lowercase letters, digits, '-' or '_' (max 63)"

@@ -65,11 +65,12 @@ def load_config(args: argparse.Namespace) -> config_mod.DaemonConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # asyncssh logs several INFO lines per connection; keep them for --log-level DEBUG.
+    logging.getLogger("asyncssh").setLevel(max(level, logging.WARNING))
     try:
         cfg = load_config(args)
     except ConfigError as e:

@@ -76,9 +76,11 @@ class NotifySocket:
 class Daemon:
     """A running ``serve`` subprocess with its stdout collected in a thread."""
 
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], cwd: Path, prefix: list[str] | None = None
+    ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar.cli", "serve", *args],
+            [*(prefix or []), sys.executable, "-m", "sidecar.cli", "serve", *args],
             env=env,
             cwd=cwd,
             stdout=subprocess.PIPE,
@@ -173,11 +175,17 @@ def spawn(tmp_path: Path) -> Iterator[object]:
         d.kill()
 
 
+# Root ignores file modes; without these capabilities the kernel enforces them again.
+AS_FILE_MODES_APPLY = (
+    ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
+)
+
+
 def run_serve(
-    args: list[str], cwd: Path, timeout: float = 60.0
+    args: list[str], cwd: Path, timeout: float = 60.0, prefix: list[str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "serve", *args],
+        [*(prefix or []), sys.executable, "-m", "sidecar.cli", "serve", *args],
         env=child_env(),
         cwd=cwd,
         capture_output=True,

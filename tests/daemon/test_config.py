@@ -11,7 +11,7 @@ import transport.ssh_algorithms  # noqa: F401 - registers ssh-falcon512
 from sidecar.daemon import config
 from sidecar.daemon.config import ConfigError
 
-from .harness import free_port, is_listening, run_serve
+from .harness import AS_FILE_MODES_APPLY, free_port, is_listening, run_serve
 
 
 def _load(tmp_path: Path, text: str) -> config.DaemonConfig:
@@ -81,6 +81,7 @@ http = "127.0.0.1:9944"
         ('[node]\nhttp = "10.1.2.3:9944"', "not a loopback address"),
         ("[limits]\nmax_connections = -1", "must be a positive integer"),
         ("[limits]\nmax_connections = true", "expected an integer"),
+        ("[limits]\nmax_frame_bytes = 100", "max_frame_bytes must be at least 1024"),
         ('[durability]\npolicy = "sometimes"', "must be 'default' or 'sync'"),
         ("[hardware]\nfloor = 4\nceiling = 2", "floor is above ceiling"),
         ("[hardware]\nbogus = 1", "unknown keys"),
@@ -99,8 +100,10 @@ def test_bad_values_are_one_line_naming_the_setting(tmp_path: Path, text: str, n
 # ---- through the real command: one line on stderr, exit 2, nothing listening -----------
 
 
-def _assert_one_line_failure(tmp_path: Path, args: list[str], needle: str, port: int) -> None:
-    r = run_serve(args, cwd=tmp_path)
+def _assert_one_line_failure(
+    tmp_path: Path, args: list[str], needle: str, port: int, prefix: list[str] | None = None
+) -> None:
+    r = run_serve(args, cwd=tmp_path, prefix=prefix)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert len(lines) == 1, r.stderr
@@ -182,3 +185,29 @@ def test_the_documented_config_reference_is_valid(tmp_path: Path) -> None:
     assert cfg.instance == "alice"
     assert cfg.hardware.kme is not None
     assert cfg.node.socket_group == "substrate"
+
+
+def test_serve_host_key_without_read_permission(tmp_path: Path) -> None:
+    port = free_port()
+    key = asyncssh.generate_private_key("ssh-falcon512")
+    (tmp_path / "hk").write_bytes(key.export_private_key())
+    (tmp_path / "hk").chmod(0o000)
+    _assert_one_line_failure(
+        tmp_path,
+        ["--port", str(port), "--data-dir", "d", "--host-key", "hk"],
+        "host_key: cannot read",
+        port,
+        prefix=AS_FILE_MODES_APPLY,
+    )
+
+
+def test_serve_data_dir_without_write_permission(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "d").mkdir(mode=0o500)
+    _assert_one_line_failure(
+        tmp_path,
+        ["--port", str(port), "--data-dir", "d"],
+        "is not writable (Permission denied)",
+        port,
+        prefix=AS_FILE_MODES_APPLY,
+    )

@@ -72,14 +72,16 @@ async def test_stall_and_disconnect_are_reported_not_hung(behaviour: str, error:
 
 
 def test_stall_read_raises_timeout_with_partial_count() -> None:
-    with SerialQRNGSimulator("stall", cut_after=300) as sim:
-        src = SerialSource(sim.path)
-        src.open()
-        try:
-            with pytest.raises(SourceTimeout) as info:
-                src.read(1000, 0.5)
-        finally:
-            src.close()
+    sim = SerialQRNGSimulator("stall", cut_after=300)
+    src = SerialSource(sim.path)
+    src.open()  # before the simulator sends: pyserial flushes input on open
+    sim.start()
+    try:
+        with pytest.raises(SourceTimeout) as info:
+            src.read(1000, 1.0)
+    finally:
+        src.close()
+        sim.stop()
     assert info.value.received == 300
 
 

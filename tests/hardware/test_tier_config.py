@@ -106,3 +106,10 @@ def test_config_from_dict() -> None:
 def test_bad_config_is_a_clear_error(raw: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match=r"\[hardware\]|handshake"):
         HardwareConfig.from_dict(raw)
+
+
+def test_a_failed_quantum_device_beside_a_healthy_one_is_not_used_with_a_reason() -> None:
+    bad = device(SourceKind.QUANTUM_LOCAL, healthy=False)
+    d = decide([device(SourceKind.QUANTUM_LOCAL), bad], None)
+    assert d.tier is Tier.ENTROPY_ENHANCED
+    assert any(r.startswith("not used: m at /dev/x: health test failure") for r in d.reasons)
