@@ -1,0 +1,294 @@
+"""The running sidecar: starts every part in order and stops them in reverse.
+
+Start: check the machine (data dir, key files) → lock the data dir → open and
+recover the log → probe hardware and decide the tier → metrics → SSH listener →
+node endpoint → ``READY=1``. Any failure before the listener is a configuration
+error: one line, exit 2, nothing listened.
+
+Stop (SIGTERM/SIGINT): stop accepting, let in-flight requests finish, close the
+queue (which writes the async messages to the log with fsync), exit 0 — bounded by
+``durability.shutdown_timeout``. SIGHUP reloads authorized keys (with their roles).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from sidecar.errors import SidecarError
+
+from . import keys
+from .config import ConfigError, DaemonConfig, check_readable, prepare_data_dir
+from .metrics import SidecarMetrics
+from .node_rpc import NodeEndpointServer, NodeRpc
+from .notify import SystemdNotifier
+from .wiring import HardwarePart, QueuePart, ServerPart
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+STATUS_PERIOD = 2.0
+METRICS_PERIOD = 1.0
+
+
+class Sidecar:
+    def __init__(
+        self,
+        cfg: DaemonConfig,
+        *,
+        out: IO[str] | None = None,
+        notifier: SystemdNotifier | None = None,
+        salvage: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.salvage = salvage
+        self.out = out or sys.stdout
+        self.notifier = notifier or SystemdNotifier()
+        self.metrics = SidecarMetrics(cfg.instance)
+        self.hardware = HardwarePart(cfg, self.metrics, self._on_tier_change)
+        self.queue = QueuePart(cfg, self.metrics, self.hardware.level)
+        self.server = ServerPart(cfg, self.metrics, self.queue, self.hardware)
+        self.node = NodeEndpointServer(NodeRpc(self, self._count_node_call))
+        self._stop = asyncio.Event()
+        self._lock_fd: int | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_status = ""
+        self.node_http_port: int | None = None
+
+    # ---- what the node endpoint needs (node_rpc.NodeBackend) ----------------------
+
+    @property
+    def instance(self) -> str:
+        return self.cfg.instance
+
+    async def node_submit(self, message: object) -> int:
+        return await self.queue.submit_from_node(message)
+
+    async def node_pop(self) -> dict[str, Any] | None:
+        return await self.queue.pop_for_node()
+
+    def node_depth(self) -> int:
+        return self.queue.total_depth()
+
+    def node_metrics(self) -> dict[str, Any]:
+        return {
+            "instance": self.cfg.instance,
+            "tier": self.hardware.level(),
+            "queue": self.queue.stats(),
+            "metrics": self.metrics.snapshot(),
+        }
+
+    def _count_node_call(self, method: str) -> None:
+        self.metrics.node_requests.labels(method=method).inc()
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def say(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    async def main(self) -> int:
+        """Run until SIGTERM/SIGINT; the process exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        try:
+            try:
+                await self.start()
+            except ConfigError as e:
+                print(f"qssh-sidecar: {e}", file=sys.stderr, flush=True)
+                await self._abort_start()
+                return EXIT_CONFIG
+            except (OSError, SidecarError) as e:
+                print(f"qssh-sidecar: cannot start: {e}", file=sys.stderr, flush=True)
+                await self._abort_start()
+                return EXIT_FAILURE
+            except Exception as e:
+                log.exception("unexpected error while starting")
+                print(f"qssh-sidecar: cannot start: {e!r}", file=sys.stderr, flush=True)
+                await self._abort_start()
+                return EXIT_FAILURE
+            await self._stop.wait()
+            return await self.shutdown()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            self.notifier.close()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        started = time.monotonic()
+        # Everything that can be wrong with the config is found before we listen.
+        prepare_data_dir(cfg.data_dir)
+        self._lock_data_dir()
+        self._check_files()
+        host = keys.ensure_host_key(
+            cfg.host_key_path, generate=cfg.host_key is None, instance=cfg.instance
+        )
+        self.say(
+            f"host key {cfg.host_key_path}: {host.fingerprint}" + (" (new)" if host.new else "")
+        )
+        operator = None
+        if cfg.embedded_defaults or not cfg.authorized_keys_path.exists():
+            operator = keys.ensure_local_operator(cfg, host)
+        try:
+            self.server.load_authorized_keys(cfg.authorized_keys_path)
+        except ValueError as e:
+            raise ConfigError(f"authorized_keys: {e}") from None
+
+        recovery = await self.queue.open(salvage=self.salvage)
+        self.say(f"log {self.queue.wal_dir}: {recovery}")
+
+        decision = await self.hardware.start()
+        self.say(f"tier {decision}")
+
+        if cfg.metrics is not None:
+            self.metrics.serve(cfg.metrics)
+            self.say(f"metrics http://{cfg.metrics.host}:{self.metrics.bound_port}/metrics")
+
+        bound = await self.server.start(host)
+        self.say(f"listening {bound} (instance {cfg.instance})")
+
+        await self.node.start_unix(cfg.node_socket_path, cfg.node.socket_group)
+        self.say(f"node endpoint unix:{cfg.node_socket_path}")
+        if cfg.node.http is not None:
+            self.node_http_port = await self.node.start_http(cfg.node.http)
+            self.say(f"node endpoint http://{cfg.node.http.host}:{self.node_http_port}/")
+
+        if operator is not None:
+            for line in keys.operator_howto(cfg, operator, bound.port):
+                self.say(line)
+
+        self._tasks.append(asyncio.create_task(self.notifier.watchdog_pings()))
+        self._tasks.append(asyncio.create_task(self._status_loop()))
+        self.notifier.ready(self._status_line())
+        self.say(f"ready in {time.monotonic() - started:.2f}s")
+
+    def _check_files(self) -> None:
+        cfg = self.cfg
+        if cfg.host_key is not None or cfg.host_key_path.exists():
+            check_readable(cfg.host_key_path, "host_key")
+        if cfg.authorized_keys is not None:
+            check_readable(cfg.authorized_keys_path, "authorized_keys")
+        kme = cfg.hardware.kme
+        if kme is not None:
+            for setting, path in (("cert", kme.cert), ("key", kme.key), ("ca", kme.ca)):
+                check_readable(Path(path), f"hardware.kme.{setting}")
+
+    def _lock_data_dir(self) -> None:
+        path = self.cfg.data_dir / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"data_dir: {self.cfg.data_dir} is in use by another qssh-sidecar "
+                "(stop it or choose another --data-dir)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    async def shutdown(self) -> int:
+        """Stop accepting, drain, flush async messages with fsync; the exit code."""
+        timeout = self.cfg.durability.shutdown_timeout
+        began = time.monotonic()
+        self.notifier.stopping(f"stopping; depth {self.queue.total_depth()}")
+        self.say("stopping: no new connections, finishing in-flight requests")
+        code = EXIT_OK
+        for task in self._tasks:
+            task.cancel()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.node.close(drain=timeout / 2)
+                await self.server.stop(drain=timeout / 2)
+        except TimeoutError:
+            log.warning("in-flight requests did not finish within %.1fs; closing anyway", timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                flushed = await self.queue.close()
+            self.say(f"log closed: {flushed}")
+        except (TimeoutError, OSError, SidecarError) as e:
+            print(f"qssh-sidecar: closing the log failed: {e}", file=sys.stderr, flush=True)
+            code = EXIT_FAILURE
+        await self.hardware.stop()
+        self.metrics.stop()
+        self._unlock()
+        self.say(f"stopped in {time.monotonic() - began:.2f}s")
+        return code
+
+    async def _abort_start(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.node.close(drain=0)
+        with contextlib.suppress(Exception):
+            await self.server.stop(drain=0)
+        with contextlib.suppress(Exception):
+            await self.queue.close()
+        with contextlib.suppress(Exception):
+            await self.hardware.stop()
+        self.metrics.stop()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            n = self.server.load_authorized_keys(self.cfg.authorized_keys_path)
+            self.say(f"reloaded {self.cfg.authorized_keys_path}: {n} keys")
+        except (OSError, ValueError) as e:
+            log.error("reload failed, keeping the previous keys: %s", e)
+        self.notifier.notify("READY=1", f"STATUS={self._status_line()}")
+
+    # ---- periodic status --------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        return (
+            f"depth {self.queue.total_depth()} ({self.queue.depth_summary()}); "
+            f"tier {self.hardware.level()} {self.hardware.name()}; "
+            f"connections {self.server.connections() or 0}"
+        )
+
+    async def _status_loop(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(METRICS_PERIOD)
+            ticks += 1
+            failed = self.queue.failed()
+            if failed is not None:
+                # fsyncgate: the queue refuses work for good; exit non-zero so the
+                # service manager restarts us and recovery reads what is on disk.
+                log.error("the log failed, stopping for a restart: %s", failed)
+                self.notifier.status(f"log failed: {failed}")
+                self._stop.set()
+                return
+            self.metrics.refresh(
+                self.queue.depth_by_priority(),
+                self.queue.leased(),
+                self.queue.log_bytes(),
+                self.server.connections(),
+            )
+            if ticks % int(STATUS_PERIOD / METRICS_PERIOD) == 0:
+                line = self._status_line()
+                if line != self._last_status:
+                    self.notifier.status(line)
+                    self._last_status = line
+
+    def _on_tier_change(self, old: int | None, new: int, reason: str) -> None:
+        self.say(f"tier changed {old} -> {new}: {reason}")
+        self.notifier.status(self._status_line())

@@ -1,0 +1,378 @@
+"""The daemon's configuration: embedded defaults, a TOML file, command-line overrides.
+
+Validation is strict and happens before anything listens: an unknown key, a bad
+port, a non-loopback metrics or node address, an unreadable key file or a data dir
+the daemon cannot write each raise :class:`ConfigError` with one line that names the
+setting and says what to do. The reference of every key is ``docs/operations.md``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hardware.config import ConfigError as HardwareConfigError
+from hardware.config import HardwareConfig
+from transport.limits import ServiceLimits
+
+DEFAULT_INSTANCE = "alice"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 22222
+_INSTANCE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported as one line before the daemon listens."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = 64
+    max_in_flight: int = 256
+    max_frame_bytes: int = 2 * 1024 * 1024
+    max_message_bytes: int = 1024 * 1024
+    max_queue_messages: int = 1_000_000
+    max_queue_bytes: int = 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Durability:
+    # "default": each kind's default mode, callers may ask for async;
+    # "sync": every submit is made sync (async requests are upgraded).
+    policy: str = "default"
+    compact_bytes: int = 10 * 1024 * 1024
+    shutdown_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class NodeEndpoint:
+    socket: Path | None
+    socket_group: str | None = None
+    http: Endpoint | None = None
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    instance: str = DEFAULT_INSTANCE
+    data_dir: Path = Path("data") / DEFAULT_INSTANCE
+    listen: Endpoint = Endpoint(DEFAULT_HOST, DEFAULT_PORT)
+    host_key: Path | None = None  # default: <data_dir>/host_key, generated on first start
+    authorized_keys: Path | None = None  # default: <data_dir>/authorized_keys
+    limits: Limits = Limits()
+    durability: Durability = Durability()
+    # [hardware] as hardware.HardwareConfig reads it: sources, KME, tier floor/ceiling.
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    metrics: Endpoint | None = None
+    node: NodeEndpoint = NodeEndpoint(socket=None)
+    # True when nothing was configured: the daemon sets up a local operator key.
+    embedded_defaults: bool = True
+
+    @property
+    def host_key_path(self) -> Path:
+        return self.host_key or self.data_dir / "host_key"
+
+    @property
+    def authorized_keys_path(self) -> Path:
+        return self.authorized_keys or self.data_dir / "authorized_keys"
+
+    @property
+    def node_socket_path(self) -> Path:
+        return self.node.socket or self.data_dir / "node.sock"
+
+
+# ---- parsing ---------------------------------------------------------------------
+
+_TOP_KEYS = {
+    "instance",
+    "data_dir",
+    "listen",
+    "host_key",
+    "authorized_keys",
+    "limits",
+    "durability",
+    "hardware",
+    "metrics",
+    "node",
+}
+
+
+def parse_endpoint(text: str, setting: str, *, loopback_only: bool = False) -> Endpoint:
+    """``HOST:PORT`` or ``[V6]:PORT``; hostnames other than localhost are refused."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{setting}: expected a string 'HOST:PORT', got {text!r}")
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\S+)|([^:\s\[\]]+):(\S+)", text)
+    if not m:
+        raise ConfigError(f"{setting}: {text!r} is not HOST:PORT (for example 127.0.0.1:22222)")
+    host = m.group(1) or m.group(3)
+    port = parse_port(m.group(2) if m.group(1) else m.group(4), setting)
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(
+            f"{setting}: {host!r} is not an IP address (use 127.0.0.1 or an interface address)"
+        ) from None
+    if loopback_only and not addr.is_loopback:
+        raise ConfigError(f"{setting}: {text} is not a loopback address; only 127.0.0.1 is allowed")
+    return Endpoint(host, port)
+
+
+def parse_port(value: object, setting: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{setting}: port must be a number 1-65535, got {value!r}")
+    try:
+        port = int(value) if isinstance(value, int | str) else -1
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{setting}: port must be a number 1-65535, got {value!r}")
+    return port
+
+
+class _Table:
+    """One TOML table being read: every key must be consumed, types are checked."""
+
+    def __init__(self, data: object, name: str, allowed: set[str]) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{name}: expected a table, got {type(data).__name__}")
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            where = f"{name}." if name else ""
+            raise ConfigError(
+                f"unknown key '{where}{unknown[0]}' in config"
+                f" (allowed here: {', '.join(sorted(allowed))})"
+            )
+        self.data: dict[str, Any] = data
+        self.name = name
+
+    def key(self, k: str) -> str:
+        return f"{self.name}.{k}" if self.name else k
+
+    def get(self, k: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if k not in self.data:
+            return default
+        v = self.data[k]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(v, bool) and bool not in kinds:
+            raise ConfigError(f"{self.key(k)}: expected {_kind_name(kinds)}, got {v!r}")
+        if not isinstance(v, kinds):
+            raise ConfigError(f"{self.key(k)}: expected {_kind_name(kinds)}, got {v!r}")
+        return v
+
+    def positive(self, k: str, default: int) -> int:
+        v: int = self.get(k, int, default)
+        if v <= 0:
+            raise ConfigError(f"{self.key(k)}: must be a positive integer, got {v}")
+        return v
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _resolve_hw_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """KME certificate paths in the config file are relative to the file."""
+    kme = raw.get("kme")
+    if not isinstance(kme, dict):
+        return raw
+    fixed = dict(kme)
+    for k in ("cert", "key", "ca"):
+        if isinstance(fixed.get(k), str):
+            fixed[k] = str(_path(base, fixed[k]))
+    return {**raw, "kme": fixed}
+
+
+def _path(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def load(path: Path | None) -> DaemonConfig:
+    """Read a config file (or the embedded defaults when ``path`` is None)."""
+    if path is None:
+        return DaemonConfig()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config {path}: cannot read ({e.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config {path}: not valid TOML ({e})") from None
+    try:
+        return from_dict(data, base=path.parent.resolve())
+    except ConfigError as e:
+        raise ConfigError(f"config {path}: {e}") from None
+
+
+def from_dict(data: dict[str, Any], base: Path) -> DaemonConfig:
+    """Build a config from parsed TOML; relative paths are relative to ``base``."""
+    top = _Table(data, "", _TOP_KEYS)
+    instance = top.get("instance", str, DEFAULT_INSTANCE)
+    data_dir = _path(base, top.get("data_dir", str, f"data/{instance}"))
+    listen = parse_endpoint(
+        top.get("listen", str, f"{DEFAULT_HOST}:{DEFAULT_PORT}"), "listen", loopback_only=False
+    )
+    host_key = top.get("host_key", str, None)
+    auth = top.get("authorized_keys", str, None)
+
+    lt = _Table(top.get("limits", dict, {}), "limits", set(Limits.__dataclass_fields__))
+    limits = Limits(
+        **{k: lt.positive(k, getattr(Limits(), k)) for k in Limits.__dataclass_fields__}
+    )
+
+    dt = _Table(top.get("durability", dict, {}), "durability", set(Durability.__dataclass_fields__))
+    policy = dt.get("policy", str, "default")
+    if policy not in ("default", "sync"):
+        raise ConfigError(f"durability.policy: must be 'default' or 'sync', got {policy!r}")
+    timeout = float(dt.get("shutdown_timeout", (int, float), 10.0))
+    if not 0 < timeout <= 600:
+        raise ConfigError(f"durability.shutdown_timeout: must be 0-600 seconds, got {timeout}")
+    durability = Durability(policy, dt.positive("compact_bytes", Durability.compact_bytes), timeout)
+
+    hw_raw = top.get("hardware", dict, {})
+    try:
+        hardware = HardwareConfig.from_dict(_resolve_hw_paths(hw_raw, base))
+    except HardwareConfigError as e:
+        raise ConfigError(str(e).replace("[hardware]: ", "hardware: ")) from None
+
+    mt = _Table(top.get("metrics", dict, {}), "metrics", {"listen"})
+    metrics_addr = mt.get("listen", str, "127.0.0.1:9615")
+    metrics = (
+        None
+        if metrics_addr == ""
+        else parse_endpoint(metrics_addr, "metrics.listen", loopback_only=True)
+    )
+
+    nt = _Table(top.get("node", dict, {}), "node", {"socket", "socket_group", "http"})
+    sock = nt.get("socket", str, None)
+    http = nt.get("http", str, "")
+    node = NodeEndpoint(
+        socket=_path(base, sock) if sock else None,
+        socket_group=nt.get("socket_group", str, None),
+        http=parse_endpoint(http, "node.http", loopback_only=True) if http else None,
+    )
+
+    cfg = DaemonConfig(
+        instance=instance,
+        data_dir=data_dir,
+        listen=listen,
+        host_key=_path(base, host_key) if host_key else None,
+        authorized_keys=_path(base, auth) if auth else None,
+        limits=limits,
+        durability=durability,
+        hardware=hardware,
+        metrics=metrics,
+        node=node,
+        embedded_defaults=False,
+    )
+    check_values(cfg)
+    return cfg
+
+
+def override(
+    cfg: DaemonConfig,
+    *,
+    instance: str | None = None,
+    data_dir: Path | None = None,
+    listen: str | None = None,
+    port: int | None = None,
+    host_key: Path | None = None,
+    authorized_keys: Path | None = None,
+    metrics: str | None = None,
+    node_http: str | None = None,
+) -> DaemonConfig:
+    """Apply command-line flags on top of the file (or the embedded defaults)."""
+    if instance is not None:
+        cfg = replace(cfg, instance=instance)
+        if data_dir is None and cfg.embedded_defaults:
+            cfg = replace(cfg, data_dir=Path("data") / instance)
+    if data_dir is not None:
+        cfg = replace(cfg, data_dir=data_dir)
+    if listen is not None:
+        cfg = replace(cfg, listen=parse_endpoint(listen, "--listen"))
+    if port is not None:
+        cfg = replace(cfg, listen=Endpoint(cfg.listen.host, parse_port(port, "--port")))
+    if host_key is not None:
+        cfg = replace(cfg, host_key=host_key)
+    if authorized_keys is not None:
+        cfg = replace(cfg, authorized_keys=authorized_keys)
+    if metrics is not None:
+        m = None if metrics == "" else parse_endpoint(metrics, "--metrics", loopback_only=True)
+        cfg = replace(cfg, metrics=m)
+    if node_http is not None:
+        h = (
+            None
+            if node_http == ""
+            else parse_endpoint(node_http, "--node-http", loopback_only=True)
+        )
+        cfg = replace(cfg, node=replace(cfg.node, http=h))
+    check_values(cfg)
+    return cfg
+
+
+def check_values(cfg: DaemonConfig) -> None:
+    try:
+        ServiceLimits(
+            max_frame_bytes=cfg.limits.max_frame_bytes,
+            max_in_flight_per_channel=cfg.limits.max_in_flight,
+            max_connections=cfg.limits.max_connections,
+            drain_seconds=cfg.durability.shutdown_timeout / 2,
+        )
+    except ValueError as e:
+        raise ConfigError(f"limits: {e}") from None
+    if not _INSTANCE_RE.match(cfg.instance):
+        raise ConfigError(
+            f"instance: {cfg.instance!r} must be lowercase letters, digits, '-' or '_' (max 63)"
+        )
+
+
+# ---- checks against the machine (still before listening) ------------------------
+
+
+def check_readable(path: Path, setting: str) -> bytes:
+    """Read a file the daemon needs; a failure names the setting and the path."""
+    try:
+        with path.open("rb") as f:
+            return f.read()
+    except IsADirectoryError:
+        raise ConfigError(f"{setting}: {path} is a directory, not a key file") from None
+    except OSError as e:
+        raise ConfigError(f"{setting}: cannot read {path} ({e.strerror})") from None
+
+
+def prepare_data_dir(path: Path) -> None:
+    """Create the data dir (0700) and prove it is writable with a real write + fsync."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"data_dir: cannot create {path} ({e.strerror})") from None
+    if not path.is_dir():
+        raise ConfigError(f"data_dir: {path} is not a directory")
+    probe = path / f".write-test.{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"data_dir: {path} is not writable ({e.strerror})") from None

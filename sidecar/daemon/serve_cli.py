@@ -1,0 +1,81 @@
+"""``qssh-sidecar serve``: run one sidecar until SIGTERM/SIGINT.
+
+Exit codes: 0 after a clean shutdown, 2 for a configuration problem (one line on
+stderr, nothing listened), 1 for a failure while running or shutting down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from . import config as config_mod
+from .config import ConfigError
+
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run the sidecar: durable priority queue over post-quantum SSH, node JSON-RPC "
+        "endpoint and Prometheus metrics. Without --config it runs on embedded defaults "
+        "(instance alice, ./data/alice, 127.0.0.1:22222) and sets up a local operator key."
+    )
+    parser.add_argument("--config", type=Path, help="TOML config file (docs/operations.md)")
+    parser.add_argument("--instance", help="validator name (default: alice)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="state directory (default: ./data/<instance>)"
+    )
+    parser.add_argument("--listen", metavar="ADDR:PORT", help="SSH listen address")
+    parser.add_argument("--port", type=int, help="SSH listen port (keeps the address)")
+    parser.add_argument("--host-key", type=Path, help="host private key (generated if missing)")
+    parser.add_argument("--authorized-keys", type=Path, help="authorized_keys with roles=")
+    parser.add_argument(
+        "--metrics", metavar="ADDR:PORT", help="Prometheus exporter (loopback only; '' = off)"
+    )
+    parser.add_argument(
+        "--node-http", metavar="ADDR:PORT", help="node JSON-RPC over HTTP (loopback only)"
+    )
+    parser.add_argument(
+        "--salvage",
+        action="store_true",
+        help="start even if the log is corrupt mid-file: keep the bad file aside, "
+        "keep every valid record",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+
+
+def load_config(args: argparse.Namespace) -> config_mod.DaemonConfig:
+    cfg = config_mod.load(args.config)
+    return config_mod.override(
+        cfg,
+        instance=args.instance,
+        data_dir=args.data_dir,
+        listen=args.listen,
+        port=args.port,
+        host_key=args.host_key,
+        authorized_keys=args.authorized_keys,
+        metrics=args.metrics,
+        node_http=args.node_http,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # asyncssh logs several INFO lines per connection; keep them for --log-level DEBUG.
+    logging.getLogger("asyncssh").setLevel(max(level, logging.WARNING))
+    try:
+        cfg = load_config(args)
+    except ConfigError as e:
+        print(f"qssh-sidecar: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    from .app import Sidecar  # noqa: PLC0415 - keeps `--help` and config errors fast
+
+    return asyncio.run(Sidecar(cfg, salvage=args.salvage).main())

@@ -1,0 +1,312 @@
+"""The three parts the daemon wires together: queue core, hardware tier, SSH server.
+
+Each part owns one teammate package's object and translates between it and the
+daemon (metrics, notify, node endpoint), so ``app.py`` reads as the start/stop order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from hardware.monitor import HardwareMonitor
+from hardware.tier import Tier, TierDecision
+from sidecar import Lease, Limits, Mode, Priority, QppValidatorQueue, QueueMessage
+from sidecar.errors import InvalidMessage, TierRequired, Unavailable
+from transport.auth import AuthorizedKey, AuthorizedKeys
+from transport.limits import ServiceLimits
+from transport.server import QueueServer, ServerSettings, start_queue_server
+from transport.service import TIER_NAMES, TierInfo, required_tier
+
+from .config import DaemonConfig, Endpoint
+from .metrics import MetricsObserver, SidecarMetrics
+
+log = logging.getLogger(__name__)
+
+NODE_PREFIX = "node:"
+
+
+class QueuePart:
+    """The queue core, plus the daemon's durability policy, shaped as the service's port."""
+
+    def __init__(self, cfg: DaemonConfig, metrics: SidecarMetrics, tier: Callable[[], int]) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.tier = tier
+        self.wal_dir = cfg.data_dir / "queue"
+        self.q: QppValidatorQueue | None = None
+
+    async def open(self, *, salvage: bool = False) -> str:
+        """Open and recover the log; a one-line account of what recovery found."""
+        self.wal_dir.mkdir(mode=0o700, exist_ok=True)
+        limits = self.cfg.limits
+        self.q = await QppValidatorQueue.open(
+            self.cfg.instance,
+            self.wal_dir,
+            salvage=salvage,
+            limits=Limits(max_messages=limits.max_queue_messages, max_bytes=limits.max_queue_bytes),
+            observer=MetricsObserver(self.metrics),
+            compact_bytes=self.cfg.durability.compact_bytes,
+        )
+        return describe_recovery(self.q)
+
+    def _queue(self) -> QppValidatorQueue:
+        if self.q is None:
+            raise Unavailable("the queue is not open")
+        return self.q
+
+    def _policy_mode(self, msg: QueueMessage, mode: Mode | str | None) -> tuple[Mode, bool]:
+        """Tier >= 3 or durability.policy = "sync" makes every submit sync (SPEC §6.1)."""
+        chosen = msg.default_mode if mode in (None, "default") else Mode(mode)
+        if chosen is Mode.ASYNC and (self.tier() >= 3 or self.cfg.durability.policy == "sync"):
+            return Mode.SYNC, True
+        return chosen, False
+
+    # ---- the service's QueuePort ------------------------------------------------------
+
+    async def submit(
+        self, msg: Any, *, submitted_by: str, mode: Any = None, upgraded: bool = False
+    ) -> int:
+        try:
+            chosen, by_policy = self._policy_mode(msg, mode)
+        except ValueError:
+            raise InvalidMessage(f"mode must be sync, async or default, not {mode!r}") from None
+        return await self._queue().submit(
+            msg, mode=chosen, submitted_by=submitted_by, upgraded=upgraded or by_policy
+        )
+
+    async def pop(self) -> Any:
+        return await self._queue().pop()
+
+    async def lease(self, timeout: float) -> Lease | None:  # noqa: ASYNC109
+        lease = await self._queue().lease(timeout)
+        if lease is not None:
+            self.metrics.leases.inc()
+        return lease
+
+    async def ack(self, lease_or_id: Lease | int) -> None:
+        await self._queue().ack(lease_or_id)
+
+    async def release(self, lease_or_id: Lease | int) -> None:
+        await self._queue().release(lease_or_id)
+
+    async def wait_available(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        return await self._queue().wait_available(timeout)
+
+    def depth(self) -> dict[str, int]:
+        """The core's depth detail: total, ready, leased, and ready per priority."""
+        return {"total": 0} if self.q is None else self.q.depth()
+
+    def total_depth(self) -> int:
+        return int(self.depth()["total"])
+
+    def stats(self) -> dict[str, Any]:
+        return {} if self.q is None else self.q.stats()
+
+    # ---- the node endpoint ------------------------------------------------------------
+
+    async def submit_from_node(self, raw: object) -> int:
+        if not isinstance(raw, dict | str):
+            raise InvalidMessage("the message must be a JSON object (serde or canonical form)")
+        msg = QueueMessage.from_json(raw, max_size=self.cfg.limits.max_message_bytes)
+        need = required_tier(msg.to_json())
+        have = self.tier()
+        if need > have:
+            raise TierRequired(
+                f"a transaction of value_usd={msg.to_json().get('value_usd')} needs tier "
+                f"{need}, this sidecar runs at tier {have}"
+            )
+        return await self.submit(msg, mode=None, submitted_by=f"{NODE_PREFIX}{self.cfg.instance}")
+
+    async def pop_for_node(self) -> dict[str, Any] | None:
+        item = await self._queue().pop()
+        if item is None:
+            return None
+        prov = item.consume()
+        view: dict[str, Any] = prov.to_json()
+        view["message"] = prov.message.to_serde()
+        return view
+
+    # ---- state for metrics and STATUS= ------------------------------------------------
+
+    def depth_by_priority(self) -> dict[str, int]:
+        if self.q is None:
+            return {}
+        d = self.q.depth()
+        return {p.name.lower(): int(d.get(p.name.lower(), 0)) for p in Priority}
+
+    def depth_summary(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.depth_by_priority().items())
+
+    def failed(self) -> str | None:
+        """Why the log stopped taking work (a failed fsync), or None."""
+        fatal = None if self.q is None else self.q.failed
+        return None if fatal is None else fatal.message
+
+    def leased(self) -> int:
+        return 0 if self.q is None else int(self.q.depth()["leased"])
+
+    def log_bytes(self) -> int | None:
+        return None if self.q is None else int(self.q.stats()["log_bytes"])
+
+    async def close(self) -> str:
+        if self.q is None:
+            return "not open"
+        depth = self.total_depth()
+        q, self.q = self.q, None
+        await q.close()
+        return f"{depth} messages kept on disk"
+
+
+def describe_recovery(q: QppValidatorQueue) -> str:
+    rec = q.recovery
+    restored = q.depth()["total"]
+    if rec is None:
+        return f"restored {restored} messages"
+    parts = [f"{'created' if rec.created else 'recovered'} {rec.path}"]
+    parts.append(
+        f"{rec.records} records, restored {restored} messages, next id {q.stats()['next_id']}"
+    )
+    if rec.torn_bytes:
+        parts.append(f"truncated a torn tail of {rec.torn_bytes} bytes")
+    if rec.removed_temp:
+        parts.append("removed a leftover compaction file")
+    if rec.salvaged_to:
+        parts.append(f"SALVAGED: damaged log kept at {rec.salvaged_to}")
+    return "; ".join(parts)
+
+
+class HardwarePart:
+    """The hardware monitor: the tier now, and a callback on every change."""
+
+    def __init__(
+        self,
+        cfg: DaemonConfig,
+        metrics: SidecarMetrics,
+        on_change: Callable[[int | None, int, str], None],
+    ) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.on_change = on_change
+        self.monitor: HardwareMonitor | None = None
+        self.decision: TierDecision | None = None
+
+    async def start(self) -> str:
+        self.monitor = HardwareMonitor(self.cfg.hardware)
+        self.decision = await self.monitor.start()
+        self.metrics.observe_tier(None, int(self.decision.tier))
+        if self.decision.below_floor:
+            raise TierBelowFloor(
+                f"hardware gives tier {int(self.decision.tier)}, below the configured floor "
+                f"{int(self.cfg.hardware.floor)}: {'; '.join(self.decision.reasons)}"
+            )
+        self.monitor.subscribe(self._changed)
+        return self.describe()
+
+    def _changed(self, old: TierDecision | None, new: TierDecision) -> None:
+        self.decision = new
+        before = None if old is None else int(old.tier)
+        self.metrics.observe_tier(before, int(new.tier))
+        why = "; ".join(new.reasons) or "all hardware healthy"
+        if new.below_floor:
+            log.error("tier %d is below the configured floor: %s", new.tier, why)
+        self.on_change(before, int(new.tier), why)
+
+    def describe(self) -> str:
+        d = self.decision
+        if d is None:
+            return "undecided"
+        why = "; ".join(d.reasons) if d.reasons else "all hardware healthy"
+        sim = " (simulated hardware)" if d.simulated else ""
+        return f"{int(d.tier)} {TIER_NAMES.get(int(d.tier), d.tier.name)}{sim}: {why}"
+
+    def level(self) -> int:
+        return int(self.decision.tier) if self.decision else int(Tier.HARDENED_PQ)
+
+    def name(self) -> str:
+        return TIER_NAMES.get(self.level(), "")
+
+    def tier_info(self) -> TierInfo:
+        d = self.decision
+        return TierInfo(self.level(), tuple(d.reasons) if d else ())
+
+    async def stop(self) -> None:
+        if self.monitor is not None:
+            await self.monitor.stop()
+            self.monitor = None
+
+
+class TierBelowFloor(Unavailable):
+    """The hardware cannot give the tier the operator set as the floor."""
+
+
+class ServerPart:
+    def __init__(
+        self,
+        cfg: DaemonConfig,
+        metrics: SidecarMetrics,
+        queue: QueuePart,
+        hardware: HardwarePart,
+    ) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.queue = queue
+        self.hardware = hardware
+        self.server: QueueServer | None = None
+        self._authorized: AuthorizedKeys | None = None
+
+    def load_authorized_keys(self, path: Path) -> int:
+        keys = CountingAuthorizedKeys(path, self.metrics)
+        self._authorized = keys
+        if self.server is not None:
+            self.server.authorized_keys = keys
+        return len(keys)
+
+    async def start(self, host_key: Any) -> Endpoint:
+        limits = ServiceLimits(
+            max_frame_bytes=self.cfg.limits.max_frame_bytes,
+            max_in_flight_per_channel=self.cfg.limits.max_in_flight,
+            max_connections=self.cfg.limits.max_connections,
+            drain_seconds=self.cfg.durability.shutdown_timeout / 2,
+        )
+        settings = ServerSettings(
+            host=self.cfg.listen.host,
+            port=self.cfg.listen.port,
+            authorized_keys_path=self.cfg.authorized_keys_path,
+            limits=limits,
+            tier_provider=self.hardware.tier_info,
+            host_keys=(host_key.key,),
+        )
+        self.server = await start_queue_server(self.queue, settings)
+        if self._authorized is not None:
+            self.server.authorized_keys = self._authorized
+        return Endpoint(self.cfg.listen.host, self.server.port)
+
+    def connections(self) -> int | None:
+        if self.server is None:
+            return None
+        return int(self.server.service.server_stats().get("connections", 0))
+
+    async def stop(self, drain: float) -> None:
+        """Stop accepting and drain (bounded by ``limits.drain_seconds``, set from config)."""
+        if self.server is not None:
+            await self.server.close()
+            self.server = None
+
+
+class CountingAuthorizedKeys(AuthorizedKeys):
+    """Authorized keys whose refusals are counted as authentication failures."""
+
+    def __init__(self, path: Path, metrics: SidecarMetrics) -> None:
+        self._metrics = metrics
+        super().__init__(path)
+
+    def lookup(self, key: asyncssh.SSHKey) -> AuthorizedKey | None:
+        entry = super().lookup(key)
+        if entry is None:
+            self._metrics.auth_failures.inc()
+        return entry

@@ -1,0 +1,213 @@
+"""Config validation: each mistake is one clear line and a non-zero exit, before listening."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+import transport.ssh_algorithms  # noqa: F401 - registers ssh-falcon512
+from sidecar.daemon import config
+from sidecar.daemon.config import ConfigError
+
+from .harness import AS_FILE_MODES_APPLY, free_port, is_listening, run_serve
+
+
+def _load(tmp_path: Path, text: str) -> config.DaemonConfig:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return config.load(p)
+
+
+def test_embedded_defaults() -> None:
+    cfg = config.load(None)
+    assert (cfg.instance, str(cfg.listen), cfg.data_dir) == (
+        "alice",
+        "127.0.0.1:22222",
+        Path("data/alice"),
+    )
+    assert cfg.embedded_defaults
+
+
+def test_instance_flag_moves_the_default_data_dir() -> None:
+    cfg = config.override(config.load(None), instance="bob", port=22223)
+    assert (cfg.data_dir, cfg.listen.port) == (Path("data/bob"), 22223)
+
+
+def test_a_full_config_reads_back(tmp_path: Path) -> None:
+    cfg = _load(
+        tmp_path,
+        """
+instance = "charlie"
+data_dir = "state"
+listen = "0.0.0.0:22224"
+[limits]
+max_connections = 8
+[durability]
+policy = "sync"
+shutdown_timeout = 5
+[hardware]
+floor = 2
+ceiling = 3
+[metrics]
+listen = "127.0.0.1:9700"
+[node]
+socket = "node.sock"
+http = "127.0.0.1:9944"
+""",
+    )
+    assert cfg.instance == "charlie"
+    assert cfg.data_dir == tmp_path.resolve() / "state"
+    assert cfg.listen.port == 22224
+    assert cfg.limits.max_connections == 8
+    assert cfg.durability.policy == "sync"
+    assert (int(cfg.hardware.floor), int(cfg.hardware.ceiling)) == (2, 3)
+    assert cfg.metrics is not None
+    assert cfg.metrics.port == 9700
+    assert cfg.node.http is not None
+    assert cfg.node.http.port == 9944
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('lissen = "127.0.0.1:1"', "unknown key 'lissen'"),
+        ("[limits]\nmax_conections = 3", "unknown key 'limits.max_conections'"),
+        ('listen = "127.0.0.1:70000"', "port must be a number 1-65535"),
+        ('listen = "127.0.0.1:0"', "port must be a number 1-65535"),
+        ('listen = "127.0.0.1"', "is not HOST:PORT"),
+        ('[metrics]\nlisten = "0.0.0.0:9615"', "not a loopback address"),
+        ('[node]\nhttp = "10.1.2.3:9944"', "not a loopback address"),
+        ("[limits]\nmax_connections = -1", "must be a positive integer"),
+        ("[limits]\nmax_connections = true", "expected an integer"),
+        ("[limits]\nmax_frame_bytes = 100", "max_frame_bytes must be at least 1024"),
+        ('[durability]\npolicy = "sometimes"', "must be 'default' or 'sync'"),
+        ("[hardware]\nfloor = 4\nceiling = 2", "floor is above ceiling"),
+        ("[hardware]\nbogus = 1", "unknown keys"),
+        ('instance = "Alice Smith"', "must be lowercase"),
+        ("listen = ", "not valid TOML"),
+    ],
+)
+def test_bad_values_are_one_line_naming_the_setting(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, text)
+    msg = str(err.value)
+    assert needle in msg
+    assert "\n" not in msg
+
+
+# ---- through the real command: one line on stderr, exit 2, nothing listening -----------
+
+
+def _assert_one_line_failure(
+    tmp_path: Path, args: list[str], needle: str, port: int, prefix: list[str] | None = None
+) -> None:
+    r = run_serve(args, cwd=tmp_path, prefix=prefix)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("qssh-sidecar: ")
+    assert needle in lines[0]
+    assert "ready" not in r.stdout
+    assert "listening" not in r.stdout
+    assert not is_listening(port)
+
+
+def test_serve_unknown_key(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "c.toml").write_text(f'listen = "127.0.0.1:{port}"\nwatchdog = 1\n')
+    _assert_one_line_failure(tmp_path, ["--config", "c.toml"], "unknown key 'watchdog'", port)
+
+
+def test_serve_bad_port(tmp_path: Path) -> None:
+    _assert_one_line_failure(
+        tmp_path, ["--listen", "127.0.0.1:65536"], "port must be a number 1-65535", 22222
+    )
+
+
+def test_serve_unreadable_host_key(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "hk").mkdir()  # root reads any file; a directory is unreadable as a key
+    _assert_one_line_failure(
+        tmp_path,
+        ["--port", str(port), "--data-dir", "d", "--host-key", "hk"],
+        "host_key: ",
+        port,
+    )
+
+
+def test_serve_garbage_host_key(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "hk").write_text("not a key\n")
+    _assert_one_line_failure(
+        tmp_path,
+        ["--port", str(port), "--data-dir", "d", "--host-key", "hk"],
+        "is not a usable private key",
+        port,
+    )
+
+
+def test_serve_missing_authorized_keys(tmp_path: Path) -> None:
+    port = free_port()
+    _assert_one_line_failure(
+        tmp_path,
+        ["--port", str(port), "--data-dir", "d", "--authorized-keys", "nope"],
+        "authorized_keys: cannot read",
+        port,
+    )
+
+
+def test_serve_data_dir_not_writable(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "afile").write_text("x")  # as root, permissions do not stop us; a file does
+    _assert_one_line_failure(
+        tmp_path, ["--port", str(port), "--data-dir", "afile/d"], "data_dir: cannot create", port
+    )
+
+
+def test_serve_unknown_role_in_authorized_keys(tmp_path: Path) -> None:
+    port = free_port()
+    key = asyncssh.generate_private_key("ssh-falcon512")
+    (tmp_path / "ak").write_text('roles="superuser" ' + key.export_public_key().decode())
+    _assert_one_line_failure(
+        tmp_path,
+        ["--port", str(port), "--data-dir", "d", "--authorized-keys", "ak"],
+        "unknown role 'superuser'",
+        port,
+    )
+
+
+def test_the_documented_config_reference_is_valid(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    block = doc.split("## Config file reference", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = _load(tmp_path, block)
+    assert cfg.instance == "alice"
+    assert cfg.hardware.kme is not None
+    assert cfg.node.socket_group == "substrate"
+
+
+def test_serve_host_key_without_read_permission(tmp_path: Path) -> None:
+    port = free_port()
+    key = asyncssh.generate_private_key("ssh-falcon512")
+    (tmp_path / "hk").write_bytes(key.export_private_key())
+    (tmp_path / "hk").chmod(0o000)
+    _assert_one_line_failure(
+        tmp_path,
+        ["--port", str(port), "--data-dir", "d", "--host-key", "hk"],
+        "host_key: cannot read",
+        port,
+        prefix=AS_FILE_MODES_APPLY,
+    )
+
+
+def test_serve_data_dir_without_write_permission(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "d").mkdir(mode=0o500)
+    _assert_one_line_failure(
+        tmp_path,
+        ["--port", str(port), "--data-dir", "d"],
+        "is not writable (Permission denied)",
+        port,
+        prefix=AS_FILE_MODES_APPLY,
+    )

@@ -1,0 +1,78 @@
+"""examples/testnet: three sidecars at tiers 2, 3, 4 start, answer `tier`, stop cleanly."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .harness import REPO, child_env
+
+UP = REPO / "examples" / "testnet" / "up"
+DOWN = REPO / "examples" / "testnet" / "down"
+PORTS = (22222, 22223, 22224, 9615, 9616, 9617)
+
+
+def _busy(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def testnet(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], str]]:
+    busy = [p for p in PORTS if _busy(p)]
+    if busy:
+        pytest.skip(f"the example's fixed ports {busy} are in use on this machine")
+    env = child_env(TESTNET_DIR=str(tmp_path / "run"), PYTHON=sys.executable)
+    up = subprocess.run([UP], env=env, capture_output=True, text=True, timeout=240, check=False)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield tmp_path / "run", env, up.stdout
+    finally:
+        down = subprocess.run(
+            [DOWN], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        testnet_down = down  # checked by the test through the env's run dir
+        (tmp_path / "down.rc").write_text(f"{testnet_down.returncode}\n{down.stdout}{down.stderr}")
+
+
+def test_three_validators_answer_tier_and_stop_cleanly(
+    testnet: tuple[Path, dict[str, str], str],
+) -> None:
+    run, env, up_out = testnet
+    assert "qssh-queue -F" in up_out
+    tiers = {}
+    for name in ("alice", "bob", "charlie"):
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "transport.client_cli",
+                "-F",
+                str(run / "qssh_config"),
+                "--json",
+                name,
+                "tier",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert r.returncode == 0, r.stderr
+        tiers[name] = json.loads(r.stdout)["tier"]
+    assert tiers == {"alice": 2, "bob": 3, "charlie": 4}
+
+    down = subprocess.run([DOWN], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert down.returncode == 0, down.stdout + down.stderr
+    for name in ("alice", "bob", "charlie"):
+        log = (run / "logs" / f"{name}.log").read_text().splitlines()
+        assert log[-1].startswith("stopped in "), log[-5:]
+        assert not (run / f"{name}.pid").exists()

@@ -1,0 +1,208 @@
+"""``qssh-queue`` run as a subprocess (``python -m transport.client_cli``) against a server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import asyncssh
+import orjson
+import pytest
+
+from tests.service.conftest import Service, gossip, pin_host_key
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def qssh_home(tmp_path: Path, service: Service) -> Path:
+    home = tmp_path / "qssh"
+    home.mkdir()
+    key = home / "id_falcon512"
+    key.write_bytes(service.keys.everything.export_private_key())
+    key.chmod(0o600)
+    (home / "config").write_text(
+        f"Host validator\n  HostName 127.0.0.1\n  Port {service.port}\n  User ops\n"
+        f"  IdentityFile {key}\n"
+    )
+    pin_host_key(home / "known_hosts", service.port, service.keys.host)
+    return home
+
+
+async def qssh_queue(
+    home: Path, *args: str, stdin: bytes = b"", interrupt_after: bytes | None = None
+) -> tuple[int, bytes, bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "QSSH_HOME": str(home)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "transport.client_cli",
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    if interrupt_after is not None:
+        proc.stdin.close()
+        seen = b""
+        while interrupt_after not in seen:
+            chunk = await asyncio.wait_for(proc.stdout.read(4096), 60)
+            assert chunk, "the client ended before printing the marker"
+            seen += chunk
+        proc.send_signal(signal.SIGINT)
+        rest, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode or 0, seen + rest, stderr
+    stdout, stderr = await asyncio.wait_for(proc.communicate(stdin), 60)
+    assert proc.returncode is not None
+    return proc.returncode, stdout, stderr
+
+
+async def test_submit_fields_as_flags_then_pop_as_json(qssh_home: Path) -> None:
+    code, out, err = await qssh_queue(
+        qssh_home, "--json", "validator", "submit", "telemetry", "name=cpu", "value=1.5", "--sync"
+    )
+    assert code == 0, err
+    result = orjson.loads(out)
+    assert result["persisted"] is True
+    code, out, _ = await qssh_queue(qssh_home, "--json", "validator", "pop")
+    assert code == 0
+    item = orjson.loads(out)
+    assert item["message"] == {"kind": "telemetry", "name": "cpu", "value": 1.5}
+    assert item["message_id"] == result["message_id"]
+    assert item["submitted_by"].startswith("ops SHA256:")
+
+
+async def test_pop_on_empty_queue_exits_4(qssh_home: Path) -> None:
+    code, out, _ = await qssh_queue(qssh_home, "--json", "validator", "pop")
+    assert code == 4
+    assert orjson.loads(out) is None
+
+
+async def test_submit_json_message_async(qssh_home: Path) -> None:
+    message = orjson.dumps(gossip(3)).decode()
+    code, out, err = await qssh_queue(
+        qssh_home, "--json", "validator", "submit", message, "--async"
+    )
+    assert code == 0, err
+    assert orjson.loads(out)["mode"] == "async"
+
+
+async def test_bulk_ndjson_submit_reports_summary_and_failures(
+    qssh_home: Path, service: Service
+) -> None:
+    lines = [orjson.dumps(gossip(i)) for i in range(40)]
+    lines.insert(10, b'{"kind": "nope"}')
+    lines.insert(20, b"not json at all")
+    code, out, err = await qssh_queue(
+        qssh_home, "--json", "validator", "submit", "-", "--batch", "7", stdin=b"\n".join(lines)
+    )
+    assert code == 5, err
+    summary = orjson.loads(out)
+    assert summary["submitted"] == 40
+    assert summary["failed"] == 2
+    assert summary["errors"]["unknown_kind"] == 1
+    async with service.connect() as client:
+        assert await client.depth() == 40
+
+
+async def test_lease_then_ack_by_id(qssh_home: Path, service: Service) -> None:
+    async with service.connect() as client:
+        await client.submit(gossip(1), "sync")
+    code, out, _ = await qssh_queue(qssh_home, "--json", "validator", "lease", "--timeout", "60")
+    assert code == 0
+    lease = orjson.loads(out)
+    code, _, err = await qssh_queue(qssh_home, "validator", "ack", str(lease["lease_id"]))
+    assert code == 0, err
+    async with service.connect() as client:
+        assert await client.depth() == 0
+
+
+async def test_tables_for_people(qssh_home: Path) -> None:
+    code, out, _ = await qssh_queue(qssh_home, "validator", "tier")
+    assert code == 0
+    assert b"HardenedPQ" in out
+    code, out, _ = await qssh_queue(qssh_home, "validator", "stats")
+    assert code == 0
+    assert b"depth.total" in out
+
+
+async def test_tail_consumes_count_then_exits(qssh_home: Path, service: Service) -> None:
+    async with service.connect() as client:
+        for i in range(3):
+            await client.submit(gossip(i), "sync")
+    code, out, err = await qssh_queue(qssh_home, "--json", "validator", "tail", "-n", "2")
+    assert code == 0, err
+    assert len(out.splitlines()) == 2
+    async with service.connect() as client:
+        assert await client.depth() == 1
+
+
+async def test_tail_ctrl_c_releases_unacked_deliveries(qssh_home: Path, service: Service) -> None:
+    async with service.connect() as client:
+        for i in range(200):
+            await client.submit(gossip(i), "sync")
+    # tail acks what it prints; deliveries prefetched by credit but not printed must
+    # go back to the queue when Ctrl-C ends the client.
+    code, out, _ = await qssh_queue(
+        qssh_home, "validator", "tail", "--credit", "8", interrupt_after=b"gossip"
+    )
+    assert code == 130
+    printed = len([line for line in out.splitlines() if b"gossip" in line])
+    assert printed >= 1
+    async with service.connect() as client:
+        for _ in range(100):
+            depth = await client.depth_detail()
+            if depth["leased"] == 0:
+                break
+            await asyncio.sleep(0.05)
+    assert depth["leased"] == 0
+    assert depth["total"] == 200 - printed
+
+
+async def test_accept_new_via_option_pins_the_host(qssh_home: Path, service: Service) -> None:
+    (qssh_home / "known_hosts").unlink()
+    code, _, err = await qssh_queue(qssh_home, "validator", "depth")
+    assert code == 3
+    assert b"StrictHostKeyChecking" in err
+    code, _, err = await qssh_queue(
+        qssh_home, "-o", "StrictHostKeyChecking=accept-new", "validator", "depth"
+    )
+    assert code == 0, err
+    assert f"[127.0.0.1]:{service.port} ssh-falcon512" in (qssh_home / "known_hosts").read_text()
+
+
+async def test_changed_host_key_exits_3_with_clear_message(
+    qssh_home: Path, service: Service
+) -> None:
+    pin_host_key(
+        qssh_home / "known_hosts", service.port, asyncssh.generate_private_key("ssh-falcon512")
+    )
+    code, _, err = await qssh_queue(qssh_home, "validator", "depth")
+    assert code == 3
+    assert b"CHANGED" in err
+
+
+async def test_flags_override_config_and_user_at_host(qssh_home: Path, service: Service) -> None:
+    key = qssh_home / "id_falcon512"
+    code, out, err = await qssh_queue(
+        qssh_home, "--json", "-p", str(service.port), "-i", str(key), "carol@127.0.0.1", "ping"
+    )
+    assert code == 0, err
+    assert orjson.loads(out)["user"] == "carol"
+
+
+async def test_forbidden_is_exit_1_and_usage_is_exit_2(qssh_home: Path, service: Service) -> None:
+    producer_key = qssh_home / "id_producer"
+    producer_key.write_bytes(service.keys.producer.export_private_key())
+    producer_key.chmod(0o600)
+    code, _, err = await qssh_queue(qssh_home, "-i", str(producer_key), "validator", "pop")
+    assert code == 1
+    assert b"forbidden" in err
+    code, _, _ = await qssh_queue(qssh_home, "validator", "submit", "telemetry", "oops")
+    assert code == 2

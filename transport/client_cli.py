@@ -1,0 +1,341 @@
+"""``qssh-queue``: the ssh-style command-line client of the queue service (SPEC §5.4).
+
+    qssh-queue [-p PORT] [-i IDENTITY] [-o Option=value] [-F CONFIG] [--json]
+               [user@]host COMMAND [ARGS]
+
+Exit codes: 0 success; 1 the server answered with an error; 2 usage or configuration
+error; 3 could not connect, authenticate or verify the host key; 4 nothing to pop or
+lease; 5 a bulk submit had failures (see the summary); 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sidecar.errors import ErrorCode, SidecarError
+from transport.client import AuthRefused, ConnectFailed, QueueClient
+from transport.host_pinning import HostKeyError
+from transport.ssh_config import ConfigError, resolve
+
+EXIT_OK = 0
+EXIT_REMOTE_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CONNECT = 3
+EXIT_EMPTY = 4
+EXIT_PARTIAL = 5
+EXIT_INTERRUPTED = 130
+
+COMMANDS = ("submit", "pop", "lease", "ack", "release", "tail", "depth", "stats", "tier", "ping")
+
+
+class UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qssh-queue",
+        description="Talk to a qssh-sidecar queue over post-quantum SSH.",
+        epilog="exit codes: 0 ok, 1 server error, 2 usage, 3 connect/auth/host key, "
+        "4 queue empty, 5 bulk submit had failures, 130 interrupted",
+    )
+    p.add_argument("-p", "--port", type=int, help="server port (default from config, 2222)")
+    p.add_argument("-i", "--identity", help="private key file (like ssh -i)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="Option=value")
+    p.add_argument("-F", "--config", type=Path, help="config file (default ~/.qssh/config)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("destination", metavar="[user@]host")
+    p.add_argument("command", choices=COMMANDS)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def command_parser(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"qssh-queue HOST {command}")
+    if command == "submit":
+        p.add_argument(
+            "message",
+            nargs="?",
+            help="KIND, or a JSON object, or '-' for NDJSON on stdin (one message per line)",
+        )
+        p.add_argument("fields", nargs="*", help="field=value (value parsed as JSON if it can be)")
+        mode = p.add_mutually_exclusive_group()
+        mode.add_argument("--sync", dest="mode", action="store_const", const="sync")
+        mode.add_argument("--async", dest="mode", action="store_const", const="async")
+        p.add_argument("--batch", type=int, default=256, help="messages per bulk request")
+        p.add_argument("--no-progress", action="store_true")
+    elif command == "lease":
+        p.add_argument("--timeout", type=float, default=30.0, help="lease seconds")
+        p.add_argument("--wait", type=float, default=0.0, help="wait up to S for a message")
+    elif command in ("ack", "release"):
+        p.add_argument("lease_id")
+    elif command == "tail":
+        p.add_argument("--credit", type=int, default=16, help="deliveries in flight")
+        p.add_argument("--lease-timeout", type=float, default=30.0)
+        p.add_argument(
+            "--no-ack",
+            action="store_true",
+            help="release each delivery instead of acking it (it is delivered again)",
+        )
+        p.add_argument("-n", "--count", type=int, default=0, help="stop after N (0 = forever)")
+    return p
+
+
+def _field_value(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def message_from_args(message: str, fields: Sequence[str]) -> dict[str, Any]:
+    if message.lstrip().startswith("{"):
+        if fields:
+            raise UsageError("give either a JSON message or KIND field=value ..., not both")
+        try:
+            obj = orjson.loads(message)
+        except orjson.JSONDecodeError as exc:
+            raise UsageError(f"message is not valid JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise UsageError("message must be a JSON object")
+        return obj
+    out: dict[str, Any] = {"kind": message}
+    for item in fields:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"field {item!r} must look like name=value")
+        out[key] = _field_value(value)
+    return out
+
+
+class Output:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.console = Console(highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+
+    def data(self, value: Any, title: str = "") -> None:
+        if self.as_json:
+            sys.stdout.buffer.write(orjson.dumps(value) + b"\n")
+            sys.stdout.flush()
+            return
+        if isinstance(value, dict):
+            table = Table(title=title or None, show_header=False)
+            table.add_column("field", style="bold")
+            table.add_column("value")
+            for key, val in _flatten(value):
+                table.add_row(key, val)
+            self.console.print(table)
+        else:
+            self.console.print(value)
+
+    def error(self, exc: BaseException) -> None:
+        if isinstance(exc, SidecarError):
+            payload = exc.to_wire()
+        else:
+            payload = {"code": ErrorCode.INTERNAL.value, "message": str(exc)}
+        if self.as_json:
+            sys.stderr.buffer.write(orjson.dumps({"error": payload}) + b"\n")
+        else:
+            self.err.print(f"qssh-queue: {payload['code']}: {payload['message']}", markup=False)
+
+
+def _flatten(value: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for key, val in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(val, dict) and val:
+            rows.extend(_flatten(val, name + "."))
+        elif isinstance(val, str):
+            rows.append((name, val))
+        else:
+            rows.append((name, orjson.dumps(val).decode()))
+    return rows
+
+
+async def _bulk_submit(
+    client: QueueClient, mode: str, batch: int, out: Output, progress: bool
+) -> int:
+    lines = [line for line in sys.stdin.buffer.read().splitlines() if line.strip()]
+    ok = failed = 0
+    errors: dict[str, int] = {}
+    first_ids: list[Any] = []
+    show = progress and not out.as_json and out.err.is_terminal
+    columns = (TextColumn("submitting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=out.err, disable=not show) as bar:
+        task = bar.add_task("submit", total=len(lines))
+        pending: list[Any] = []
+        for number, line in enumerate(lines, 1):
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                failed += 1
+                errors[f"line {number}: not JSON"] = errors.get(f"line {number}: not JSON", 0) + 1
+                bar.advance(task)
+                continue
+            pending.append(obj)
+        chunks = [pending[i : i + max(1, batch)] for i in range(0, len(pending), max(1, batch))]
+
+        async def send(chunk: list[Any]) -> None:
+            nonlocal ok, failed
+            results = await client.submit_batch(chunk, mode)
+            for result in results:
+                if "error" in result:
+                    failed += 1
+                    code = result["error"]["code"]
+                    errors[code] = errors.get(code, 0) + 1
+                else:
+                    ok += 1
+                    if len(first_ids) < 1:
+                        first_ids.append(result["message_id"])
+            bar.advance(task, len(chunk))
+
+        window = 8
+        for i in range(0, len(chunks), window):
+            await asyncio.gather(*(send(c) for c in chunks[i : i + window]))
+    summary = {"submitted": ok, "failed": failed, "errors": errors, "mode": mode}
+    out.data(summary, "bulk submit")
+    return EXIT_OK if failed == 0 else EXIT_PARTIAL
+
+
+async def _tail(client: QueueClient, args: argparse.Namespace, out: Output) -> int:
+    sub = await client.subscribe(credit=args.credit, lease_timeout=args.lease_timeout)
+    seen = 0
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    interrupted = False
+    try:
+        while not args.count or seen < args.count:
+            if stop.is_set():
+                interrupted = True
+                break
+            getter = asyncio.ensure_future(sub.next())
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                interrupted = True
+                break
+            stopper.cancel()
+            delivery = getter.result()
+            lease_id = delivery["lease_id"]
+            if out.as_json:
+                out.data(delivery)
+            else:
+                msg = delivery["message"]
+                out.console.print(
+                    f"#{delivery.get('message_id')} p{delivery.get('priority', '?')} "
+                    f"{msg.get('kind')} {orjson.dumps(msg).decode()}",
+                    markup=False,
+                )
+                sys.stdout.flush()
+            if args.no_ack:
+                await client.release(lease_id)
+            else:
+                await client.ack(lease_id)
+            await sub.grant(1)
+            seen += 1
+    finally:
+        with contextlib.suppress(NotImplementedError):
+            loop.remove_signal_handler(signal.SIGINT)
+            loop.remove_signal_handler(signal.SIGTERM)
+    # Unacked deliveries (credit in flight) are released by the server when the
+    # channel closes; stop first so nothing new is pushed meanwhile.
+    await sub.stop()
+    return EXIT_INTERRUPTED if interrupted else EXIT_OK
+
+
+async def run_command(args: argparse.Namespace, sub: argparse.Namespace, out: Output) -> int:
+    cfg = resolve(
+        args.destination,
+        port=args.port,
+        identity=args.identity,
+        options=args.option,
+        config_file=args.config,
+    )
+    async with QueueClient.from_config(cfg) as client:
+        command = args.command
+        if command == "submit":
+            mode = sub.mode or "default"
+            if sub.message in (None, "-"):
+                return await _bulk_submit(client, mode, sub.batch, out, not sub.no_progress)
+            result = await client.submit(message_from_args(sub.message, sub.fields), mode)
+            out.data(result, "submitted")
+            return EXIT_OK
+        if command == "pop":
+            item = await client.pop()
+            if item is None:
+                out.data(None) if out.as_json else out.err.print("queue is empty")
+                return EXIT_EMPTY
+            out.data(item, "message")
+            return EXIT_OK
+        if command == "lease":
+            # detached: this process exits now, the ack comes from a later one
+            lease = await client.lease(timeout=sub.timeout, wait=sub.wait, detach=True)
+            if lease is None:
+                out.data(None) if out.as_json else out.err.print("queue is empty")
+                return EXIT_EMPTY
+            out.data(lease, "leased")
+            return EXIT_OK
+        if command in ("ack", "release"):
+            lease_id: Any = int(sub.lease_id) if sub.lease_id.isdigit() else sub.lease_id
+            if command == "ack":
+                await client.ack(lease_id)
+            else:
+                await client.release(lease_id)
+            out.data({command + ("ed" if command == "ack" else "d"): lease_id})
+            return EXIT_OK
+        if command == "tail":
+            return await _tail(client, sub, out)
+        if command == "depth":
+            out.data(await client.depth_detail(), "depth")
+            return EXIT_OK
+        if command == "stats":
+            out.data(await client.stats(), "stats")
+            return EXIT_OK
+        if command == "tier":
+            out.data(await client.tier(), "tier")
+            return EXIT_OK
+        out.data(await client.ping(), "ping")
+        return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Output(args.json)
+    try:
+        sub = command_parser(args.command).parse_args(args.args)
+        if args.command == "submit" and sub.message not in (None, "-"):
+            message_from_args(sub.message, sub.fields)  # usage errors before connecting
+        return asyncio.run(run_command(args, sub, out))
+    except (UsageError, ConfigError) as exc:
+        out.err.print(f"qssh-queue: {exc}", markup=False)
+        return EXIT_USAGE
+    except (HostKeyError, ConnectFailed, AuthRefused) as exc:
+        out.error(exc)
+        return EXIT_CONNECT
+    except SidecarError as exc:
+        out.error(exc)
+        return EXIT_REMOTE_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Limits of the queue service, and the per-connection submit rate bucket."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from transport.protocol import DEFAULT_MAX_FRAME_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceLimits:
+    """What one peer may cost the server. Over a limit: an error reply, never a crash.
+
+    ``submits_per_second`` is a token bucket per connection with ``submit_burst``
+    tokens; 0 disables it. Frames over ``max_frame_bytes`` close the channel (the
+    stream cannot be resynchronised); the others answer ``unavailable``/``bad_request``.
+    """
+
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_in_flight_per_channel: int = 4096
+    max_connections: int = 256
+    max_channels_per_connection: int = 8
+    submits_per_second: float = 0.0
+    submit_burst: int = 10_000
+    max_batch: int = 1000
+    max_subscription_credit: int = 10_000
+    max_lease_seconds: float = 3600.0
+    max_wait_seconds: float = 300.0
+    drain_seconds: float = 10.0
+    login_timeout_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_frame_bytes < 1024:
+            raise ValueError("max_frame_bytes must be at least 1024")
+        if self.max_in_flight_per_channel < 1 or self.max_connections < 1:
+            raise ValueError("max_in_flight_per_channel and max_connections must be >= 1")
+        if self.submits_per_second < 0 or self.submit_burst < 1:
+            raise ValueError("submits_per_second must be >= 0 and submit_burst >= 1")
+
+    def to_wire(self) -> dict[str, float | int]:
+        return {
+            "max_frame_bytes": self.max_frame_bytes,
+            "max_in_flight_per_channel": self.max_in_flight_per_channel,
+            "max_batch": self.max_batch,
+            "max_subscription_credit": self.max_subscription_credit,
+            "submits_per_second": self.submits_per_second,
+        }
+
+
+class SubmitBucket:
+    """Token bucket: ``take(n)`` is true when n submits fit in the rate now."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+
+    def take(self, n: int = 1) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens < n:
+            return False
+        self._tokens -= n
+        return True

@@ -1,0 +1,436 @@
+"""The queue service over post-quantum SSH (SPEC §5.3): asyncssh glue.
+
+``start_queue_server(queue, settings)`` listens; each authenticated connection may open
+``qssh-queue`` subsystem channels (framed request/reply, see ``docs/protocol.md``) or
+run one-shot ``stats`` / ``depth`` / ``tier`` exec commands answered as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import orjson
+
+from sidecar.errors import ErrorCode, SidecarError, Unavailable
+from transport.auth import AuthorizedKeys, Principal, Role
+from transport.limits import ServiceLimits, SubmitBucket
+from transport.protocol import (
+    FrameDecoder,
+    FrameTooLarge,
+    ProtocolError,
+    Request,
+    encode_error,
+    encode_event,
+    encode_result,
+    parse_request,
+)
+from transport.queue_port import QueuePort
+from transport.service import ChannelState, QueueService, TierInfo
+from transport.ssh_options import ssh_options_for_tier
+
+log = logging.getLogger(__name__)
+
+SUBSYSTEM = "qssh-queue"
+EXEC_COMMANDS: dict[str, Role | None] = {"depth": None, "stats": Role.ADMIN, "tier": Role.ADMIN}
+
+__all__ = [
+    "EXEC_COMMANDS",
+    "SUBSYSTEM",
+    "QueueServer",
+    "ServerSettings",
+    "ServiceLimits",
+    "TierInfo",
+    "start_queue_server",
+]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where and how the queue service listens.
+
+    ``host_keys`` are already loaded keys (e.g. Falcon keys from the pq key module)
+    and are used in addition to ``host_key_paths``. ``tier`` is a fixed tier, or
+    ``tier_provider`` gives the live one (the daemon wires the hardware tier there).
+    ``ssh_options`` overrides/extends the per-tier algorithm options.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    host_key_paths: tuple[Path, ...] = ()
+    authorized_keys_path: Path = Path("authorized_keys")
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+    tier: int = 2
+    tier_provider: Callable[[], TierInfo] | None = None
+    host_keys: tuple[asyncssh.SSHKey, ...] = ()
+    ssh_options: dict[str, Any] = field(default_factory=dict)
+    server_version: str = "qssh-sidecar"
+
+    def current_tier(self) -> TierInfo:
+        if self.tier_provider is not None:
+            return self.tier_provider()
+        return TierInfo(self.tier)
+
+
+class _QueueSession(asyncssh.SSHServerSession[bytes]):
+    """One SSH channel: the ``qssh-queue`` subsystem or an exec command."""
+
+    def __init__(self, server: QueueServer, principal: Principal, bucket: SubmitBucket) -> None:
+        self._server = server
+        self._principal = principal
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._decoder = FrameDecoder(server.settings.limits.max_frame_bytes)
+        self._exec: str | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._outbox: list[bytes] = []
+        self._eof = False
+        self._closed = False
+        self._state = ChannelState(principal, bucket, self._push)
+
+    # ----- asyncssh callbacks
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._chan = chan
+
+    def pty_requested(self, *args: Any) -> bool:
+        return False
+
+    def shell_requested(self) -> bool:
+        return False
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        if subsystem != SUBSYSTEM:
+            return False
+        self._server._sessions.add(self)
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        self._exec = command.strip()
+        return True
+
+    def session_started(self) -> None:
+        if self._exec is not None:
+            self._spawn(self._run_exec(self._exec))
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        if self._exec is not None or self._closed:
+            return
+        try:
+            frames = self._decoder.feed(data)
+        except FrameTooLarge as exc:
+            self._write(encode_error(None, exc.code, exc.message))
+            self._close_after_flush()
+            return
+        for body in frames:
+            self._frame_received(body)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._decoder.pending_bytes:
+            log.info("channel of %s ended inside a frame", self._principal.submitted_by)
+        self._maybe_finish()
+        return True  # keep our side open until in-flight replies are written
+
+    def pause_writing(self) -> None:
+        # A peer that sends requests but does not read replies: stop reading its
+        # requests until our replies drain, so the send buffer stays bounded.
+        if self._chan is not None and not self._closed:
+            self._chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._chan is not None and not self._closed:
+            self._chan.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._server._sessions.discard(self)
+        self._server._spawn_background(self._state.close(self._server.queue))
+
+    # ----- requests
+
+    def _frame_received(self, body: bytes) -> None:
+        server = self._server
+        try:
+            request = parse_request(body)
+        except ProtocolError as exc:
+            server.service.counters.errors += 1
+            self._write(encode_error(exc.request_id, exc.code, exc.message))
+            return
+        if server.closing:
+            self._reply_error(request, Unavailable("server is shutting down; reconnect later"))
+            return
+        if len(self._in_flight) >= server.settings.limits.max_in_flight_per_channel:
+            limit = server.settings.limits.max_in_flight_per_channel
+            self._reply_error(
+                request,
+                Unavailable(f"too many requests in flight on this channel (limit {limit})"),
+            )
+            return
+        self._spawn(self._handle(request))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._in_flight.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("request task failed", exc_info=task.exception())
+        self._maybe_finish()
+
+    async def _handle(self, request: Request) -> None:
+        try:
+            result = await self._server.service.call(self._state, request)
+        except SidecarError as exc:
+            self._reply_error(request, exc)
+            return
+        except Exception:
+            log.exception("method %s failed", request.method)
+            self._server.service.counters.errors += 1
+            self._write(encode_error(request.id, ErrorCode.INTERNAL, "internal error (logged)"))
+            return
+        self._write(encode_result(request.id, result))
+
+    def _reply_error(self, request: Request, exc: SidecarError) -> None:
+        self._server.service.counters.errors += 1
+        self._write(encode_error(request.id, exc.code, exc.message))
+
+    async def _run_exec(self, command: str) -> None:
+        chan = self._chan
+        assert chan is not None
+        if command not in EXEC_COMMANDS:
+            known = ", ".join(sorted(EXEC_COMMANDS))
+            error = {"code": ErrorCode.BAD_REQUEST.value, "message": f"commands: {known}"}
+            chan.write_stderr(orjson.dumps({"error": error}) + b"\n")
+            chan.exit(127)
+            return
+        role = EXEC_COMMANDS[command]
+        service = self._server.service
+        status = 0
+        try:
+            if role is not None:
+                self._principal.require(role, command)
+            if command == "depth":
+                result: Any = service.depth_snapshot()
+            elif command == "tier":
+                result = service.tier().to_wire()
+            else:
+                result = service.stats_snapshot()
+            chan.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+        except SidecarError as exc:
+            chan.write_stderr(orjson.dumps({"error": exc.to_wire()}) + b"\n")
+            status = 1
+        chan.exit(status)
+
+    # ----- output
+
+    def _push(self, event: str, data: dict[str, Any]) -> None:
+        self._write(encode_event(event, data))
+
+    def _write(self, frame: bytes) -> None:
+        # Replies finished in the same loop turn (a group commit answers many submits
+        # at once) go out as one channel write: one SSH packet instead of one each.
+        if self._closed:
+            return
+        self._outbox.append(frame)
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        chan = self._chan
+        frames, self._outbox = self._outbox, []
+        if not frames or chan is None or chan.is_closing():
+            return
+        try:
+            chan.write(b"".join(frames))
+        except (BrokenPipeError, OSError):
+            self._closed = True
+
+    def _close_after_flush(self) -> None:
+        self._flush()
+        self._closed = True
+        if self._chan is not None:
+            self._chan.close()
+
+    def _maybe_finish(self) -> None:
+        if self._exec is None and self._eof and not self._in_flight and not self._closed:
+            self._close_after_flush()
+
+    async def drain(self) -> None:
+        """Wait for the replies of requests already accepted."""
+        while self._in_flight:
+            await asyncio.wait(list(self._in_flight))
+
+    def close(self) -> None:
+        self._close_after_flush()
+
+
+class _QueueSSHServer(asyncssh.SSHServer):
+    """One TCP connection: authentication by key, then channels."""
+
+    def __init__(self, server: QueueServer) -> None:
+        self._server = server
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._principal: Principal | None = None
+        self._channels = 0
+        limits = server.settings.limits
+        self._bucket = SubmitBucket(limits.submits_per_second, limits.submit_burst)
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        server = self._server
+        if len(server._connections) >= server.settings.limits.max_connections:
+            log.warning("refusing connection: limit of %d reached", len(server._connections))
+            asyncio.get_running_loop().call_soon(
+                conn.disconnect,
+                asyncssh.DISC_TOO_MANY_CONNECTIONS,
+                "too many connections to the queue service",
+            )
+            return
+        server._connections.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._server._connections.discard(self._conn)
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        entry = self._server.authorized_keys.lookup(key)
+        if entry is None:
+            log.info("refused key %s for %s: not authorized", key.get_fingerprint(), username)
+            return False
+        self._principal = Principal(
+            username, entry.fingerprint, key.algorithm.decode(), entry.roles
+        )
+        return True
+
+    def auth_completed(self) -> None:
+        if self._principal is not None:
+            log.info(
+                "accepted %s roles=%s", self._principal.submitted_by, sorted(self._principal.roles)
+            )
+
+    def session_requested(self) -> asyncssh.SSHServerSession[bytes] | bool:
+        if self._principal is None:
+            return False
+        if self._channels >= self._server.settings.limits.max_channels_per_connection:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_RESOURCE_SHORTAGE, "too many channels on this connection"
+            )
+        self._channels += 1
+        return _QueueSession(self._server, self._principal, self._bucket)
+
+
+class QueueServer:
+    """A listening queue service. ``close()`` stops accepting, drains, disconnects."""
+
+    def __init__(self, queue: QueuePort, settings: ServerSettings) -> None:
+        self.queue = queue
+        self.settings = settings
+        self.authorized_keys = AuthorizedKeys(settings.authorized_keys_path)
+        self.service = QueueService(
+            queue, settings.limits, settings.current_tier, self._server_stats
+        )
+        self.closing = False
+        self._listener: asyncssh.SSHAcceptor | None = None
+        self._connections: set[asyncssh.SSHServerConnection] = set()
+        self._sessions: set[_QueueSession] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closed = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        assert self._listener is not None
+        return self._listener.get_port()
+
+    def _server_stats(self) -> dict[str, Any]:
+        return {"connections": len(self._connections), "channels": len(self._sessions)}
+
+    def _spawn_background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def start(self) -> None:
+        s = self.settings
+        host_keys = [*s.host_keys, *(asyncssh.read_private_key(p) for p in s.host_key_paths)]
+        if not host_keys:
+            raise ValueError("the queue server needs at least one host key")
+        options: dict[str, Any] = {
+            **ssh_options_for_tier(s.current_tier().level, "server"),
+            **s.ssh_options,
+        }
+        self._listener = await asyncssh.listen(
+            s.host,
+            s.port,
+            server_factory=lambda: _QueueSSHServer(self),
+            server_host_keys=host_keys,
+            encoding=None,
+            line_editor=False,
+            allow_scp=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            login_timeout=s.limits.login_timeout_seconds,
+            server_version=s.server_version,
+            **options,
+        )
+        log.info("queue service listening on %s:%d", s.host, self.port)
+
+    async def close(self) -> None:
+        """Stop accepting, answer what is in flight, release leases, disconnect."""
+        if self.closing:
+            await self._closed.wait()
+            return
+        self.closing = True
+        if self._listener is not None:
+            self._listener.close()
+        sessions = list(self._sessions)
+        if sessions:
+            drain = asyncio.gather(*(s.drain() for s in sessions))
+            try:
+                await asyncio.wait_for(drain, self.settings.limits.drain_seconds)
+            except TimeoutError:
+                log.warning("in-flight requests still running after drain timeout")
+        for session in sessions:
+            session.close()
+        for conn in list(self._connections):
+            conn.close()
+        for conn in list(self._connections):
+            await conn.wait_closed()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._listener is not None:
+            await self._listener.wait_closed()
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def __aenter__(self) -> QueueServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def start_queue_server(queue: QueuePort, settings: ServerSettings) -> QueueServer:
+    server = QueueServer(queue, settings)
+    await server.start()
+    return server

@@ -1,0 +1,486 @@
+"""The queue service's methods (SPEC §5.3): one request in, one result out.
+
+Independent of SSH: a :class:`ChannelState` stands for one ``qssh-queue`` channel
+(its principal, its leases, its subscriptions, a way to push events). The SSH glue in
+``transport.server`` feeds it requests and writes what comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from sidecar.errors import (
+    InvalidMessage,
+    NotFound,
+    QueueFull,
+    SidecarError,
+    TierRequired,
+)
+from sidecar.messages import QueueMessage
+from transport.auth import Principal, Role
+from transport.limits import ServiceLimits, SubmitBucket
+from transport.protocol import Params, ProtocolError, Request
+from transport.queue_port import QueuePort
+
+log = logging.getLogger(__name__)
+
+TIER_NAMES = {1: "BasicPQ", 2: "HardenedPQ", 3: "EntropyEnhanced", 4: "QuantumSecured"}
+
+# SPEC §6.1 value escalation: value_usd below each bound needs at most that tier.
+DEFAULT_VALUE_TIERS: tuple[tuple[Decimal, int], ...] = (
+    (Decimal(100), 1),
+    (Decimal(10_000), 2),
+    (Decimal(1_000_000), 3),
+)
+
+PROVENANCE_FIELDS = (
+    "message_id",
+    "created_at",
+    "submitted_by",
+    "persisted",
+    "broadcast",
+    "priority",
+    "mode",
+    "upgraded",
+    "delivery_count",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TierInfo:
+    level: int
+    reasons: tuple[str, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "tier": self.level,
+            "name": TIER_NAMES.get(self.level, f"tier{self.level}"),
+            "reasons": list(self.reasons),
+        }
+
+
+def required_tier(message: dict[str, Any]) -> int:
+    """The tier a message needs: transactions escalate with ``value_usd``."""
+    if message.get("kind") != "transaction" or message.get("value_usd") is None:
+        return 1
+    try:
+        value = Decimal(str(message["value_usd"]))
+    except InvalidOperation:
+        return 1  # the message model rejects it with a clearer error
+    for bound, tier in DEFAULT_VALUE_TIERS:
+        if value < bound:
+            return tier
+    return 4
+
+
+def _wire_value(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def _message_json(message: Any) -> Any:
+    canonical = message.to_json()
+    if isinstance(canonical, bytes | str):
+        return orjson.loads(canonical)
+    return canonical
+
+
+def delivery_view(item: Any) -> dict[str, Any]:
+    """A ``QueueMessageWithProvenance`` as the wire shows it."""
+    view: dict[str, Any] = {"message": _message_json(item.message)}
+    for name in PROVENANCE_FIELDS:
+        value = getattr(item, name, None)
+        if value is not None:
+            view[name] = _wire_value(value)
+    return view
+
+
+def lease_view(lease: Any) -> dict[str, Any]:
+    """A ``Lease`` as the wire shows it; its monotonic deadline as wall-clock time."""
+    view = delivery_view(lease.item)
+    view["lease_id"] = _wire_value(lease.lease_id)
+    view["lease_expires_at"] = time.time() + (lease.deadline - time.monotonic())
+    return view
+
+
+def parse_message(raw: Any) -> Any:
+    """Client JSON to a ``QueueMessage`` (canonical or the node's serde form)."""
+    return QueueMessage.from_json(raw)
+
+
+async def wait_for_message(queue: QueuePort, within: float) -> None:
+    """Return when the queue may have something to lease, or after ``within`` s."""
+    await queue.wait_available(timeout=within)
+
+
+@dataclass
+class ServiceCounters:
+    requests: int = 0
+    errors: int = 0
+    submits: int = 0
+    deliveries: int = 0
+    rate_limited: int = 0
+
+
+class QueueService:
+    """Method handlers shared by every channel of one server."""
+
+    def __init__(
+        self,
+        queue: QueuePort,
+        limits: ServiceLimits,
+        tier: Callable[[], TierInfo],
+        server_stats: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
+        self.queue = queue
+        self.limits = limits
+        self.tier = tier
+        self.server_stats = server_stats
+        self.counters = ServiceCounters()
+        self._handlers: dict[
+            str, tuple[Role | None, Callable[[ChannelState, Params], Awaitable[Any]]]
+        ] = {
+            "ping": (None, self._ping),
+            "depth": (None, self._depth),
+            "submit": (Role.PRODUCER, self._submit),
+            "submit_batch": (Role.PRODUCER, self._submit_batch),
+            "pop": (Role.CONSUMER, self._pop),
+            "lease": (Role.CONSUMER, self._lease),
+            "ack": (Role.CONSUMER, self._ack),
+            "release": (Role.CONSUMER, self._release),
+            "subscribe": (Role.CONSUMER, self._subscribe),
+            "credit": (Role.CONSUMER, self._credit),
+            "unsubscribe": (Role.CONSUMER, self._unsubscribe),
+            "stats": (Role.ADMIN, self._stats),
+            "tier": (Role.ADMIN, self._tier),
+        }
+
+    @property
+    def methods(self) -> list[str]:
+        return sorted(self._handlers)
+
+    async def call(self, channel: ChannelState, request: Request) -> Any:
+        """Run one request; raises :class:`SidecarError` with the wire code."""
+        self.counters.requests += 1
+        entry = self._handlers.get(request.method)
+        if entry is None:
+            raise ProtocolError(
+                f"unknown method {request.method!r}; known: {', '.join(self.methods)}",
+                request.id,
+            )
+        role, handler = entry
+        if role is not None:
+            channel.principal.require(role, request.method)
+        return await handler(channel, Params(request.params, request.id))
+
+    # ----- producer
+
+    def _effective_mode(self, message: Any, mode: str) -> tuple[str, bool]:
+        """The kind's default resolved; tier >= 3 makes every submit sync (SPEC §6.1)."""
+        if mode == "default":
+            mode = str(_wire_value(message.default_mode))
+        if mode == "async" and self.tier().level >= 3:
+            return "sync", True
+        return mode, False
+
+    def _check_tier(self, message: Any) -> None:
+        if getattr(message, "kind", "transaction") != "transaction":
+            return  # only transactions escalate
+        canonical = _message_json(message)
+        need = required_tier(canonical) if isinstance(canonical, dict) else 1
+        have = self.tier().level
+        if need > have:
+            raise TierRequired(
+                f"a transaction of value_usd={canonical.get('value_usd')} needs tier {need}, "
+                f"this session runs at tier {have}"
+            )
+
+    async def _submit_one(self, channel: ChannelState, raw: Any, mode: str) -> dict[str, Any]:
+        if not isinstance(raw, dict | str):
+            raise InvalidMessage("'message' must be a JSON object")
+        message = parse_message(raw)
+        self._check_tier(message)
+        effective, upgraded = self._effective_mode(message, mode)
+        submitted_by = channel.principal.submitted_by
+        if upgraded:
+            message_id = await self.queue.submit(
+                message, mode=effective, submitted_by=submitted_by, upgraded=True
+            )
+        else:  # a queue wrapper may not know ``upgraded`` (it can apply the policy itself)
+            message_id = await self.queue.submit(message, mode=effective, submitted_by=submitted_by)
+        self.counters.submits += 1
+        return {
+            "message_id": _wire_value(message_id),
+            "mode": effective,
+            "persisted": effective == "sync",
+            "upgraded": upgraded,
+        }
+
+    def _take_rate(self, channel: ChannelState, n: int) -> None:
+        if not channel.bucket.take(n):
+            self.counters.rate_limited += 1
+            raise QueueFull(
+                f"submit rate limit of {self.limits.submits_per_second:g}/s per connection "
+                "exceeded; slow down and retry"
+            )
+
+    async def _submit(self, channel: ChannelState, params: Params) -> Any:
+        raw = params.raw("message")
+        mode = params.string("mode", "default", ("sync", "async", "default"))
+        params.finish()
+        self._take_rate(channel, 1)
+        return await self._submit_one(channel, raw, mode)
+
+    async def _submit_batch(self, channel: ChannelState, params: Params) -> Any:
+        raws = params.array("messages", self.limits.max_batch)
+        mode = params.string("mode", "default", ("sync", "async", "default"))
+        params.finish()
+        self._take_rate(channel, max(1, len(raws)))
+
+        async def one(raw: Any) -> dict[str, Any]:
+            try:
+                return await self._submit_one(channel, raw, mode)
+            except SidecarError as exc:
+                return {"error": exc.to_wire()}
+
+        # Concurrently, so the sync ones share one group commit.
+        results = await asyncio.gather(*(one(raw) for raw in raws))
+        return {"results": results}
+
+    # ----- consumer
+
+    async def _pop(self, channel: ChannelState, params: Params) -> Any:
+        params.finish()
+        handle = await self.queue.pop()
+        if handle is None:
+            return None
+        self.counters.deliveries += 1
+        return delivery_view(handle.consume())
+
+    async def _lease_wait(self, lease_seconds: float, wait: float) -> Any:
+        deadline = time.monotonic() + wait
+        while True:
+            lease = await self.queue.lease(timeout=lease_seconds)
+            remaining = deadline - time.monotonic()
+            if lease is not None or remaining <= 0:
+                return lease
+            await wait_for_message(self.queue, remaining)
+
+    async def _lease(self, channel: ChannelState, params: Params) -> Any:
+        timeout = params.number("timeout", 30.0, 0.001, self.limits.max_lease_seconds)
+        wait = params.number("wait", 0.0, 0.0, self.limits.max_wait_seconds)
+        detach = params.boolean("detach", False)
+        params.finish()
+        lease = await self._lease_wait(timeout, wait)
+        if lease is None:
+            return None
+        # A detached lease outlives the channel and ends only by ack, release or timeout.
+        if not detach and not channel.hold(lease):
+            await self.queue.release(lease)  # the channel went away meanwhile
+            return None
+        self.counters.deliveries += 1
+        return lease_view(lease)
+
+    async def _ack(self, channel: ChannelState, params: Params) -> Any:
+        lease_id = params.raw("lease_id")
+        params.finish()
+        await self.queue.ack(channel.held(lease_id))
+        channel.drop(lease_id)
+        return {"acked": lease_id}
+
+    async def _release(self, channel: ChannelState, params: Params) -> Any:
+        lease_id = params.raw("lease_id")
+        params.finish()
+        await self.queue.release(channel.held(lease_id))
+        channel.drop(lease_id)
+        return {"released": lease_id}
+
+    async def _subscribe(self, channel: ChannelState, params: Params) -> Any:
+        credit = params.integer("credit", 1, 0, self.limits.max_subscription_credit)
+        timeout = params.number("lease_timeout", 30.0, 0.001, self.limits.max_lease_seconds)
+        params.finish()
+        sub = channel.subscribe(self, credit, timeout)
+        return {"subscription": sub.id, "credit": sub.credit}
+
+    async def _credit(self, channel: ChannelState, params: Params) -> Any:
+        sub_id = params.integer("subscription")
+        n = params.integer("n", None, 1, self.limits.max_subscription_credit)
+        params.finish()
+        sub = channel.subscription(sub_id)
+        sub.grant(n, self.limits.max_subscription_credit)
+        return {"subscription": sub.id, "credit": sub.credit}
+
+    async def _unsubscribe(self, channel: ChannelState, params: Params) -> Any:
+        sub_id = params.integer("subscription")
+        params.finish()
+        channel.subscription(sub_id).stop()
+        channel.subscriptions.pop(sub_id, None)
+        return {"subscription": sub_id, "stopped": True}
+
+    # ----- anyone / admin
+
+    async def _ping(self, channel: ChannelState, params: Params) -> Any:
+        params.finish()
+        p = channel.principal
+        return {
+            "pong": True,
+            "time": time.time(),
+            "user": p.username,
+            "fingerprint": p.fingerprint,
+            "roles": sorted(r.value for r in p.roles),
+            "limits": self.limits.to_wire(),
+        }
+
+    async def _depth(self, channel: ChannelState, params: Params) -> Any:
+        params.finish()
+        return self.depth_snapshot()
+
+    def depth_snapshot(self) -> dict[str, Any]:
+        depth = self.queue.depth()
+        return depth if isinstance(depth, dict) else {"total": depth}
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        raw = self.queue.stats()
+        queue_stats = raw if isinstance(raw, dict) else getattr(raw, "__dict__", {"value": raw})
+        c = self.counters
+        return {
+            "queue": orjson.loads(orjson.dumps(queue_stats, default=str)),
+            "depth": self.depth_snapshot(),
+            "tier": self.tier().to_wire(),
+            "service": {
+                "requests": c.requests,
+                "errors": c.errors,
+                "submits": c.submits,
+                "deliveries": c.deliveries,
+                "rate_limited": c.rate_limited,
+                **self.server_stats(),
+            },
+        }
+
+    async def _stats(self, channel: ChannelState, params: Params) -> Any:
+        params.finish()
+        return self.stats_snapshot()
+
+    async def _tier(self, channel: ChannelState, params: Params) -> Any:
+        params.finish()
+        return self.tier().to_wire()
+
+
+_subscription_ids = itertools.count(1)
+
+
+class Subscription:
+    """Leases messages for one channel while it has credit, and pushes each one."""
+
+    def __init__(self, channel: ChannelState, service: QueueService, credit: int, timeout: float):
+        self.id = next(_subscription_ids)
+        self.channel = channel
+        self.service = service
+        self.credit = credit
+        self.lease_timeout = timeout
+        self._has_credit = asyncio.Event()
+        if credit > 0:
+            self._has_credit.set()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def grant(self, n: int, limit: int) -> None:
+        self.credit = min(limit, self.credit + n)
+        self._has_credit.set()
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        queue = self.service.queue
+        try:
+            while True:
+                await self._has_credit.wait()
+                lease = await queue.lease(timeout=self.lease_timeout)
+                if lease is None:
+                    await wait_for_message(queue, 1.0)
+                    continue
+                if not self.channel.hold(lease):
+                    await queue.release(lease)
+                    return
+                self.credit -= 1
+                if self.credit <= 0:
+                    self._has_credit.clear()
+                self.service.counters.deliveries += 1
+                self.channel.push("delivery", {"subscription": self.id, **lease_view(lease)})
+        except asyncio.CancelledError:
+            raise
+        except SidecarError as exc:
+            self.channel.push("subscription_ended", {"subscription": self.id, **exc.to_wire()})
+        except Exception:
+            log.exception("subscription %s failed", self.id)
+            self.channel.push(
+                "subscription_ended",
+                {"subscription": self.id, "code": "internal", "message": "subscription failed"},
+            )
+
+
+@dataclass
+class ChannelState:
+    """One ``qssh-queue`` channel: who is on it, what it holds, how to push to it."""
+
+    principal: Principal
+    bucket: SubmitBucket
+    push: Callable[[str, dict[str, Any]], None]
+    leases: dict[Any, Any] = field(default_factory=dict)
+    subscriptions: dict[int, Subscription] = field(default_factory=dict)
+    closed: bool = False
+
+    def hold(self, lease: Any) -> bool:
+        """Keep ``lease`` until ack/release; false once the channel is closed (then the
+        caller gives it back, or it would stay leased until its timeout)."""
+        if self.closed:
+            return False
+        self.leases[_wire_value(lease.lease_id)] = lease
+        return True
+
+    def held(self, lease_id: Any) -> Any:
+        """The lease object when this channel holds it, else the id (the core decides)."""
+        if not isinstance(lease_id, int | str) or isinstance(lease_id, bool):
+            raise ProtocolError("'lease_id' must be an integer or a string")
+        return self.leases.get(lease_id, lease_id)
+
+    def drop(self, lease_id: Any) -> None:
+        self.leases.pop(lease_id, None)
+
+    def subscribe(self, service: QueueService, credit: int, timeout: float) -> Subscription:
+        sub = Subscription(self, service, credit, timeout)
+        self.subscriptions[sub.id] = sub
+        return sub
+
+    def subscription(self, sub_id: int) -> Subscription:
+        sub = self.subscriptions.get(sub_id)
+        if sub is None:
+            raise NotFound(f"no subscription {sub_id} on this channel")
+        return sub
+
+    async def close(self, queue: QueuePort) -> int:
+        """Stop pushes and give every lease still held back to the queue."""
+        self.closed = True
+        for sub in self.subscriptions.values():
+            sub.stop()
+        self.subscriptions.clear()
+        released = 0
+        leases, self.leases = list(self.leases.values()), {}
+        for lease in leases:
+            try:
+                await queue.release(lease)
+                released += 1
+            except SidecarError:
+                pass  # acked elsewhere or expired meanwhile: nothing to give back
+        return released

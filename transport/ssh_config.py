@@ -1,0 +1,176 @@
+"""OpenSSH-style client configuration for ``qssh-queue`` (``~/.qssh/config``).
+
+Supported keywords: ``Host``, ``HostName``, ``Port``, ``User``, ``IdentityFile``,
+``UserKnownHostsFile``, ``StrictHostKeyChecking``, ``ConnectTimeout``. As in OpenSSH
+the first value found for a keyword wins, so command-line ``-o`` options (applied
+first) override the file, and specific ``Host`` blocks go before ``Host *``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import getpass
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transport.host_pinning import StrictHostKeyChecking
+
+DEFAULT_PORT = 2222
+KEYWORDS = {
+    "hostname": "HostName",
+    "port": "Port",
+    "user": "User",
+    "identityfile": "IdentityFile",
+    "userknownhostsfile": "UserKnownHostsFile",
+    "stricthostkeychecking": "StrictHostKeyChecking",
+    "connecttimeout": "ConnectTimeout",
+}
+_MULTI = {"IdentityFile"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def qssh_home() -> Path:
+    """``$QSSH_HOME`` (tests, containers) or ``~/.qssh``."""
+    env = os.environ.get("QSSH_HOME")
+    return Path(env) if env else Path.home() / ".qssh"
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """Everything needed to reach one host, after config and options."""
+
+    alias: str
+    hostname: str
+    port: int
+    user: str
+    identity_files: tuple[Path, ...]
+    known_hosts: Path
+    strict_host_key_checking: StrictHostKeyChecking
+    connect_timeout: float
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _split_line(line: str, where: str) -> tuple[str, list[str]] | None:
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    if "=" in stripped.split(None, 1)[0]:
+        key, _, rest = stripped.partition("=")
+    else:
+        parts = stripped.split(None, 1)
+        key, rest = parts[0], parts[1] if len(parts) > 1 else ""
+    try:
+        values = shlex.split(rest.strip().lstrip("=").strip())
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if not values:
+        raise ConfigError(f"{where}: {key} needs a value")
+    return key.lower(), values
+
+
+def host_matches(patterns: list[str], host: str) -> bool:
+    matched = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        if fnmatch.fnmatchcase(host, pattern.lstrip("!")):
+            if negated:
+                return False
+            matched = True
+    return matched
+
+
+def parse_option(text: str) -> tuple[str, str]:
+    """One ``-o Key=value`` (or ``Key value``) into (canonical key, value)."""
+    parsed = _split_line(text, "-o")
+    if parsed is None:
+        raise ConfigError(f"-o {text!r}: empty option")
+    key, values = parsed
+    if key not in KEYWORDS:
+        raise ConfigError(
+            f"-o {text!r}: unsupported option (known: {', '.join(KEYWORDS.values())})"
+        )
+    return KEYWORDS[key], " ".join(values)
+
+
+def read_config(path: Path, host: str, found: dict[str, list[str]]) -> None:
+    """Add the values ``path`` gives for ``host`` to ``found`` (first wins)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return
+    active = True
+    for lineno, line in enumerate(text.splitlines(), 1):
+        parsed = _split_line(line, f"{path}:{lineno}")
+        if parsed is None:
+            continue
+        key, values = parsed
+        if key == "host":
+            active = host_matches(values, host)
+            continue
+        if key == "match":
+            raise ConfigError(f"{path}:{lineno}: Match blocks are not supported")
+        if not active:
+            continue
+        name = KEYWORDS.get(key)
+        if name is None:
+            continue  # like OpenSSH's IgnoreUnknown for options we do not use
+        if name in _MULTI:
+            found.setdefault(name, []).extend(values)
+        elif name not in found:
+            found[name] = [" ".join(values)]
+
+
+def resolve(
+    destination: str,
+    *,
+    port: int | None = None,
+    identity: str | None = None,
+    options: list[str] | None = None,
+    config_file: Path | None = None,
+) -> HostConfig:
+    """``[user@]host`` plus flags and config into a :class:`HostConfig`."""
+    user: str | None = None
+    alias = destination
+    if "@" in destination:
+        user, _, alias = destination.rpartition("@")
+    found: dict[str, list[str]] = {}
+    for opt in options or []:
+        key, value = parse_option(opt)
+        if key in _MULTI:
+            found.setdefault(key, []).append(value)
+        else:
+            found.setdefault(key, [value])
+    if port is not None:
+        found["Port"] = [str(port)]
+    if identity is not None:
+        found.setdefault("IdentityFile", []).insert(0, identity)
+    home = qssh_home()
+    read_config(config_file or home / "config", alias, found)
+
+    def one(name: str, default: str) -> str:
+        return found.get(name, [default])[0]
+
+    try:
+        port_value = int(one("Port", str(DEFAULT_PORT)))
+        timeout = float(one("ConnectTimeout", "30"))
+        strict = StrictHostKeyChecking.parse(one("StrictHostKeyChecking", "yes"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not 0 < port_value < 65536:
+        raise ConfigError(f"port {port_value} out of range")
+    hostname = one("HostName", alias).replace("%h", alias)
+    return HostConfig(
+        alias=alias,
+        hostname=hostname,
+        port=port_value,
+        user=user or one("User", getpass.getuser()),
+        identity_files=tuple(Path(p).expanduser() for p in found.get("IdentityFile", [])),
+        known_hosts=Path(one("UserKnownHostsFile", str(home / "known_hosts"))).expanduser(),
+        strict_host_key_checking=strict,
+        connect_timeout=timeout,
+    )
