@@ -171,7 +171,7 @@ class QppValidatorQueue:
             self._next_id = rec.replayed.next_id
             self._reserved_upto = self._next_id + ID_BLOCK
             self._log_records = rec.records + 1
-            self._state.load(items)
+            self._state.load(items, issued_below=self._next_id)
             self._durable_live = {item.message_id: item for item in items}
             if len(items) >= _FREEZE_AT:
                 gc.freeze()
@@ -380,13 +380,19 @@ class QppValidatorQueue:
         return NoClone(item)
 
     async def lease(self, timeout: float) -> Lease | None:  # noqa: ASYNC109
-        """Reserve the next message for `timeout` seconds (at-least-once delivery)."""
-        self._live()
+        """Reserve the next message for `timeout` seconds (at-least-once delivery).
+
+        Lease ids come from the durable id space of message ids, so a lease id from
+        before a restart never names a lease of a later run (its ack is refused as stale).
+        """
+        committer = self._live()
         if not timeout > 0:
             raise InvalidMessage("lease timeout must be a positive number of seconds")
-        now = time.monotonic()
-        self._expire(now)
-        return self._state.lease(now, timeout)
+        self._expire()
+        if not self._state.ready:
+            return None
+        lease_id = await self._alloc_id(committer)
+        return self._state.lease(time.monotonic(), timeout, lease_id)
 
     async def ack(self, lease: Lease | int) -> None:
         """Consume a leased message for good; a second ack or a stale lease raises

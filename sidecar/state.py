@@ -76,8 +76,10 @@ class QueueState:
         heapq.heappush(self._ready, (-item.priority, item.message_id, item))
         self._ready_by_priority[item.priority] += 1
 
-    def load(self, items: list[QueueMessageWithProvenance]) -> None:
-        """Bulk-load recovered messages (admitted without the limit check)."""
+    def load(self, items: list[QueueMessageWithProvenance], *, issued_below: int = 1) -> None:
+        """Bulk-load recovered messages (admitted without the limit check); ids below
+        `issued_below` may have been leases before the restart, so they count as stale."""
+        self._next_lease_id = max(self._next_lease_id, issued_below)
         ready = self._ready
         ready.extend([(-item.priority, item.message_id, item) for item in items])
         heapq.heapify(ready)
@@ -102,12 +104,18 @@ class QueueState:
         return len(self._ready)
 
     # -- leases --------------------------------------------------------------------------
-    def lease(self, now: float, timeout: float) -> Lease | None:
+    def lease(self, now: float, timeout: float, lease_id: int | None = None) -> Lease | None:
+        """Lease the next message; `lease_id` (above every id issued so far) comes from
+        the caller when ids must stay unique across restarts."""
         item = self.take()
         if item is None:
             return None
-        lease = Lease(self._next_lease_id, item.message_id, item, now + timeout)
-        self._next_lease_id += 1
+        if lease_id is None:
+            lease_id = self._next_lease_id
+        elif lease_id < self._next_lease_id:
+            raise ValueError(f"lease id {lease_id} was issued before")
+        lease = Lease(lease_id, item.message_id, item, now + timeout)
+        self._next_lease_id = lease_id + 1
         self._leases[lease.lease_id] = lease
         heapq.heappush(self._deadlines, (lease.deadline, lease.lease_id))
         return lease

@@ -175,6 +175,29 @@ async def test_unacked_lease_comes_back_after_restart(tmp_path: Path) -> None:
     await q.close()
 
 
+async def test_a_lease_id_from_before_a_restart_never_acks_a_later_lease(
+    tmp_path: Path,
+) -> None:
+    q = await QppValidatorQueue.open("v", tmp_path)
+    await q.submit_sync(telemetry(1), submitted_by="t")
+    old = await q.lease(timeout=30)
+    assert old is not None
+    await q.close()
+    q = await QppValidatorQueue.open("v", tmp_path)
+    first = await q.submit_sync(block(2), submitted_by="t")
+    new = await q.lease(timeout=30)
+    assert new is not None
+    assert new.message_id == first
+    assert new.lease_id != old.lease_id
+    with pytest.raises(AlreadyConsumed):
+        await q.ack(old.lease_id)
+    await q.ack(new)  # the stale ack took nothing from the live lease
+    again = await q.lease(timeout=30)
+    assert again is not None
+    assert again.message_id == old.message_id
+    await q.close()
+
+
 async def test_queue_full_on_count_and_bytes_changes_nothing(tmp_path: Path) -> None:
     async with await QppValidatorQueue.open("v", tmp_path, limits=Limits(max_messages=2)) as q:
         await q.submit_sync(block(1), submitted_by="t")
