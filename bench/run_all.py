@@ -1,6 +1,7 @@
 """Every benchmark in one go, each with its baselines in the same run (SPEC §8).
 
-    python bench/run_all.py [--quick] [--out DIR] [--dir DATA_DIR]
+    python bench/run_all.py [--quick] [--out DIR] [--dir DATA_DIR] [--markdown]
+    python bench/run_all.py --show bench/results.json [--markdown]
 
 Runs the queue core (bench/queue_core.py), the queue service over SSH
 (bench/service.py) and the SSH handshake (bench/handshake.py); each interleaves its
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -140,6 +142,24 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "| bench | ours | baseline | unit | ours | baseline | ratio |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for r in rows.values():
+        lines.append(
+            f"| {r['bench']} | {r['ours']} | {r['baseline']} | {r['unit']} "
+            f"| {_figure(r['ours_value'])} | {_figure(r['baseline_value'])} "
+            f"| {r['ratio']:.3g} |"
+        )
+    return "\n".join(lines)
+
+
+def _figure(v: float) -> str:
+    return f"{v:,.0f}" if v >= 1000 else f"{v:.4g}"
+
+
 def run(mode: Mode, data_dir: str | None) -> dict[str, Any]:
     started = time.perf_counter()
     figures: dict[str, Any] = {}
@@ -181,13 +201,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--dir", default=None, help="where the logs go (default: /var/tmp)")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--show",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="print the table of a past run, run nothing",
+    )
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args(argv)
+    render = markdown_table if args.markdown else table
+    if args.show is not None:
+        print(render(comparisons(json.loads(args.show.read_text())["figures"])))
+        return 0
     result = run(QUICK if args.quick else DEFAULT, args.dir)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_bytes(dumps(result))
     if not args.no_plot:
         plot_comparisons(result["comparisons"], result["machine"], args.out / "results.png")
-    print(table(result["comparisons"]))
+    print(render(result["comparisons"]))
     print(f"wrote {args.out / 'results.json'} in {result['seconds']['total']} s")
     return 0
 
