@@ -85,7 +85,7 @@ def comparisons(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ),
         "queue_serial_sync_submit_vs_persistqueue_put": _row(
             "queue core", "sync submit, 1 caller", "persist-queue put", "us/op",
-            q["serial_sync_submit_us"], q["persistqueue_put_us"],
+            q["serial_sync_submit_us_beside_persistqueue"], q["persistqueue_put_us"],
             qr["serial_sync_submit_vs_persistqueue_put"], SPEEDUP,
         ),
         "queue_submit_lease_ack_vs_persistqueue_put_get_ack": _row(
