@@ -24,8 +24,17 @@ def plot_comparisons(rows: dict[str, dict[str, Any]], machine: dict[str, Any], p
         chosen = [r for r in rows.values() if r["unit"] in units]
         bars: dict[str, tuple[float, str]] = {}  # a bar shared by several rows drawn once
         for r in chosen:
-            bars.setdefault(r["ours"], (r["ours_value"], OURS))
-            bars.setdefault(r["baseline"], (r["baseline_value"], BASELINE))
+            for name, value, colour in (
+                (r["ours"], r["ours_value"], OURS),
+                (r["baseline"], r["baseline_value"], BASELINE),
+            ):
+                # the same case measured beside another baseline: a bar of its own
+                label = (
+                    name
+                    if bars.get(name, (value,))[0] == value
+                    else f"{name} (beside {r['baseline']})"
+                )
+                bars.setdefault(label, (value, colour))
         labels = list(bars)
         values = [v for v, _ in bars.values()]
         colours = [c for _, c in bars.values()]
