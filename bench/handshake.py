@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
-import statistics
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,32 +28,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import asyncssh
 
+from bench.baselines import (
+    CLASSICAL_SSH,
+    SSHEndpoint,
+    classical_ssh_endpoint,
+    noop_session,
+    ssh_handshake,
+)
+from bench.stats import dumps, interleave, median, spread_ms
 from transport.crypto import DEFAULT_KEX, available_schemes, liboqs
 from transport.keys import generate_key, parse_authorized_keys
 from transport.ssh_options import ssh_options_for_tier
 
-CLASSICAL = "ssh-ed25519+curve25519-sha256"
 TARGET_RATIO = {"pqclean": 3.0, "liboqs": 1.5}
 
 
-@dataclass
-class Config:
-    label: str
-    server: asyncssh.SSHAcceptor
-    connect_options: dict[str, Any]
-
-
-async def _noop_session(process: asyncssh.SSHServerProcess[str]) -> None:
-    process.exit(0)
-
-
-async def _pq_config(alg: str, kex: str) -> Config:
+async def _pq_endpoint(alg: str, kex: str) -> SSHEndpoint:
     host_key, user_key = generate_key(alg), generate_key(alg)
     server = await asyncssh.create_server(
         asyncssh.SSHServer, "127.0.0.1", 0,
         server_host_keys=[host_key],
         authorized_client_keys=parse_authorized_keys(user_key.export_public_key().decode()),
-        process_factory=_noop_session,
+        process_factory=noop_session,
         **{**ssh_options_for_tier(2, "server"), "kex_algs": [kex]},
     )  # fmt: skip
     port = server.sockets[0].getsockname()[1]
@@ -69,56 +62,7 @@ async def _pq_config(alg: str, kex: str) -> Config:
         ),
         "agent_path": None, "config": (),
     }  # fmt: skip
-    return Config(alg, server, options)
-
-
-async def _classical_config() -> Config:
-    host_key = asyncssh.generate_private_key("ssh-ed25519")
-    user_key = asyncssh.generate_private_key("ssh-ed25519")
-    classical = {
-        "kex_algs": ["curve25519-sha256"],
-        "encryption_algs": ["aes256-gcm@openssh.com"],
-        "mac_algs": ["hmac-sha2-256-etm@openssh.com"],
-        "compression_algs": ["none"],
-        "signature_algs": ["ssh-ed25519"],
-    }
-    server = await asyncssh.create_server(
-        asyncssh.SSHServer, "127.0.0.1", 0,
-        server_host_keys=[host_key],
-        authorized_client_keys=asyncssh.import_authorized_keys(
-            user_key.export_public_key().decode()
-        ),
-        process_factory=_noop_session,
-        **classical,
-    )  # fmt: skip
-    port = server.sockets[0].getsockname()[1]
-    options = {
-        **classical,
-        "server_host_key_algs": ["ssh-ed25519"],
-        "host": "127.0.0.1", "port": port, "username": "bench", "client_keys": [user_key],
-        "known_hosts": asyncssh.import_known_hosts(
-            f"[127.0.0.1]:{port} {host_key.export_public_key().decode()}"
-        ),
-        "agent_path": None, "config": (),
-    }  # fmt: skip
-    return Config(CLASSICAL, server, options)
-
-
-async def _handshake(options: dict[str, Any]) -> float:
-    start = time.perf_counter()
-    conn = await asyncssh.connect(**options)
-    conn.close()
-    await conn.wait_closed()
-    return time.perf_counter() - start
-
-
-def _ms(samples: Sequence[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "median_ms": round(statistics.median(ordered) * 1e3, 3),
-        "p10_ms": round(ordered[len(ordered) // 10] * 1e3, 3),
-        "p90_ms": round(ordered[(len(ordered) * 9) // 10] * 1e3, 3),
-    }
+    return SSHEndpoint(alg, server, options)
 
 
 def sign_verify(rounds: int) -> dict[str, Any]:
@@ -139,8 +83,8 @@ def sign_verify(rounds: int) -> dict[str, Any]:
             verifies.append(t2 - t1)
         result[scheme.spec.ssh_name] = {
             "provider": f"{scheme.provider} ({scheme.provider_version})",
-            "sign": _ms(signs),
-            "verify": _ms(verifies),
+            "sign": spread_ms(signs),
+            "verify": spread_ms(verifies),
             "rounds": sign_rounds,
             "signature_bytes": len(signature),
             "public_key_bytes": len(public_key),
@@ -148,27 +92,58 @@ def sign_verify(rounds: int) -> dict[str, Any]:
     return result
 
 
+def _handshake_case(endpoint: SSHEndpoint) -> Callable[[], Awaitable[float]]:
+    return lambda: ssh_handshake(endpoint.connect_options)
+
+
 async def handshakes(rounds: int, algorithms: Sequence[str], kex: str) -> dict[str, Any]:
-    configs = [await _classical_config()] + [await _pq_config(a, kex) for a in algorithms]
-    samples: dict[str, list[float]] = {c.label: [] for c in configs}
+    endpoints = [await classical_ssh_endpoint()] + [await _pq_endpoint(a, kex) for a in algorithms]
     try:
-        for config in configs:  # warm-up, not recorded
-            await _handshake(config.connect_options)
-        for _ in range(rounds):
-            for config in configs:
-                samples[config.label].append(await _handshake(config.connect_options))
+        for endpoint in endpoints:  # warm-up, not recorded
+            await ssh_handshake(endpoint.connect_options)
+        samples = await interleave([(e.label, _handshake_case(e)) for e in endpoints], rounds)
     finally:
-        for config in configs:
-            config.server.close()
-            await config.server.wait_closed()
-    baseline = statistics.median(samples[CLASSICAL])
+        for endpoint in endpoints:
+            await endpoint.close()
+    baseline = median(samples[CLASSICAL_SSH])
     report: dict[str, Any] = {}
     for label, values in samples.items():
         report[label] = {
-            **_ms(values),
-            "ratio_vs_classical": round(statistics.median(values) / baseline, 3),
+            **spread_ms(values),
+            "ratio_vs_classical": round(median(values) / baseline, 3),
         }
     return report
+
+
+async def run(rounds: int, algorithms: Sequence[str] | None, kex: str) -> dict[str, Any]:
+    chosen = list(algorithms or [s.spec.ssh_name for s in available_schemes()])
+    handshake = await handshakes(rounds, chosen, kex)
+    falcon = available_schemes()[0]
+    provider = "liboqs" if liboqs.available() else "pqclean"
+    ratio = handshake.get("ssh-falcon512", {}).get("ratio_vs_classical")
+    return {
+        "ratios": {
+            f"{label}_handshake_vs_classical": figures["ratio_vs_classical"]
+            for label, figures in handshake.items()
+            if label != CLASSICAL_SSH
+        },
+        "ratio_meaning": "handshake time / classical handshake time: > 1 = slower than classical",
+        "benchmark": "handshake",
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "rounds": rounds,
+        "kex": kex,
+        "baseline": CLASSICAL_SSH,
+        "handshake": handshake,
+        "sign_verify": await asyncio.to_thread(sign_verify, rounds),
+        "falcon512": {
+            "provider": f"{falcon.provider} ({falcon.provider_version})",
+            "ratio_vs_classical": ratio,
+            "target_ratio": TARGET_RATIO[provider],
+            "meets_target": ratio is not None and ratio <= TARGET_RATIO[provider],
+        },
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,30 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--algorithms", nargs="*", default=None,
                         help="host-key algorithms (default: every available one)")  # fmt: skip
     args = parser.parse_args(argv)
-    algorithms = args.algorithms or [s.spec.ssh_name for s in available_schemes()]
-    handshake = asyncio.run(handshakes(args.rounds, algorithms, args.kex))
-    falcon = available_schemes()[0]
-    provider = "liboqs" if liboqs.available() else "pqclean"
-    ratio = handshake.get("ssh-falcon512", {}).get("ratio_vs_classical")
-    output = {
-        "benchmark": "handshake",
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "rounds": args.rounds,
-        "kex": args.kex,
-        "baseline": CLASSICAL,
-        "handshake": handshake,
-        "sign_verify": sign_verify(args.rounds),
-        "falcon512": {
-            "provider": f"{falcon.provider} ({falcon.provider_version})",
-            "ratio_vs_classical": ratio,
-            "target_ratio": TARGET_RATIO[provider],
-            "meets_target": ratio is not None and ratio <= TARGET_RATIO[provider],
-        },
-    }
-    json.dump(output, sys.stdout, indent=2)
-    print()
+    sys.stdout.buffer.write(dumps(asyncio.run(run(args.rounds, args.algorithms, args.kex))))
     return 0
 
 

@@ -2,15 +2,19 @@
 
 Everything runs in one process, baselines interleaved with what they are compared to
 (SPEC §8: a lone fsync costs very different amounts on an idle and a busy VM), and
-each figure is the median of several rounds.
+each figure is the median of several rounds (see bench/stats.py, bench/baselines.py).
 
-    python bench/queue.py [--dir DIR] [--rounds N] [--quick]
+    python bench/queue_core.py [--dir DIR] [--rounds N] [--quick]
 
 Figures:
 * serial: one caller, sync submit after sync submit, vs a raw os.write+os.fdatasync loop
-  appending records of the same size (the physical limit), alternating op by op;
-  ratio = raw time / ours, per round, median over rounds.
-* concurrent: 1, 16 and 256 callers doing sync submits; acknowledged submits per second.
+  appending records of the same size (the physical limit), alternating op by op; then
+  the same against persist-queue's durable SQLite queue putting items of the same size;
+  ratio = baseline time / ours, per round, median over rounds.
+* cycle: one message's durable life, alternating op by op: ours submit_sync + lease + ack
+  vs persist-queue put + get + ack.
+* concurrent: 1, 16 and 256 callers doing sync submits; acknowledged submits per second;
+  16 threads putting into persist-queue in the same rounds.
 * async: submit_async calls per second (memory only).
 * recovery: time to open a log holding 1M submit records (replay, load, reserve).
 * compaction: time of compact_wal() keeping 100k live messages (dropping 50k consumed).
@@ -21,26 +25,22 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file is named like the stdlib `queue` module: drop its directory from the path
-# before anything imports `queue`, and put the repository root there instead.
-_HERE = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if p not in ("", _HERE)]
-sys.path.insert(0, str(Path(_HERE).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
 
-import orjson  # noqa: E402
-
-from sidecar import QppValidatorQueue, QueueMessage, QueueMessageWithProvenance  # noqa: E402
-from sidecar.state import Limits  # noqa: E402
-from sidecar.wal import (  # noqa: E402
+from bench.baselines import PersistQueueSQLite, RawAppendLog
+from bench.stats import dumps, median, per_round_ratios
+from sidecar import QppValidatorQueue, QueueMessage, QueueMessageWithProvenance
+from sidecar.state import Limits
+from sidecar.wal import (
     FRAME_HEADER_SIZE,
     WriteAheadLog,
     encode_frame,
@@ -64,30 +64,43 @@ def _record_size(msg: QueueMessage) -> int:
 
 
 async def serial_pair(
-    q: QppValidatorQueue, msg: QueueMessage, raw_path: str, size: int, n: int
+    q: QppValidatorQueue, msg: QueueMessage, baseline: Callable[[], object], n: int
 ) -> tuple[float, float]:
-    """Seconds per op of (raw write+fdatasync, our serial sync submit).
+    """Seconds per op of (one durable baseline op, our serial sync submit).
 
     The two alternate op by op, so both see the same disk and CPU conditions (on a
     shared VM a lone fsync costs very different amounts from one moment to the next).
     """
-    record = b"x" * size
-    fd = os.open(raw_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
-    raw = ours = 0.0
-    try:
-        for _ in range(n):
-            t0 = time.perf_counter()
-            os.write(fd, record)
-            os.fdatasync(fd)
-            t1 = time.perf_counter()
-            await q.submit_sync(msg, submitted_by="bench")
-            t2 = time.perf_counter()
-            raw += t1 - t0
-            ours += t2 - t1
-    finally:
-        os.close(fd)
-        os.unlink(raw_path)
-    return raw / n, ours / n
+    t_base = t_ours = 0.0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        baseline()
+        t1 = time.perf_counter()
+        await q.submit_sync(msg, submitted_by="bench")
+        t2 = time.perf_counter()
+        t_base += t1 - t0
+        t_ours += t2 - t1
+    return t_base / n, t_ours / n
+
+
+async def cycle_pair(
+    q: QppValidatorQueue, msg: QueueMessage, pq: PersistQueueSQLite, item: bytes, n: int
+) -> tuple[float, float]:
+    """Seconds per durable message life of (persist-queue put+get+ack, ours
+    submit_sync+lease+ack), alternating op by op. Run on an empty queue."""
+    t_pq = t_ours = 0.0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        pq.put_get_ack(item)
+        t1 = time.perf_counter()
+        await q.submit_sync(msg, submitted_by="bench")
+        lease = await q.lease(30)
+        assert lease is not None
+        await q.ack(lease)
+        t2 = time.perf_counter()
+        t_pq += t1 - t0
+        t_ours += t2 - t1
+    return t_pq / n, t_ours / n
 
 
 async def concurrent_submit(
@@ -166,9 +179,13 @@ async def main() -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     args = parser.parse_args()
-    base = tempfile.mkdtemp(prefix="qssh-bench-", dir=args.dir or "/var/tmp")
+    return await run(args.dir, args.rounds, args.quick)
+
+
+async def run(directory: str | None, rounds: int, quick: bool) -> dict[str, Any]:
+    base = tempfile.mkdtemp(prefix="qssh-bench-", dir=directory or "/var/tmp")
     try:
-        return await _run(base, args.rounds, args.quick)
+        return await _run(base, rounds, quick)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -177,23 +194,53 @@ async def _run(base: str, rounds: int, quick: bool) -> dict[str, Any]:
     msg = _msg(1)
     size = _record_size(msg)
     n_serial = 200 if quick else 500
+    n_cycle = 100 if quick else 300
     d = os.path.join(base, "q")
     q = await QppValidatorQueue.open(NAME, d, limits=BIG)
+    pq = PersistQueueSQLite(Path(base, "persistqueue"))
+    pq_settings = pq.settings()
     ours: list[float] = []
     raw: list[float] = []
+    pq_put: list[float] = []
+    ours_pq: list[float] = []
+    cyc_ours: list[float] = []
+    cyc_pq: list[float] = []
     conc: dict[int, list[float]] = {1: [], 16: [], 256: []}
+    pq_conc: list[float] = []
     asyn: list[float] = []
     per_caller = {1: 300, 16: 100, 256: 20} if quick else {1: 600, 16: 300, 256: 60}
+    pq_per_thread = 20 if quick else 50
+    item = b"x" * size  # what persist-queue stores: as many bytes as our log record
+    warm = RawAppendLog(Path(base, "raw"), size)
+    try:  # warm-up, not recorded: the first few hundred fsyncs of a fresh file cost more
+        await serial_pair(q, msg, warm.append_sync, 200)
+        await serial_pair(q, msg, lambda: pq.put(item), 200)
+    finally:
+        warm.close()
+    await drain(q)
     for _ in range(rounds):
-        # interleaved: baseline, ours, concurrency levels, async — every round
-        r, o = await serial_pair(q, msg, os.path.join(base, "raw"), size, n_serial)
+        # interleaved: baselines and ours, every case, every round
+        log = RawAppendLog(Path(base, "raw"), size)
+        try:
+            r, o = await serial_pair(q, msg, log.append_sync, n_serial)
+        finally:
+            log.close()
         raw.append(r)
         ours.append(o)
+        p, o = await serial_pair(q, msg, lambda: pq.put(item), n_serial)
+        pq_put.append(p)
+        ours_pq.append(o)
+        await drain(q)
+        p, o = await cycle_pair(q, msg, pq, item, n_cycle)
+        cyc_pq.append(p)
+        cyc_ours.append(o)
         for callers, per in per_caller.items():
             conc[callers].append(await concurrent_submit(q, msg, callers, per))
+        pq_conc.append(pq.concurrent_puts(16, pq_per_thread, item))
         asyn.append(await async_submit(q, msg, 50_000 if quick else 200_000))
         await drain(q)
     await q.close()
+    pq.close()
     shutil.rmtree(d)
 
     n_recovery = 100_000 if quick else 1_000_000
@@ -212,32 +259,46 @@ async def _run(base: str, rounds: int, quick: bool) -> dict[str, Any]:
         comp.append(await compaction(cd, n_compact))
         shutil.rmtree(cd)
 
-    serial_med, raw_med = statistics.median(ours), statistics.median(raw)
-    ratios = [r / o for r, o in zip(raw, ours, strict=True)]
+    vs_raw = per_round_ratios(raw, ours)
+    vs_pq = per_round_ratios(pq_put, ours_pq)
+    cyc_vs_pq = per_round_ratios(cyc_pq, cyc_ours)
+    conc16_vs_pq = per_round_ratios(conc[16], pq_conc)
     return {
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "dir": base},
+        "ratios": {
+            "serial_sync_submit_vs_raw_fdatasync": round(median(vs_raw), 3),
+            "serial_sync_submit_vs_persistqueue_put": round(median(vs_pq), 3),
+            "submit_lease_ack_vs_persistqueue_put_get_ack": round(median(cyc_vs_pq), 3),
+            "sync_submit_16_callers_vs_persistqueue_put_16_threads": round(median(conc16_vs_pq), 3),
+        },
         "rounds": rounds,
         "record_bytes": size,
         "frame_header_bytes": FRAME_HEADER_SIZE,
-        "serial_sync_submit_us": round(serial_med * 1e6, 1),
-        "raw_write_fdatasync_us": round(raw_med * 1e6, 1),
-        "serial_ratio_vs_raw": round(statistics.median(ratios), 3),
-        "serial_ratio_rounds": [round(r, 3) for r in ratios],
-        "concurrent_acks_per_s": {str(c): round(statistics.median(v)) for c, v in conc.items()},
-        "async_submits_per_s": round(statistics.median(asyn)),
+        "serial_sync_submit_us": round(median(ours) * 1e6, 1),
+        "raw_write_fdatasync_us": round(median(raw) * 1e6, 1),
+        "persistqueue_put_us": round(median(pq_put) * 1e6, 1),
+        "serial_sync_submit_us_beside_persistqueue": round(median(ours_pq) * 1e6, 1),
+        "serial_ratio_vs_raw": round(median(vs_raw), 3),
+        "serial_ratio_rounds": [round(r, 3) for r in vs_raw],
+        "submit_lease_ack_us": round(median(cyc_ours) * 1e6, 1),
+        "persistqueue_put_get_ack_us": round(median(cyc_pq) * 1e6, 1),
+        "concurrent_acks_per_s": {str(c): round(median(v)) for c, v in conc.items()},
+        "persistqueue_puts_per_s_16_threads": round(median(pq_conc)),
+        "async_submits_per_s": round(median(asyn)),
         "recovery": {
             "records": n_recovery,
             "log_bytes": log_bytes,
-            "seconds_median": round(statistics.median(r[0] for r in rec), 3),
+            "seconds_median": round(median(r[0] for r in rec), 3),
             "restored": rec[0][1],
         },
         "compaction": {
             "live_records": n_compact,
             "consumed_records_dropped": n_compact // 2,
-            "seconds_median": round(statistics.median(c[0] for c in comp), 3),
+            "seconds_median": round(median(c[0] for c in comp), 3),
             "bytes_before": comp[0][1],
             "bytes_after": comp[0][2],
         },
+        "persistqueue": pq_settings,
+        "ratio_meaning": "baseline time / our time for the same work: > 1 means ours is faster",
         "targets": {
             "serial_ratio_vs_raw": ">= 0.9",
             "acks_per_s_16": ">= 10000",
@@ -249,4 +310,4 @@ async def _run(base: str, rounds: int, quick: bool) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.stdout.write(orjson.dumps(asyncio.run(main()), option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.buffer.write(dumps(asyncio.run(main())))

@@ -1,0 +1,63 @@
+"""bench/run_all.py --quick runs end to end and writes results of the documented shape.
+
+No figure is checked against a threshold: timings on a shared VM prove nothing here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None,
+    reason="redis-server (Debian package, the Redis baseline) is not installed",
+)
+
+
+def test_run_all_quick_writes_ratios_figures_and_machine(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run_all.py"), "--quick",
+         "--out", str(out), "--dir", str(tmp_path)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    result = json.loads((out / "results.json").read_text())
+    assert next(iter(result)) == "ratios"
+    assert {"ratios", "comparisons", "figures", "machine", "mode"} <= set(result)
+    assert result["mode"] == "quick"
+    assert set(result["figures"]) == {"queue_core", "service", "handshake"}
+    assert {"nproc", "kernel", "python", "packages", "date"} <= set(result["machine"])
+    assert result["machine"]["packages"]["persist-queue"] is not None
+
+    ratios = result["ratios"]
+    assert set(ratios) == set(result["comparisons"])
+    for prefix in ("queue_", "service_", "handshake_"):
+        assert any(name.startswith(prefix) for name in ratios), prefix
+    assert "queue_serial_sync_submit_vs_persistqueue_put" in ratios
+    assert "service_sync_16_vs_redis_always_16" in ratios
+    assert "handshake_ssh-falcon512_vs_classical" in ratios
+    for name, value in ratios.items():
+        assert isinstance(value, int | float), name
+        assert math.isfinite(value), name
+        assert value > 0, name
+        row = result["comparisons"][name]
+        assert row["ratio"] == value
+        assert row["ours_value"] > 0, name
+        assert row["baseline_value"] > 0, name
+
+    assert (out / "results.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    # the printed table names every comparison's baseline
+    for row in result["comparisons"].values():
+        assert row["baseline"] in proc.stdout
