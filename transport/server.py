@@ -144,6 +144,8 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         self._state.session_detail.update(
             {"sealed": s.sealed, "epoch": s.epoch, "rekeys": s.rekeys, "qkd_failure": s.failure}
         )
+        # the client learns of its own sealing from the exchange, not from a notice
+        self._notified_level = self.effective_level()
 
     def effective_level(self) -> int:
         return self._server.service.effective(self._state).level
