@@ -14,6 +14,7 @@ from hardware.kme import KMEClient
 from hardware.simulators.kme_server import KMESimulator, paired_kmes
 from hardware.simulators.tls import ThrowawayPKI, make_pki
 from sidecar import QppValidatorQueue
+from tests.daemon.harness import spawn
 from tests.service.conftest import Keys, authorized_keys_text, keys, pin_host_key
 from transport.client import QueueClient
 from transport.limits import ServiceLimits
@@ -22,7 +23,7 @@ from transport.qkd import QKDSettings
 from transport.server import QueueServer, ServerSettings, start_queue_server
 from transport.tiers import DEFAULT_POLICY, TierInfo, TierPolicy
 
-__all__ = ["keys"]
+__all__ = ["keys", "spawn"]
 
 MASTER, SLAVE = "sae-alice", "sae-bob"
 
