@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -216,3 +217,40 @@ async def test_a_node_tier_drop_is_pushed_and_then_refuses(
         result = await c.submit({"kind": "gossip", "topic": "t", "data": "aGk="}, "async")
         assert result["mode"] == "async"
         assert result["upgraded"] is False
+
+
+async def test_frames_are_rekeyed_by_key_age(
+    sealed_service: tuple[TierService, Callable[..., QKDSettings]],
+) -> None:
+    svc, client_qkd = sealed_service
+    async with svc.connect(qkd=client_qkd(RekeyPolicy(seconds=0.05)), require_qkd=True) as c:
+        for _ in range(200):  # bounded: a rekey is due after 50 ms of key age
+            await c.ping()
+            if c.sealing.stream.rekeys >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert c.sealing.stream.rekeys >= 2
+        assert (await c.tier())["tier"] == 4
+
+
+async def test_a_client_that_never_rekeys_is_cut_off_by_the_server(
+    tmp_path: Path,
+    keys: Keys,
+    pki: ThrowawayPKI,
+    kme_pair: tuple[KMESimulator, KMESimulator],
+) -> None:
+    master, slave = kme_pair
+    server_kme = kme_client(pki, slave, SLAVE)
+    strict = QKDSettings(kme=server_kme, sae_id=SLAVE, rekey=RekeyPolicy(frames=5, grace=2))
+    svc = await start_tier_service(tmp_path, keys, qkd=strict)
+    client_kme = kme_client(pki, master, "sae-alice")
+    svc.clients += [server_kme, client_kme]
+    qkd = QKDSettings(kme=client_kme, sae_id="sae-alice", peer_sae_id=SLAVE)
+    try:
+        async with svc.connect(qkd=qkd, require_qkd=True) as c:
+            c.sealing._maybe_rekey = lambda: None  # a client that ignores the limits
+            with pytest.raises(SidecarError, match="did not rekey in time"):
+                for _ in range(20):
+                    await c.ping()
+    finally:
+        await stop_tier_service(svc)
