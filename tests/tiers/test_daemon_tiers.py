@@ -14,10 +14,17 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from hardware.simulators.kme_server import KMESimulator
 from hardware.simulators.serial_qrng import Behaviour, SerialQRNGSimulator
+from hardware.simulators.tls import ThrowawayPKI
 from sidecar import QppValidatorQueue
+from sidecar.errors import TierRequired
 from tests.daemon.harness import Daemon, free_port
+from tests.tiers.conftest import MASTER, SLAVE, kme_client, transaction
 from transport.client import QueueClient
+from transport.qkd import QKDSettings
 
 GOSSIP = {"kind": "gossip", "topic": "durable?", "data": "aGk="}
 SHARE_BYTES = 1024
@@ -52,7 +59,7 @@ def wait_metric_at_least(port: int, name: str, value: float, timeout: float = 30
     raise AssertionError(f"{name} stayed below {value}")
 
 
-def operator(tmp_path: Path, port: int) -> Any:
+def operator(tmp_path: Path, port: int, **kwargs: Any) -> Any:
     op = tmp_path / "d" / "operator"
     return QueueClient.connect(
         "127.0.0.1",
@@ -60,6 +67,7 @@ def operator(tmp_path: Path, port: int) -> Any:
         username="operator",
         client_keys=[op / "id_falcon512"],
         known_hosts=op / "known_hosts",
+        **kwargs,
     )
 
 
@@ -141,3 +149,36 @@ async def test_tier_3_upgrade_survives_sigkill_and_a_stuck_qrng_drops_to_tier_2(
         assert d2.stop() == 0
     finally:
         sim.stop()
+
+
+async def test_daemon_with_a_kme_seals_sessions_and_takes_a_2m_transaction(
+    tmp_path: Path, spawn: Any, pki: ThrowawayPKI, kme_pair: tuple[KMESimulator, KMESimulator]
+) -> None:
+    master, slave = kme_pair
+    bob = pki.clients[SLAVE]
+    (tmp_path / "c.toml").write_text(
+        f'listen = "127.0.0.1:{free_port()}"\ndata_dir = "d"\n[metrics]\nlisten = ""\n'
+        "[hardware]\nuse_udev = false\nchar_devices = []\ncheck_interval = 60\n"
+        f'[hardware.kme]\nurl = "{slave.url}"\nsae_id = "{SLAVE}"\nslave_sae_id = "{MASTER}"\n'
+        f'cert = "{bob.cert}"\nkey = "{bob.key}"\nca = "{pki.ca}"\nsimulated = true\n'
+        "[tiers.sealing]\nrekey_frames = 20\n"
+    )
+    d: Daemon = spawn(["--config", "c.toml"])
+    d.wait_ready()
+    assert d.wait_line(r"^tier 4 QuantumSecured")
+    client_kme = kme_client(pki, master, MASTER)
+    qkd = QKDSettings(kme=client_kme, sae_id=MASTER, peer_sae_id=SLAVE)
+    try:
+        async with operator(tmp_path, d.port("ssh"), qkd=qkd, require_qkd=True) as c:
+            tier = await c.tier()
+            assert (tier["tier"], tier["node"]["tier"], tier["session"]["tier"]) == (4, 4, 4)
+            assert (await c.submit(transaction("2000000")))["persisted"] is True
+            for n in range(30):  # past the daemon's rekey_frames = 20
+                await c.submit(transaction("1", n + 10))
+            assert c.sealing.stream.rekeys >= 1
+        async with operator(tmp_path, d.port("ssh")) as plain:
+            with pytest.raises(TierRequired, match="needs tier 4"):
+                await plain.submit(transaction("2000000", 99))
+    finally:
+        await client_kme.aclose()
+    assert d.stop() == 0

@@ -43,6 +43,11 @@ def record_writes(client: Any) -> list[bytes]:
     return written
 
 
+async def ping_many(client: Any, n: int) -> None:
+    for _ in range(n):
+        await client.ping()
+
+
 def frame_bodies(stream: bytes) -> list[bytes]:
     bodies, offset = [], 0
     while offset < len(stream):
@@ -250,7 +255,6 @@ async def test_a_client_that_never_rekeys_is_cut_off_by_the_server(
         async with svc.connect(qkd=qkd, require_qkd=True) as c:
             c.sealing._maybe_rekey = lambda: None  # a client that ignores the limits
             with pytest.raises(SidecarError, match="did not rekey in time"):
-                for _ in range(20):
-                    await c.ping()
+                await ping_many(c, 20)
     finally:
         await stop_tier_service(svc)
