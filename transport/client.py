@@ -334,6 +334,8 @@ class QueueClient:
             raise
 
     async def close(self) -> None:
+        if self.sealing is not None:
+            self.sealing.close()
         if self._chan is not None:
             self._chan.close()
         self.conn.close()

@@ -99,6 +99,8 @@ class ClientSealing:
                 seconds=min(self.policy.seconds, float(seconds)),
             )
         self.stream = SealedStream("client", self.settings.aead, keys)
+        # an idle channel still rekeys by age, before the server calls it overdue
+        self._spawn(self._age_watch())
 
     # ----- per frame
 
@@ -125,6 +127,20 @@ class ClientSealing:
 
     # ----- rekeying
 
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _age_watch(self) -> None:
+        while self.stream is not None:
+            await asyncio.sleep(max(0.01, self.policy.seconds / 4))
+            self._maybe_rekey()
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
     def _maybe_rekey(self) -> None:
         stream = self.stream
         if stream is None or self._rekeying or self._next_receive is not None:
@@ -133,9 +149,7 @@ class ClientSealing:
             return
         if self.policy.due(stream.sealer, stream.opener):
             self._rekeying = True
-            task = asyncio.get_running_loop().create_task(self._rekey())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._rekey())
 
     async def _rekey(self) -> None:
         stream = self.stream

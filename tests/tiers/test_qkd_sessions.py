@@ -262,3 +262,16 @@ async def test_a_client_that_never_rekeys_is_cut_off_by_the_server(
                 await ping_many(c, 20)
     finally:
         await stop_tier_service(svc)
+
+
+async def test_an_idle_sealed_channel_rekeys_by_age_on_its_own(
+    sealed_service: tuple[TierService, Callable[..., QKDSettings]],
+) -> None:
+    svc, client_qkd = sealed_service
+    async with svc.connect(qkd=client_qkd(RekeyPolicy(seconds=0.05)), require_qkd=True) as c:
+        for _ in range(200):  # bounded wait, no frames sent meanwhile
+            if c.sealing.stream.rekeys >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert c.sealing.stream.rekeys >= 2
+        assert (await c.ping())["pong"] is True
