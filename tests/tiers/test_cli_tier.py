@@ -82,11 +82,7 @@ async def test_qkd_options_give_the_cli_a_sealed_tier_4_session(
     assert rc == 0, err
     view = orjson.loads(out)
     assert (view["tier"], view["session"]["sealed"]) == (4, True)
-    tx = (
-        '{"kind":"transaction","tx_hash":"'
-        + "ab" * 32
-        + '","tx_data":"AA==","value_usd":"2000000"}'
-    )
+    tx = orjson.dumps(transaction("2000000")).decode()
     rc, out, err = await qssh_queue(config, "--json", "node", "submit", tx)
     assert rc == 0, err
     assert orjson.loads(out)["persisted"] is True
