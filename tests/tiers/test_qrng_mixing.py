@@ -3,6 +3,9 @@ ML-DSA key generation and tier-4 nonces, from a real pty QRNG simulator."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from hardware.health import HealthTest
 from hardware.monitor import HealthCheckedSource
 from hardware.simulators.serial_qrng import Behaviour, SerialQRNGSimulator
 from hardware.sources import SerialSource
+from tests.daemon.harness import REPO
 from tests.service.conftest import Keys
 from tests.tiers.conftest import start_tier_service, stop_tier_service
 from transport.client import QueueClient
@@ -115,3 +119,37 @@ async def test_a_qrng_seeded_mldsa_user_key_logs_in_over_ssh(
             assert pong["user"] == "seeded"
     finally:
         await stop_tier_service(svc)
+
+
+def _keygen(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "keygen", *args],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_keygen_mixes_a_healthy_qrng_into_an_mldsa_key(tmp_path: Path) -> None:
+    with SerialQRNGSimulator("good") as sim:
+        r = _keygen("-t", "ssh-mldsa-65", "-f", str(tmp_path / "k"), "--qrng", sim.path)
+    assert r.returncode == 0, r.stderr
+    assert "health-tested QRNG" in r.stdout
+    assert read_private_key(tmp_path / "k").seeded
+
+
+def test_keygen_refuses_a_stuck_qrng_and_writes_nothing(tmp_path: Path) -> None:
+    with SerialQRNGSimulator("stuck") as sim:
+        r = _keygen("-t", "ssh-mldsa-65", "-f", str(tmp_path / "k"), "--qrng", sim.path)
+    assert r.returncode == 1
+    assert "is not usable" in r.stderr
+    assert "health test failed" in r.stderr
+    assert not (tmp_path / "k").exists()
+
+
+def test_keygen_says_falcon_cannot_take_qrng_input(tmp_path: Path) -> None:
+    r = _keygen("-t", "ssh-falcon512", "-f", str(tmp_path / "k"), "--qrng", "/dev/null")
+    assert r.returncode == 1
+    assert "cannot take QRNG input" in r.stderr
