@@ -174,6 +174,8 @@ class Sidecar:
 
         bound = await self.server.start(host)
         self.say(f"listening {bound} (instance {cfg.instance})")
+        for note in self.server.tier_notes(host.key.get_algorithm()):
+            self.say(note)
 
         await self.node.start_unix(cfg.node_socket_path, cfg.node.socket_group)
         self.say(f"node endpoint unix:{cfg.node_socket_path}")

@@ -332,6 +332,26 @@ class ServerPart:
             self.server.authorized_keys = self._authorized
         return Endpoint(self.cfg.listen.host, self.server.port)
 
+    def tier_notes(self, host_key_alg: str) -> list[str]:
+        """What caps the session tier here, said once at start."""
+        notes = []
+        for tier, algs in sorted(self.cfg.tiers.policy.host_keys.items()):
+            if host_key_alg not in algs:
+                notes.append(
+                    f"tiers: host key {host_key_alg} is not in tiers.host_keys.{tier} "
+                    f"({', '.join(algs)}): sessions are capped at tier {tier - 1}"
+                )
+                break
+        kme = self.cfg.hardware.kme
+        if kme is not None and self.cfg.tiers.sealing.enabled:
+            notes.append(
+                f"tiers: tier-4 sealing on, QKD keys from {kme.url} (this node is SAE "
+                f"{kme.sae_id}); unsealed sessions run at tier 3 at most"
+            )
+        else:
+            notes.append("tiers: tier-4 sealing off (no [hardware.kme]); sessions reach tier 3")
+        return notes
+
     def connections(self) -> int | None:
         if self.server is None:
             return None

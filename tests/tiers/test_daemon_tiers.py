@@ -97,6 +97,7 @@ async def test_tier_3_upgrade_survives_sigkill_and_a_stuck_qrng_drops_to_tier_2(
         d: Daemon = spawn(["--config", "c.toml"])
         d.wait_ready()
         assert d.wait_line(r"^tier 3 EntropyEnhanced")
+        d.wait_line(r"^tiers: tier-4 sealing off")
         d.wait_line(r"^entropy: QRNG \S+ mixed into tier-4 nonces; publishing entropy_share")
         async with operator(tmp_path, d.port("ssh")) as c:
             tier = await c.tier()
@@ -166,6 +167,7 @@ async def test_daemon_with_a_kme_seals_sessions_and_takes_a_2m_transaction(
     d: Daemon = spawn(["--config", "c.toml"])
     d.wait_ready()
     assert d.wait_line(r"^tier 4 QuantumSecured")
+    d.wait_line(r"^tiers: tier-4 sealing on, QKD keys from https://127\.0\.0\.1:\d+ ")
     client_kme = kme_client(pki, master, MASTER)
     qkd = QKDSettings(kme=client_kme, sae_id=MASTER, peer_sae_id=SLAVE)
     try:
