@@ -106,7 +106,7 @@ class ServerSealing:
 
     def _first(self, body: bytes) -> None:
         hello = None
-        if self.settings is not None and b'"' + HELLO_METHOD.encode() + b'"' in body:
+        if b'"' + HELLO_METHOD.encode() + b'"' in body:
             try:
                 obj = orjson.loads(body)
             except orjson.JSONDecodeError:
@@ -116,6 +116,13 @@ class ServerSealing:
         if hello is None:
             self.state = SealState.PLAIN
             self._deliver(body)
+            return
+        if self.settings is None:
+            self.state = SealState.PLAIN
+            self.failure = "this server has no QKD key manager configured"
+            message = f"{self.failure}: tier 4 is not available here; the session goes on unsealed"
+            self._write(encode_error(HELLO_ID, ErrorCode.TIER_REQUIRED, message))
+            self._changed()
             return
         self.state = SealState.NEGOTIATING
         self._held = []

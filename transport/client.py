@@ -303,7 +303,7 @@ class QueueClient:
             try:
                 await client._seal(qkd, connect_timeout)
             except QKDFailed as exc:
-                if require_qkd:
+                if require_qkd or client._failure is not None:  # or the channel is gone
                     await client.close()
                     raise
                 client.qkd_failure = exc.message
@@ -315,6 +315,8 @@ class QueueClient:
     async def _seal(self, qkd: QKDSettings, timeout: float) -> None:  # noqa: ASYNC109
         """The QKD exchange (SPEC §6.1 tier 4): hello, derive keys, confirm."""
         sealing = ClientSealing(qkd, self.conn, self._send)
+        # retrieved even when the exchange fails before it is awaited
+        sealing.confirmed.add_done_callback(lambda f: f.cancelled() or f.exception())
         hello = await sealing.hello_frame()
         loop = asyncio.get_running_loop()
         self._qkd_reply = loop.create_future()
@@ -424,6 +426,12 @@ class QueueClient:
     def _fail_all(self, exc: SidecarError) -> None:
         if self._failure is None:
             self._failure = exc
+        sealing = self.sealing
+        if sealing is not None and not sealing.confirmed.done():
+            sealing.confirmed.set_exception(QKDFailed(f"QKD key agreement failed: {exc.message}"))
+        waiter = self._qkd_reply
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(QKDFailed(f"QKD key agreement failed: {exc.message}"))
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if not fut.done():

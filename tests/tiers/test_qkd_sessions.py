@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from hardware.kme import Key
 from hardware.simulators.kme_server import KMESimulator
 from hardware.simulators.tls import ThrowawayPKI
 from sidecar.errors import SidecarError, TierRequired
@@ -275,3 +276,59 @@ async def test_an_idle_sealed_channel_rekeys_by_age_on_its_own(
             await asyncio.sleep(0.02)
         assert c.sealing.stream.rekeys >= 2
         assert (await c.ping())["pong"] is True
+
+
+class CorruptingKME:
+    """The real slave KME client, but one bit of every key it returns is flipped: the
+    two ends then hold different QKD keys (a mismatch no real KME pair should produce)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    async def enc_keys(self, slave_sae_id: str, number: int = 1, size: int | None = None) -> Any:
+        return await self.real.enc_keys(slave_sae_id, number, size)
+
+    async def dec_keys(self, master_sae_id: str, key_ids: Any) -> Any:
+        keys = await self.real.dec_keys(master_sae_id, key_ids)
+        return [Key(k.key_ID, bytes([k.key[0] ^ 1]) + k.key[1:]) for k in keys]
+
+
+async def test_a_qkd_key_mismatch_fails_the_connection_with_a_clear_reason(
+    tmp_path: Path,
+    keys: Keys,
+    pki: ThrowawayPKI,
+    kme_pair: tuple[KMESimulator, KMESimulator],
+) -> None:
+    master, slave = kme_pair
+    server_kme = kme_client(pki, slave, SLAVE)
+    svc = await start_tier_service(
+        tmp_path, keys, qkd=QKDSettings(kme=CorruptingKME(server_kme), sae_id=SLAVE)
+    )
+    client_kme = kme_client(pki, master, "sae-alice")
+    svc.clients += [server_kme, client_kme]
+    qkd = QKDSettings(kme=client_kme, sae_id="sae-alice", peer_sae_id=SLAVE)
+    try:
+        with pytest.raises(QKDFailed, match=r"QKD key agreement failed: .*failed authentication"):
+            await svc.connect(qkd=qkd)  # not even without require_qkd: the channel is gone
+        assert svc.queue.depth()["total"] == 0
+    finally:
+        await stop_tier_service(svc)
+
+
+async def test_a_server_without_a_kme_says_so_and_the_session_stays_unsealed(
+    tmp_path: Path,
+    keys: Keys,
+    pki: ThrowawayPKI,
+    kme_pair: tuple[KMESimulator, KMESimulator],
+) -> None:
+    master, _ = kme_pair
+    svc = await start_tier_service(tmp_path, keys, qkd=None)
+    client_kme = kme_client(pki, master, "sae-alice")
+    svc.clients.append(client_kme)
+    qkd = QKDSettings(kme=client_kme, sae_id="sae-alice", peer_sae_id=SLAVE)
+    try:
+        async with svc.connect(qkd=qkd) as c:
+            assert "no QKD key manager configured" in (c.qkd_failure or "")
+            assert (await c.tier())["session"]["tier"] == 3
+    finally:
+        await stop_tier_service(svc)
