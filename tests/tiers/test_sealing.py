@@ -142,3 +142,44 @@ def test_rekey_policy_counts_frames_and_age() -> None:
     started = client.sealer.started
     assert policy.due(client.sealer, client.opener, now=started + 100.0)
     assert policy.overdue(client.sealer, client.opener, now=started + 200.0)
+
+
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.just(("next", 0)),
+            st.tuples(st.just("replay"), st.integers(0, 50)),
+            st.tuples(st.just("skip"), st.integers(1, 3)),
+        ),
+        max_size=40,
+    )
+)
+def test_the_opener_accepts_exactly_the_in_order_stream(ops: list[tuple[str, int]]) -> None:
+    """Model: whatever a peer on the path replays or drops, the receiver takes each
+    sealed frame once, in order, and refuses everything else without moving on."""
+    client, server = pair()
+    sent: list[bytes] = []
+    accepted: list[bytes] = []
+    for op, arg in ops:
+        if op == "next":
+            body = f"frame {len(sent)}".encode()
+            sent.append(client.seal(body))
+            expected_ok = len(accepted) == len(sent) - 1
+            frame = sent[-1]
+        elif op == "replay":
+            if not sent:
+                continue
+            frame = sent[arg % len(sent)]
+            expected_ok = sent.index(frame) == len(accepted)
+        else:  # frames sealed but lost on the way, then the one after them arrives
+            for _ in range(arg):
+                sent.append(client.seal(f"frame {len(sent)}".encode()))
+            frame = sent[-1]
+            expected_ok = len(sent) - 1 == len(accepted)
+        try:
+            accepted.append(server.open(frame))
+        except SealError:
+            assert not expected_ok
+        else:
+            assert expected_ok
+    assert accepted == [f"frame {i}".encode() for i in range(len(accepted))]
