@@ -71,8 +71,8 @@ def test_three_validators_answer_tier_and_stop_cleanly(
         tiers[name] = view["node"]["tier"]
         effective[name] = view["tier"]
     assert tiers == {"alice": 2, "bob": 3, "charlie": 4}
-    # the CLI session is not QKD-sealed, so charlie's requests run at tier 3
-    assert effective == {"alice": 2, "bob": 3, "charlie": 3}
+    # qssh-queue seals its channel to charlie with QKD keys: a tier-4 session
+    assert effective == {"alice": 2, "bob": 3, "charlie": 4}
 
     down = subprocess.run([DOWN], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert down.returncode == 0, down.stdout + down.stderr
