@@ -427,6 +427,8 @@ class QueueClient:
         if self._failure is None:
             self._failure = exc
         sealing = self.sealing
+        if sealing is not None:
+            sealing.close()  # no rekeys on a dead channel
         if sealing is not None and not sealing.confirmed.done():
             sealing.confirmed.set_exception(QKDFailed(f"QKD key agreement failed: {exc.message}"))
         waiter = self._qkd_reply

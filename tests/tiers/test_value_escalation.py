@@ -10,6 +10,7 @@ import pytest
 from sidecar.errors import TierRequired
 from tests.service.conftest import Keys, block_import, gossip
 from tests.tiers.conftest import start_tier_service, stop_tier_service, transaction
+from transport.client import ConnectFailed
 from transport.tiers import DEFAULT_POLICY, TierPolicy, needs_sync
 
 EDGES = [
@@ -144,5 +145,18 @@ async def test_a_chacha20_session_is_tier_1_whatever_the_node_gives(
         async with svc.connect() as c:  # a tier-2 client offers AES-256-GCM only
             tier = await c.tier()
             assert (tier["tier"], tier["session"]["cipher"]) == (3, "aes256-gcm@openssh.com")
+    finally:
+        await stop_tier_service(svc)
+
+
+async def test_a_tier_2_server_refuses_a_client_offering_only_chacha20(
+    tmp_path: Path, keys: Keys
+) -> None:
+    svc = await start_tier_service(tmp_path, keys, node=2)  # listens with AES-256-GCM only
+    try:
+        chacha = {"encryption_algs": ["chacha20-poly1305@openssh.com"]}
+        with pytest.raises(ConnectFailed):
+            await svc.connect(tier=1, ssh_options=chacha)
+        assert svc.server._server_stats()["channels"] == 0
     finally:
         await stop_tier_service(svc)
