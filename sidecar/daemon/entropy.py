@@ -11,7 +11,9 @@ OS randomness (HKDF) for the server's tier-4 nonces.
 If the source fails its continuous health test (or times out, or is unplugged)
 publishing stops at once, with an error line and ``qssh_entropy_source_failures``;
 the failed reader stays registered with the monitor, which reports it failed, so the
-tier drops. Publishing resumes only with a new healthy source at tier >= 3.
+tier drops. Once the monitor has judged it, the failed reader is closed, so the next evaluation
+opens the device afresh (startup test): publishing resumes when a decision gives
+tier >= 3 again.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class EntropyPublisher:
         self.on_failure = on_failure
         self.evaluations = evaluations
         self._failed_at = -1
+        self._failed_source: HealthCheckedSource | None = None
         self.cfg = cfg
         self.instance = instance
         self.metrics = metrics
@@ -97,6 +100,7 @@ class EntropyPublisher:
         """Publish while tier >= 3; bounded waits, cancelled on shutdown."""
         try:
             while True:
+                self._release_failed()
                 if self.tier() < ENTROPY_TIER or self._await_decision:
                     self._stop_publishing(None)
                     await self._sleep_or_wake(self.cfg.interval or 1.0)
@@ -116,6 +120,14 @@ class EntropyPublisher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
         self._wake.clear()
+
+    def _release_failed(self) -> None:
+        """Once the monitor has judged the failed reader, close it: the next evaluation
+        opens the device afresh and runs the startup test (a recovered device can give
+        tier 3 again; a stuck one fails again)."""
+        if self._failed_source is not None and not self._await_decision:
+            source, self._failed_source = self._failed_source, None
+            source.close()
 
     def _start_publishing(self) -> bool:
         source = self.acquire()
@@ -155,6 +167,7 @@ class EntropyPublisher:
             data = await asyncio.to_thread(reader.read, self.cfg.bytes)
         except HardwareError as exc:
             self._stop_publishing(exc)
+            self._failed_source = reader.source
             self._failed_at = self.evaluations()
             self.on_failure()  # re-evaluate the tier now
             return
