@@ -30,12 +30,14 @@ GOSSIP = {"kind": "gossip", "topic": "durable?", "data": "aGk="}
 SHARE_BYTES = 1024
 
 
-def config(tmp_path: Path, sim: SerialQRNGSimulator, metrics_port: int) -> None:
+def config(
+    tmp_path: Path, sim: SerialQRNGSimulator, metrics_port: int, check_interval: float = 60
+) -> None:
     (tmp_path / "c.toml").write_text(
         f'listen = "127.0.0.1:{free_port()}"\ndata_dir = "d"\n'
         f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
         "[hardware]\nuse_udev = false\nchar_devices = []\nsample_bytes = 2048\n"
-        "check_interval = 60\n"
+        f"check_interval = {check_interval}\n"
         f'serial_ports = [{{ path = "{sim.path}", kind = "quantum_local", simulated = true }}]\n'
         f"[tiers.entropy]\ninterval = 0.1\nbytes = {SHARE_BYTES}\n"
     )
@@ -186,3 +188,25 @@ async def test_daemon_with_a_kme_seals_sessions_and_takes_a_2m_transaction(
     finally:
         await client_kme.aclose()
     assert d.stop() == 0
+
+
+async def test_a_qrng_that_recovers_gives_tier_3_and_publishing_back(
+    tmp_path: Path, spawn: Any
+) -> None:
+    mport = free_port()
+    with SerialQRNGSimulator("good") as sim:
+        config(tmp_path, sim, mport, check_interval=0.5)
+        d: Daemon = spawn(["--config", "c.toml"])
+        d.wait_ready()
+        d.wait_line(r"publishing entropy_share every")
+        sim.behaviour = Behaviour.STUCK
+        d.wait_line(r"^tier changed 3 -> 2: ", 60)
+        sim.behaviour = Behaviour.GOOD
+        d.wait_line(r"^tier changed 2 -> 3: ", 60)
+        before = metric(mport, "qssh_entropy_shares_total")
+        await asyncio.to_thread(
+            wait_metric_at_least, mport, "qssh_entropy_shares_total", before + 2
+        )
+        assert metric(mport, "qssh_entropy_publishing") == 1
+        assert metric(mport, "qssh_entropy_source_failures_total") == 1
+        assert d.stop() == 0
