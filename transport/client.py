@@ -21,6 +21,7 @@ import asyncssh
 
 from sidecar import errors
 from sidecar.errors import ErrorCode, SidecarError, Unavailable
+from transport.client_sealing import ClientSealing
 from transport.host_pinning import HostKeyError, HostKeyPinning, StrictHostKeyChecking
 from transport.protocol import (
     FrameDecoder,
@@ -29,6 +30,8 @@ from transport.protocol import (
     encode_request,
     parse_reply,
 )
+from transport.protocol.sealing import SealError
+from transport.qkd import CONFIRM_EVENT, HELLO_ID, REKEY_ID_PREFIX, QKDFailed, QKDSettings
 from transport.ssh_config import HostConfig, qssh_home
 from transport.ssh_options import ssh_options_for_tier
 
@@ -80,6 +83,8 @@ class _ClientSession(asyncssh.SSHClientSession[bytes]):
     def __init__(self, client: QueueClient) -> None:
         self._client = client
         self._decoder = FrameDecoder(client.max_frame_bytes)
+        # received frame bodies of a sealed channel, as they came off SSH (for checks)
+        self.wire_in: list[bytes] = []
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
         try:
@@ -87,11 +92,21 @@ class _ClientSession(asyncssh.SSHClientSession[bytes]):
         except SidecarError as exc:
             self._client._fail_all(exc)
             return
-        for body in frames:
+        client = self._client
+        for raw in frames:
             try:
-                self._client._frame(parse_reply(body))
-            except ProtocolError as exc:
-                self._client._fail_all(exc)
+                body = raw
+                if client.sealing is not None:
+                    if client.sealing.sealed:
+                        self.wire_in.append(raw)
+                    body = client.sealing.open(raw)
+                client._frame(parse_reply(body))
+            except SealError as exc:
+                client._fail_all(exc)
+                client.conn.close()
+                return
+            except (ProtocolError, QKDFailed) as exc:
+                client._fail_all(exc)
                 return
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -158,6 +173,12 @@ class QueueClient:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._failure: SidecarError | None = None
         self._outbox: list[bytes] = []
+        self.sealing: ClientSealing | None = None
+        self.qkd_failure: str | None = None  # why this session is not sealed, if QKD failed
+        self.tier_notices: list[dict[str, Any]] = []  # pushed ``tier_changed`` events
+        self.closed_reason: str | None = None
+        self._session: _ClientSession | None = None
+        self._qkd_reply: asyncio.Future[Reply] | None = None
 
     # ----- connecting
 
@@ -175,9 +196,15 @@ class QueueClient:
         connect_timeout: float = 30.0,
         max_in_flight: int = 1024,
         ssh_options: dict[str, Any] | None = None,
+        qkd: QKDSettings | None = None,
+        require_qkd: bool = False,
     ) -> _Connect:
         """Awaitable and async context manager. ``known_hosts=None`` skips pinning
-        (only for tests that pin by other means); ``client_keys`` are keys or paths."""
+        (only for tests that pin by other means); ``client_keys`` are keys or paths.
+
+        With ``qkd`` the channel is sealed with a QKD key (tier 4) before it is handed
+        out; if that fails the session goes on unsealed (``qkd_failure`` says why),
+        or, with ``require_qkd``, the connection is closed and ``QKDFailed`` raised."""
         return _Connect(
             cls._open(
                 host,
@@ -190,6 +217,8 @@ class QueueClient:
                 connect_timeout=connect_timeout,
                 max_in_flight=max_in_flight,
                 ssh_options=ssh_options or {},
+                qkd=qkd,
+                require_qkd=require_qkd,
             )
         )
 
@@ -224,6 +253,8 @@ class QueueClient:
         connect_timeout: float,
         max_in_flight: int,
         ssh_options: dict[str, Any],
+        qkd: QKDSettings | None = None,
+        require_qkd: bool = False,
     ) -> QueueClient:
         pinning = HostKeyPinning(known_hosts, strict) if known_hosts is not None else None
         ssh_client = _PinningClient(pinning)
@@ -260,17 +291,53 @@ class QueueClient:
         except (OSError, asyncssh.Error) as exc:
             raise ConnectFailed(f"cannot reach the queue service at {host}:{port}: {exc}") from None
         client = cls(conn, max_in_flight)
+        session = _ClientSession(client)
+        client._session = session
         try:
-            chan, _ = await conn.create_session(
-                lambda: _ClientSession(client), subsystem=SUBSYSTEM, encoding=None
-            )
+            chan, _ = await conn.create_session(lambda: session, subsystem=SUBSYSTEM, encoding=None)
         except asyncssh.ChannelOpenError as exc:
             conn.close()
             raise ConnectFailed(f"server refused the {SUBSYSTEM} channel: {exc.reason}") from None
         client._chan = chan
+        if qkd is not None:
+            try:
+                await client._seal(qkd, connect_timeout)
+            except QKDFailed as exc:
+                if require_qkd or client._failure is not None:  # or the channel is gone
+                    await client.close()
+                    raise
+                client.qkd_failure = exc.message
+            except BaseException:
+                await client.close()
+                raise
         return client
 
+    async def _seal(self, qkd: QKDSettings, timeout: float) -> None:  # noqa: ASYNC109
+        """The QKD exchange (SPEC §6.1 tier 4): hello, derive keys, confirm."""
+        sealing = ClientSealing(qkd, self.conn, self._send)
+        # retrieved even when the exchange fails before it is awaited
+        sealing.confirmed.add_done_callback(lambda f: f.cancelled() or f.exception())
+        hello = await sealing.hello_frame()
+        loop = asyncio.get_running_loop()
+        self._qkd_reply = loop.create_future()
+        self.sealing = sealing  # replies are opened from now on (the hello reply is plain)
+        assert self._chan is not None
+        self._chan.write(hello)
+        try:
+            async with asyncio.timeout(timeout):
+                reply = await self._qkd_reply
+                if not reply.ok:
+                    raise QKDFailed(reply.error_message or "QKD refused by the server")
+                await sealing.confirmed
+        except TimeoutError:
+            raise QKDFailed("the server did not complete the QKD exchange in time") from None
+        except QKDFailed:
+            self.sealing = None
+            raise
+
     async def close(self) -> None:
+        if self.sealing is not None:
+            self.sealing.close()
         if self._chan is not None:
             self._chan.close()
         self.conn.close()
@@ -287,6 +354,9 @@ class QueueClient:
     # ----- frames in
 
     def _frame(self, frame: Any) -> None:
+        if isinstance(frame, Reply) and isinstance(frame.id, str) and frame.id.startswith("qkd-"):
+            self._qkd_frame(frame)
+            return
         if isinstance(frame, Reply):
             if frame.id is None or not isinstance(frame.id, int):
                 if not frame.ok:
@@ -304,6 +374,19 @@ class QueueClient:
                     error_from_wire(frame.error_code or "", frame.error_message or "")
                 )
             return
+        if frame.name == "tier_changed":
+            self.tier_notices.append(frame.data)
+            return
+        if frame.name == CONFIRM_EVENT and self.sealing is not None:
+            if not self.sealing.confirmed.done():
+                self.sealing.confirmed.set_result(int(frame.data.get("epoch", 0)))
+            return
+        if frame.name == "session_closed":
+            self.closed_reason = str(frame.data.get("message"))
+            self._fail_all(
+                error_from_wire(str(frame.data.get("code")), str(frame.data.get("message")))
+            )
+            return
         sub_id = frame.data.get("subscription")
         if not isinstance(sub_id, int):
             return
@@ -318,9 +401,39 @@ class QueueClient:
                 error_from_wire(str(frame.data.get("code")), str(frame.data.get("message")))
             )
 
+    def _qkd_frame(self, reply: Reply) -> None:
+        """Replies to ``qkd_hello`` / ``qkd_rekey`` (the key switch happens right here,
+        before the next frame is opened)."""
+        sealing = self.sealing
+        if reply.id == HELLO_ID:
+            waiter = self._qkd_reply
+            if sealing is not None and reply.ok:
+                sealing.accepted(reply.result)
+            elif sealing is not None:
+                self.sealing = None  # the server said no: the channel stays plain
+            if waiter is not None and not waiter.done():
+                waiter.set_result(reply)
+            return
+        if sealing is not None and str(reply.id).startswith(REKEY_ID_PREFIX):
+            sealing.rekey_reply(reply.ok, reply.error_message or "")
+
+    @property
+    def wire_frames_in(self) -> list[bytes]:
+        """Sealed frame bodies received as they came off the SSH channel (tests check
+        that they are not plain JSON)."""
+        return [] if self._session is None else self._session.wire_in
+
     def _fail_all(self, exc: SidecarError) -> None:
         if self._failure is None:
             self._failure = exc
+        sealing = self.sealing
+        if sealing is not None:
+            sealing.close()  # no rekeys on a dead channel
+        if sealing is not None and not sealing.confirmed.done():
+            sealing.confirmed.set_exception(QKDFailed(f"QKD key agreement failed: {exc.message}"))
+        waiter = self._qkd_reply
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(QKDFailed(f"QKD key agreement failed: {exc.message}"))
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if not fut.done():
@@ -346,7 +459,10 @@ class QueueClient:
                 self._pending.pop(request_id, None)
 
     def _send(self, frame: bytes) -> None:
-        # Requests made in the same loop turn leave as one channel write.
+        # Requests made in the same loop turn leave as one channel write. A sealed
+        # channel seals here, in send order.
+        if self.sealing is not None:
+            frame = self.sealing.seal(frame)
         self._outbox.append(frame)
         if len(self._outbox) == 1:
             asyncio.get_running_loop().call_soon(self._flush)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hardware.kme import KMEClient
 from sidecar.errors import ErrorCode, SidecarError
 from transport.client import AuthRefused, ConnectFailed, QueueClient
 from transport.host_pinning import HostKeyError
-from transport.ssh_config import ConfigError, resolve
+from transport.qkd import QKDSettings
+from transport.ssh_config import QKD_KEYWORDS, ConfigError, HostConfig, resolve
 
 EXIT_OK = 0
 EXIT_REMOTE_ERROR = 1
@@ -268,7 +270,22 @@ async def run_command(args: argparse.Namespace, sub: argparse.Namespace, out: Ou
         options=args.option,
         config_file=args.config,
     )
-    async with QueueClient.from_config(cfg) as client:
+    options, kme_close = qkd_options(cfg)
+    try:
+        return await _run_connected(args, sub, out, cfg, options)
+    finally:
+        if kme_close is not None:
+            await kme_close()
+
+
+async def _run_connected(
+    args: argparse.Namespace,
+    sub: argparse.Namespace,
+    out: Output,
+    cfg: HostConfig,
+    options: dict[str, Any],
+) -> int:
+    async with QueueClient.from_config(cfg, **options) as client:
         command = args.command
         if command == "submit":
             mode = sub.mode or "default"
@@ -309,10 +326,55 @@ async def run_command(args: argparse.Namespace, sub: argparse.Namespace, out: Ou
             out.data(await client.stats(), "stats")
             return EXIT_OK
         if command == "tier":
-            out.data(await client.tier(), "tier")
+            view = await client.tier()
+            if client.qkd_failure is not None:
+                view["session"]["qkd_client_failure"] = client.qkd_failure
+            out.data(view, "tier") if out.as_json else print_tier(out, view)
             return EXIT_OK
         out.data(await client.ping(), "ping")
         return EXIT_OK
+
+
+def qkd_options(cfg: HostConfig) -> tuple[dict[str, Any], Callable[[], Awaitable[None]] | None]:
+    """``qkd=`` / ``require_qkd=`` for :meth:`QueueClient.connect` from the QKD* options,
+    and how to close the KME client afterwards."""
+    given = {k: cfg.extra[k] for k in QKD_KEYWORDS if k in cfg.extra}
+    if not given:
+        return {}, None
+    missing = [k for k in QKD_KEYWORDS if k not in given]
+    if missing:
+        raise UsageError(
+            f"tier-4 sealing needs all of {', '.join(QKD_KEYWORDS)}; missing {missing}"
+        )
+    kme = KMEClient(
+        given["QKDKME"],
+        cert=str(Path(given["QKDCertificate"]).expanduser()),
+        key=str(Path(given["QKDKey"]).expanduser()),
+        ca=str(Path(given["QKDCA"]).expanduser()),
+    )
+    settings = QKDSettings(kme=kme, sae_id=given["QKDSAEID"], peer_sae_id=given["QKDPeerSAEID"])
+    required = cfg.extra.get("QKDRequired", "no").lower() in ("yes", "true")
+    return {"qkd": settings, "require_qkd": required}, kme.aclose
+
+
+def print_tier(out: Output, view: dict[str, Any]) -> None:
+    """Effective, node and session tier, each with why it is not higher."""
+    table = Table(title="tier", show_header=True)
+    for column in ("", "tier", "why"):
+        table.add_column(column)
+    session = view.get("session", {})
+    for label, part in (("effective", view), ("node", view.get("node", {})), ("session", session)):
+        why = "; ".join(part.get("reasons", [])) or "-"
+        table.add_row(label, f"{part.get('tier')} {part.get('name', '')}", why)
+    out.console.print(table)
+    facts = {
+        k: session[k]
+        for k in ("cipher", "host_key", "user_key", "sealed", "epoch", "rekeys", "qkd_failure")
+        if session.get(k) is not None
+    }
+    if "qkd_client_failure" in session:
+        facts["qkd_client_failure"] = session["qkd_client_failure"]
+    out.console.print(", ".join(f"{k}={v}" for k, v in facts.items()), markup=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

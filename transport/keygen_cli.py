@@ -1,6 +1,7 @@
 """``qssh-sidecar keygen``: generate a post-quantum SSH key pair, like ssh-keygen.
 
 qssh-sidecar keygen -t ssh-falcon512 -f ~/.qssh/id_falcon512 -C alice@validator
+qssh-sidecar keygen -t ssh-mldsa-65 --qrng /dev/ttyACM0     # QRNG-mixed seed (tier 3)
 """
 
 from __future__ import annotations
@@ -9,12 +10,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from hardware.errors import HardwareError
+from hardware.health import HealthTest
+from hardware.monitor import HealthCheckedSource
+from hardware.sources import CharDeviceSource, EntropySource, SerialSource
+from transport.entropy import EntropyMixer
 from transport.keys import (
     DEFAULT_ALGORITHM,
     KeyFileError,
     canonical_algorithm,
     fingerprint,
     generate_key,
+    qrng_mixed_algorithms,
     refuse_overwrite,
     write_key_pair,
 )
@@ -41,6 +48,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "-N", dest="passphrase", default="", help="passphrase for the private key (default none)"
     )
     parser.add_argument("--force", action="store_true", help="overwrite existing key files")
+    parser.add_argument(
+        "--qrng",
+        metavar="DEVICE",
+        help="mix health-tested output of this QRNG (serial port or character device) "
+        "with OS randomness into the key (ML-DSA keys only)",
+    )
+
+
+def qrng_mixer(path: str) -> tuple[EntropyMixer, HealthCheckedSource]:
+    """A mixer on ``path`` whose startup sample (SP 800-90B, 1024 samples) passed."""
+    source: EntropySource = (
+        SerialSource(path)
+        if Path(path).name.startswith(("tty", "pts")) or "/pts/" in path
+        else CharDeviceSource(path)
+    )
+    checked = HealthCheckedSource(source, HealthTest(), timeout=5.0)
+    try:
+        checked.read(checked.test.params.startup_samples)  # startup test; bytes discarded
+    except HardwareError as exc:
+        checked.close()
+        raise KeyFileError(f"QRNG {path} is not usable: {exc}") from None
+    return EntropyMixer(checked.read, source=path), checked
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +79,22 @@ def run(args: argparse.Namespace) -> int:
         if not args.force:
             refuse_overwrite(path)
         print(f"Generating public/private {algorithm} key pair.")
-        key = generate_key(algorithm, args.comment)
+        if args.qrng:
+            if algorithm not in qrng_mixed_algorithms():
+                raise KeyFileError(
+                    f"{algorithm} key generation cannot take QRNG input (PQClean draws its "
+                    f"own randomness); use one of {', '.join(qrng_mixed_algorithms())}"
+                )
+            mixer, checked = qrng_mixer(args.qrng)
+            try:
+                key = generate_key(algorithm, args.comment, entropy=mixer)
+            finally:
+                checked.close()
+            if mixer.mixed != 1:
+                raise KeyFileError(f"QRNG {args.qrng} failed while generating; no key written")
+            print(f"Seed mixed from OS randomness and health-tested QRNG {args.qrng}.")
+        else:
+            key = generate_key(algorithm, args.comment)
         private_path, public_path = write_key_pair(
             key, path, passphrase=args.passphrase or None, force=args.force
         )

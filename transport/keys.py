@@ -21,6 +21,8 @@ import asyncssh
 
 from sidecar.errors import ErrorCode, SidecarError
 from transport.crypto import Family
+from transport.crypto.seeded import has_seed_form, public_from_seed
+from transport.entropy import EntropyMixer
 from transport.ssh_algorithms import PQSSHKey, key_class, registered_algorithms
 
 PRIVATE_MODE = 0o600
@@ -44,8 +46,26 @@ def canonical_algorithm(name: str) -> str:
     raise KeyFileError(f"unknown key algorithm {name!r}; available: {', '.join(available)}")
 
 
-def generate_key(algorithm: str = DEFAULT_ALGORITHM, comment: str | None = None) -> PQSSHKey:
-    key = key_class(canonical_algorithm(algorithm)).generate(b"")
+def qrng_mixed_algorithms() -> list[str]:
+    """Key algorithms whose generation can take QRNG-mixed randomness (ML-DSA, by seed)."""
+    return [a for a in registered_algorithms() if has_seed_form(a)]
+
+
+def generate_key(
+    algorithm: str = DEFAULT_ALGORITHM,
+    comment: str | None = None,
+    *,
+    entropy: EntropyMixer | None = None,
+) -> PQSSHKey:
+    """A new key pair. With ``entropy`` holding a QRNG, ML-DSA keys are made from a seed
+    mixed from OS randomness and the QRNG; other algorithms (Falcon, SPHINCS+: PQClean
+    draws its own randomness) are generated as without it."""
+    name = canonical_algorithm(algorithm)
+    cls = key_class(name)
+    if entropy is not None and entropy.has_qrng and has_seed_form(name):
+        key = cls.from_seed(entropy.random_bytes(32, f"keygen {name}"))
+    else:
+        key = cls.generate(b"")
     if comment:
         key.set_comment(comment)
     return key
@@ -143,6 +163,8 @@ def check_key_pair(key: PQSSHKey) -> bool:
     secret = key.secret_key_bytes
     if secret is None:
         return False
+    if key.seeded:
+        return public_from_seed(key.spec.ssh_name, secret) == key.public_key_bytes
     if key.spec.family in (Family.SPHINCS, Family.SLH_DSA):
         # SPHINCS+/SLH-DSA secret keys end with the public key (PK.seed || PK.root).
         return secret[-len(key.public_key_bytes) :] == key.public_key_bytes

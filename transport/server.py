@@ -19,6 +19,7 @@ import orjson
 
 from sidecar.errors import ErrorCode, SidecarError, Unavailable
 from transport.auth import AuthorizedKeys, Principal, Role
+from transport.channel_sealing import ServerSealing
 from transport.limits import ServiceLimits, SubmitBucket
 from transport.protocol import (
     FrameDecoder,
@@ -30,9 +31,11 @@ from transport.protocol import (
     encode_result,
     parse_request,
 )
+from transport.qkd import QKDSettings
 from transport.queue_port import QueuePort
 from transport.service import ChannelState, QueueService, TierInfo
 from transport.ssh_options import ssh_options_for_tier
+from transport.tiers import DEFAULT_POLICY, TierPolicy, effective_tier
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,9 @@ class ServerSettings:
     ``host_keys`` are already loaded keys (e.g. Falcon keys from the pq key module)
     and are used in addition to ``host_key_paths``. ``tier`` is a fixed tier, or
     ``tier_provider`` gives the live one (the daemon wires the hardware tier there).
-    ``ssh_options`` overrides/extends the per-tier algorithm options.
+    ``ssh_options`` overrides/extends the per-tier algorithm options. ``policy`` holds
+    the value thresholds and per-tier host-key sets; ``qkd`` (a KME client and this
+    server's SAE id) lets clients seal their channel at tier 4.
     """
 
     host: str = "127.0.0.1"
@@ -70,6 +75,8 @@ class ServerSettings:
     host_keys: tuple[asyncssh.SSHKey, ...] = ()
     ssh_options: dict[str, Any] = field(default_factory=dict)
     server_version: str = "qssh-sidecar"
+    policy: TierPolicy = DEFAULT_POLICY
+    qkd: QKDSettings | None = None
 
     def current_tier(self) -> TierInfo:
         if self.tier_provider is not None:
@@ -80,9 +87,16 @@ class ServerSettings:
 class _QueueSession(asyncssh.SSHServerSession[bytes]):
     """One SSH channel: the ``qssh-queue`` subsystem or an exec command."""
 
-    def __init__(self, server: QueueServer, principal: Principal, bucket: SubmitBucket) -> None:
+    def __init__(
+        self,
+        server: QueueServer,
+        principal: Principal,
+        bucket: SubmitBucket,
+        conn: asyncssh.SSHServerConnection,
+    ) -> None:
         self._server = server
         self._principal = principal
+        self._conn = conn
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
         self._decoder = FrameDecoder(server.settings.limits.max_frame_bytes)
         self._exec: str | None = None
@@ -90,7 +104,76 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         self._outbox: list[bytes] = []
         self._eof = False
         self._closed = False
-        self._state = ChannelState(principal, bucket, self._push)
+        self._sealing = ServerSealing(
+            server.settings.qkd,
+            conn,
+            write=self._write,
+            deliver=self._frame_received,
+            close=self._close_sealed,
+            spawn=self._spawn,
+            changed=self._sealing_changed,
+        )
+        self._state = ChannelState(principal, bucket, self._push, session_tier=self.session_tier)
+        self._state.session_detail.update(self._algorithms())
+        self._notified_level: int | None = None
+
+    # ----- the session tier
+
+    def _algorithms(self) -> dict[str, Any]:
+        conn = self._conn
+        host = conn.get_server_host_key()
+        return {
+            "cipher": conn.get_extra_info("send_cipher"),
+            "recv_cipher": conn.get_extra_info("recv_cipher"),
+            "host_key": None if host is None else host.algorithm.decode(),
+            "user_key": self._principal.key_algorithm,
+        }
+
+    def session_tier(self) -> TierInfo:
+        d = self._state.session_detail
+        ciphers = [c for c in (d.get("cipher"), d.get("recv_cipher")) if isinstance(c, str)]
+        info = self._server.settings.policy.session_tier(
+            ciphers=ciphers, host_key_alg=d.get("host_key"), sealed=self._sealing.sealed
+        )
+        if self._sealing.failure is not None:
+            info = TierInfo(info.level, (*info.reasons, f"QKD: {self._sealing.failure}"))
+        return info
+
+    def _sealing_changed(self) -> None:
+        s = self._sealing
+        self._state.session_detail.update(
+            {"sealed": s.sealed, "epoch": s.epoch, "rekeys": s.rekeys, "qkd_failure": s.failure}
+        )
+        # the client learns of its own sealing from the exchange, not from a notice
+        self._notified_level = self.effective_level()
+
+    def effective_level(self) -> int:
+        return self._server.service.effective(self._state).level
+
+    def tier_changed(self, node: TierInfo) -> None:
+        """Push a ``tier_changed`` notice when this channel's effective tier moved."""
+        if self._exec is not None or self._closed:
+            return
+        before = self._notified_level
+        session = self.session_tier()
+        effective = effective_tier(node, session)
+        if before is not None and before == effective.level:
+            return
+        self._notified_level = effective.level
+        self._push(
+            "tier_changed",
+            {
+                "tier": effective.level,
+                "previous": before,
+                "name": effective.name,
+                "reasons": list(effective.reasons),
+                "node": node.to_wire(),
+                "session": session.to_wire(),
+            },
+        )
+
+    def _close_sealed(self, reason: str) -> None:
+        self._close_after_flush()
 
     # ----- asyncssh callbacks
 
@@ -107,6 +190,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         if subsystem != SUBSYSTEM:
             return False
         self._server._sessions.add(self)
+        self._notified_level = self.effective_level()
         return True
 
     def exec_requested(self, command: str) -> bool:
@@ -127,7 +211,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
             self._close_after_flush()
             return
         for body in frames:
-            self._frame_received(body)
+            self._sealing.incoming(body)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -219,7 +303,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
             if command == "depth":
                 result: Any = service.depth_snapshot()
             elif command == "tier":
-                result = service.tier().to_wire()
+                result = service.tier_view(self._state)
             else:
                 result = service.stats_snapshot()
             chan.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
@@ -238,7 +322,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         # at once) go out as one channel write: one SSH packet instead of one each.
         if self._closed:
             return
-        self._outbox.append(frame)
+        self._outbox.append(self._sealing.outgoing(frame))
         if len(self._outbox) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -335,7 +419,8 @@ class _QueueSSHServer(asyncssh.SSHServer):
                 asyncssh.OPEN_RESOURCE_SHORTAGE, "too many channels on this connection"
             )
         self._channels += 1
-        return _QueueSession(self._server, self._principal, self._bucket)
+        assert self._conn is not None
+        return _QueueSession(self._server, self._principal, self._bucket, self._conn)
 
 
 class QueueServer:
@@ -346,7 +431,7 @@ class QueueServer:
         self.settings = settings
         self.authorized_keys = AuthorizedKeys(settings.authorized_keys_path)
         self.service = QueueService(
-            queue, settings.limits, settings.current_tier, self._server_stats
+            queue, settings.limits, settings.current_tier, self._server_stats, settings.policy
         )
         self.closing = False
         self._listener: asyncssh.SSHAcceptor | None = None
@@ -361,7 +446,21 @@ class QueueServer:
         return self._listener.get_port()
 
     def _server_stats(self) -> dict[str, Any]:
-        return {"connections": len(self._connections), "channels": len(self._sessions)}
+        sealed = [s._sealing for s in self._sessions]
+        return {
+            "connections": len(self._connections),
+            "channels": len(self._sessions),
+            "sealed_channels": sum(1 for s in sealed if s.sealed),
+            "sealed_frames_out": sum(s.frames_sealed for s in sealed),
+            "sealed_frames_in": sum(s.frames_opened for s in sealed),
+            "rekeys": sum(s.rekeys for s in sealed),
+        }
+
+    def tier_changed(self) -> None:
+        """The node tier changed: tell every channel whose effective tier moved."""
+        node = self.settings.current_tier()
+        for session in list(self._sessions):
+            session.tier_changed(node)
 
     def _spawn_background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

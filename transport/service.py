@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -31,17 +30,20 @@ from transport.auth import Principal, Role
 from transport.limits import ServiceLimits, SubmitBucket
 from transport.protocol import Params, ProtocolError, Request
 from transport.queue_port import QueuePort
+from transport.tiers import (
+    DEFAULT_POLICY,
+    MAX_UNSEALED_TIER,
+    TIER_NAMES,
+    TierInfo,
+    TierPolicy,
+    effective_tier,
+    needs_sync,
+    tier_name,
+)
+
+__all__ = ["TIER_NAMES", "ChannelState", "QueueService", "TierInfo", "required_tier"]
 
 log = logging.getLogger(__name__)
-
-TIER_NAMES = {1: "BasicPQ", 2: "HardenedPQ", 3: "EntropyEnhanced", 4: "QuantumSecured"}
-
-# SPEC §6.1 value escalation: value_usd below each bound needs at most that tier.
-DEFAULT_VALUE_TIERS: tuple[tuple[Decimal, int], ...] = (
-    (Decimal(100), 1),
-    (Decimal(10_000), 2),
-    (Decimal(1_000_000), 3),
-)
 
 PROVENANCE_FIELDS = (
     "message_id",
@@ -56,31 +58,9 @@ PROVENANCE_FIELDS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class TierInfo:
-    level: int
-    reasons: tuple[str, ...] = ()
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "tier": self.level,
-            "name": TIER_NAMES.get(self.level, f"tier{self.level}"),
-            "reasons": list(self.reasons),
-        }
-
-
 def required_tier(message: dict[str, Any]) -> int:
-    """The tier a message needs: transactions escalate with ``value_usd``."""
-    if message.get("kind") != "transaction" or message.get("value_usd") is None:
-        return 1
-    try:
-        value = Decimal(str(message["value_usd"]))
-    except InvalidOperation:
-        return 1  # the message model rejects it with a clearer error
-    for bound, tier in DEFAULT_VALUE_TIERS:
-        if value < bound:
-            return tier
-    return 4
+    """The tier a message needs under the default thresholds (see ``TierPolicy``)."""
+    return DEFAULT_POLICY.required_tier(message)
 
 
 def _wire_value(value: Any) -> Any:
@@ -142,10 +122,12 @@ class QueueService:
         limits: ServiceLimits,
         tier: Callable[[], TierInfo],
         server_stats: Callable[[], dict[str, Any]] = dict,
+        policy: TierPolicy = DEFAULT_POLICY,
     ) -> None:
         self.queue = queue
         self.limits = limits
-        self.tier = tier
+        self.tier = tier  # the node tier
+        self.policy = policy
         self.server_stats = server_stats
         self.counters = ServiceCounters()
         self._handlers: dict[
@@ -186,32 +168,36 @@ class QueueService:
 
     # ----- producer
 
-    def _effective_mode(self, message: Any, mode: str) -> tuple[str, bool]:
-        """The kind's default resolved; tier >= 3 makes every submit sync (SPEC §6.1)."""
+    def effective(self, channel: ChannelState) -> TierInfo:
+        """The tier a request on ``channel`` runs at: min(node, session)."""
+        return effective_tier(self.tier(), channel.session_tier())
+
+    def _effective_mode(self, message: Any, mode: str, level: int) -> tuple[str, bool]:
+        """The kind's default resolved; critical kinds and tier >= 3 are sync (SPEC §6.1)."""
         if mode == "default":
             mode = str(_wire_value(message.default_mode))
-        if mode == "async" and self.tier().level >= 3:
-            return "sync", True
-        return mode, False
+        return needs_sync(str(_wire_value(message.kind)), mode, level)
 
-    def _check_tier(self, message: Any) -> None:
-        if getattr(message, "kind", "transaction") != "transaction":
+    def _check_tier(self, message: Any, have: TierInfo) -> None:
+        if str(_wire_value(getattr(message, "kind", ""))) != "transaction":
             return  # only transactions escalate
         canonical = _message_json(message)
-        need = required_tier(canonical) if isinstance(canonical, dict) else 1
-        have = self.tier().level
-        if need > have:
+        need = self.policy.required_tier(canonical) if isinstance(canonical, dict) else 1
+        if need > have.level:
+            why = "; ".join(have.reasons) or "no reason recorded"
             raise TierRequired(
-                f"a transaction of value_usd={canonical.get('value_usd')} needs tier {need}, "
-                f"this session runs at tier {have}"
+                f"a transaction of value_usd={canonical.get('value_usd')} needs tier {need} "
+                f"({tier_name(need)}), this request runs at tier {have.level} "
+                f"({have.name}): {why}"
             )
 
     async def _submit_one(self, channel: ChannelState, raw: Any, mode: str) -> dict[str, Any]:
         if not isinstance(raw, dict | str):
             raise InvalidMessage("'message' must be a JSON object")
         message = parse_message(raw)
-        self._check_tier(message)
-        effective, upgraded = self._effective_mode(message, mode)
+        have = self.effective(channel)
+        self._check_tier(message, have)
+        effective, upgraded = self._effective_mode(message, mode, have.level)
         submitted_by = channel.principal.submitted_by
         if upgraded:
             message_id = await self.queue.submit(
@@ -374,7 +360,15 @@ class QueueService:
 
     async def _tier(self, channel: ChannelState, params: Params) -> Any:
         params.finish()
-        return self.tier().to_wire()
+        return self.tier_view(channel)
+
+    def tier_view(self, channel: ChannelState) -> dict[str, Any]:
+        """Effective tier (top level), and the node and session tiers with their reasons."""
+        node, session = self.tier(), channel.session_tier()
+        view = effective_tier(node, session).to_wire()
+        view["node"] = node.to_wire()
+        view["session"] = {**session.to_wire(), **channel.session_detail}
+        return view
 
 
 _subscription_ids = itertools.count(1)
@@ -440,6 +434,8 @@ class ChannelState:
     leases: dict[Any, Any] = field(default_factory=dict)
     subscriptions: dict[int, Subscription] = field(default_factory=dict)
     closed: bool = False
+    session_tier: Callable[[], TierInfo] = lambda: TierInfo(MAX_UNSEALED_TIER)
+    session_detail: dict[str, Any] = field(default_factory=dict)
 
     def hold(self, lease: Any) -> bool:
         """Keep ``lease`` until ack/release; false once the channel is closed (then the

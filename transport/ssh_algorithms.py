@@ -40,6 +40,7 @@ from asyncssh.public_key import (
 )
 
 from transport.crypto import HYBRID_KEX, SignatureScheme, SignatureSpec, statuses
+from transport.crypto.seeded import SEED_BYTES, has_seed_form, public_from_seed, sign_with_seed
 
 
 class PQSSHKey(SSHKey):
@@ -71,9 +72,26 @@ class PQSSHKey(SSHKey):
         return cls(public_key, secret_key)
 
     @classmethod
+    def from_seed(cls, seed: bytes) -> PQSSHKey:
+        """An ML-DSA key from its 32-byte seed (see ``transport.crypto.seeded``)."""
+        if not has_seed_form(cls.spec.ssh_name):
+            raise ValueError(f"{cls.spec.ssh_name} keys cannot be made from a seed")
+        return cls(public_from_seed(cls.spec.ssh_name, seed), seed)
+
+    @property
+    def seeded(self) -> bool:
+        return self.secret_key_bytes is not None and len(self.secret_key_bytes) == SEED_BYTES
+
+    @classmethod
     def make_private(cls, key_params: object) -> SSHKey:
         public_key, secret_key = cast(tuple[bytes, bytes], key_params)
         cls._check_public(public_key)
+        if len(secret_key) == SEED_BYTES and has_seed_form(cls.spec.ssh_name):
+            if public_from_seed(cls.spec.ssh_name, secret_key) != public_key:
+                raise KeyImportError(
+                    f"Invalid {cls.spec.ssh_name} private key: seed does not give the public key"
+                )
+            return cls(public_key, secret_key)
         if len(secret_key) != cls.spec.secret_key_size:
             raise KeyImportError(
                 f"Invalid {cls.spec.ssh_name} private key: secret key is "
@@ -119,6 +137,8 @@ class PQSSHKey(SSHKey):
     def sign_ssh(self, data: bytes, sig_algorithm: bytes) -> bytes:
         if self.secret_key_bytes is None:
             raise ValueError("Private key needed for signing")
+        if self.seeded:
+            return String(sign_with_seed(self.spec.ssh_name, self.secret_key_bytes, data))
         return String(self.scheme.sign(self.secret_key_bytes, data))
 
     def verify_ssh(self, data: bytes, sig_algorithm: bytes, packet: SSHPacket) -> bool:

@@ -26,7 +26,16 @@ KEYWORDS = {
     "userknownhostsfile": "UserKnownHostsFile",
     "stricthostkeychecking": "StrictHostKeyChecking",
     "connecttimeout": "ConnectTimeout",
+    # tier 4 (docs/tiers.md): this client's ETSI 014 KME, as the master SAE
+    "qkdkme": "QKDKME",
+    "qkdsaeid": "QKDSAEID",
+    "qkdpeersaeid": "QKDPeerSAEID",
+    "qkdcertificate": "QKDCertificate",
+    "qkdkey": "QKDKey",
+    "qkdca": "QKDCA",
+    "qkdrequired": "QKDRequired",
 }
+QKD_KEYWORDS = ("QKDKME", "QKDSAEID", "QKDPeerSAEID", "QKDCertificate", "QKDKey", "QKDCA")
 _MULTI = {"IdentityFile"}
 
 
@@ -173,4 +182,5 @@ def resolve(
         known_hosts=Path(one("UserKnownHostsFile", str(home / "known_hosts"))).expanduser(),
         strict_host_key_checking=strict,
         connect_timeout=timeout,
+        extra={k: v[0] for k, v in found.items() if k.startswith("QKD") and v},
     )

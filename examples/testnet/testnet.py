@@ -138,6 +138,15 @@ ca = "{pki.ca}"
 simulated = true
 """,
         )
+        # qssh-queue seals its channel to charlie with QKD keys (tier 4, docs/tiers.md):
+        # the client is the master SAE "sae-peer" on the other KME of the pair.
+        peer = pki.clients["sae-peer"]
+        with (run / "qssh_config").open("a") as f:
+            f.write(
+                f"\nHost charlie\n  QKDKME {slave.url}\n  QKDSAEID sae-peer\n"
+                f"  QKDPeerSAEID sae-charlie\n  QKDCertificate {peer.cert}\n"
+                f"  QKDKey {peer.key}\n  QKDCA {pki.ca}\n  QKDRequired yes\n"
+            )
         print("hardware ready", flush=True)
         stop.wait()
 

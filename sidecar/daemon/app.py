@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from sidecar.errors import SidecarError
+from transport.entropy import EntropyMixer
 
 from . import keys
 from .config import ConfigError, DaemonConfig, check_readable, prepare_data_dir
+from .entropy import EntropyPublisher
 from .metrics import SidecarMetrics
 from .node_rpc import NodeEndpointServer, NodeRpc
 from .notify import SystemdNotifier
@@ -55,7 +57,20 @@ class Sidecar:
         self.metrics = SidecarMetrics(cfg.instance)
         self.hardware = HardwarePart(cfg, self.metrics, self._on_tier_change)
         self.queue = QueuePart(cfg, self.metrics, self.hardware.level)
-        self.server = ServerPart(cfg, self.metrics, self.queue, self.hardware)
+        self.mixer = EntropyMixer()
+        self.server = ServerPart(cfg, self.metrics, self.queue, self.hardware, self.mixer)
+        self.entropy = EntropyPublisher(
+            cfg.tiers.entropy,
+            instance=cfg.instance,
+            metrics=self.metrics,
+            tier=self.hardware.level,
+            acquire=self.hardware.acquire_qrng,
+            submit=self.queue.submit_entropy,
+            mixer=self.mixer,
+            say=self.say,
+            on_failure=self.hardware.trigger,
+            evaluations=self.hardware.evaluations,
+        )
         self.node = NodeEndpointServer(NodeRpc(self, self._count_node_call))
         self._stop = asyncio.Event()
         self._lock_fd: int | None = None
@@ -159,6 +174,8 @@ class Sidecar:
 
         bound = await self.server.start(host)
         self.say(f"listening {bound} (instance {cfg.instance})")
+        for note in self.server.tier_notes(host.key.get_algorithm()):
+            self.say(note)
 
         await self.node.start_unix(cfg.node_socket_path, cfg.node.socket_group)
         self.say(f"node endpoint unix:{cfg.node_socket_path}")
@@ -170,6 +187,7 @@ class Sidecar:
             for line in keys.operator_howto(cfg, operator, bound.port):
                 self.say(line)
 
+        self._tasks.append(asyncio.create_task(self.entropy.run()))
         self._tasks.append(asyncio.create_task(self.notifier.watchdog_pings()))
         self._tasks.append(asyncio.create_task(self._status_loop()))
         self.notifier.ready(self._status_line())
@@ -291,4 +309,6 @@ class Sidecar:
 
     def _on_tier_change(self, old: int | None, new: int, reason: str) -> None:
         self.say(f"tier changed {old} -> {new}: {reason}")
+        self.server.tier_changed()
+        self.entropy.tier_changed()
         self.notifier.status(self._status_line())

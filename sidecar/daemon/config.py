@@ -19,6 +19,8 @@ from typing import Any
 from hardware.config import ConfigError as HardwareConfigError
 from hardware.config import HardwareConfig
 from transport.limits import ServiceLimits
+from transport.protocol.sealing import Aead
+from transport.tiers import DEFAULT_POLICY, TierPolicy
 
 DEFAULT_INSTANCE = "alice"
 DEFAULT_HOST = "127.0.0.1"
@@ -59,6 +61,31 @@ class Durability:
 
 
 @dataclass(frozen=True)
+class EntropyPublishing:
+    """``entropy_share`` messages from the QRNG while the tier is >= 3."""
+
+    interval: float = 10.0  # seconds between messages; 0 = never publish
+    bytes: int = 64
+
+
+@dataclass(frozen=True)
+class Sealing:
+    """Tier-4 frame sealing with QKD keys from ``[hardware.kme]`` (this node = slave SAE)."""
+
+    enabled: bool = True
+    aead: Aead = Aead.AES_256_GCM
+    rekey_frames: int = 100_000
+    rekey_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class Tiers:
+    policy: TierPolicy = DEFAULT_POLICY
+    entropy: EntropyPublishing = EntropyPublishing()
+    sealing: Sealing = Sealing()
+
+
+@dataclass(frozen=True)
 class NodeEndpoint:
     socket: Path | None
     socket_group: str | None = None
@@ -78,6 +105,7 @@ class DaemonConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     metrics: Endpoint | None = None
     node: NodeEndpoint = NodeEndpoint(socket=None)
+    tiers: Tiers = Tiers()
     # True when nothing was configured: the daemon sets up a local operator key.
     embedded_defaults: bool = True
 
@@ -107,6 +135,7 @@ _TOP_KEYS = {
     "hardware",
     "metrics",
     "node",
+    "tiers",
 }
 
 
@@ -269,6 +298,8 @@ def from_dict(data: dict[str, Any], base: Path) -> DaemonConfig:
         http=parse_endpoint(http, "node.http", loopback_only=True) if http else None,
     )
 
+    tiers = parse_tiers(top.get("tiers", dict, {}))
+
     cfg = DaemonConfig(
         instance=instance,
         data_dir=data_dir,
@@ -280,10 +311,55 @@ def from_dict(data: dict[str, Any], base: Path) -> DaemonConfig:
         hardware=hardware,
         metrics=metrics,
         node=node,
+        tiers=tiers,
         embedded_defaults=False,
     )
     check_values(cfg)
     return cfg
+
+
+def parse_tiers(raw: dict[str, Any]) -> Tiers:
+    """The ``[tiers]`` table: value thresholds, host keys per tier, entropy, sealing."""
+    tt = _Table(raw, "tiers", {"value_thresholds", "host_keys", "entropy", "sealing"})
+    bounds = tt.get("value_thresholds", list, None)
+    hk = _Table(tt.get("host_keys", dict, {}), "tiers.host_keys", {"2", "3", "4"})
+    host_keys: dict[int, list[str]] = {}
+    for tier in ("2", "3", "4"):
+        algs = hk.get(tier, list, None)
+        if algs is not None:
+            if not algs or not all(isinstance(a, str) for a in algs):
+                raise ConfigError(f"tiers.host_keys.{tier}: a non-empty list of algorithm names")
+            host_keys[int(tier)] = algs
+    try:
+        policy = TierPolicy.from_values(bounds, host_keys)
+    except ValueError as e:
+        raise ConfigError(f"tiers.value_thresholds: {e}") from None
+    et = _Table(tt.get("entropy", dict, {}), "tiers.entropy", {"interval", "bytes"})
+    interval = float(et.get("interval", (int, float), EntropyPublishing.interval))
+    size = et.positive("bytes", EntropyPublishing.bytes)
+    if interval < 0 or size > 4096:
+        raise ConfigError("tiers.entropy: interval >= 0 seconds and bytes 1-4096")
+    st = _Table(
+        tt.get("sealing", dict, {}),
+        "tiers.sealing",
+        {"enabled", "aead", "rekey_frames", "rekey_seconds"},
+    )
+    aead_name = st.get("aead", str, Aead.AES_256_GCM.value)
+    try:
+        aead = Aead(aead_name)
+    except ValueError:
+        choices = ", ".join(a.value for a in Aead)
+        raise ConfigError(f"tiers.sealing.aead: {aead_name!r} is not one of {choices}") from None
+    seconds = float(st.get("rekey_seconds", (int, float), Sealing.rekey_seconds))
+    if seconds <= 0:
+        raise ConfigError("tiers.sealing.rekey_seconds: must be positive")
+    sealing = Sealing(
+        enabled=st.get("enabled", bool, True),
+        aead=aead,
+        rekey_frames=st.positive("rekey_frames", Sealing.rekey_frames),
+        rekey_seconds=seconds,
+    )
+    return Tiers(policy, EntropyPublishing(interval, size), sealing)
 
 
 def override(

@@ -69,6 +69,17 @@ class SidecarMetrics:
         self.tier_changes = Counter(
             "qssh_security_tier_changes", "Security tier changes", ["direction"], registry=r
         )
+        self.entropy_shares = Counter(
+            "qssh_entropy_shares", "entropy_share messages published from the QRNG", registry=r
+        )
+        self.entropy_publishing = Gauge(
+            "qssh_entropy_publishing", "1 while entropy_share messages are published", registry=r
+        )
+        self.entropy_failures = Counter(
+            "qssh_entropy_source_failures",
+            "QRNG reads refused (health test failure, timeout, unplugged)",
+            registry=r,
+        )
         info = Gauge("qssh_sidecar_info", "Sidecar instance", ["instance"], registry=r)
         info.labels(instance=instance).set(1)
         for name in PRIORITIES.values():

@@ -13,14 +13,18 @@ from typing import Any
 
 import asyncssh
 
-from hardware.monitor import HardwareMonitor
+from hardware.kme import KMEClient
+from hardware.monitor import HardwareMonitor, HealthCheckedSource
 from hardware.tier import Tier, TierDecision
 from sidecar import Lease, Limits, Mode, Priority, QppValidatorQueue, QueueMessage
 from sidecar.errors import InvalidMessage, TierRequired, Unavailable
 from transport.auth import AuthorizedKey, AuthorizedKeys
+from transport.entropy import EntropyMixer
 from transport.limits import ServiceLimits
+from transport.protocol.sealing import RekeyPolicy
+from transport.qkd import QKDSettings
 from transport.server import QueueServer, ServerSettings, start_queue_server
-from transport.service import TIER_NAMES, TierInfo, required_tier
+from transport.tiers import TIER_NAMES, TierInfo
 
 from .config import DaemonConfig, Endpoint
 from .metrics import MetricsObserver, SidecarMetrics
@@ -59,10 +63,14 @@ class QueuePart:
             raise Unavailable("the queue is not open")
         return self.q
 
-    def _policy_mode(self, msg: QueueMessage, mode: Mode | str | None) -> tuple[Mode, bool]:
-        """Tier >= 3 or durability.policy = "sync" makes every submit sync (SPEC §6.1)."""
+    def _policy_mode(
+        self, msg: QueueMessage, mode: Mode | str | None, tier: int | None = None
+    ) -> tuple[Mode, bool]:
+        """durability.policy = "sync" makes every submit sync; so does ``tier`` >= 3
+        (the service resolves the effective tier itself and passes the mode it chose)."""
         chosen = msg.default_mode if mode in (None, "default") else Mode(mode)
-        if chosen is Mode.ASYNC and (self.tier() >= 3 or self.cfg.durability.policy == "sync"):
+        forced = self.cfg.durability.policy == "sync" or (tier is not None and tier >= 3)
+        if chosen is Mode.ASYNC and forced:
             return Mode.SYNC, True
         return chosen, False
 
@@ -113,14 +121,23 @@ class QueuePart:
         if not isinstance(raw, dict | str):
             raise InvalidMessage("the message must be a JSON object (serde or canonical form)")
         msg = QueueMessage.from_json(raw, max_size=self.cfg.limits.max_message_bytes)
-        need = required_tier(msg.to_json())
+        need = self.cfg.tiers.policy.required_tier(msg.to_json())
         have = self.tier()
         if need > have:
             raise TierRequired(
                 f"a transaction of value_usd={msg.to_json().get('value_usd')} needs tier "
                 f"{need}, this sidecar runs at tier {have}"
             )
-        return await self.submit(msg, mode=None, submitted_by=f"{NODE_PREFIX}{self.cfg.instance}")
+        chosen, upgraded = self._policy_mode(msg, None, have)
+        return await self._queue().submit(
+            msg,
+            mode=chosen,
+            submitted_by=f"{NODE_PREFIX}{self.cfg.instance}",
+            upgraded=upgraded,
+        )
+
+    async def submit_entropy(self, msg: QueueMessage, submitted_by: str) -> int:
+        return await self._queue().submit(msg, mode=Mode.SYNC, submitted_by=submitted_by)
 
     async def pop_for_node(self) -> dict[str, Any] | None:
         item = await self._queue().pop()
@@ -230,6 +247,16 @@ class HardwarePart:
     def name(self) -> str:
         return TIER_NAMES.get(self.level(), "")
 
+    def acquire_qrng(self) -> HealthCheckedSource | None:
+        return None if self.monitor is None else self.monitor.best_quantum_source()
+
+    def evaluations(self) -> int:
+        return 0 if self.monitor is None else self.monitor.evaluations
+
+    def trigger(self) -> None:
+        if self.monitor is not None:
+            self.monitor.trigger()
+
     def tier_info(self) -> TierInfo:
         d = self.decision
         return TierInfo(self.level(), tuple(d.reasons) if d else ())
@@ -251,13 +278,30 @@ class ServerPart:
         metrics: SidecarMetrics,
         queue: QueuePart,
         hardware: HardwarePart,
+        mixer: EntropyMixer,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.queue = queue
         self.hardware = hardware
+        self.mixer = mixer
         self.server: QueueServer | None = None
         self._authorized: AuthorizedKeys | None = None
+        self._kme: KMEClient | None = None
+
+    def _qkd(self) -> QKDSettings | None:
+        """Tier-4 sealing: this node is the slave SAE on its ``[hardware.kme]``."""
+        kme, sealing = self.cfg.hardware.kme, self.cfg.tiers.sealing
+        if kme is None or not sealing.enabled:
+            return None
+        self._kme = KMEClient(kme.url, cert=kme.cert, key=kme.key, ca=kme.ca, timeout=kme.timeout)
+        return QKDSettings(
+            kme=self._kme,
+            sae_id=kme.sae_id,
+            aead=sealing.aead,
+            rekey=RekeyPolicy(frames=sealing.rekey_frames, seconds=sealing.rekey_seconds),
+            entropy=self.mixer,
+        )
 
     def load_authorized_keys(self, path: Path) -> int:
         keys = CountingAuthorizedKeys(path, self.metrics)
@@ -280,11 +324,33 @@ class ServerPart:
             limits=limits,
             tier_provider=self.hardware.tier_info,
             host_keys=(host_key.key,),
+            policy=self.cfg.tiers.policy,
+            qkd=self._qkd(),
         )
         self.server = await start_queue_server(self.queue, settings)
         if self._authorized is not None:
             self.server.authorized_keys = self._authorized
         return Endpoint(self.cfg.listen.host, self.server.port)
+
+    def tier_notes(self, host_key_alg: str) -> list[str]:
+        """What caps the session tier here, said once at start."""
+        notes = []
+        for tier, algs in sorted(self.cfg.tiers.policy.host_keys.items()):
+            if host_key_alg not in algs:
+                notes.append(
+                    f"tiers: host key {host_key_alg} is not in tiers.host_keys.{tier} "
+                    f"({', '.join(algs)}): sessions are capped at tier {tier - 1}"
+                )
+                break
+        kme = self.cfg.hardware.kme
+        if kme is not None and self.cfg.tiers.sealing.enabled:
+            notes.append(
+                f"tiers: tier-4 sealing on, QKD keys from {kme.url} (this node is SAE "
+                f"{kme.sae_id}); unsealed sessions run at tier 3 at most"
+            )
+        else:
+            notes.append("tiers: tier-4 sealing off (no [hardware.kme]); sessions reach tier 3")
+        return notes
 
     def connections(self) -> int | None:
         if self.server is None:
@@ -296,6 +362,13 @@ class ServerPart:
         if self.server is not None:
             await self.server.close()
             self.server = None
+        if self._kme is not None:
+            await self._kme.aclose()
+            self._kme = None
+
+    def tier_changed(self) -> None:
+        if self.server is not None:
+            self.server.tier_changed()
 
 
 class CountingAuthorizedKeys(AuthorizedKeys):

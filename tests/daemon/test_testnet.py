@@ -47,7 +47,7 @@ def test_three_validators_answer_tier_and_stop_cleanly(
 ) -> None:
     run, env, up_out = testnet
     assert "qssh-queue -F" in up_out
-    tiers = {}
+    tiers, effective = {}, {}
     for name in ("alice", "bob", "charlie"):
         r = subprocess.run(
             [
@@ -67,8 +67,12 @@ def test_three_validators_answer_tier_and_stop_cleanly(
             check=False,
         )
         assert r.returncode == 0, r.stderr
-        tiers[name] = json.loads(r.stdout)["tier"]
+        view = json.loads(r.stdout)
+        tiers[name] = view["node"]["tier"]
+        effective[name] = view["tier"]
     assert tiers == {"alice": 2, "bob": 3, "charlie": 4}
+    # qssh-queue seals its channel to charlie with QKD keys: a tier-4 session
+    assert effective == {"alice": 2, "bob": 3, "charlie": 4}
 
     down = subprocess.run([DOWN], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert down.returncode == 0, down.stdout + down.stderr

@@ -1,0 +1,188 @@
+"""Tier 3 at work (SPEC §6.1): QRNG output published as ``entropy_share`` messages and
+mixed into the tier-4 nonces.
+
+While the hardware tier is 3 or more, the publisher holds a health-checked reader on
+the best local quantum RNG (``HardwareMonitor.best_quantum_source()``) and submits one
+``entropy_share`` every ``tiers.entropy.interval`` seconds: sync, priority high,
+``device_id`` = the source's path, ``qber_percent`` 0 (a local QRNG has no QBER). The
+same reader, behind a lock, feeds the :class:`EntropyMixer` that mixes QRNG bytes with
+OS randomness (HKDF) for the server's tier-4 nonces.
+
+If the source fails its continuous health test (or times out, or is unplugged)
+publishing stops at once, with an error line and ``qssh_entropy_source_failures``;
+the failed reader stays registered with the monitor, which reports it failed, so the
+tier drops. Once the monitor has judged it, the failed reader is closed, so the next evaluation
+opens the device afresh (startup test): publishing resumes when a decision gives
+tier >= 3 again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+
+from hardware.errors import HardwareError
+from hardware.monitor import HealthCheckedSource
+from sidecar import QueueMessage
+from sidecar.errors import SidecarError
+from transport.entropy import EntropyMixer
+
+from .config import EntropyPublishing
+from .metrics import SidecarMetrics
+
+log = logging.getLogger(__name__)
+
+ENTROPY_TIER = 3
+
+
+class LockedReader:
+    """One health-checked source shared by the publisher and the mixer (one reader at
+    a time: the continuous tests see one stream)."""
+
+    def __init__(self, source: HealthCheckedSource) -> None:
+        self.source = source
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> str:
+        return str(self.source.source.path)
+
+    def read(self, n: int) -> bytes:
+        with self._lock:
+            return self.source.read(n)
+
+
+class EntropyPublisher:
+    def __init__(
+        self,
+        cfg: EntropyPublishing,
+        *,
+        instance: str,
+        metrics: SidecarMetrics,
+        tier: Callable[[], int],
+        acquire: Callable[[], HealthCheckedSource | None],
+        submit: Callable[[QueueMessage, str], Awaitable[int]],
+        mixer: EntropyMixer,
+        say: Callable[[str], None],
+        on_failure: Callable[[], None],
+        evaluations: Callable[[], int],
+    ) -> None:
+        self.on_failure = on_failure
+        self.evaluations = evaluations
+        self._failed_at = -1
+        self._failed_source: HealthCheckedSource | None = None
+        self.cfg = cfg
+        self.instance = instance
+        self.metrics = metrics
+        self.tier = tier
+        self.acquire = acquire
+        self.submit = submit
+        self.mixer = mixer
+        self.say = say
+        self.reader: LockedReader | None = None
+        self.published = 0
+        self._wake = asyncio.Event()
+
+    def tier_changed(self) -> None:
+        self._wake.set()
+
+    @property
+    def _await_decision(self) -> bool:
+        """After a source failure, wait for the monitor's next evaluation before taking
+        another reader (the old decision still lists the failed device as healthy)."""
+        return self._failed_at >= 0 and self.evaluations() <= self._failed_at
+
+    async def run(self) -> None:
+        """Publish while tier >= 3; bounded waits, cancelled on shutdown."""
+        try:
+            while True:
+                self._release_failed()
+                if self.tier() < ENTROPY_TIER or self._await_decision:
+                    self._stop_publishing(None)
+                    await self._sleep_or_wake(self.cfg.interval or 1.0)
+                    continue
+                if self.reader is None and not self._start_publishing():
+                    await self._sleep_or_wake(self.cfg.interval or 1.0)
+                    continue
+                if self.cfg.interval > 0:
+                    await self._publish_one()
+                    await self._sleep_or_wake(self.cfg.interval)
+                else:
+                    await self._sleep_or_wake(1.0)
+        finally:
+            self.mixer.set_qrng(None)
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    def _release_failed(self) -> None:
+        """Once the monitor has judged the failed reader, close it: the next evaluation
+        opens the device afresh and runs the startup test (a recovered device can give
+        tier 3 again; a stuck one fails again)."""
+        if self._failed_source is not None and not self._await_decision:
+            source, self._failed_source = self._failed_source, None
+            source.close()
+
+    def _start_publishing(self) -> bool:
+        source = self.acquire()
+        if source is None:
+            return False
+        self.reader = LockedReader(source)
+        self.mixer.set_qrng(self.reader.read, self.reader.path)
+        self.metrics.entropy_publishing.set(1 if self.cfg.interval > 0 else 0)
+        self.say(
+            f"entropy: QRNG {self.reader.path} mixed into tier-4 nonces; "
+            + (
+                f"publishing entropy_share every {self.cfg.interval:g}s"
+                if self.cfg.interval > 0
+                else "entropy_share publishing off"
+            )
+        )
+        return True
+
+    def _stop_publishing(self, error: Exception | None) -> None:
+        if self.reader is None:
+            return
+        path = self.reader.path
+        self.reader = None
+        self.mixer.set_qrng(None)
+        self.metrics.entropy_publishing.set(0)
+        if error is not None:
+            self.metrics.entropy_failures.inc()
+            log.error("QRNG %s failed (%s); entropy_share publishing stopped", path, error)
+            self.say(f"entropy: QRNG {path} failed ({error}); entropy_share publishing stopped")
+        else:
+            self.say(f"entropy: tier below {ENTROPY_TIER}; entropy_share publishing stopped")
+
+    async def _publish_one(self) -> None:
+        reader = self.reader
+        assert reader is not None
+        try:
+            data = await asyncio.to_thread(reader.read, self.cfg.bytes)
+        except HardwareError as exc:
+            self._stop_publishing(exc)
+            self._failed_source = reader.source
+            self._failed_at = self.evaluations()
+            self.on_failure()  # re-evaluate the tier now
+            return
+        msg = QueueMessage.from_json(
+            {
+                "kind": "entropy_share",
+                "device_id": reader.path,
+                "entropy": base64.b64encode(data).decode(),
+                "qber_percent": 0,
+            }
+        )
+        try:
+            await self.submit(msg, f"sidecar:{self.instance} qrng")
+        except SidecarError as exc:
+            log.warning("entropy_share not published: %s", exc.message)
+            return
+        self.published += 1
+        self.metrics.entropy_shares.inc()

@@ -1,0 +1,212 @@
+"""Tier 3 end to end on the real ``qssh-sidecar serve`` with a simulated QRNG on a pty.
+
+Healthy QRNG → tier 3 → an async submit is made sync, proven by SIGKILL; the QRNG
+publishes ``entropy_share`` messages. The QRNG turning stuck mid-run fails its health
+test → tier 2, publishing stops, async is accepted again, connected clients are told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hardware.simulators.kme_server import KMESimulator
+from hardware.simulators.serial_qrng import Behaviour, SerialQRNGSimulator
+from hardware.simulators.tls import ThrowawayPKI
+from sidecar import QppValidatorQueue
+from sidecar.errors import TierRequired
+from tests.daemon.harness import Daemon, free_port
+from tests.tiers.conftest import MASTER, SLAVE, kme_client, transaction
+from transport.client import QueueClient
+from transport.qkd import QKDSettings
+
+GOSSIP = {"kind": "gossip", "topic": "durable?", "data": "aGk="}
+SHARE_BYTES = 1024
+
+
+def config(
+    tmp_path: Path, sim: SerialQRNGSimulator, metrics_port: int, check_interval: float = 60
+) -> None:
+    (tmp_path / "c.toml").write_text(
+        f'listen = "127.0.0.1:{free_port()}"\ndata_dir = "d"\n'
+        f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
+        "[hardware]\nuse_udev = false\nchar_devices = []\nsample_bytes = 2048\n"
+        f"check_interval = {check_interval}\n"
+        f'serial_ports = [{{ path = "{sim.path}", kind = "quantum_local", simulated = true }}]\n'
+        f"[tiers.entropy]\ninterval = 0.1\nbytes = {SHARE_BYTES}\n"
+    )
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
+def wait_metric_at_least(port: int, name: str, value: float, timeout: float = 30.0) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = metric(port, name)
+        if seen >= value:
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"{name} stayed below {value}")
+
+
+def operator(tmp_path: Path, port: int, **kwargs: Any) -> Any:
+    op = tmp_path / "d" / "operator"
+    return QueueClient.connect(
+        "127.0.0.1",
+        port,
+        username="operator",
+        client_keys=[op / "id_falcon512"],
+        known_hosts=op / "known_hosts",
+        **kwargs,
+    )
+
+
+async def messages_on_disk(data_dir: Path) -> list[Any]:
+    """Every message the log holds (leased to look, never consumed)."""
+    q = await QppValidatorQueue.open("alice", data_dir / "queue")
+    try:
+        seen = []
+        for _ in range(100_000):
+            lease = await q.lease(60)
+            if lease is None:
+                break
+            seen.append(lease.item)
+        return seen
+    finally:
+        await q.close()
+
+
+async def test_tier_3_upgrade_survives_sigkill_and_a_stuck_qrng_drops_to_tier_2(
+    tmp_path: Path, spawn: Any
+) -> None:
+    mport = free_port()
+    sim = SerialQRNGSimulator("good")
+    sim.start()
+    try:
+        config(tmp_path, sim, mport)
+        d: Daemon = spawn(["--config", "c.toml"])
+        d.wait_ready()
+        assert d.wait_line(r"^tier 3 EntropyEnhanced")
+        d.wait_line(r"^tiers: tier-4 sealing off")
+        d.wait_line(r"^entropy: QRNG \S+ mixed into tier-4 nonces; publishing entropy_share")
+        async with operator(tmp_path, d.port("ssh")) as c:
+            tier = await c.tier()
+            assert (tier["tier"], tier["node"]["tier"], tier["session"]["tier"]) == (3, 3, 3)
+            result = await c.submit(GOSSIP, "async")
+            assert (result["mode"], result["upgraded"], result["persisted"]) == (
+                "sync",
+                True,
+                True,
+            )
+        await asyncio.to_thread(wait_metric_at_least, mport, "qssh_entropy_shares_total", 2)
+        d.proc.kill()  # SIGKILL: only what was fsync'd survives
+        d.proc.wait(30)
+
+        on_disk = await messages_on_disk(tmp_path / "d")
+        gossip = [m for m in on_disk if m.message.to_json()["kind"] == "gossip"]
+        assert len(gossip) == 1
+        assert (gossip[0].upgraded, gossip[0].persisted) == (True, True)
+        shares = [m.message.to_json() for m in on_disk if m.priority == 75]
+        assert len(shares) >= 2
+        assert {s["kind"] for s in shares} == {"entropy_share"}
+        assert {s["device_id"] for s in shares} == {sim.path}
+        assert {s["qber_percent"] for s in shares} == {0}
+        assert all(len(base64.b64decode(s["entropy"])) == SHARE_BYTES for s in shares)
+
+        # Second run on the same log: then the QRNG gets stuck while serving.
+        d2: Daemon = spawn(["--config", "c.toml"])
+        d2.wait_ready()
+        d2.wait_line(r"publishing entropy_share every")
+        async with operator(tmp_path, d2.port("ssh")) as c:
+            sim.behaviour = Behaviour.STUCK
+            d2.wait_line(r"^entropy: QRNG \S+ failed .*entropy_share publishing stopped", 60)
+            d2.wait_line(r"^tier changed 3 -> 2: ", 60)
+            await c.ping()
+            assert [n["tier"] for n in c.tier_notices] == [2]
+            result = await c.submit(GOSSIP, "async")
+            assert (result["mode"], result["upgraded"], result["persisted"]) == (
+                "async",
+                False,
+                False,
+            )
+            tier = await c.tier()
+            assert tier["node"]["tier"] == 2
+            assert any("health test" in r for r in tier["node"]["reasons"])
+        assert metric(mport, "qssh_entropy_source_failures_total") == 1
+        assert metric(mport, "qssh_entropy_publishing") == 0
+        published = metric(mport, "qssh_entropy_shares_total")
+        await asyncio.sleep(1.0)  # ten publishing intervals
+        assert metric(mport, "qssh_entropy_shares_total") == published
+        assert d2.stop() == 0
+    finally:
+        sim.stop()
+
+
+async def test_daemon_with_a_kme_seals_sessions_and_takes_a_2m_transaction(
+    tmp_path: Path, spawn: Any, pki: ThrowawayPKI, kme_pair: tuple[KMESimulator, KMESimulator]
+) -> None:
+    master, slave = kme_pair
+    bob = pki.clients[SLAVE]
+    (tmp_path / "c.toml").write_text(
+        f'listen = "127.0.0.1:{free_port()}"\ndata_dir = "d"\n[metrics]\nlisten = ""\n'
+        "[hardware]\nuse_udev = false\nchar_devices = []\ncheck_interval = 60\n"
+        f'[hardware.kme]\nurl = "{slave.url}"\nsae_id = "{SLAVE}"\nslave_sae_id = "{MASTER}"\n'
+        f'cert = "{bob.cert}"\nkey = "{bob.key}"\nca = "{pki.ca}"\nsimulated = true\n'
+        "[tiers.sealing]\nrekey_frames = 20\n"
+    )
+    d: Daemon = spawn(["--config", "c.toml"])
+    d.wait_ready()
+    assert d.wait_line(r"^tier 4 QuantumSecured")
+    d.wait_line(r"^tiers: tier-4 sealing on, QKD keys from https://127\.0\.0\.1:\d+ ")
+    client_kme = kme_client(pki, master, MASTER)
+    qkd = QKDSettings(kme=client_kme, sae_id=MASTER, peer_sae_id=SLAVE)
+    try:
+        async with operator(tmp_path, d.port("ssh"), qkd=qkd, require_qkd=True) as c:
+            tier = await c.tier()
+            assert (tier["tier"], tier["node"]["tier"], tier["session"]["tier"]) == (4, 4, 4)
+            assert (await c.submit(transaction("2000000")))["persisted"] is True
+            for n in range(500):  # bounded; the daemon announced rekey_frames = 20
+                await c.submit(transaction("1", n + 10))
+                if c.sealing.stream.rekeys >= 2:
+                    break
+            assert c.sealing.stream.rekeys >= 2
+        async with operator(tmp_path, d.port("ssh")) as plain:
+            with pytest.raises(TierRequired, match="needs tier 4"):
+                await plain.submit(transaction("2000000", 99))
+    finally:
+        await client_kme.aclose()
+    assert d.stop() == 0
+
+
+async def test_a_qrng_that_recovers_gives_tier_3_and_publishing_back(
+    tmp_path: Path, spawn: Any
+) -> None:
+    mport = free_port()
+    with SerialQRNGSimulator("good") as sim:
+        config(tmp_path, sim, mport, check_interval=0.5)
+        d: Daemon = spawn(["--config", "c.toml"])
+        d.wait_ready()
+        d.wait_line(r"publishing entropy_share every")
+        sim.behaviour = Behaviour.STUCK
+        d.wait_line(r"^tier changed 3 -> 2: ", 60)
+        sim.behaviour = Behaviour.GOOD
+        d.wait_line(r"^tier changed 2 -> 3: ", 60)
+        before = metric(mport, "qssh_entropy_shares_total")
+        await asyncio.to_thread(
+            wait_metric_at_least, mport, "qssh_entropy_shares_total", before + 2
+        )
+        assert metric(mport, "qssh_entropy_publishing") == 1
+        assert metric(mport, "qssh_entropy_source_failures_total") == 1
+        assert d.stop() == 0
