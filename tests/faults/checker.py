@@ -15,6 +15,7 @@ kill, and only if the message never came back afterwards.
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass, field
 
 Journal = list[list[str]]
@@ -149,7 +150,7 @@ def check(
     # -- ids strictly increasing across restarts. An ack received before kill k-1
     # returned was handed out by an earlier start: start k must begin above it. A
     # submit sent after start k was ready can only be answered by start k or later.
-    for before, after in zip(incarnations, incarnations[1:], strict=False):
+    for before, after in itertools.pairwise(incarnations):
         if after.next_id < before.next_id:
             bad.append(f"next id went back from {before.next_id} to {after.next_id}")
     for k in range(1, len(incarnations)):

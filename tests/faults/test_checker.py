@@ -29,7 +29,10 @@ def ackfail(mid: int, t: int, slot: int = 0, code: str = "unavailable") -> list[
 
 # start 0 ready at 0, killed at 100; start 1 (next id 3) ready at 200
 STARTS = [Incarnation(0, 1, 100), Incarnation(200, 3)]
-LOG = {1: {"block_number": NUMBER + 1}, 2: {"block_number": NUMBER + 2}}
+LOG: dict[int, dict[str, object]] = {
+    1: {"block_number": NUMBER + 1},
+    2: {"block_number": NUMBER + 2},
+}
 
 
 def verdict(

@@ -22,6 +22,7 @@ on the machine, so the checker can order events of different processes):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -95,10 +96,8 @@ class Worker:
                 await asyncio.gather(*(self.produce(client) for _ in range(WINDOW)))
             else:
                 await asyncio.gather(*(self.consume(client, s) for s in range(CONSUMER_LOOPS)))
-            try:
+            with contextlib.suppress(OSError, TimeoutError, SidecarError, asyncssh.Error):
                 await asyncio.wait_for(client.close(), 5)
-            except (OSError, TimeoutError, SidecarError, asyncssh.Error):
-                pass
         self.journal.write("STOP")
 
     async def produce(self, client: QueueClient) -> None:
