@@ -15,7 +15,8 @@ on the machine, so the checker can order events of different processes):
                                  has at most one ack in flight)
     CONSUMED <id> <slot> <t>     consumer: ack acknowledged
     ACKFAIL <id> <slot> <code> <t>  consumer: ack answered with an error / connection lost
-    SUBFAIL <number> <code> <t>  producer: submit refused or connection lost (unknown)
+    SUBFAIL <number> <code> <why> <t>  producer: submit failed; <why> is fsync (the log
+                                 failed), lost (connection), closing, or other
     LEASEFAIL <slot> <code> <t>  consumer: lease request failed
 """
 
@@ -57,6 +58,18 @@ def block(number: int) -> dict[str, object]:
         "block_number": number,
         "timestamp": number,
     }
+
+
+def reason(exc: SidecarError) -> str:
+    """One word for why a request failed: the log failed, the link went, or else."""
+    text = exc.message.lower()
+    if "fsync" in text:
+        return "fsync"
+    if "connection" in text and "lost" in text:
+        return "lost"
+    if "shutting down" in text:
+        return "closing"
+    return "other"
 
 
 class Worker:
@@ -109,7 +122,7 @@ class Worker:
             try:
                 result = await client.submit(block(number), "sync")
             except SidecarError as exc:
-                self.journal.write("SUBFAIL", number, exc.code)
+                self.journal.write("SUBFAIL", number, exc.code, reason(exc))
                 if isinstance(exc, Unavailable):
                     return
                 await asyncio.sleep(RECONNECT_PAUSE)
