@@ -80,8 +80,15 @@ class ServerSettings:
 class _QueueSession(asyncssh.SSHServerSession[bytes]):
     """One SSH channel: the ``qssh-queue`` subsystem or an exec command."""
 
-    def __init__(self, server: QueueServer, principal: Principal, bucket: SubmitBucket) -> None:
+    def __init__(
+        self,
+        server: QueueServer,
+        principal: Principal,
+        bucket: SubmitBucket,
+        on_close: Callable[[], None],
+    ) -> None:
         self._server = server
+        self._on_close = on_close
         self._principal = principal
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
         self._decoder = FrameDecoder(server.settings.limits.max_frame_bytes)
@@ -148,6 +155,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._on_close()
         self._server._sessions.discard(self)
         self._server._spawn_background(self._state.close(self._server.queue))
 
@@ -335,7 +343,11 @@ class _QueueSSHServer(asyncssh.SSHServer):
                 asyncssh.OPEN_RESOURCE_SHORTAGE, "too many channels on this connection"
             )
         self._channels += 1
-        return _QueueSession(self._server, self._principal, self._bucket)
+        return _QueueSession(self._server, self._principal, self._bucket, self._channel_closed)
+
+    def _channel_closed(self) -> None:
+        # the limit is on channels open at once, not on every channel ever opened
+        self._channels -= 1
 
 
 class QueueServer:
