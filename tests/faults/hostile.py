@@ -65,7 +65,7 @@ async def connect(port: int, key: str) -> asyncssh.SSHClientConnection:
         known_hosts=None,
         agent_path=None,
         config=[],
-        **ssh_options_for_tier(2, "client"),  # type: ignore[arg-type]
+        **ssh_options_for_tier(2, "client"),
     )
 
 

@@ -109,7 +109,7 @@ async def test_hostile_clients_do_not_starve_a_good_one_and_memory_stays_bounded
                     + "; ".join(f"{m}: {journal(p)[-2:]}" for m, p in paths.items())
                 )
                 for h in hostiles:
-                    assert h.poll() is None, f"a hostile client exited: {h.args}"
+                    assert h.poll() is None, f"a hostile client exited: {h.args!r}"
                 mid = (await client.submit(block(good + 1), "sync"))["message_id"]
                 lease = await client.lease(timeout=30)
                 assert lease is not None
