@@ -183,6 +183,9 @@ class Worker:
             return []
         return [ln.split() for ln in self.journal.read_text().splitlines() if ln]
 
+    def journal_bytes(self) -> int:
+        return self.journal.stat().st_size if self.journal.exists() else 0
+
     def count(self, word: str) -> int:
         return sum(1 for f in self.lines() if f[0] == word)
 

@@ -4,8 +4,9 @@ JSON forms), and the log decoder (scan and recovery of arbitrary and mutated log
 
 Each is held to: never an exception outside its documented error type, never a crash,
 and the decoder's invariant (frames come back as sent in any chunking; a damaged log
-keeps exactly its valid prefix). Bounded examples in CI; ``QSSH_NIGHTLY=1`` runs many
-more (``--hypothesis-show-statistics`` prints the counts).
+keeps exactly its valid prefix). 200 examples per target in CI; ``QSSH_NIGHTLY=1`` runs
+20 000, ``QSSH_FUZZ_EXAMPLES=N`` any number (``--hypothesis-show-statistics`` prints
+the counts).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from transport.protocol import (
 )
 
 NIGHTLY = os.environ.get("QSSH_NIGHTLY") == "1"
+pytestmark = pytest.mark.timeout(7200 if NIGHTLY else 300)
+EXAMPLES = int(os.environ.get("QSSH_FUZZ_EXAMPLES") or (20_000 if NIGHTLY else 200))
 FUZZ = settings(
-    max_examples=20_000 if NIGHTLY else 200,
+    max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import transport.ssh_algorithms  # noqa: F401
 from transport.client import QueueClient
 from transport.limits import ServiceLimits
@@ -27,6 +29,7 @@ MODES = ("noread", "channels", "bigframe", "garbage", "tcpjunk")
 RSS_LIMIT_KIB = 400 * 1024
 GOOD_ROUNDS = 2000 if NIGHTLY else 300
 TIMEOUT = 240.0 if NIGHTLY else 120.0
+pytestmark = pytest.mark.timeout(1800 if NIGHTLY else 300)
 
 
 class RssSampler(threading.Thread):

@@ -28,9 +28,12 @@ from .harness import (
 )
 from .powercut import Mount, fuse_unavailable, unmount
 
-pytestmark = pytest.mark.skipif(
-    fuse_unavailable() is not None, reason=f"cannot mount FUSE: {fuse_unavailable()}"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        fuse_unavailable() is not None, reason=f"cannot mount FUSE: {fuse_unavailable()}"
+    ),
+    pytest.mark.timeout(3600 if NIGHTLY else 300),
+]
 CUTS = 40 if NIGHTLY else 6
 
 
