@@ -19,6 +19,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,7 @@ from .worker import block
 
 TMPFS_SIZE = 8 * 1024 * 1024
 OWN = 900_000_000  # block numbers of this test's own submits
+LEASED = 400  # more consume records than fit in a page of slack
 
 
 def try_mount_tmpfs(where: Path) -> str | None:
@@ -112,6 +114,8 @@ async def run_enospc(tmp_path: Path, data: Path, how: str) -> None:
     serves: list[Serve] = []
     workers: list[Worker] = []
     own: dict[int, int] = {}
+    held: dict[str, Any] = {}
+    consumed: set[int] = set()
     with cleanup(serves, workers):
         serves.append(Serve(tmp_path, data, port, prefix=prefix))
         await asyncio.to_thread(serves[0].wait_ready)
@@ -122,6 +126,8 @@ async def run_enospc(tmp_path: Path, data: Path, how: str) -> None:
         )
         try:
             own[await submit_ok(client, OWN)] = OWN
+            await wait_for(lambda: workers[0].count("ACK") >= LEASED, "load")
+            leases = [await client.lease(timeout=300) for _ in range(LEASED)]
             await wait_for(lambda: workers[0].count("ACK") >= 50, "load")
 
             # -- the disk is full
@@ -144,6 +150,21 @@ async def run_enospc(tmp_path: Path, data: Path, how: str) -> None:
             print(f"[{how}] full disk: {refusals[0]!r}")
             assert serves[0].proc.poll() is None, "a failed write must not stop the daemon"
             assert (await client.depth()) >= 1  # reads still work
+            # an ack (a consume record) fails the same way, and its lease stays held; the
+            # first few acks may still fit in the log's last page
+            for lease in leases:
+                assert lease is not None
+                try:
+                    await client.ack(lease["lease_id"])
+                except Unavailable as exc:
+                    ack_refusal = exc.message
+                    held.update(lease)
+                    break
+                consumed.add(lease["message_id"])
+            else:
+                raise AssertionError(f"{LEASED} acks fitted on a full disk")
+            assert "ENOSPC" in ack_refusal, ack_refusal
+            print(f"[{how}] {len(consumed)} acks fitted in the log's last page, then refused")
 
             # -- space returns: the same daemon takes submits again
             if how == "tmpfs":
@@ -152,6 +173,7 @@ async def run_enospc(tmp_path: Path, data: Path, how: str) -> None:
                 fiu(serves[0].pid, "disable name=posix/io/rw/write")
             for n in range(100, 120):
                 own[await submit_ok(client, OWN + n)] = OWN + n
+            await client.ack(held["lease_id"])  # the same lease, now with room
         finally:
             await client.close()
         before = workers[0].count("ACK")
@@ -167,6 +189,10 @@ async def run_enospc(tmp_path: Path, data: Path, how: str) -> None:
 
     acked = {int(f[1]): int(f[2]) for f in workers[0].lines() if f[0] == "ACK"} | own
     live = live_messages(wal_dump(log_path(data)))
+    consumed.add(held["message_id"])
+    assert not consumed & set(live), "an ack (retried after ENOSPC or not) did not take"
+    for mid in consumed:
+        del acked[mid]
     lost = [mid for mid, n in acked.items() if live.get(mid, {}).get("block_number") != n]
     assert not lost, f"{len(lost)} acknowledged submits lost: {lost[:5]}"
     print(
