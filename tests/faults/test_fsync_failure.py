@@ -72,7 +72,8 @@ async def test_fsync_failure_fails_pending_acks_refuses_work_and_restart_keeps_a
             failed_at = time.monotonic_ns()
             with pytest.raises(Unavailable) as first:
                 await client.submit(block(OWN + 1), "sync")
-            assert "fsync failed" in first.value.message
+            # the log's error (or, on a very slow machine, the shutdown it already caused)
+            assert any(w in first.value.message for w in ("fsync failed", "shutting down"))
             # refused from now on: the log's error, or the shutdown that follows it
             with pytest.raises(Unavailable) as second:
                 await client.submit(block(OWN + 2), "sync")
