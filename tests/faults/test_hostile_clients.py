@@ -27,7 +27,7 @@ from .worker import block
 
 MODES = ("noread", "channels", "bigframe", "garbage", "tcpjunk")
 RSS_LIMIT_KIB = 400 * 1024
-GOOD_ROUNDS = 2000 if NIGHTLY else 300
+GOOD_ROUNDS = 5000 if NIGHTLY else 1000
 TIMEOUT = 240.0 if NIGHTLY else 120.0
 pytestmark = pytest.mark.timeout(1800 if NIGHTLY else 300)
 
