@@ -93,8 +93,10 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         principal: Principal,
         bucket: SubmitBucket,
         conn: asyncssh.SSHServerConnection,
+        on_close: Callable[[], None],
     ) -> None:
         self._server = server
+        self._on_close = on_close
         self._principal = principal
         self._conn = conn
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
@@ -232,6 +234,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._on_close()
         self._server._sessions.discard(self)
         self._server._spawn_background(self._state.close(self._server.queue))
 
@@ -420,7 +423,13 @@ class _QueueSSHServer(asyncssh.SSHServer):
             )
         self._channels += 1
         assert self._conn is not None
-        return _QueueSession(self._server, self._principal, self._bucket, self._conn)
+        return _QueueSession(
+            self._server, self._principal, self._bucket, self._conn, self._channel_closed
+        )
+
+    def _channel_closed(self) -> None:
+        # the limit is on channels open at once, not on every channel ever opened
+        self._channels -= 1
 
 
 class QueueServer:

@@ -50,6 +50,11 @@ class RawChannel:
             config=[],
             **ssh_options_for_tier(2, "client"),  # type: ignore[arg-type]
         )
+        return await cls.open_on(conn)
+
+    @classmethod
+    async def open_on(cls, conn: asyncssh.SSHClientConnection) -> RawChannel:
+        """Another ``qssh-queue`` channel on an existing connection."""
         session = _Collector()
         chan, _ = await conn.create_session(lambda: session, subsystem="qssh-queue", encoding=None)
         return cls(conn, chan, session)

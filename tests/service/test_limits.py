@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import asyncssh
+import pytest
+
 from sidecar.errors import QueueFull, Unavailable
 from tests.service.conftest import Keys, gossip, start_service, stop_service
 from tests.service.rawchannel import RawChannel
@@ -88,6 +91,30 @@ async def test_peer_that_does_not_read_replies_is_throttled_not_buffered(
             assert reply is not None
             ids.add(reply["id"])
         assert ids == set(range(total))
+        await raw.close()
+    finally:
+        await stop_service(svc)
+
+
+async def test_channel_limit_counts_open_channels_not_every_channel_ever_opened(
+    tmp_path: Path, keys: Keys
+) -> None:
+    svc = await start_service(tmp_path, keys, ServiceLimits(max_channels_per_connection=2))
+    try:
+        raw = await RawChannel.open(svc.port, keys.everything)
+        conn = raw.conn
+        second = await RawChannel.open_on(conn)
+        with pytest.raises(asyncssh.ChannelOpenError, match="too many channels"):
+            await RawChannel.open_on(conn)
+        # channels opened and closed one after another on one connection: never refused
+        for i in range(10):
+            second.chan.close()
+            await second.wait_closed()
+            second = await RawChannel.open_on(conn)
+            second.send({"id": i, "method": "ping"})
+            reply = await second.recv()
+            assert reply is not None
+            assert reply["result"]["pong"]
         await raw.close()
     finally:
         await stop_service(svc)
