@@ -42,7 +42,7 @@ from transport.tiers import (
     tier_name,
 )
 
-__all__ = ["TIER_NAMES", "ChannelState", "QueueService", "TierInfo", "required_tier"]
+__all__ = ["TIER_NAMES", "ChannelState", "QueueService", "TierInfo"]
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,6 @@ PROVENANCE_FIELDS = (
     "upgraded",
     "delivery_count",
 )
-
-
-def required_tier(message: dict[str, Any]) -> int:
-    """The tier a message needs under the default thresholds (see ``TierPolicy``)."""
-    return DEFAULT_POLICY.required_tier(message)
 
 
 def _wire_value(value: Any) -> Any:

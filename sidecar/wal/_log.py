@@ -201,9 +201,6 @@ class WriteAheadLog:
         self.append(frame)
         self.sync()
 
-    def append_records(self, records: list[bytes]) -> None:
-        self.append_and_sync(encode_frame(records))
-
     # -- compaction ----------------------------------------------------------------------
     def rewrite(self, records: Iterable[bytes]) -> None:
         """Replace the log with `records`: temp file, fsync, rename, fsync directory.
