@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,35 @@ async def stop_tier_service(svc: TierService) -> None:
     await svc.queue.close()
     for c in svc.clients:
         await c.aclose()
+
+
+@contextlib.asynccontextmanager
+async def qkd_service(
+    tmp_path: Path,
+    keys: Keys,
+    pki: ThrowawayPKI,
+    *,
+    server: KMESimulator | None,
+    client: KMESimulator,
+    server_kme: Callable[[KMEClient], Any] = lambda kme: kme,
+    server_rekey: RekeyPolicy | None = None,
+) -> AsyncIterator[tuple[TierService, QKDSettings]]:
+    """A tier-4 node whose server fetches keys from ``server`` (through ``server_kme``;
+    no KME at all when None), and client QKD settings on ``client``; stopped on exit."""
+    kmes: list[KMEClient] = []
+    qkd = None
+    if server is not None:
+        kmes.append(kme_client(pki, server, SLAVE))
+        qkd = QKDSettings(
+            kme=server_kme(kmes[0]), sae_id=SLAVE, rekey=server_rekey or RekeyPolicy()
+        )
+    svc = await start_tier_service(tmp_path, keys, qkd=qkd)
+    kmes.append(kme_client(pki, client, MASTER))
+    svc.clients += kmes
+    try:
+        yield svc, QKDSettings(kme=kmes[-1], sae_id=MASTER, peer_sae_id=SLAVE)
+    finally:
+        await stop_tier_service(svc)
 
 
 @pytest.fixture
