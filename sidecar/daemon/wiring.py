@@ -333,24 +333,7 @@ class ServerPart:
         return Endpoint(self.cfg.listen.host, self.server.port)
 
     def tier_notes(self, host_key_alg: str) -> list[str]:
-        """What caps the session tier here, said once at start."""
-        notes = []
-        for tier, algs in sorted(self.cfg.tiers.policy.host_keys.items()):
-            if host_key_alg not in algs:
-                notes.append(
-                    f"tiers: host key {host_key_alg} is not in tiers.host_keys.{tier} "
-                    f"({', '.join(algs)}): sessions are capped at tier {tier - 1}"
-                )
-                break
-        kme = self.cfg.hardware.kme
-        if kme is not None and self.cfg.tiers.sealing.enabled:
-            notes.append(
-                f"tiers: tier-4 sealing on, QKD keys from {kme.url} (this node is SAE "
-                f"{kme.sae_id}); unsealed sessions run at tier 3 at most"
-            )
-        else:
-            notes.append("tiers: tier-4 sealing off (no [hardware.kme]); sessions reach tier 3")
-        return notes
+        return tier_notes(self.cfg, host_key_alg)
 
     def connections(self) -> int | None:
         if self.server is None:
@@ -369,6 +352,31 @@ class ServerPart:
     def tier_changed(self) -> None:
         if self.server is not None:
             self.server.tier_changed()
+
+
+def tier_notes(cfg: DaemonConfig, host_key_alg: str) -> list[str]:
+    """What caps the session tier here, said once at start."""
+    notes = []
+    for tier, algs in sorted(cfg.tiers.policy.host_keys.items()):
+        if host_key_alg not in algs:
+            notes.append(
+                f"tiers: host key {host_key_alg} is not in tiers.host_keys.{tier} "
+                f"({', '.join(algs)}): sessions are capped at tier {tier - 1}"
+            )
+            break
+    kme = cfg.hardware.kme
+    if kme is None:
+        notes.append("tiers: tier-4 sealing off (no [hardware.kme]); sessions reach tier 3")
+    elif not cfg.tiers.sealing.enabled:
+        notes.append(
+            "tiers: tier-4 sealing off (tiers.sealing.enabled = false); sessions reach tier 3"
+        )
+    else:
+        notes.append(
+            f"tiers: tier-4 sealing on, QKD keys from {kme.url} (this node is SAE "
+            f"{kme.sae_id}); unsealed sessions run at tier 3 at most"
+        )
+    return notes
 
 
 class CountingAuthorizedKeys(AuthorizedKeys):
