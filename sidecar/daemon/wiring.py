@@ -121,11 +121,12 @@ class QueuePart:
         if not isinstance(raw, dict | str):
             raise InvalidMessage("the message must be a JSON object (serde or canonical form)")
         msg = QueueMessage.from_json(raw, max_size=self.cfg.limits.max_message_bytes)
-        need = self.cfg.tiers.policy.required_tier(msg.to_json())
+        canonical = msg.canonical()
+        need = self.cfg.tiers.policy.required_tier(canonical)
         have = self.tier()
         if need > have:
             raise TierRequired(
-                f"a transaction of value_usd={msg.to_json().get('value_usd')} needs tier "
+                f"a transaction of value_usd={canonical.get('value_usd')} needs tier "
                 f"{need}, this sidecar runs at tier {have}"
             )
         chosen, upgraded = self._policy_mode(msg, None, have)
