@@ -13,6 +13,7 @@ import pytest
 import transport.ssh_algorithms  # noqa: F401  (registers ssh-falcon512)
 from sidecar import QppValidatorQueue
 from transport.client import QueueClient
+from transport.keys import known_hosts_line
 from transport.limits import ServiceLimits
 from transport.server import QueueServer, ServerSettings, start_queue_server
 
@@ -72,8 +73,7 @@ class Service:
 
 
 def pin_host_key(path: Path, port: int, key: asyncssh.SSHKey) -> None:
-    public = key.export_public_key().decode().split()
-    path.write_text(f"[127.0.0.1]:{port} {public[0]} {public[1]}\n")
+    path.write_text(known_hosts_line("127.0.0.1", port, key) + "\n")
 
 
 async def start_service(
