@@ -77,8 +77,14 @@ def pin_host_key(path: Path, port: int, key: asyncssh.SSHKey) -> None:
 
 
 async def start_service(
-    tmp_path: Path, keys: Keys, limits: ServiceLimits | None = None, tier: int = 2
+    tmp_path: Path,
+    keys: Keys,
+    limits: ServiceLimits | None = None,
+    tier: int = 2,
+    **settings: Any,
 ) -> Service:
+    """A queue in ``tmp_path/data`` served on a free port; ``settings`` go to
+    ``ServerSettings`` (a tier provider, a policy, QKD settings)."""
     data_dir = tmp_path / "data"
     data_dir.mkdir(exist_ok=True)
     ak = tmp_path / "authorized_keys"
@@ -91,6 +97,7 @@ async def start_service(
         authorized_keys_path=ak,
         limits=limits or ServiceLimits(),
         tier=tier,
+        **settings,
     )
     server = await start_queue_server(queue, settings)
     known_hosts = tmp_path / "known_hosts"

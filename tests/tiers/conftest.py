@@ -14,14 +14,12 @@ import transport.ssh_algorithms  # noqa: F401  (registers ssh-falcon512)
 from hardware.kme import KMEClient
 from hardware.simulators.kme_server import KMESimulator, paired_kmes
 from hardware.simulators.tls import ThrowawayPKI, make_pki
-from sidecar import QppValidatorQueue
 from tests.daemon.harness import spawn
-from tests.service.conftest import Keys, authorized_keys_text, keys, pin_host_key
+from tests.service.conftest import Keys, keys, start_service
 from transport.client import QueueClient
-from transport.limits import ServiceLimits
 from transport.protocol.sealing import RekeyPolicy
 from transport.qkd import QKDSettings
-from transport.server import QueueServer, ServerSettings, start_queue_server
+from transport.server import QueueServer
 from transport.tiers import DEFAULT_POLICY, TierInfo, TierPolicy
 
 __all__ = ["keys", "spawn"]
@@ -92,24 +90,9 @@ async def start_tier_service(
     qkd: QKDSettings | None = None,
     policy: TierPolicy = DEFAULT_POLICY,
 ) -> TierService:
-    data = tmp_path / "data"
-    data.mkdir(exist_ok=True)
-    ak = tmp_path / "authorized_keys"
-    ak.write_text(authorized_keys_text(keys))
-    queue = await QppValidatorQueue.open("alice", data)
     node_tier = NodeTier(node)
-    settings = ServerSettings(
-        host_keys=(keys.host,),
-        authorized_keys_path=ak,
-        limits=ServiceLimits(),
-        tier_provider=node_tier,
-        policy=policy,
-        qkd=qkd,
-    )
-    server = await start_queue_server(queue, settings)
-    known_hosts = tmp_path / "known_hosts"
-    pin_host_key(known_hosts, server.port, keys.host)
-    return TierService(server, queue, known_hosts, keys, node_tier)
+    svc = await start_service(tmp_path, keys, tier_provider=node_tier, policy=policy, qkd=qkd)
+    return TierService(svc.server, svc.queue, svc.known_hosts, keys, node_tier)
 
 
 async def stop_tier_service(svc: TierService) -> None:
