@@ -17,6 +17,7 @@ from hardware.simulators.tls import ThrowawayPKI, make_pki
 from tests.daemon.harness import spawn
 from tests.service.conftest import Keys, keys, start_service
 from transport.client import QueueClient
+from transport.limits import ServiceLimits
 from transport.protocol.sealing import RekeyPolicy
 from transport.qkd import QKDSettings
 from transport.server import QueueServer
@@ -89,9 +90,12 @@ async def start_tier_service(
     node: int = 4,
     qkd: QKDSettings | None = None,
     policy: TierPolicy = DEFAULT_POLICY,
+    limits: ServiceLimits | None = None,
 ) -> TierService:
     node_tier = NodeTier(node)
-    svc = await start_service(tmp_path, keys, tier_provider=node_tier, policy=policy, qkd=qkd)
+    svc = await start_service(
+        tmp_path, keys, limits, tier_provider=node_tier, policy=policy, qkd=qkd
+    )
     return TierService(svc.server, svc.queue, svc.known_hosts, keys, node_tier)
 
 
@@ -112,6 +116,7 @@ async def qkd_service(
     client: KMESimulator,
     server_kme: Callable[[KMEClient], Any] = lambda kme: kme,
     server_rekey: RekeyPolicy | None = None,
+    limits: ServiceLimits | None = None,
 ) -> AsyncIterator[tuple[TierService, QKDSettings]]:
     """A tier-4 node whose server fetches keys from ``server`` (through ``server_kme``;
     no KME at all when None), and client QKD settings on ``client``; stopped on exit."""
@@ -122,7 +127,7 @@ async def qkd_service(
         qkd = QKDSettings(
             kme=server_kme(kmes[0]), sae_id=SLAVE, rekey=server_rekey or RekeyPolicy()
         )
-    svc = await start_tier_service(tmp_path, keys, qkd=qkd)
+    svc = await start_tier_service(tmp_path, keys, qkd=qkd, limits=limits)
     kmes.append(kme_client(pki, client, MASTER))
     svc.clients += kmes
     try:

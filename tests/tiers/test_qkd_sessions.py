@@ -15,10 +15,12 @@ from hardware.simulators.kme_server import KMESimulator
 from hardware.simulators.tls import ThrowawayPKI
 from sidecar.errors import SidecarError, TierRequired
 from tests.service.conftest import Keys
-from tests.tiers.conftest import TierService, qkd_service, transaction
+from tests.service.rawchannel import RawChannel
+from tests.tiers.conftest import MASTER, TierService, qkd_service, transaction
+from transport.limits import ServiceLimits
 from transport.protocol import HEADER, encode_request
-from transport.protocol.sealing import RekeyPolicy
-from transport.qkd import QKDFailed, QKDSettings
+from transport.protocol.sealing import Aead, RekeyPolicy
+from transport.qkd import HELLO_ID, HELLO_METHOD, NONCE_BYTES, Hello, QKDFailed, QKDSettings
 
 TWO_MILLION = "2000000"
 
@@ -289,3 +291,55 @@ async def test_a_server_without_a_kme_says_so_and_the_session_stays_unsealed(
         async with svc.connect(qkd=qkd) as c:
             assert "no QKD key manager configured" in (c.qkd_failure or "")
             assert (await c.tier())["session"]["tier"] == 3
+
+
+class GatedKME:
+    """The server's real KME client, held at ``dec_keys`` until the test opens the gate."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.gate = asyncio.Event()
+
+    async def enc_keys(self, slave_sae_id: str, number: int = 1, size: int | None = None) -> Any:
+        return await self.real.enc_keys(slave_sae_id, number, size)
+
+    async def dec_keys(self, master_sae_id: str, key_ids: Any) -> Any:
+        await self.gate.wait()
+        return await self.real.dec_keys(master_sae_id, key_ids)
+
+
+async def test_frames_sent_during_a_key_exchange_are_bounded(
+    tmp_path: Path,
+    keys: Keys,
+    pki: ThrowawayPKI,
+    kme_pair: tuple[KMESimulator, KMESimulator],
+) -> None:
+    master, slave = kme_pair
+    gated: list[GatedKME] = []
+
+    def gate(real: Any) -> GatedKME:
+        gated.append(GatedKME(real))
+        return gated[-1]
+
+    limits = ServiceLimits(max_in_flight_per_channel=8)
+    async with qkd_service(
+        tmp_path, keys, pki, server=slave, client=master, server_kme=gate, limits=limits
+    ) as (svc, _):
+        raw = await RawChannel.open(svc.port, keys.everything, str(svc.known_hosts))
+        try:
+            hello = Hello(MASTER, ["key-1"], bytes(NONCE_BYTES), Aead.AES_256_GCM)
+            raw.send({"id": HELLO_ID, "method": HELLO_METHOD, "params": hello.to_params()})
+            for i in range(100):  # while the server waits for its KME
+                raw.send({"id": i, "method": "ping", "params": {}})
+            frames = []
+            for _ in range(200):
+                frame = await raw.recv(timeout=30.0)
+                if frame is None:
+                    break
+                frames.append(frame)
+            ended = [f for f in frames if f.get("event") == "session_closed"]
+            assert ended, frames
+            assert "during a QKD key exchange" in ended[0]["message"]
+        finally:
+            gated[0].gate.set()
+            await raw.close()
