@@ -35,6 +35,7 @@ import transport.ssh_algorithms  # noqa: F401  (registers ssh-falcon512)
 from bench.baselines import RedisAlwaysServer, fdatasync_loop, free_port
 from bench.stats import closed_loop, dumps, interleave, median_fields, ratio
 from transport.client import QueueClient
+from transport.keys import known_hosts_line
 
 REPO = Path(__file__).resolve().parents[1]
 RECORD = b"x" * 200
@@ -55,9 +56,8 @@ class SidecarServer:
         (self.dir / "authorized_keys").write_text(
             f'roles="producer,consumer,admin" {public[0]} {public[1]} bench\n'
         )
-        host_public = host.export_public_key().decode().split()
         self.known_hosts = self.dir / "known_hosts"
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_public[0]} {host_public[1]}\n")
+        self.known_hosts.write_text(known_hosts_line("127.0.0.1", self.port, host) + "\n")
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "sidecar.cli", "serve",

@@ -113,10 +113,6 @@ class HealthTest:
         self._apt_seen = 0
         self._apt_count = 0
 
-    @property
-    def cutoffs(self) -> tuple[int, int]:
-        return self._rct_c, self._apt_c
-
     def feed(self, data: bytes) -> bool:
         """Test `data`; return False if any failure happened in it."""
         before = self.counts.rct_failures + self.counts.apt_failures
@@ -145,10 +141,3 @@ class HealthTest:
                 c.highest_window_count = max(c.highest_window_count, self._apt_count)
                 self._apt_ref = None
         return self.counts.rct_failures + self.counts.apt_failures == before
-
-
-def startup_test(data: bytes, params: HealthParameters) -> HealthTest:
-    """Run both tests on a startup sample; the caller checks `.counts.failed`."""
-    test = HealthTest(params)
-    test.feed(data)
-    return test

@@ -10,6 +10,7 @@ import errno
 import os
 import select
 import time
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import httpx
@@ -51,6 +52,21 @@ def _open_error(path: str, exc: OSError) -> SourceError:
     if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
         return SourceDisconnected(f"{path} is not present ({exc.strerror})")
     return SourceError(f"cannot open {path}: {exc.strerror or exc}")
+
+
+def _read_exactly(
+    path: str, n: int, timeout: float, read_some: Callable[[int, float], bytes]
+) -> bytes:
+    """Exactly ``n`` bytes from ``read_some(want, wait)`` (``b""``: nothing yet) by the
+    deadline, waiting at most half a second per call so the deadline is kept."""
+    deadline = time.monotonic() + timeout
+    buf = bytearray()
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SourceTimeout(f"{path}: {len(buf)} of {n} bytes within {timeout:.1f}s", len(buf))
+        buf += read_some(n - len(buf), min(left, 0.5))
+    return bytes(buf)
 
 
 class SerialSource:
@@ -98,21 +114,15 @@ class SerialSource:
         port = self._port
         if port is None:
             raise SourceError(f"{self.path} is not open")
-        deadline = time.monotonic() + timeout
-        buf = bytearray()
-        while len(buf) < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise SourceTimeout(
-                    f"{self.path}: {len(buf)} of {n} bytes within {timeout:.1f}s", len(buf)
-                )
-            port.timeout = min(left, 0.5)
+
+        def read_some(want: int, wait: float) -> bytes:
+            port.timeout = wait
             try:
-                chunk = port.read(n - len(buf))
+                return bytes(port.read(want))
             except (serial.SerialException, OSError) as exc:
                 raise SourceDisconnected(f"{self.path}: disconnected mid-read: {exc}") from exc
-            buf += chunk
-        return bytes(buf)
+
+        return _read_exactly(self.path, n, timeout, read_some)
 
     def describe(self) -> dict[str, object]:
         return {"type": "serial", "path": self.path, "handshake": self.handshake}
@@ -151,27 +161,22 @@ class CharDeviceSource:
         fd = self._fd
         if fd is None:
             raise SourceError(f"{self.path} is not open")
-        deadline = time.monotonic() + timeout
-        buf = bytearray()
-        while len(buf) < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise SourceTimeout(
-                    f"{self.path}: {len(buf)} of {n} bytes within {timeout:.1f}s", len(buf)
-                )
-            ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+
+        def read_some(want: int, wait: float) -> bytes:
+            ready, _, _ = select.select([fd], [], [], wait)
             if not ready:
-                continue
+                return b""
             try:
-                chunk = os.read(fd, n - len(buf))
+                chunk = os.read(fd, want)
             except BlockingIOError:
-                continue
+                return b""
             except OSError as exc:
                 raise SourceDisconnected(f"{self.path}: read failed: {exc.strerror}") from exc
             if not chunk:
-                raise SourceDisconnected(f"{self.path}: end of data after {len(buf)} bytes")
-            buf += chunk
-        return bytes(buf)
+                raise SourceDisconnected(f"{self.path}: end of data after {n - want} bytes")
+            return chunk
+
+        return _read_exactly(self.path, n, timeout, read_some)
 
     def describe(self) -> dict[str, object]:
         return {"type": "char", "path": self.path}

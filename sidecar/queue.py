@@ -262,12 +262,19 @@ class QppValidatorQueue:
         return committer
 
     async def _alloc_id(self, committer: GroupCommitter) -> int:
-        while self._next_id >= self._reserved_upto:
+        while (mid := self._take_reserved_id(committer)) is None:
             self._request_reservation(committer)
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._reserve_waiters.append(fut)
             await fut
+        return mid
+
+    def _take_reserved_id(self, committer: GroupCommitter) -> int | None:
+        """The next durably reserved id, or None when the reservation is used up; asks
+        for the next block once half of this one is gone."""
         mid = self._next_id
+        if mid >= self._reserved_upto:
+            return None
         self._next_id = mid + 1
         if mid >= self._reserved_upto - ID_BLOCK // 2:
             self._request_reservation(committer)
@@ -321,12 +328,8 @@ class QppValidatorQueue:
         committer = self._live()
         size = msg.encoded_size
         self._state.admit(size)
-        mid = self._next_id
-        if mid < self._reserved_upto:
-            self._next_id = mid + 1
-            if mid >= self._reserved_upto - ID_BLOCK // 2:
-                self._request_reservation(committer)
-        else:
+        mid = self._take_reserved_id(committer)  # no await on the hot path
+        if mid is None:
             try:
                 mid = await self._alloc_id(committer)
             except BaseException:

@@ -96,9 +96,6 @@ class QueueState:
         self._ready_by_priority[item.priority] -= 1
         return item
 
-    def peek(self) -> QueueMessageWithProvenance | None:
-        return self._ready[0][2] if self._ready else None
-
     @property
     def ready(self) -> int:
         return len(self._ready)

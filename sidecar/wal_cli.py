@@ -49,22 +49,24 @@ def run(args: argparse.Namespace) -> int:
     return action(args)
 
 
-def _read(path: str) -> bytes | None:
+def _read_log(path: str) -> bytes | None:
+    """The log file's bytes, or None (the reason printed) if unreadable or not a log."""
     try:
         with open(path, "rb") as f:
-            return f.read()
+            data = f.read()
     except OSError as exc:
         print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return None
+    problem = check_file_header(data)
+    if problem is not None:
+        print(f"{path}: {problem}", file=sys.stderr)
+        return None
+    return data
 
 
 def _verify(args: argparse.Namespace) -> int:
-    data = _read(args.path)
+    data = _read_log(args.path)
     if data is None:
-        return EXIT_CORRUPT
-    problem = check_file_header(data)
-    if problem is not None:
-        print(f"{args.path}: {problem}", file=sys.stderr)
         return EXIT_CORRUPT
     result = scan(data)
     report: dict[str, object] = {
@@ -117,12 +119,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _dump(args: argparse.Namespace) -> int:
-    data = _read(args.path)
+    data = _read_log(args.path)
     if data is None:
-        return EXIT_CORRUPT
-    problem = check_file_header(data)
-    if problem is not None:
-        print(f"{args.path}: {problem}", file=sys.stderr)
         return EXIT_CORRUPT
     result = scan(data)
     out = sys.stdout.buffer

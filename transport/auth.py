@@ -20,6 +20,7 @@ from pathlib import Path
 import asyncssh
 
 from sidecar.errors import Forbidden
+from transport.ssh_algorithms import PQSSHKey
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,13 @@ class AuthorizedKeys:
             if entry is None or entry.key is None:
                 log.warning("%s: skipped, certificates are not supported", here)
                 continue
-            roles = parse_roles(entry.options.get("roles"), here)
             key = entry.key
+            if not isinstance(key, PQSSHKey):
+                # asyncssh's server does not restrict user-key algorithms itself (SPEC §5.2)
+                alg = key.get_algorithm()
+                log.warning("%s: skipped, %s is not a post-quantum key algorithm", here, alg)
+                continue
+            roles = parse_roles(entry.options.get("roles"), here)
             entries[key.public_data] = AuthorizedKey(
                 key, key.get_fingerprint("sha256"), roles, key.get_comment() or ""
             )

@@ -60,8 +60,10 @@ class ServerSealing:
         close: Callable[[str], None],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         changed: Callable[[], None],
+        max_held: int = 4096,
     ) -> None:
         self.settings = settings
+        self.max_held = max_held  # frames kept while a key is fetched, at most
         self.conn = conn
         self._write = write
         self._deliver = deliver
@@ -94,6 +96,9 @@ class ServerSealing:
 
     def incoming(self, body: bytes) -> None:
         if self._held is not None:
+            if len(self._held) >= self.max_held:
+                self.fail(f"more than {self.max_held} frames sent during a QKD key exchange")
+                return
             self._held.append(body)
             return
         state = self.state
@@ -171,6 +176,8 @@ class ServerSealing:
             self._server_nonce = await _fresh_nonce(settings, "tier4 server nonce")
             keys = derive(key, self._binding, 0, hello.nonce, self._server_nonce, hello.key_ids)
         except QKDFailed as exc:
+            if self.state is SealState.CLOSED:
+                return
             self.failure = exc.message
             log.warning("QKD sealing refused for this channel: %s", exc.message)
             message = f"{exc.message}; this session goes on unsealed (not tier 4)"
@@ -178,6 +185,8 @@ class ServerSealing:
             self.state = SealState.PLAIN
             self._changed()
             self._release_held()
+            return
+        if self.state is SealState.CLOSED:  # ended while the key was fetched
             return
         self._master_sae = hello.master_sae_id
         reply = {
@@ -214,6 +223,8 @@ class ServerSealing:
         except QKDFailed as exc:
             self._write(encode_error(request_id, ErrorCode.TIER_REQUIRED, exc.message))
             self.fail(f"QKD rekey failed: {exc.message}")
+            return
+        if self.state is SealState.CLOSED:  # ended while the key was fetched
             return
         stream.switch_receive(keys)
         self._write(encode_result(request_id, {"epoch": epoch}))  # old key, last one

@@ -140,10 +140,7 @@ class Subscription:
 
     async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
         while True:
-            item = await self.queue.get()
-            if isinstance(item, SidecarError):
-                raise item
-            yield item
+            yield await self.next()
 
     async def next(self) -> dict[str, Any]:
         item = await self.queue.get()

@@ -114,6 +114,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
             close=self._close_sealed,
             spawn=self._spawn,
             changed=self._sealing_changed,
+            max_held=server.settings.limits.max_in_flight_per_channel,
         )
         self._state = ChannelState(principal, bucket, self._push, session_tier=self.session_tier)
         self._state.session_detail.update(self._algorithms())

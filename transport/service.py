@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from sidecar.errors import (
+    AlreadyConsumed,
     InvalidMessage,
     NotFound,
     QueueFull,
@@ -41,9 +42,12 @@ from transport.tiers import (
     tier_name,
 )
 
-__all__ = ["TIER_NAMES", "ChannelState", "QueueService", "TierInfo", "required_tier"]
+__all__ = ["TIER_NAMES", "ChannelState", "QueueService", "TierInfo"]
 
 log = logging.getLogger(__name__)
+
+# held leases on one channel before the expired ones among them are dropped
+PRUNE_HELD_LEASES_AT = 256
 
 PROVENANCE_FIELDS = (
     "message_id",
@@ -56,11 +60,6 @@ PROVENANCE_FIELDS = (
     "upgraded",
     "delivery_count",
 )
-
-
-def required_tier(message: dict[str, Any]) -> int:
-    """The tier a message needs under the default thresholds (see ``TierPolicy``)."""
-    return DEFAULT_POLICY.required_tier(message)
 
 
 def _wire_value(value: Any) -> Any:
@@ -281,15 +280,13 @@ class QueueService:
     async def _ack(self, channel: ChannelState, params: Params) -> Any:
         lease_id = params.raw("lease_id")
         params.finish()
-        await self.queue.ack(channel.held(lease_id))
-        channel.drop(lease_id)
+        await channel.end(lease_id, self.queue.ack)
         return {"acked": lease_id}
 
     async def _release(self, channel: ChannelState, params: Params) -> Any:
         lease_id = params.raw("lease_id")
         params.finish()
-        await self.queue.release(channel.held(lease_id))
-        channel.drop(lease_id)
+        await channel.end(lease_id, self.queue.release)
         return {"released": lease_id}
 
     async def _subscribe(self, channel: ChannelState, params: Params) -> Any:
@@ -436,14 +433,35 @@ class ChannelState:
     closed: bool = False
     session_tier: Callable[[], TierInfo] = lambda: TierInfo(MAX_UNSEALED_TIER)
     session_detail: dict[str, Any] = field(default_factory=dict)
+    _prune_at: int = field(default=PRUNE_HELD_LEASES_AT, init=False, repr=False)
 
     def hold(self, lease: Any) -> bool:
         """Keep ``lease`` until ack/release; false once the channel is closed (then the
         caller gives it back, or it would stay leased until its timeout)."""
         if self.closed:
             return False
+        if len(self.leases) >= self._prune_at:
+            self._forget_expired()
         self.leases[_wire_value(lease.lease_id)] = lease
         return True
+
+    def _forget_expired(self) -> None:
+        """Drop leases past their deadline: the queue has taken those messages back.
+        Amortised: the next pass waits until the channel holds twice as many."""
+        now = time.monotonic()
+        self.leases = {k: v for k, v in self.leases.items() if v.deadline > now}
+        self._prune_at = max(PRUNE_HELD_LEASES_AT, 2 * len(self.leases))
+
+    async def end(self, lease_id: Any, how: Callable[[Any], Awaitable[Any]]) -> None:
+        """Ack or release (``how``) a lease; the channel stops holding it once the queue
+        has ended it or says it is no longer held (a late ack), but not when the queue
+        could not log the ack (it may be retried)."""
+        try:
+            await how(self.held(lease_id))
+        except (AlreadyConsumed, NotFound):
+            self.drop(lease_id)
+            raise
+        self.drop(lease_id)
 
     def held(self, lease_id: Any) -> Any:
         """The lease object when this channel holds it, else the id (the core decides)."""

@@ -138,9 +138,6 @@ class Sidecar:
                 loop.remove_signal_handler(sig)
             self.notifier.close()
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     async def start(self) -> None:
         cfg = self.cfg
         started = time.monotonic()

@@ -84,7 +84,6 @@ class EntropyPublisher:
         self.mixer = mixer
         self.say = say
         self.reader: LockedReader | None = None
-        self.published = 0
         self._wake = asyncio.Event()
 
     def tier_changed(self) -> None:
@@ -184,5 +183,4 @@ class EntropyPublisher:
         except SidecarError as exc:
             log.warning("entropy_share not published: %s", exc.message)
             return
-        self.published += 1
         self.metrics.entropy_shares.inc()

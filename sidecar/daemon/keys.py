@@ -18,6 +18,7 @@ from pathlib import Path
 import asyncssh
 
 import transport.ssh_algorithms  # noqa: F401 - registers the post-quantum key algorithms
+from transport.keys import known_hosts_line, public_line, write_key_pair
 
 from .config import ConfigError, DaemonConfig
 
@@ -37,26 +38,7 @@ class LoadedKey:
 
     @property
     def public_line(self) -> str:
-        return self.key.export_public_key("openssh").decode().strip()
-
-
-def _write_private(key: asyncssh.SSHKey, path: Path) -> None:
-    """Write 0600 from the start (never world-readable, not even briefly), with fsync."""
-    data = key.export_private_key("openssh")
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    path.with_name(path.name + ".pub").write_bytes(key.export_public_key("openssh"))
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        return public_line(self.key)
 
 
 def load_or_generate(path: Path, *, generate: bool, setting: str, comment: str) -> LoadedKey:
@@ -76,7 +58,7 @@ def load_or_generate(path: Path, *, generate: bool, setting: str, comment: str) 
             raise ConfigError(f"{setting}: {path} is not a usable private key ({e})") from None
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = asyncssh.generate_private_key(HOST_KEY_ALG, comment=comment)
-    _write_private(key, path)
+    write_key_pair(key, path, force=True)  # 0600 from the start, fsync'd
     return LoadedKey(key, path, new=True)
 
 
@@ -122,10 +104,7 @@ def ensure_local_operator(cfg: DaemonConfig, host: LoadedKey) -> LocalOperator:
             f.flush()
             os.fsync(f.fileno())
     known = d / "known_hosts"
-    host_pub = host.public_line.split()
-    port = cfg.listen.port
-    pattern = "127.0.0.1" if port == 22 else f"[127.0.0.1]:{port}"
-    known.write_text(f"{pattern} {host_pub[0]} {host_pub[1]}\n")
+    known.write_text(known_hosts_line("127.0.0.1", cfg.listen.port, host.key) + "\n")
     return LocalOperator(op.path, known, op.fingerprint, op.new)
 
 

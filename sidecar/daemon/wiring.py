@@ -121,11 +121,12 @@ class QueuePart:
         if not isinstance(raw, dict | str):
             raise InvalidMessage("the message must be a JSON object (serde or canonical form)")
         msg = QueueMessage.from_json(raw, max_size=self.cfg.limits.max_message_bytes)
-        need = self.cfg.tiers.policy.required_tier(msg.to_json())
+        canonical = msg.canonical()
+        need = self.cfg.tiers.policy.required_tier(canonical)
         have = self.tier()
         if need > have:
             raise TierRequired(
-                f"a transaction of value_usd={msg.to_json().get('value_usd')} needs tier "
+                f"a transaction of value_usd={canonical.get('value_usd')} needs tier "
                 f"{need}, this sidecar runs at tier {have}"
             )
         chosen, upgraded = self._policy_mode(msg, None, have)
@@ -333,24 +334,7 @@ class ServerPart:
         return Endpoint(self.cfg.listen.host, self.server.port)
 
     def tier_notes(self, host_key_alg: str) -> list[str]:
-        """What caps the session tier here, said once at start."""
-        notes = []
-        for tier, algs in sorted(self.cfg.tiers.policy.host_keys.items()):
-            if host_key_alg not in algs:
-                notes.append(
-                    f"tiers: host key {host_key_alg} is not in tiers.host_keys.{tier} "
-                    f"({', '.join(algs)}): sessions are capped at tier {tier - 1}"
-                )
-                break
-        kme = self.cfg.hardware.kme
-        if kme is not None and self.cfg.tiers.sealing.enabled:
-            notes.append(
-                f"tiers: tier-4 sealing on, QKD keys from {kme.url} (this node is SAE "
-                f"{kme.sae_id}); unsealed sessions run at tier 3 at most"
-            )
-        else:
-            notes.append("tiers: tier-4 sealing off (no [hardware.kme]); sessions reach tier 3")
-        return notes
+        return tier_notes(self.cfg, host_key_alg)
 
     def connections(self) -> int | None:
         if self.server is None:
@@ -369,6 +353,31 @@ class ServerPart:
     def tier_changed(self) -> None:
         if self.server is not None:
             self.server.tier_changed()
+
+
+def tier_notes(cfg: DaemonConfig, host_key_alg: str) -> list[str]:
+    """What caps the session tier here, said once at start."""
+    notes = []
+    for tier, algs in sorted(cfg.tiers.policy.host_keys.items()):
+        if host_key_alg not in algs:
+            notes.append(
+                f"tiers: host key {host_key_alg} is not in tiers.host_keys.{tier} "
+                f"({', '.join(algs)}): sessions are capped at tier {tier - 1}"
+            )
+            break
+    kme = cfg.hardware.kme
+    if kme is None:
+        notes.append("tiers: tier-4 sealing off (no [hardware.kme]); sessions reach tier 3")
+    elif not cfg.tiers.sealing.enabled:
+        notes.append(
+            "tiers: tier-4 sealing off (tiers.sealing.enabled = false); sessions reach tier 3"
+        )
+    else:
+        notes.append(
+            f"tiers: tier-4 sealing on, QKD keys from {kme.url} (this node is SAE "
+            f"{kme.sae_id}); unsealed sessions run at tier 3 at most"
+        )
+    return notes
 
 
 class CountingAuthorizedKeys(AuthorizedKeys):

@@ -113,7 +113,7 @@ class WriteAheadLog:
                     f"{path}: corrupt record at byte offset {result.bad_offset}, followed by "
                     f"valid records (next at offset {result.next_valid_offset}); refusing to "
                     "open. Run `qssh-sidecar wal verify` to inspect; open with salvage "
-                    "(serve --salvage-wal) to keep every valid record and set the damaged "
+                    "(serve --salvage) to keep every valid record and set the damaged "
                     "file aside",
                     path=path,
                     offset=result.bad_offset or 0,
@@ -200,9 +200,6 @@ class WriteAheadLog:
     def append_and_sync(self, frame: bytes) -> None:
         self.append(frame)
         self.sync()
-
-    def append_records(self, records: list[bytes]) -> None:
-        self.append_and_sync(encode_frame(records))
 
     # -- compaction ----------------------------------------------------------------------
     def rewrite(self, records: Iterable[bytes]) -> None:

@@ -29,7 +29,6 @@ SUBMIT = "S"
 CONSUME = "C"
 RESERVE = "R"
 CHECKPOINT = "K"
-RECORD_TYPES = {SUBMIT: "submit", CONSUME: "consume", RESERVE: "reserve", CHECKPOINT: "checkpoint"}
 
 _MODES = {m.value: m for m in Mode}
 _PRIORITIES = {int(p): p for p in Priority}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.subprocesses import REPO, child_env
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None,
@@ -28,7 +27,7 @@ def test_run_all_quick_writes_ratios_figures_and_machine(tmp_path: Path) -> None
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "run_all.py"), "--quick",
          "--out", str(out), "--dir", str(tmp_path)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO, env=child_env(),
         capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]

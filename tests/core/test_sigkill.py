@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 from sidecar import QppValidatorQueue
+from tests.subprocesses import REPO, child_env
 
-REPO = Path(__file__).resolve().parents[2]
 CYCLES = 200 if os.environ.get("QSSH_NIGHTLY") == "1" else 50
 
 
 def _run_child(persist_dir: Path, seed: int, rng: random.Random) -> list[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.core.kill_child", str(persist_dir), str(seed)],
         stdout=subprocess.PIPE,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +11,7 @@ import orjson
 from sidecar import QppValidatorQueue
 from sidecar.wal import FILE_HEADER_SIZE, consume_record, encode_frame
 from tests.core.helpers import block, gossip
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.subprocesses import REPO, child_env
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -21,7 +19,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "sidecar.cli", "wal", *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=child_env(),
         cwd=REPO,
         timeout=60,
         check=False,

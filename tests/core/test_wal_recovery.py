@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from sidecar import LogCorrupt, QppValidatorQueue
+from sidecar.cli import SUBCOMMANDS
 from sidecar.wal import (
     FILE_HEADER_SIZE,
     TEMP_SUFFIX,
@@ -129,3 +133,27 @@ def test_append_is_rolled_back_when_reopened_log_is_reused(tmp_path: Path) -> No
     assert rec2.replayed is not None
     assert rec2.replayed.consumes == 1
     wal2.close()
+
+
+async def test_the_corruption_refusal_names_only_commands_that_exist(tmp_path: Path) -> None:
+    path = await _log_with(tmp_path, 6)
+    data = bytearray(Path(path).read_bytes())
+    data[_frame_offsets(bytes(data))[2] + 20] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+    with pytest.raises(LogCorrupt) as info:
+        await QppValidatorQueue.open("v", tmp_path)
+    named = re.findall(r"\b(serve|wal \w+)((?: --[a-z-]+)+)", info.value.message)
+    assert named, info.value.message
+    for command, flags in named:
+        assert set(flags.split()) <= _options(command), (command, flags)
+
+
+def _options(command: str) -> set[str]:
+    """Every option the ``qssh-sidecar`` subcommand ``command`` accepts."""
+    name, *rest = command.split()
+    parser = argparse.ArgumentParser()
+    importlib.import_module(SUBCOMMANDS[name][0]).configure(parser)
+    if rest:  # a nested subcommand such as ``wal compact``
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[rest[0]]
+    return set(parser._option_string_actions)

@@ -18,29 +18,9 @@ from typing import Any
 import orjson
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 60.0
+from tests.subprocesses import START_TIMEOUT, child_env
+
 STOP_TIMEOUT = 30.0
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    env["PYTHONPATH"] = str(REPO)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def is_listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1.0)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class NotifySocket:

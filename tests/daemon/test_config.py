@@ -10,8 +10,9 @@ import pytest
 import transport.ssh_algorithms  # noqa: F401 - registers ssh-falcon512
 from sidecar.daemon import config
 from sidecar.daemon.config import ConfigError
+from tests.subprocesses import free_port, is_listening
 
-from .harness import AS_FILE_MODES_APPLY, free_port, is_listening, run_serve
+from .harness import AS_FILE_MODES_APPLY, run_serve
 
 
 def _load(tmp_path: Path, text: str) -> config.DaemonConfig:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from .harness import Daemon, call_line, child_env, free_port
+from tests.subprocesses import child_env, free_port
+
+from .harness import Daemon, call_line
 
 pytestmark = pytest.mark.skipif(
     shutil.which("fiu-run") is None, reason="fiu-utils (fiu-run, fiu-ctrl) not installed"

@@ -13,9 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import transport.ssh_algorithms  # noqa: F401 - registers ssh-falcon512
 from sidecar.daemon.config import ConfigError, parse_endpoint
+from tests.subprocesses import Operator, free_port
 from transport.client import AuthRefused, QueueClient
 
-from .harness import call_line, free_port
+from .harness import call_line
 
 GOSSIP = {"kind": "gossip", "topic": "t", "data": "aGk="}
 VOTE = {"kind": "vote", "validator": "bob", "block_hash": "ab" * 32, "signature": "c2ln"}
@@ -47,18 +48,12 @@ async def test_counters_move_under_load(tmp_path: Path, spawn: Any) -> None:
     d = spawn(["--port", str(free_port()), "--data-dir", "d", "--metrics", f"127.0.0.1:{mport}"])
     d.wait_ready()
     ssh_port = d.port("ssh")
-    op = tmp_path / "d" / "operator"
+    op = Operator.of(tmp_path / "d")
     before = scrape(mport)
     assert before["qssh_security_tier"] == 2
     assert before["qssh_submits_total{mode=sync}"] == 0
 
-    async with QueueClient.connect(
-        "127.0.0.1",
-        ssh_port,
-        username="operator",
-        client_keys=[op / "id_falcon512"],
-        known_hosts=op / "known_hosts",
-    ) as c:
+    async with op.connect(ssh_port) as c:
         await asyncio.gather(*(c.submit(VOTE) for _ in range(10)))  # sync, group commit
         for _ in range(5):
             await c.submit(GOSSIP)  # async
@@ -80,7 +75,7 @@ async def test_counters_move_under_load(tmp_path: Path, spawn: Any) -> None:
             ssh_port,
             username="x",
             client_keys=[stranger],
-            known_hosts=op / "known_hosts",
+            known_hosts=op.known_hosts,
         ):
             pass
 

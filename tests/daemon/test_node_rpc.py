@@ -15,8 +15,9 @@ import orjson
 import pytest
 
 from sidecar.daemon.config import ConfigError, parse_endpoint
+from tests.subprocesses import child_env, free_port
 
-from .harness import Daemon, child_env, free_port, http_tcp, http_unix, rpc_line
+from .harness import Daemon, http_tcp, http_unix, rpc_line
 
 BLOCK = {"BlockImport": {"block_hash": [1] * 32, "block_number": 42, "timestamp": 1_700_000_000}}
 VOTE = {"Vote": {"validator": "bob", "block_hash": [2] * 32, "signature": [9, 8, 7]}}

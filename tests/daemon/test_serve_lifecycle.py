@@ -10,9 +10,9 @@ from typing import Any
 import asyncssh
 
 import transport.ssh_algorithms  # noqa: F401 - registers ssh-falcon512
-from transport.client import QueueClient
+from tests.subprocesses import Operator, free_port
 
-from .harness import NotifySocket, call_line, free_port
+from .harness import NotifySocket, call_line
 
 ASYNC_COUNT = 25
 
@@ -104,15 +104,8 @@ async def test_sigterm_with_an_ssh_client_connected_keeps_its_async_submits(
     args = ["--port", str(free_port()), "--data-dir", "d", "--metrics", ""]
     d = spawn(args)
     d.wait_ready()
-    op = tmp_path / "d" / "operator"
     gossip = {"kind": "gossip", "topic": "x", "data": "aGk="}
-    async with QueueClient.connect(
-        "127.0.0.1",
-        d.port("ssh"),
-        username="operator",
-        client_keys=[op / "id_falcon512"],
-        known_hosts=op / "known_hosts",
-    ) as c:
+    async with Operator.of(tmp_path / "d").connect(d.port("ssh")) as c:
         results = await c.submit_batch([gossip] * 40, mode="async")
         assert all(r["mode"] == "async" for r in results)
         d.proc.send_signal(signal.SIGTERM)  # while this connection is still open

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.subprocesses import REPO
+
 UNIT = REPO / "systemd" / "qssh-sidecar@.service"
 TARGET = REPO / "systemd" / "qssh-sidecar.target"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,22 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from .harness import REPO, child_env
+from tests.subprocesses import REPO, child_env, is_listening
 
 UP = REPO / "examples" / "testnet" / "up"
 DOWN = REPO / "examples" / "testnet" / "down"
 PORTS = (22222, 22223, 22224, 9615, 9616, 9617)
 
 
-def _busy(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture
 def testnet(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], str]]:
-    busy = [p for p in PORTS if _busy(p)]
+    busy = [p for p in PORTS if is_listening(p, 0.5)]
     if busy:
         pytest.skip(f"the example's fixed ports {busy} are in use on this machine")
     env = child_env(TESTNET_DIR=str(tmp_path / "run"), PYTHON=sys.executable)

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from hardware.simulators.serial_qrng import SerialQRNGSimulator
+from tests.subprocesses import free_port, is_listening
 
-from .harness import NotifySocket, free_port, is_listening, run_serve
+from .harness import NotifySocket, run_serve
 
 HW = """
 [hardware]

@@ -11,33 +11,17 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-REPO = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 60.0
+from tests.subprocesses import REPO, START_TIMEOUT, Operator, child_env
+
 NIGHTLY = os.environ.get("QSSH_NIGHTLY") == "1"
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    env["PYTHONPATH"] = str(REPO)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_kib(pid: int) -> int:
@@ -135,18 +119,6 @@ class Serve:
 
     def rss_kib(self) -> int:
         return rss_kib(self.pid)
-
-
-@dataclass(frozen=True)
-class Operator:
-    """The local operator key the daemon makes on first start (all roles)."""
-
-    key: Path
-    known_hosts: Path
-
-    @classmethod
-    def of(cls, data_dir: Path) -> Operator:
-        return cls(data_dir / "operator" / "id_falcon512", data_dir / "operator" / "known_hosts")
 
 
 class Worker:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.subprocesses import REPO, child_env
 
 
 class Mount:
@@ -21,7 +21,7 @@ class Mount:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.faults.powercut_fs", str(backing), str(mountpoint)],
                 cwd=REPO,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
+                env=child_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -25,18 +25,10 @@ import pytest
 
 import transport.ssh_algorithms  # noqa: F401
 from sidecar.errors import Unavailable
+from tests.subprocesses import Operator, free_port
 from transport.client import QueueClient
 
-from .harness import (
-    Operator,
-    Serve,
-    Worker,
-    cleanup,
-    free_port,
-    live_messages,
-    log_path,
-    wal_dump,
-)
+from .harness import Serve, Worker, cleanup, live_messages, log_path, wal_dump
 from .worker import block
 
 TMPFS_SIZE = 8 * 1024 * 1024

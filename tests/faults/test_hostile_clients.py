@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 import transport.ssh_algorithms  # noqa: F401
+from tests.subprocesses import REPO, Operator, child_env, free_port
 from transport.client import QueueClient
 from transport.limits import ServiceLimits
 
-from .harness import NIGHTLY, REPO, Operator, Serve, child_env, free_port, rss_kib
+from .harness import NIGHTLY, Serve, rss_kib
 from .worker import block
 
 MODES = ("noread", "channels", "bigframe", "garbage", "tcpjunk")

@@ -14,18 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.subprocesses import Operator, free_port
+
 from .checker import Incarnation, check
-from .harness import (
-    NIGHTLY,
-    Operator,
-    Serve,
-    Worker,
-    cleanup,
-    free_port,
-    live_messages,
-    log_path,
-    wal_dump,
-)
+from .harness import NIGHTLY, Serve, Worker, cleanup, live_messages, log_path, wal_dump
 from .powercut import Mount, fuse_unavailable, unmount
 
 pytestmark = [

@@ -19,18 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.subprocesses import Operator, free_port
+
 from .checker import Incarnation, check
-from .harness import (
-    NIGHTLY,
-    Operator,
-    Serve,
-    Worker,
-    cleanup,
-    free_port,
-    live_messages,
-    log_path,
-    wal_dump,
-)
+from .harness import NIGHTLY, Serve, Worker, cleanup, live_messages, log_path, wal_dump
 
 KILLS = 200 if NIGHTLY else 30
 pytestmark = pytest.mark.timeout(3600 if NIGHTLY else 300)

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from hardware.config import HardwareConfig
@@ -31,6 +29,3 @@ def kme_raw(
     pair = pki.clients[sae]
     return {"url": url, "sae_id": sae, "slave_sae_id": peer, "cert": pair.cert,
             "key": pair.key, "ca": pki.ca, "timeout": 1.0, "simulated": True}  # fmt: skip
-
-
-REPO = Path(__file__).resolve().parents[2]

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +8,9 @@ from pathlib import Path
 from hardware.simulators.kme_server import KMESimulator
 from hardware.simulators.serial_qrng import SerialQRNGSimulator
 from hardware.simulators.tls import ThrowawayPKI
-from tests.hardware.conftest import REPO
+from tests.subprocesses import REPO, child_env
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+ENV = child_env(COLUMNS="200")
 
 
 def hardware(*args: str) -> subprocess.CompletedProcess[bytes]:

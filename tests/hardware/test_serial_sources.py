@@ -15,7 +15,8 @@ from hardware.simulators.remote_qrng import RemoteQRNGSimulator
 from hardware.simulators.serial_qrng import SerialQRNGSimulator
 from hardware.sources import SerialSource
 from hardware.tier import Tier
-from tests.hardware.conftest import REPO, config_for
+from tests.hardware.conftest import config_for
+from tests.subprocesses import REPO, child_env
 
 
 def qrng_port(path: str, **extra: object) -> dict[str, object]:
@@ -139,7 +140,7 @@ def test_permission_denied_is_reported_per_device_not_a_crash(tmp_path: os.PathL
         )
         os.chmod(tmp_path, 0o755)
         os.chmod(cfg, 0o644)
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = child_env()
         # root ignores file modes: drop the override capabilities so the kernel refuses
         prefix = []
         if os.geteuid() == 0:

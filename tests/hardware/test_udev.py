@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from hardware.simulators import udev
-from tests.hardware.conftest import REPO
+from tests.subprocesses import REPO, child_env
 
 pytestmark = pytest.mark.skipif(
     shutil.which("umockdev-run") is None or shutil.which("umockdev-wrapper") is None,
     reason="umockdev not installed (Debian package umockdev)",
 )
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+ENV = child_env()
 
 
 def report_under_umockdev(tmp_path: Path, description: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import pytest
 import transport.ssh_algorithms  # noqa: F401  (registers ssh-falcon512)
 from sidecar import QppValidatorQueue
 from transport.client import QueueClient
+from transport.keys import known_hosts_line
 from transport.limits import ServiceLimits
 from transport.server import QueueServer, ServerSettings, start_queue_server
 
@@ -72,13 +73,18 @@ class Service:
 
 
 def pin_host_key(path: Path, port: int, key: asyncssh.SSHKey) -> None:
-    public = key.export_public_key().decode().split()
-    path.write_text(f"[127.0.0.1]:{port} {public[0]} {public[1]}\n")
+    path.write_text(known_hosts_line("127.0.0.1", port, key) + "\n")
 
 
 async def start_service(
-    tmp_path: Path, keys: Keys, limits: ServiceLimits | None = None, tier: int = 2
+    tmp_path: Path,
+    keys: Keys,
+    limits: ServiceLimits | None = None,
+    tier: int = 2,
+    **settings: Any,
 ) -> Service:
+    """A queue in ``tmp_path/data`` served on a free port; ``settings`` go to
+    ``ServerSettings`` (a tier provider, a policy, QKD settings)."""
     data_dir = tmp_path / "data"
     data_dir.mkdir(exist_ok=True)
     ak = tmp_path / "authorized_keys"
@@ -91,6 +97,7 @@ async def start_service(
         authorized_keys_path=ak,
         limits=limits or ServiceLimits(),
         tier=tier,
+        **settings,
     )
     server = await start_queue_server(queue, settings)
     known_hosts = tmp_path / "known_hosts"

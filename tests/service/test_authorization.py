@@ -56,6 +56,19 @@ async def test_revoked_key_is_refused_without_restart(service: Service, tmp_path
         await service.connect(service.keys.producer)
 
 
+async def test_a_classical_user_key_is_refused_even_when_listed(
+    service: Service, tmp_path: Path
+) -> None:
+    classical = asyncssh.generate_private_key("ssh-ed25519")
+    public = classical.export_public_key().decode().split()
+    with (tmp_path / "authorized_keys").open("a") as f:
+        f.write(f'roles="producer,consumer,admin" {public[0]} {public[1]} classical\n')
+    # the client is willing to sign with it: the refusal must come from the server
+    offered = [*ssh_options_for_tier(2, "client")["signature_algs"], "ssh-ed25519"]
+    with pytest.raises(AuthRefused):
+        await service.connect(classical, ssh_options={"signature_algs": offered})
+
+
 async def test_classical_only_asyncssh_client_is_refused(service: Service) -> None:
     with pytest.raises(ConnectFailed):
         await service.connect(ssh_options={"kex_algs": ["curve25519-sha256"]})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from pathlib import Path
@@ -13,8 +12,7 @@ import orjson
 import pytest
 
 from tests.service.conftest import Service, gossip, pin_host_key
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.subprocesses import child_env
 
 
 @pytest.fixture
@@ -35,7 +33,7 @@ def qssh_home(tmp_path: Path, service: Service) -> Path:
 async def qssh_queue(
     home: Path, *args: str, stdin: bytes = b"", interrupt_after: bytes | None = None
 ) -> tuple[int, bytes, bytes]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "QSSH_HOME": str(home)}
+    env = child_env(QSSH_HOME=str(home))
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -14,22 +13,11 @@ import asyncssh
 
 from sidecar import QppValidatorQueue
 from tests.service.conftest import Keys, authorized_keys_text, pin_host_key
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO)}
+from tests.subprocesses import REPO, START_TIMEOUT, child_env, free_port
 
 
 async def wait_listening(port: int, proc: asyncio.subprocess.Process) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         assert proc.returncode is None, "serve exited early"
         try:
@@ -61,7 +49,7 @@ async def start_serve(tmp_path: Path, port: int) -> asyncio.subprocess.Process:
         "--metrics",
         "",
         cwd=tmp_path,
-        env=env(),
+        env=child_env(),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
@@ -83,7 +71,7 @@ async def start_client(
         role,
         str(tag),
         cwd=REPO,
-        env=env(),
+        env=child_env(),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,

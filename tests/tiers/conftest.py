@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,14 +14,13 @@ import transport.ssh_algorithms  # noqa: F401  (registers ssh-falcon512)
 from hardware.kme import KMEClient
 from hardware.simulators.kme_server import KMESimulator, paired_kmes
 from hardware.simulators.tls import ThrowawayPKI, make_pki
-from sidecar import QppValidatorQueue
 from tests.daemon.harness import spawn
-from tests.service.conftest import Keys, authorized_keys_text, keys, pin_host_key
+from tests.service.conftest import Keys, keys, start_service
 from transport.client import QueueClient
 from transport.limits import ServiceLimits
 from transport.protocol.sealing import RekeyPolicy
 from transport.qkd import QKDSettings
-from transport.server import QueueServer, ServerSettings, start_queue_server
+from transport.server import QueueServer
 from transport.tiers import DEFAULT_POLICY, TierInfo, TierPolicy
 
 __all__ = ["keys", "spawn"]
@@ -90,25 +90,13 @@ async def start_tier_service(
     node: int = 4,
     qkd: QKDSettings | None = None,
     policy: TierPolicy = DEFAULT_POLICY,
+    limits: ServiceLimits | None = None,
 ) -> TierService:
-    data = tmp_path / "data"
-    data.mkdir(exist_ok=True)
-    ak = tmp_path / "authorized_keys"
-    ak.write_text(authorized_keys_text(keys))
-    queue = await QppValidatorQueue.open("alice", data)
     node_tier = NodeTier(node)
-    settings = ServerSettings(
-        host_keys=(keys.host,),
-        authorized_keys_path=ak,
-        limits=ServiceLimits(),
-        tier_provider=node_tier,
-        policy=policy,
-        qkd=qkd,
+    svc = await start_service(
+        tmp_path, keys, limits, tier_provider=node_tier, policy=policy, qkd=qkd
     )
-    server = await start_queue_server(queue, settings)
-    known_hosts = tmp_path / "known_hosts"
-    pin_host_key(known_hosts, server.port, keys.host)
-    return TierService(server, queue, known_hosts, keys, node_tier)
+    return TierService(svc.server, svc.queue, svc.known_hosts, keys, node_tier)
 
 
 async def stop_tier_service(svc: TierService) -> None:
@@ -116,6 +104,36 @@ async def stop_tier_service(svc: TierService) -> None:
     await svc.queue.close()
     for c in svc.clients:
         await c.aclose()
+
+
+@contextlib.asynccontextmanager
+async def qkd_service(
+    tmp_path: Path,
+    keys: Keys,
+    pki: ThrowawayPKI,
+    *,
+    server: KMESimulator | None,
+    client: KMESimulator,
+    server_kme: Callable[[KMEClient], Any] = lambda kme: kme,
+    server_rekey: RekeyPolicy | None = None,
+    limits: ServiceLimits | None = None,
+) -> AsyncIterator[tuple[TierService, QKDSettings]]:
+    """A tier-4 node whose server fetches keys from ``server`` (through ``server_kme``;
+    no KME at all when None), and client QKD settings on ``client``; stopped on exit."""
+    kmes: list[KMEClient] = []
+    qkd = None
+    if server is not None:
+        kmes.append(kme_client(pki, server, SLAVE))
+        qkd = QKDSettings(
+            kme=server_kme(kmes[0]), sae_id=SLAVE, rekey=server_rekey or RekeyPolicy()
+        )
+    svc = await start_tier_service(tmp_path, keys, qkd=qkd, limits=limits)
+    kmes.append(kme_client(pki, client, MASTER))
+    svc.clients += kmes
+    try:
+        yield svc, QKDSettings(kme=kmes[-1], sae_id=MASTER, peer_sae_id=SLAVE)
+    finally:
+        await stop_tier_service(svc)
 
 
 @pytest.fixture

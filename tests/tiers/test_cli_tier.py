@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ import orjson
 
 from hardware.simulators.kme_server import KMESimulator
 from hardware.simulators.tls import ThrowawayPKI
-from tests.daemon.harness import REPO
+from tests.subprocesses import child_env
 from tests.tiers.conftest import MASTER, SLAVE, TierService, transaction
 from transport.keys import write_key_pair
 from transport.qkd import QKDSettings
@@ -29,7 +28,7 @@ def qssh_config(tmp_path: Path, svc: TierService, qkd_lines: str = "") -> Path:
 
 
 async def qssh_queue(config: Path, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "QSSH_HOME": str(config.parent)}
+    env = child_env(QSSH_HOME=str(config.parent))
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from sidecar.daemon.config import ConfigError, from_dict
+from sidecar.daemon.wiring import tier_notes
 from transport.protocol.sealing import Aead
 
 
@@ -64,3 +65,25 @@ def test_every_setting_is_read() -> None:
 def test_mistakes_are_refused_naming_the_setting(tiers: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load(tiers)
+
+
+KME = {"url": "https://127.0.0.1:1", "sae_id": "a", "slave_sae_id": "b"}
+KME_FILES = {"cert": "c.pem", "key": "k.pem", "ca": "ca.pem"}
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        ({}, "tier-4 sealing off (no [hardware.kme])"),
+        (
+            {"hardware": {"kme": {**KME, **KME_FILES}}, "tiers": {"sealing": {"enabled": False}}},
+            "tier-4 sealing off (tiers.sealing.enabled = false)",
+        ),
+        ({"hardware": {"kme": {**KME, **KME_FILES}}}, "tier-4 sealing on, QKD keys from"),
+    ],
+)
+def test_the_start_note_on_sealing_names_what_turned_it_off(
+    data: dict[str, Any], said: str
+) -> None:
+    notes = tier_notes(from_dict(data, base=Path("/tmp")), "ssh-falcon512")
+    assert any(said in note for note in notes), notes

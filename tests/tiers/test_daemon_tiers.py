@@ -21,9 +21,9 @@ from hardware.simulators.serial_qrng import Behaviour, SerialQRNGSimulator
 from hardware.simulators.tls import ThrowawayPKI
 from sidecar import QppValidatorQueue
 from sidecar.errors import TierRequired
-from tests.daemon.harness import Daemon, free_port
+from tests.daemon.harness import Daemon
+from tests.subprocesses import Operator, free_port
 from tests.tiers.conftest import MASTER, SLAVE, kme_client, transaction
-from transport.client import QueueClient
 from transport.qkd import QKDSettings
 
 GOSSIP = {"kind": "gossip", "topic": "durable?", "data": "aGk="}
@@ -62,15 +62,7 @@ def wait_metric_at_least(port: int, name: str, value: float, timeout: float = 30
 
 
 def operator(tmp_path: Path, port: int, **kwargs: Any) -> Any:
-    op = tmp_path / "d" / "operator"
-    return QueueClient.connect(
-        "127.0.0.1",
-        port,
-        username="operator",
-        client_keys=[op / "id_falcon512"],
-        known_hosts=op / "known_hosts",
-        **kwargs,
-    )
+    return Operator.of(tmp_path / "d").connect(port, **kwargs)
 
 
 async def messages_on_disk(data_dir: Path) -> list[Any]:

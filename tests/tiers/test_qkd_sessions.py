@@ -15,17 +15,12 @@ from hardware.simulators.kme_server import KMESimulator
 from hardware.simulators.tls import ThrowawayPKI
 from sidecar.errors import SidecarError, TierRequired
 from tests.service.conftest import Keys
-from tests.tiers.conftest import (
-    SLAVE,
-    TierService,
-    kme_client,
-    start_tier_service,
-    stop_tier_service,
-    transaction,
-)
+from tests.service.rawchannel import RawChannel
+from tests.tiers.conftest import MASTER, TierService, qkd_service, transaction
+from transport.limits import ServiceLimits
 from transport.protocol import HEADER, encode_request
-from transport.protocol.sealing import RekeyPolicy
-from transport.qkd import QKDFailed, QKDSettings
+from transport.protocol.sealing import Aead, RekeyPolicy
+from transport.qkd import HELLO_ID, HELLO_METHOD, NONCE_BYTES, Hello, QKDFailed, QKDSettings
 
 TWO_MILLION = "2000000"
 
@@ -107,14 +102,7 @@ async def test_client_kme_failing_downgrades_the_session_and_refuses_2m(
     tmp_path: Path, keys: Keys, pki: ThrowawayPKI
 ) -> None:
     with KMESimulator(pki, "unavailable") as broken:
-        server_kme = kme_client(pki, broken, SLAVE)
-        svc = await start_tier_service(
-            tmp_path, keys, qkd=QKDSettings(kme=server_kme, sae_id=SLAVE)
-        )
-        client_kme = kme_client(pki, broken, "sae-alice")
-        svc.clients += [server_kme, client_kme]
-        qkd = QKDSettings(kme=client_kme, sae_id="sae-alice", peer_sae_id=SLAVE)
-        try:
+        async with qkd_service(tmp_path, keys, pki, server=broken, client=broken) as (svc, qkd):
             async with svc.connect(qkd=qkd) as c:
                 assert c.sealing is None
                 assert "enc_keys" in (c.qkd_failure or "")
@@ -122,8 +110,6 @@ async def test_client_kme_failing_downgrades_the_session_and_refuses_2m(
                     await c.submit(transaction(TWO_MILLION))
             with pytest.raises(QKDFailed, match="503"):
                 await svc.connect(qkd=qkd, require_qkd=True)
-        finally:
-            await stop_tier_service(svc)
 
 
 async def test_server_kme_failing_is_reported_and_the_session_stays_unsealed(
@@ -131,14 +117,7 @@ async def test_server_kme_failing_is_reported_and_the_session_stays_unsealed(
 ) -> None:
     master, _ = kme_pair
     with KMESimulator(pki, "unavailable") as broken:
-        server_kme = kme_client(pki, broken, SLAVE)
-        svc = await start_tier_service(
-            tmp_path, keys, qkd=QKDSettings(kme=server_kme, sae_id=SLAVE)
-        )
-        client_kme = kme_client(pki, master, "sae-alice")
-        svc.clients += [server_kme, client_kme]
-        qkd = QKDSettings(kme=client_kme, sae_id="sae-alice", peer_sae_id=SLAVE)
-        try:
+        async with qkd_service(tmp_path, keys, pki, server=broken, client=master) as (svc, qkd):
             async with svc.connect(qkd=qkd) as c:
                 assert "dec_keys on the server's KME failed" in (c.qkd_failure or "")
                 tier = await c.tier()
@@ -146,8 +125,6 @@ async def test_server_kme_failing_is_reported_and_the_session_stays_unsealed(
                 assert any("QKD: " in r for r in tier["session"]["reasons"])
                 with pytest.raises(TierRequired, match="needs tier 4"):
                     await c.submit(transaction(TWO_MILLION))
-        finally:
-            await stop_tier_service(svc)
 
 
 async def test_a_replayed_sealed_frame_on_the_wire_ends_the_session(
@@ -250,19 +227,14 @@ async def test_a_client_that_never_rekeys_is_cut_off_by_the_server(
     kme_pair: tuple[KMESimulator, KMESimulator],
 ) -> None:
     master, slave = kme_pair
-    server_kme = kme_client(pki, slave, SLAVE)
-    strict = QKDSettings(kme=server_kme, sae_id=SLAVE, rekey=RekeyPolicy(frames=5, grace=2))
-    svc = await start_tier_service(tmp_path, keys, qkd=strict)
-    client_kme = kme_client(pki, master, "sae-alice")
-    svc.clients += [server_kme, client_kme]
-    qkd = QKDSettings(kme=client_kme, sae_id="sae-alice", peer_sae_id=SLAVE)
-    try:
+    strict = RekeyPolicy(frames=5, grace=2)
+    async with qkd_service(
+        tmp_path, keys, pki, server=slave, client=master, server_rekey=strict
+    ) as (svc, qkd):
         async with svc.connect(qkd=qkd, require_qkd=True) as c:
             c.sealing._maybe_rekey = lambda: None  # a client that ignores the limits
             with pytest.raises(SidecarError, match="did not rekey in time"):
                 await ping_many(c, 20)
-    finally:
-        await stop_tier_service(svc)
 
 
 async def test_an_idle_sealed_channel_rekeys_by_age_on_its_own(
@@ -300,19 +272,12 @@ async def test_a_qkd_key_mismatch_fails_the_connection_with_a_clear_reason(
     kme_pair: tuple[KMESimulator, KMESimulator],
 ) -> None:
     master, slave = kme_pair
-    server_kme = kme_client(pki, slave, SLAVE)
-    svc = await start_tier_service(
-        tmp_path, keys, qkd=QKDSettings(kme=CorruptingKME(server_kme), sae_id=SLAVE)
-    )
-    client_kme = kme_client(pki, master, "sae-alice")
-    svc.clients += [server_kme, client_kme]
-    qkd = QKDSettings(kme=client_kme, sae_id="sae-alice", peer_sae_id=SLAVE)
-    try:
+    async with qkd_service(
+        tmp_path, keys, pki, server=slave, client=master, server_kme=CorruptingKME
+    ) as (svc, qkd):
         with pytest.raises(QKDFailed, match=r"QKD key agreement failed: .*failed authentication"):
             await svc.connect(qkd=qkd)  # not even without require_qkd: the channel is gone
         assert svc.queue.depth()["total"] == 0
-    finally:
-        await stop_tier_service(svc)
 
 
 async def test_a_server_without_a_kme_says_so_and_the_session_stays_unsealed(
@@ -322,13 +287,59 @@ async def test_a_server_without_a_kme_says_so_and_the_session_stays_unsealed(
     kme_pair: tuple[KMESimulator, KMESimulator],
 ) -> None:
     master, _ = kme_pair
-    svc = await start_tier_service(tmp_path, keys, qkd=None)
-    client_kme = kme_client(pki, master, "sae-alice")
-    svc.clients.append(client_kme)
-    qkd = QKDSettings(kme=client_kme, sae_id="sae-alice", peer_sae_id=SLAVE)
-    try:
+    async with qkd_service(tmp_path, keys, pki, server=None, client=master) as (svc, qkd):
         async with svc.connect(qkd=qkd) as c:
             assert "no QKD key manager configured" in (c.qkd_failure or "")
             assert (await c.tier())["session"]["tier"] == 3
-    finally:
-        await stop_tier_service(svc)
+
+
+class GatedKME:
+    """The server's real KME client, held at ``dec_keys`` until the test opens the gate."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.gate = asyncio.Event()
+
+    async def enc_keys(self, slave_sae_id: str, number: int = 1, size: int | None = None) -> Any:
+        return await self.real.enc_keys(slave_sae_id, number, size)
+
+    async def dec_keys(self, master_sae_id: str, key_ids: Any) -> Any:
+        await self.gate.wait()
+        return await self.real.dec_keys(master_sae_id, key_ids)
+
+
+async def test_frames_sent_during_a_key_exchange_are_bounded(
+    tmp_path: Path,
+    keys: Keys,
+    pki: ThrowawayPKI,
+    kme_pair: tuple[KMESimulator, KMESimulator],
+) -> None:
+    master, slave = kme_pair
+    gated: list[GatedKME] = []
+
+    def gate(real: Any) -> GatedKME:
+        gated.append(GatedKME(real))
+        return gated[-1]
+
+    limits = ServiceLimits(max_in_flight_per_channel=8)
+    async with qkd_service(
+        tmp_path, keys, pki, server=slave, client=master, server_kme=gate, limits=limits
+    ) as (svc, _):
+        raw = await RawChannel.open(svc.port, keys.everything, str(svc.known_hosts))
+        try:
+            hello = Hello(MASTER, ["key-1"], bytes(NONCE_BYTES), Aead.AES_256_GCM)
+            raw.send({"id": HELLO_ID, "method": HELLO_METHOD, "params": hello.to_params()})
+            for i in range(100):  # while the server waits for its KME
+                raw.send({"id": i, "method": "ping", "params": {}})
+            frames = []
+            for _ in range(200):
+                frame = await raw.recv(timeout=30.0)
+                if frame is None:
+                    break
+                frames.append(frame)
+            ended = [f for f in frames if f.get("event") == "session_closed"]
+            assert ended, frames
+            assert "during a QKD key exchange" in ended[0]["message"]
+        finally:
+            gated[0].gate.set()
+            await raw.close()

@@ -3,7 +3,6 @@ ML-DSA key generation and tier-4 nonces, from a real pty QRNG simulator."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,8 +15,8 @@ from hardware.health import HealthTest
 from hardware.monitor import HealthCheckedSource
 from hardware.simulators.serial_qrng import Behaviour, SerialQRNGSimulator
 from hardware.sources import SerialSource
-from tests.daemon.harness import REPO
 from tests.service.conftest import Keys
+from tests.subprocesses import child_env
 from tests.tiers.conftest import start_tier_service, stop_tier_service
 from transport.client import QueueClient
 from transport.crypto import get_scheme
@@ -124,7 +123,7 @@ async def test_a_qrng_seeded_mldsa_user_key_logs_in_over_ssh(
 def _keygen(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sidecar.cli", "keygen", *args],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=60,

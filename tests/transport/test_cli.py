@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -13,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.subprocesses import child_env
 from transport.keys import read_private_key, read_public_key
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def qssh(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(home)}
+    env = child_env(HOME=str(home))
     return subprocess.run(
         [sys.executable, "-m", "sidecar.cli", *args],
         capture_output=True, text=True, env=env, timeout=120, check=False,
@@ -111,7 +109,7 @@ def test_doctor_json_lists_every_algorithm_provider_and_kex(tmp_path: Path) -> N
 def test_doctor_never_imports_oqs_without_the_library(
     tmp_path: Path, args: tuple[str, ...]
 ) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    env = child_env(HOME=str(tmp_path))
     code = (
         "import sys; from sidecar.cli import main; rc = main(['doctor', *sys.argv[1:]]);"
         "from transport.crypto import liboqs;"

@@ -1,0 +1,61 @@
+"""What every test that starts a real child process needs: the repo root, the child's
+environment, a free loopback port, whether something listens on it, and the local
+operator key a first ``qssh-sidecar serve`` makes under its data dir."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transport.client import QueueClient
+
+REPO = Path(__file__).resolve().parents[1]
+START_TIMEOUT = 60.0
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment with the repo importable, unbuffered output, and no systemd
+    notify socket inherited from whatever runs the tests."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def is_listening(port: int, timeout: float = 1.0) -> bool:
+    with socket.socket() as s:
+        s.settimeout(timeout)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass(frozen=True)
+class Operator:
+    """The local operator key the daemon makes on first start (all roles)."""
+
+    key: Path
+    known_hosts: Path
+
+    @classmethod
+    def of(cls, data_dir: Path) -> Operator:
+        return cls(data_dir / "operator" / "id_falcon512", data_dir / "operator" / "known_hosts")
+
+    def connect(self, port: int, **kwargs: Any) -> Any:
+        """``QueueClient.connect`` to the daemon on ``port`` as this operator."""
+        return QueueClient.connect(
+            "127.0.0.1",
+            port,
+            username="operator",
+            client_keys=[self.key],
+            known_hosts=self.known_hosts,
+            **kwargs,
+        )
