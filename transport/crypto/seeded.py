@@ -1,11 +1,10 @@
 """ML-DSA keys held as their 32-byte seed (FIPS 204 ξ), through ``cryptography``.
 
-PQClean (``pqcrypto``) draws its own randomness inside key generation, so nothing can
-be mixed into a key it makes. ``cryptography`` builds an ML-DSA key from a seed
-(``MLDSA65PrivateKey.from_seed_bytes``); the public key is the same raw FIPS 204
-encoding the registry uses, and its signatures verify with every provider (tested).
-This is how QRNG output reaches key generation at tier 3: the seed is
-``HKDF(os.urandom(32) || qrng(32))`` (:class:`transport.entropy.EntropyMixer`).
+PQClean exports no seeded ML-DSA key generation; ``cryptography`` builds an ML-DSA
+key from a seed (``MLDSA65PrivateKey.from_seed_bytes``). The public key is the one
+PQClean's ``crypto_sign_keypair()`` makes from the same ξ, byte for byte, and its
+signatures verify with every provider (``tests/transport/test_seeded_keygen.py``).
+:mod:`transport.crypto.seeded_keygen` uses it when a key is made from a QRNG-mixed seed.
 
 A seeded private key is stored as ``string(public key) || string(32-byte seed)``
 in ``openssh-key-v1`` (instead of PQClean's expanded secret key); public keys and
