@@ -1,7 +1,7 @@
 """``qssh-sidecar keygen``: generate a post-quantum SSH key pair, like ssh-keygen.
 
 qssh-sidecar keygen -t ssh-falcon512 -f ~/.qssh/id_falcon512 -C alice@validator
-qssh-sidecar keygen -t ssh-mldsa-65 --qrng /dev/ttyACM0     # QRNG-mixed seed (tier 3)
+qssh-sidecar keygen -t ssh-falcon1024 --qrng /dev/ttyACM0   # QRNG-mixed seed (tier 3)
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--qrng",
         metavar="DEVICE",
         help="mix health-tested output of this QRNG (serial port or character device) "
-        "with OS randomness into the key (ML-DSA keys only)",
+        "with OS randomness (HKDF) into the key's seed (every algorithm but SLH-DSA)",
     )
 
 
@@ -82,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
         if args.qrng:
             if algorithm not in qrng_mixed_algorithms():
                 raise KeyFileError(
-                    f"{algorithm} key generation cannot take QRNG input (PQClean draws its "
-                    f"own randomness); use one of {', '.join(qrng_mixed_algorithms())}"
+                    f"{algorithm} key generation cannot take QRNG input (only liboqs "
+                    f"implements it, with its own randomness); use one of "
+                    f"{', '.join(qrng_mixed_algorithms())}"
                 )
             mixer, checked = qrng_mixer(args.qrng)
             try:

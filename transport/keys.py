@@ -21,7 +21,8 @@ import asyncssh
 
 from sidecar.errors import ErrorCode, SidecarError
 from transport.crypto import Family
-from transport.crypto.seeded import has_seed_form, public_from_seed
+from transport.crypto.seeded import public_from_seed
+from transport.crypto.seeded_keygen import seed_size
 from transport.entropy import EntropyMixer
 from transport.ssh_algorithms import PQSSHKey, key_class, registered_algorithms
 
@@ -47,8 +48,8 @@ def canonical_algorithm(name: str) -> str:
 
 
 def qrng_mixed_algorithms() -> list[str]:
-    """Key algorithms whose generation can take QRNG-mixed randomness (ML-DSA, by seed)."""
-    return [a for a in registered_algorithms() if has_seed_form(a)]
+    """Key algorithms made from a seed, so QRNG-mixed randomness can reach the key."""
+    return [a for a in registered_algorithms() if seed_size(key_class(a).spec) is not None]
 
 
 def generate_key(
@@ -57,13 +58,14 @@ def generate_key(
     *,
     entropy: EntropyMixer | None = None,
 ) -> PQSSHKey:
-    """A new key pair. With ``entropy`` holding a QRNG, ML-DSA keys are made from a seed
-    mixed from OS randomness and the QRNG; other algorithms (Falcon, SPHINCS+: PQClean
-    draws its own randomness) are generated as without it."""
+    """A new key pair. With ``entropy`` holding a QRNG, the key is made from a seed mixed
+    (HKDF) from OS randomness and the QRNG — every algorithm but liboqs-only SLH-DSA,
+    which is generated from the provider's own randomness as without it."""
     name = canonical_algorithm(algorithm)
     cls = key_class(name)
-    if entropy is not None and entropy.has_qrng and has_seed_form(name):
-        key = cls.from_seed(entropy.random_bytes(32, f"keygen {name}"))
+    size = seed_size(cls.spec)
+    if entropy is not None and entropy.has_qrng and size is not None:
+        key = cls.from_seed(entropy.random_bytes(size, f"keygen {name}"))
     else:
         key = cls.generate(b"")
     if comment:

@@ -41,6 +41,7 @@ from asyncssh.public_key import (
 
 from transport.crypto import HYBRID_KEX, SignatureScheme, SignatureSpec, statuses
 from transport.crypto.seeded import SEED_BYTES, has_seed_form, public_from_seed, sign_with_seed
+from transport.crypto.seeded_keygen import keypair_from_seed
 
 
 class PQSSHKey(SSHKey):
@@ -73,14 +74,18 @@ class PQSSHKey(SSHKey):
 
     @classmethod
     def from_seed(cls, seed: bytes) -> PQSSHKey:
-        """An ML-DSA key from its 32-byte seed (see ``transport.crypto.seeded``)."""
-        if not has_seed_form(cls.spec.ssh_name):
-            raise ValueError(f"{cls.spec.ssh_name} keys cannot be made from a seed")
-        return cls(public_from_seed(cls.spec.ssh_name, seed), seed)
+        """The key pair this algorithm's key generation makes from ``seed``
+        (see :mod:`transport.crypto.seeded_keygen`)."""
+        return cls(*keypair_from_seed(cls.spec, seed))
 
     @property
     def seeded(self) -> bool:
-        return self.secret_key_bytes is not None and len(self.secret_key_bytes) == SEED_BYTES
+        """The secret key is kept in seed form (ML-DSA made from a seed)."""
+        return (
+            self.secret_key_bytes is not None
+            and len(self.secret_key_bytes) == SEED_BYTES
+            and has_seed_form(self.spec.ssh_name)
+        )
 
     @classmethod
     def make_private(cls, key_params: object) -> SSHKey:

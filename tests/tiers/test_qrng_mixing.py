@@ -1,5 +1,6 @@
 """Tier 3: health-tested QRNG bytes mixed (HKDF, never replacing OS randomness) into
-ML-DSA key generation and tier-4 nonces, from a real pty QRNG simulator."""
+key generation (ML-DSA, Falcon, SPHINCS+) and tier-4 nonces, from a real pty QRNG
+simulator."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from hardware.errors import HealthTestFailure
 from hardware.health import HealthTest
@@ -19,9 +22,9 @@ from tests.service.conftest import Keys
 from tests.subprocesses import child_env
 from tests.tiers.conftest import start_tier_service, stop_tier_service
 from transport.client import QueueClient
-from transport.crypto import get_scheme
+from transport.crypto import get_scheme, seeded_keygen
 from transport.entropy import EntropyMixer
-from transport.keys import generate_key, read_private_key, write_key_pair
+from transport.keys import check_key_pair, generate_key, read_private_key, write_key_pair
 
 
 @pytest.fixture
@@ -87,14 +90,56 @@ def test_mldsa_keys_are_generated_from_a_qrng_mixed_seed_and_interoperate(
     assert again.public_key_bytes == key.public_key_bytes
 
 
-def test_falcon_keys_are_not_qrng_mixed(
-    qrng: tuple[SerialQRNGSimulator, HealthCheckedSource],
+@pytest.mark.parametrize(
+    "algorithm", ["ssh-falcon512", "ssh-falcon1024", "ssh-sphincssha2128fsimple"]
+)
+def test_falcon_and_sphincs_keys_are_made_from_a_qrng_mixed_seed(
+    qrng: tuple[SerialQRNGSimulator, HealthCheckedSource], algorithm: str, tmp_path: Path
 ) -> None:
     _, source = qrng
+    samples_before = source.test.counts.samples
     mixer = EntropyMixer(source.read, source="sim")
-    key = generate_key("ssh-falcon512", entropy=mixer)
-    assert not key.seeded
-    assert mixer.mixed == 0  # PQClean draws its own randomness: nothing was mixed
+    key = generate_key(algorithm, "qrng", entropy=mixer)
+    assert (mixer.mixed, mixer.os_only) == (1, 0)
+    assert source.test.counts.samples == samples_before + 32  # health-tested QRNG bytes
+    assert check_key_pair(key)
+    raw = key.sign_ssh(b"block 7", algorithm.encode())[4:]
+    assert get_scheme(algorithm).verify(key.public_key_bytes, b"block 7", raw)
+    private_path, _ = write_key_pair(key, tmp_path / "id")
+    assert read_private_key(private_path).public_key_bytes == key.public_key_bytes
+
+
+@pytest.mark.parametrize(
+    "algorithm", ["ssh-falcon512", "ssh-sphincssha2256fsimple", "ssh-mldsa-44"]
+)
+def test_the_key_is_determined_by_both_os_and_qrng_bytes(
+    algorithm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is exactly the seeded key pair of HKDF(os || qrng): the QRNG bytes reach
+    the key, and the OS bytes still count (the QRNG adds, it never replaces)."""
+    import transport.entropy as entropy_module  # noqa: PLC0415 - patched below
+
+    os_bytes = [b"\x11" * 32]
+    monkeypatch.setattr(entropy_module.os, "urandom", lambda n: os_bytes[0][:n])
+
+    def key_with(os_value: bytes, qrng_value: bytes) -> bytes:
+        os_bytes[0] = os_value
+        mixer = EntropyMixer(lambda n: qrng_value[:n], source="fixed")
+        return generate_key(algorithm, entropy=mixer).public_key_bytes
+
+    spec = get_scheme(algorithm).spec
+    size = seeded_keygen.seed_size(spec)
+    assert size is not None
+    seed = HKDF(
+        algorithm=hashes.SHA256(),
+        length=size,
+        salt=None,
+        info=f"qssh-sidecar entropy mix v1|keygen {algorithm}".encode(),
+    ).derive(b"\x11" * 32 + b"\x22" * 32)
+    reference = key_with(b"\x11" * 32, b"\x22" * 32)
+    assert reference == seeded_keygen.keypair_from_seed(spec, seed)[0]
+    assert key_with(b"\x11" * 32, b"\x23" * 32) != reference  # another QRNG draw
+    assert key_with(b"\x12" * 32, b"\x22" * 32) != reference  # another OS draw
 
 
 async def test_a_qrng_seeded_mldsa_user_key_logs_in_over_ssh(
@@ -148,7 +193,11 @@ def test_keygen_refuses_a_stuck_qrng_and_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "k").exists()
 
 
-def test_keygen_says_falcon_cannot_take_qrng_input(tmp_path: Path) -> None:
-    r = _keygen("-t", "ssh-falcon512", "-f", str(tmp_path / "k"), "--qrng", "/dev/null")
-    assert r.returncode == 1
-    assert "cannot take QRNG input" in r.stderr
+def test_keygen_mixes_a_healthy_qrng_into_a_falcon_key(tmp_path: Path) -> None:
+    with SerialQRNGSimulator("good") as sim:
+        r = _keygen("-t", "ssh-falcon1024", "-f", str(tmp_path / "k"), "--qrng", sim.path)
+    assert r.returncode == 0, r.stderr
+    assert "health-tested QRNG" in r.stdout
+    key = read_private_key(tmp_path / "k")
+    assert key.get_algorithm() == "ssh-falcon1024"
+    assert check_key_pair(key)
