@@ -1,9 +1,10 @@
 """The running sidecar: starts every part in order and stops them in reverse.
 
-Start: check the machine (data dir, key files) → lock the data dir → open and
-recover the log → probe hardware and decide the tier → metrics → SSH listener →
-node endpoint → ``READY=1``. Any failure before the listener is a configuration
-error: one line, exit 2, nothing listened.
+Start: check the machine (data dir, key files, authorized keys) → lock the data dir
+→ open and recover the log → probe hardware and decide the tier → make missing keys
+(their seeds QRNG-mixed at tier 3) → metrics → SSH listener → node endpoint →
+``READY=1``. A configuration error is found before the log is opened: one line,
+exit 2, nothing listened.
 
 Stop (SIGTERM/SIGINT): stop accepting, let in-flight requests finish, close the
 queue (which writes the async messages to the log with fsync), exit 0 — bounded by
@@ -145,25 +146,28 @@ class Sidecar:
         prepare_data_dir(cfg.data_dir)
         self._lock_data_dir()
         self._check_files()
-        host = keys.ensure_host_key(
-            cfg.host_key_path, generate=cfg.host_key is None, instance=cfg.instance
-        )
-        self.say(
-            f"host key {cfg.host_key_path}: {host.fingerprint}" + (" (new)" if host.new else "")
-        )
-        operator = None
-        if cfg.embedded_defaults or not cfg.authorized_keys_path.exists():
-            operator = keys.ensure_local_operator(cfg, host)
-        try:
-            self.server.load_authorized_keys(cfg.authorized_keys_path)
-        except ValueError as e:
-            raise ConfigError(f"authorized_keys: {e}") from None
+        host = keys.existing_host_key(cfg.host_key_path, generate=cfg.host_key is None)
+        make_operator = cfg.embedded_defaults or not cfg.authorized_keys_path.exists()
+        if cfg.authorized_keys_path.exists():
+            self._load_authorized_keys()
 
         recovery = await self.queue.open(salvage=self.salvage)
         self.say(f"log {self.queue.wal_dir}: {recovery}")
 
         decision = await self.hardware.start()
         self.say(f"tier {decision}")
+
+        # New keys are made after the probe, so that at tier 3 their seed takes QRNG bytes.
+        self.entropy.attach()
+        if host is None:
+            host = await asyncio.to_thread(
+                keys.new_host_key, cfg.host_key_path, instance=cfg.instance, entropy=self.mixer
+            )
+        self.say(f"host key {cfg.host_key_path}: {host.fingerprint}{host.origin}")
+        operator = None
+        if make_operator:
+            operator = await asyncio.to_thread(keys.ensure_local_operator, cfg, host, self.mixer)
+            self._load_authorized_keys()
 
         if cfg.metrics is not None:
             self.metrics.serve(cfg.metrics)
@@ -189,6 +193,12 @@ class Sidecar:
         self._tasks.append(asyncio.create_task(self._status_loop()))
         self.notifier.ready(self._status_line())
         self.say(f"ready in {time.monotonic() - started:.2f}s")
+
+    def _load_authorized_keys(self) -> None:
+        try:
+            self.server.load_authorized_keys(self.cfg.authorized_keys_path)
+        except ValueError as e:
+            raise ConfigError(f"authorized_keys: {e}") from None
 
     def _check_files(self) -> None:
         cfg = self.cfg

@@ -1,12 +1,12 @@
 """Tier 3 at work (SPEC §6.1): QRNG output published as ``entropy_share`` messages and
-mixed into the tier-4 nonces.
+mixed into new keys and the tier-4 nonces.
 
 While the hardware tier is 3 or more, the publisher holds a health-checked reader on
 the best local quantum RNG (``HardwareMonitor.best_quantum_source()``) and submits one
 ``entropy_share`` every ``tiers.entropy.interval`` seconds: sync, priority high,
 ``device_id`` = the source's path, ``qber_percent`` 0 (a local QRNG has no QBER). The
 same reader, behind a lock, feeds the :class:`EntropyMixer` that mixes QRNG bytes with
-OS randomness (HKDF) for the server's tier-4 nonces.
+OS randomness (HKDF) for keys made at start-up and the server's tier-4 nonces.
 
 If the source fails its continuous health test (or times out, or is unplugged)
 publishing stops at once, with an error line and ``qssh_entropy_source_failures``;
@@ -89,6 +89,13 @@ class EntropyPublisher:
     def tier_changed(self) -> None:
         self._wake.set()
 
+    def attach(self) -> str | None:
+        """Take the QRNG reader now if the tier allows (so keys made at start-up mix it);
+        the path of the QRNG the mixer holds, or None."""
+        if self.reader is None and self.tier() >= ENTROPY_TIER:
+            self._start_publishing()
+        return None if self.reader is None else self.reader.path
+
     @property
     def _await_decision(self) -> bool:
         """After a source failure, wait for the monitor's next evaluation before taking
@@ -136,7 +143,7 @@ class EntropyPublisher:
         self.mixer.set_qrng(self.reader.read, self.reader.path)
         self.metrics.entropy_publishing.set(1 if self.cfg.interval > 0 else 0)
         self.say(
-            f"entropy: QRNG {self.reader.path} mixed into tier-4 nonces; "
+            f"entropy: QRNG {self.reader.path} mixed into new keys and tier-4 nonces; "
             + (
                 f"publishing entropy_share every {self.cfg.interval:g}s"
                 if self.cfg.interval > 0

@@ -1,9 +1,13 @@
 """Host key and local operator key, created on first start.
 
-The host key is Falcon-512 (SPEC §5.2 default). On embedded defaults, or when no
-authorized_keys file exists yet, the daemon also makes a key for the local operator
-(producer, consumer and admin roles) and a known_hosts pinning this host, so the
-printed ``qssh-queue`` commands work at once without trust-on-first-use.
+The host key is Falcon-512 (SPEC §5.2 default). Keys are made after the hardware
+probe: at tier 3 their seed is mixed (HKDF) from OS randomness and the health-tested
+QRNG (:func:`transport.keys.generate_key`), and the start-up line says so.
+
+On embedded defaults, or when no authorized_keys file exists yet, the daemon also
+makes a key for the local operator (producer, consumer and admin roles) and a
+known_hosts pinning this host, so the printed ``qssh-queue`` commands work at once
+without trust-on-first-use.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from pathlib import Path
 import asyncssh
 
 import transport.ssh_algorithms  # noqa: F401 - registers the post-quantum key algorithms
-from transport.keys import known_hosts_line, public_line, write_key_pair
+from transport.entropy import EntropyMixer
+from transport.keys import generate_key, known_hosts_line, public_line, write_key_pair
 
 from .config import ConfigError, DaemonConfig
 
@@ -31,41 +36,61 @@ class LoadedKey:
     key: asyncssh.SSHKey
     path: Path
     new: bool
+    qrng: str | None = None
+    """The QRNG mixed into a new key's seed, if one was."""
 
     @property
     def fingerprint(self) -> str:
         return f"{self.key.get_algorithm()} {self.key.get_fingerprint('sha256')}"
 
     @property
+    def origin(self) -> str:
+        """`` (new)``, `` (new, seed mixed with QRNG …)`` or nothing, for start-up lines."""
+        if not self.new:
+            return ""
+        return f" (new, seed mixed with QRNG {self.qrng})" if self.qrng else " (new)"
+
+    @property
     def public_line(self) -> str:
         return public_line(self.key)
 
 
-def load_or_generate(path: Path, *, generate: bool, setting: str, comment: str) -> LoadedKey:
-    if path.exists() or not generate:
-        try:
-            return LoadedKey(asyncssh.read_private_key(str(path)), path, new=False)
-        except FileNotFoundError:
-            raise ConfigError(
-                f"{setting}: {path} does not exist (create one with "
-                f"`qssh-sidecar keygen -t {HOST_KEY_ALG} -f {path}`)"
-            ) from None
-        except IsADirectoryError:
-            raise ConfigError(f"{setting}: {path} is a directory, not a key file") from None
-        except OSError as e:
-            raise ConfigError(f"{setting}: cannot read {path} ({e.strerror})") from None
-        except (asyncssh.KeyImportError, ValueError) as e:
-            raise ConfigError(f"{setting}: {path} is not a usable private key ({e})") from None
+def existing_key(path: Path, *, generate: bool, setting: str) -> LoadedKey | None:
+    """The key at ``path``; None when it is missing and may be generated. Every fault
+    is a :class:`ConfigError`, found before anything starts."""
+    if not path.exists() and generate:
+        return None
+    try:
+        return LoadedKey(asyncssh.read_private_key(str(path)), path, new=False)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{setting}: {path} does not exist (create one with "
+            f"`qssh-sidecar keygen -t {HOST_KEY_ALG} -f {path}`)"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{setting}: {path} is a directory, not a key file") from None
+    except OSError as e:
+        raise ConfigError(f"{setting}: cannot read {path} ({e.strerror})") from None
+    except (asyncssh.KeyImportError, ValueError) as e:
+        raise ConfigError(f"{setting}: {path} is not a usable private key ({e})") from None
+
+
+def new_key(path: Path, *, comment: str, entropy: EntropyMixer | None = None) -> LoadedKey:
+    """A new key at ``path`` (0600, fsync'd), its seed QRNG-mixed if ``entropy`` has one."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = asyncssh.generate_private_key(HOST_KEY_ALG, comment=comment)
-    write_key_pair(key, path, force=True)  # 0600 from the start, fsync'd
-    return LoadedKey(key, path, new=True)
+    mixed_before = entropy.mixed if entropy is not None else 0
+    key = generate_key(HOST_KEY_ALG, comment, entropy=entropy)
+    write_key_pair(key, path, force=True)
+    qrng = entropy.source if entropy is not None and entropy.mixed > mixed_before else None
+    return LoadedKey(key, path, new=True, qrng=qrng)
 
 
-def ensure_host_key(path: Path, *, generate: bool, instance: str = "") -> LoadedKey:
-    return load_or_generate(
-        path, generate=generate, setting="host_key", comment=f"qssh-sidecar {instance}".strip()
-    )
+def existing_host_key(path: Path, *, generate: bool) -> LoadedKey | None:
+    return existing_key(path, generate=generate, setting="host_key")
+
+
+def new_host_key(path: Path, *, instance: str, entropy: EntropyMixer | None) -> LoadedKey:
+    return new_key(path, comment=f"qssh-sidecar {instance}".strip(), entropy=entropy)
 
 
 @dataclass(frozen=True)
@@ -73,22 +98,22 @@ class LocalOperator:
     key_path: Path
     known_hosts: Path
     fingerprint: str
-    new: bool
+    origin: str
 
 
 def operator_dir(cfg: DaemonConfig) -> Path:
     return cfg.data_dir / "operator"
 
 
-def ensure_local_operator(cfg: DaemonConfig, host: LoadedKey) -> LocalOperator:
+def ensure_local_operator(
+    cfg: DaemonConfig, host: LoadedKey, entropy: EntropyMixer | None = None
+) -> LocalOperator:
     """Operator key with every role in authorized_keys, and a known_hosts for this host."""
     d = operator_dir(cfg)
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    op = load_or_generate(
-        d / "id_falcon512",
-        generate=True,
-        setting="operator key",
-        comment=f"operator@{cfg.instance}",
+    key_path = d / "id_falcon512"
+    op = existing_key(key_path, generate=True, setting="operator key") or new_key(
+        key_path, comment=f"operator@{cfg.instance}", entropy=entropy
     )
     auth = cfg.authorized_keys_path
     line = f'roles="{OPERATOR_ROLES}" {op.public_line}'
@@ -105,7 +130,7 @@ def ensure_local_operator(cfg: DaemonConfig, host: LoadedKey) -> LocalOperator:
             os.fsync(f.fileno())
     known = d / "known_hosts"
     known.write_text(known_hosts_line("127.0.0.1", cfg.listen.port, host.key) + "\n")
-    return LocalOperator(op.path, known, op.fingerprint, op.new)
+    return LocalOperator(op.path, known, op.fingerprint, op.origin)
 
 
 def client_command() -> str:
@@ -127,7 +152,7 @@ def operator_howto(cfg: DaemonConfig, op: LocalOperator, port: int) -> list[str]
         f"-o UserKnownHostsFile={shlex.quote(str(op.known_hosts))} operator@127.0.0.1"
     )
     return [
-        f"local operator key {op.key_path}: {op.fingerprint}" + (" (new)" if op.new else ""),
+        f"local operator key {op.key_path}: {op.fingerprint}{op.origin}",
         "talk to it as the local operator (key with producer, consumer, admin roles):",
         f"  {base} submit gossip topic=blocks data=aGVsbG8=",
         f'  {base} submit \'{{"kind":"telemetry","name":"cpu","value":0.5}}\' --sync',

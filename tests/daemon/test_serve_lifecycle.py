@@ -35,6 +35,7 @@ def test_ready_watchdog_sigterm_flush_and_restart(
     ready = notify_socket.wait_for("READY=1")
     assert "STATUS=depth 0" in ready
     assert "tier 2" in ready
+    assert d.wait_line(r"^host key \S+: ssh-falcon512 SHA256:\S+ \(new\)$")  # no QRNG here
     for _ in range(3):  # pings keep coming at WATCHDOG_USEC/2
         notify_socket.messages = [m for m in notify_socket.messages if m != "WATCHDOG=1"]
         assert notify_socket.wait_for("WATCHDOG=1") == "WATCHDOG=1"
@@ -55,6 +56,7 @@ def test_ready_watchdog_sigterm_flush_and_restart(
     d2 = spawn(args, **env)
     d2.wait_ready()
     assert d2.wait_line(r"restored (\d+) messages").group(1) == str(ASYNC_COUNT + 1)
+    assert d2.wait_line(r"^host key \S+: ssh-falcon512 SHA256:\S+$")  # the same key, loaded
     popped = []
     for _ in range(ASYNC_COUNT + 2):
         item = call_line(sock, "qssh_popMessage")["result"]

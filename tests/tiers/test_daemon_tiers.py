@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -91,8 +92,16 @@ async def test_tier_3_upgrade_survives_sigkill_and_a_stuck_qrng_drops_to_tier_2(
         d: Daemon = spawn(["--config", "c.toml"])
         d.wait_ready()
         assert d.wait_line(r"^tier 3 EntropyEnhanced")
+        qrng = re.escape(sim.path)
+        # First start at tier 3: both new keys were made from QRNG-mixed seeds.
+        d.wait_line(rf"^host key \S+: ssh-falcon512 \S+ \(new, seed mixed with QRNG {qrng}\)$")
+        d.wait_line(
+            rf"^local operator key \S+: ssh-falcon512 \S+ \(new, seed mixed with QRNG {qrng}\)$"
+        )
         d.wait_line(r"^tiers: tier-4 sealing off")
-        d.wait_line(r"^entropy: QRNG \S+ mixed into tier-4 nonces; publishing entropy_share")
+        d.wait_line(
+            r"^entropy: QRNG \S+ mixed into new keys and tier-4 nonces; publishing entropy_share"
+        )
         async with operator(tmp_path, d.port("ssh")) as c:
             tier = await c.tier()
             assert (tier["tier"], tier["node"]["tier"], tier["session"]["tier"]) == (3, 3, 3)
