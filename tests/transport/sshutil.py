@@ -17,10 +17,20 @@ async def _echo_command(process: asyncssh.SSHServerProcess[str]) -> None:
     process.exit(0)
 
 
+class _Server(asyncssh.SSHServer):
+    def __init__(self, connections: list[asyncssh.SSHServerConnection]) -> None:
+        self.connections = connections
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.connections.append(conn)
+
+
 @dataclass
 class RunningServer:
     port: int
     host_key: asyncssh.SSHKey
+    connections: list[asyncssh.SSHServerConnection]
+    """Server ends of the connections accepted so far."""
 
     def known_hosts(self, key: asyncssh.SSHKey | None = None) -> asyncssh.SSHKnownHosts:
         key = key or self.host_key
@@ -42,8 +52,9 @@ async def pq_server(
     authorized = parse_authorized_keys(
         "".join(k.export_public_key().decode() for k in client_keys), require_pq=False
     )
+    connections: list[asyncssh.SSHServerConnection] = []
     server = await asyncssh.create_server(
-        asyncssh.SSHServer,
+        lambda: _Server(connections),
         "127.0.0.1",
         0,
         server_host_keys=[host_key],
@@ -53,7 +64,7 @@ async def pq_server(
     )
     port = server.sockets[0].getsockname()[1]
     try:
-        yield RunningServer(port, host_key)
+        yield RunningServer(port, host_key, connections)
     finally:
         server.close()
         await server.wait_closed()

@@ -12,6 +12,7 @@ import pytest
 from tests.transport.sshutil import client_options, pq_server, run_command
 from transport.crypto import available_kex, available_schemes
 from transport.keys import generate_key
+from transport.qkd import session_binding
 from transport.ssh_options import (
     HIGH_ASSURANCE_HOST_KEYS,
     PolicyError,
@@ -50,6 +51,29 @@ async def test_pq_host_and_user_keys_connect_with_each_hybrid_kex(
             server_key = conn.get_server_host_key()
             assert server_key is not None
             assert server_key.public_data == host_key.public_data
+
+
+@pytest.mark.parametrize("kex", KEXES)
+async def test_both_ends_see_the_same_session_id_to_bind_qkd_keys_to(
+    falcon: tuple[asyncssh.SSHKey, asyncssh.SSHKey], kex: str
+) -> None:
+    """Tier-4 sealing binds its key to the SSH session id, which asyncssh keeps in a
+    private attribute (``transport.qkd.session_binding``): this catches an asyncssh that
+    moved it. It is the first exchange hash: both ends agree, each connection differs."""
+    host_key, user_key = falcon
+    digest_size = 48 if kex.endswith("sha384") else 32
+    async with pq_server(host_key, [user_key]) as server:
+        options = client_options(server, user_key, kex_algs=[kex])
+        seen = []
+        for _ in range(2):
+            async with asyncssh.connect(**options) as conn:
+                await conn.run("ping", check=True)
+                client_side = session_binding(conn)
+                server_side = session_binding(server.connections[-1])
+                assert client_side == server_side
+                assert len(client_side) == digest_size
+                seen.append(client_side)
+        assert seen[0] != seen[1]
 
 
 async def test_a_client_offering_only_classical_kex_is_refused(
