@@ -29,8 +29,18 @@ from hardware.simulators.kme_server import paired_kmes
 from hardware.simulators.serial_qrng import SerialQRNGSimulator
 from hardware.simulators.tls import make_pki
 
-VALIDATORS = {"alice": 22222, "bob": 22223, "charlie": 22224}
-METRICS = {"alice": 9615, "bob": 9616, "charlie": 9617}
+NAMES = ("alice", "bob", "charlie")
+
+
+def _ports(variable: str, default: int) -> dict[str, int]:
+    base = int(os.environ.get(variable) or default)
+    if not 1024 <= base <= 65535 - len(NAMES):
+        raise SystemExit(f"testnet: {variable}={base} is not a usable port base")
+    return {name: base + i for i, name in enumerate(NAMES)}
+
+
+VALIDATORS = _ports("TESTNET_PORT_BASE", 22222)
+METRICS = _ports("TESTNET_METRICS_BASE", 9615)
 ALG = "ssh-falcon512"
 
 

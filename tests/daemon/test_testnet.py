@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,15 +15,28 @@ from tests.subprocesses import REPO, child_env, is_listening
 
 UP = REPO / "examples" / "testnet" / "up"
 DOWN = REPO / "examples" / "testnet" / "down"
-PORTS = (22222, 22223, 22224, 9615, 9616, 9617)
+
+
+def idle_port_bases() -> tuple[int, int]:
+    """Two bases of three idle loopback ports each, away from the defaults (22222, 9615)
+    so a testnet or `make run` someone has up does not collide with this one."""
+    for _ in range(200):
+        ssh, metrics = random.randrange(30000, 45000), random.randrange(45000, 60000)
+        ports = [*range(ssh, ssh + 3), *range(metrics, metrics + 3)]
+        if not any(is_listening(p, 0.2) for p in ports):
+            return ssh, metrics
+    raise AssertionError("no three consecutive idle ports found on 127.0.0.1")
 
 
 @pytest.fixture
 def testnet(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], str]]:
-    busy = [p for p in PORTS if is_listening(p, 0.5)]
-    if busy:
-        pytest.skip(f"the example's fixed ports {busy} are in use on this machine")
-    env = child_env(TESTNET_DIR=str(tmp_path / "run"), PYTHON=sys.executable)
+    ssh_base, metrics_base = idle_port_bases()
+    env = child_env(
+        TESTNET_DIR=str(tmp_path / "run"),
+        PYTHON=sys.executable,
+        TESTNET_PORT_BASE=str(ssh_base),
+        TESTNET_METRICS_BASE=str(metrics_base),
+    )
     up = subprocess.run([UP], env=env, capture_output=True, text=True, timeout=240, check=False)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -64,6 +78,10 @@ def test_three_validators_answer_tier_and_stop_cleanly(
         tiers[name] = view["node"]["tier"]
         effective[name] = view["tier"]
     assert tiers == {"alice": 2, "bob": 3, "charlie": 4}
+    base = int(env["TESTNET_PORT_BASE"])
+    for offset, name in enumerate(("alice", "bob", "charlie")):
+        log = (run / "logs" / f"{name}.log").read_text()
+        assert f"listening 127.0.0.1:{base + offset} " in log
     # qssh-queue seals its channel to charlie with QKD keys: a tier-4 session
     assert effective == {"alice": 2, "bob": 3, "charlie": 4}
 
