@@ -258,7 +258,8 @@ class NodeEndpointServer:
         self._closing = True
         for s in self._servers:
             s.close()
-        for t in self._tasks - self._busy:
+        idle = self._tasks - self._busy
+        for t in idle:
             t.cancel()  # idle keep-alive connections: nothing in flight
         busy = set(self._busy)
         if busy:
@@ -266,6 +267,9 @@ class NodeEndpointServer:
             for t in late:
                 log.warning("node RPC request still running after %.1fs; cancelling", drain)
                 t.cancel()
+            idle |= late
+        if idle:  # let the cancelled connections close their sockets
+            await asyncio.wait(idle, timeout=2.0)
         for s in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(s.wait_closed(), 2.0)
@@ -299,12 +303,16 @@ class NodeEndpointServer:
             self._busy.discard(task)
 
     async def _serve_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._track(lambda: self._unix_conn(reader, writer))
-        writer.close()
+        try:
+            await self._track(lambda: self._unix_conn(reader, writer))
+        finally:
+            writer.close()  # also when close() cancelled it: the peer sees EOF now
 
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._track(lambda: self._http_conn(reader, writer, b""))
-        writer.close()
+        try:
+            await self._track(lambda: self._http_conn(reader, writer, b""))
+        finally:
+            writer.close()
 
     async def _unix_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         first = await reader.read(1)

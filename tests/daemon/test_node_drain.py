@@ -1,0 +1,120 @@
+"""SIGTERM on the node endpoint, made deterministic: a request being answered is
+finished and its reply delivered; idle connections are closed at once; new ones are
+refused; a request that outlives the drain is cancelled, unanswered.
+
+The endpoint runs in-process on a real unix socket over a real queue (real log in a
+temp dir). The only addition is a gate in front of ``node_submit``, so a test knows a
+request is in flight when it starts closing, without guessing with sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from sidecar.daemon.app import Sidecar
+from sidecar.daemon.config import DaemonConfig
+from sidecar.daemon.node_rpc import NodeEndpointServer, NodeRpc
+
+GOSSIP = {"Gossip": {"topic": "drain", "data": [1, 2, 3]}}
+WAIT = 20.0  # bound on every await below; none is expected to come near it
+
+
+class GatedSidecar:
+    """The real sidecar's node methods; ``node_submit`` waits at a gate first."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sidecar = sidecar
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    @property
+    def instance(self) -> str:
+        return self.sidecar.instance
+
+    async def node_submit(self, message: object) -> int:
+        self.entered.set()
+        await self.gate.wait()
+        return await self.sidecar.node_submit(message)
+
+    async def node_pop(self) -> dict[str, Any] | None:
+        return await self.sidecar.node_pop()
+
+    def node_depth(self) -> int:
+        return self.sidecar.node_depth()
+
+    def node_metrics(self) -> dict[str, Any]:
+        return self.sidecar.node_metrics()
+
+
+@pytest.fixture
+async def endpoint(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[NodeEndpointServer, GatedSidecar, Path]]:
+    out = (tmp_path / "out.txt").open("w")
+    sidecar = Sidecar(DaemonConfig(data_dir=tmp_path, metrics=None), out=out)
+    await sidecar.queue.open()
+    backend = GatedSidecar(sidecar)
+    server = NodeEndpointServer(NodeRpc(backend))
+    sock = tmp_path / "node.sock"
+    await server.start_unix(sock, None)
+    try:
+        yield server, backend, sock
+    finally:
+        backend.gate.set()
+        await server.close(drain=1.0)
+        await sidecar.queue.close()
+        out.close()
+
+
+async def send_submit(sock: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    request = {"jsonrpc": "2.0", "id": 7, "method": "qssh_submitMessage", "params": [GOSSIP]}
+    writer.write(orjson.dumps(request) + b"\n")
+    await writer.drain()
+    return reader, writer
+
+
+async def test_a_request_in_flight_is_answered_before_close_returns(
+    endpoint: tuple[NodeEndpointServer, GatedSidecar, Path],
+) -> None:
+    server, backend, sock = endpoint
+    idle_reader, idle_writer = await asyncio.open_unix_connection(str(sock))
+    reader, writer = await send_submit(sock)
+    await asyncio.wait_for(backend.entered.wait(), WAIT)
+
+    closing = asyncio.create_task(server.close(drain=WAIT))
+    for _ in range(20):  # let close() run as far as it can without the gate
+        await asyncio.sleep(0)
+    assert not closing.done()  # it waits for the request being answered
+    assert await asyncio.wait_for(idle_reader.read(), WAIT) == b""  # idle: closed at once
+    with pytest.raises(OSError):  # no new connections while draining
+        await asyncio.open_unix_connection(str(sock))
+
+    backend.gate.set()
+    reply = orjson.loads(await asyncio.wait_for(reader.readline(), WAIT))
+    assert reply == {"jsonrpc": "2.0", "id": 7, "result": reply["result"]}
+    assert isinstance(reply["result"], int)
+    await asyncio.wait_for(closing, WAIT)
+    assert backend.node_depth() == 1  # the answered submit is in the queue
+    assert not sock.exists()
+    for w in (writer, idle_writer):
+        w.close()
+
+
+async def test_a_request_outliving_the_drain_is_cancelled_unanswered(
+    endpoint: tuple[NodeEndpointServer, GatedSidecar, Path],
+) -> None:
+    server, backend, sock = endpoint
+    reader, writer = await send_submit(sock)
+    await asyncio.wait_for(backend.entered.wait(), WAIT)
+
+    await asyncio.wait_for(server.close(drain=0.2), WAIT)  # the gate never opens
+    assert await asyncio.wait_for(reader.read(), WAIT) == b""  # no reply: never a false ack
+    assert backend.node_depth() == 0
+    writer.close()
