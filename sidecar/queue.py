@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from sidecar.commit import GroupCommitter, Op
+from sidecar.durable_fs import make_dirs
 from sidecar.errors import InvalidMessage, LogFailed, Unavailable
 from sidecar.handles import NoClone
 from sidecar.messages import Mode, QueueMessage, QueueMessageWithProvenance
@@ -125,7 +126,7 @@ class QppValidatorQueue:
             inline_lone_sync=inline_lone_sync,
         )
         if layer is None:
-            os.makedirs(q.persist_dir, exist_ok=True)
+            make_dirs(q.persist_dir)  # the log's own name is durable only with these
             q._lock = LogLock(q.path)
             q._lock.acquire()
         try:

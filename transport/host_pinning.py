@@ -9,11 +9,11 @@ it cannot resolve safely: we never silently accept a different key).
 from __future__ import annotations
 
 import enum
-import os
 from pathlib import Path
 
 import asyncssh
 
+from sidecar.durable_fs import append_text, make_dirs
 from sidecar.errors import ErrorCode, SidecarError
 
 
@@ -88,8 +88,6 @@ class HostKeyPinning:
         return True
 
     def _append(self, host: str, port: int, key: asyncssh.SSHKey) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(self.path.parent)
         algorithm, blob = key.export_public_key("openssh").decode().split()[:2]
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a") as f:
-            f.write(f"{host_pattern(host, port)} {algorithm} {blob}\n")
+        append_text(self.path, f"{host_pattern(host, port)} {algorithm} {blob}\n")

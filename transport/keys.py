@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncssh
 
+from sidecar.durable_fs import fsync_dir, make_dirs
 from sidecar.errors import ErrorCode, SidecarError
 from transport.crypto import Family
 from transport.crypto.seeded import public_from_seed
@@ -128,15 +129,11 @@ def write_key_pair(
     private_path, public_path = key_pair_paths(path)
     if not force:
         refuse_overwrite(path)
-    private_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_dirs(private_path.parent)
     private_data = key.export_private_key("openssh", passphrase or None, rounds=kdf_rounds)
     _write_file(private_path, private_data, PRIVATE_MODE, force=force)
     _write_file(public_path, (public_line(key) + "\n").encode(), PUBLIC_MODE, force=force)
-    dir_fd = os.open(private_path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(private_path.parent)
     return private_path, public_path
 
 

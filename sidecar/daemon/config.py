@@ -18,6 +18,7 @@ from typing import Any
 
 from hardware.config import ConfigError as HardwareConfigError
 from hardware.config import HardwareConfig
+from sidecar.durable_fs import make_dirs
 from transport.limits import ServiceLimits
 from transport.protocol.sealing import Aead
 from transport.tiers import DEFAULT_POLICY, TierPolicy
@@ -435,12 +436,12 @@ def check_readable(path: Path, setting: str) -> bytes:
 
 def prepare_data_dir(path: Path) -> None:
     """Create the data dir (0700) and prove it is writable with a real write + fsync."""
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"data_dir: cannot create {path} ({e.strerror})") from None
-    if not path.is_dir():
+    if path.exists() and not path.is_dir():
         raise ConfigError(f"data_dir: {path} is not a directory")
+    try:
+        make_dirs(path)
+    except OSError as e:
+        raise ConfigError(f"data_dir: cannot create {path} ({e.strerror or e})") from None
     probe = path / f".write-test.{os.getpid()}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

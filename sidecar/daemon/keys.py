@@ -22,6 +22,7 @@ from pathlib import Path
 import asyncssh
 
 import transport.ssh_algorithms  # noqa: F401 - registers the post-quantum key algorithms
+from sidecar.durable_fs import append_text, make_dirs, replace_file
 from transport.entropy import EntropyMixer
 from transport.keys import generate_key, known_hosts_line, public_line, write_key_pair
 
@@ -77,7 +78,7 @@ def existing_key(path: Path, *, generate: bool, setting: str) -> LoadedKey | Non
 
 def new_key(path: Path, *, comment: str, entropy: EntropyMixer | None = None) -> LoadedKey:
     """A new key at ``path`` (0600, fsync'd), its seed QRNG-mixed if ``entropy`` has one."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_dirs(path.parent)
     mixed_before = entropy.mixed if entropy is not None else 0
     key = generate_key(HOST_KEY_ALG, comment, entropy=entropy)
     write_key_pair(key, path, force=True)
@@ -110,26 +111,21 @@ def ensure_local_operator(
 ) -> LocalOperator:
     """Operator key with every role in authorized_keys, and a known_hosts for this host."""
     d = operator_dir(cfg)
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_dirs(d)
     key_path = d / "id_falcon512"
     op = existing_key(key_path, generate=True, setting="operator key") or new_key(
         key_path, comment=f"operator@{cfg.instance}", entropy=entropy
     )
     auth = cfg.authorized_keys_path
-    line = f'roles="{OPERATOR_ROLES}" {op.public_line}'
     existing = auth.read_text() if auth.exists() else ""
     pub_b64 = op.public_line.split()[1]
     if pub_b64 not in existing:
-        with auth.open("a") as f:
-            if existing and not existing.endswith("\n"):
-                f.write("\n")
-            if not existing:
-                f.write("# qssh-sidecar authorized keys: roles=producer,consumer,admin\n")
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        lead = "" if not existing or existing.endswith("\n") else "\n"
+        if not existing:
+            lead = "# qssh-sidecar authorized keys: roles=producer,consumer,admin\n"
+        append_text(auth, f'{lead}roles="{OPERATOR_ROLES}" {op.public_line}\n')
     known = d / "known_hosts"
-    known.write_text(known_hosts_line("127.0.0.1", cfg.listen.port, host.key) + "\n")
+    replace_file(known, (known_hosts_line("127.0.0.1", cfg.listen.port, host.key) + "\n").encode())
     return LocalOperator(op.path, known, op.fingerprint, op.origin)
 
 

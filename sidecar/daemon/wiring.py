@@ -17,6 +17,7 @@ from hardware.kme import KMEClient
 from hardware.monitor import HardwareMonitor, HealthCheckedSource
 from hardware.tier import Tier, TierDecision
 from sidecar import Lease, Limits, Mode, Priority, QppValidatorQueue, QueueMessage
+from sidecar.durable_fs import make_dirs
 from sidecar.errors import InvalidMessage, TierRequired, Unavailable
 from transport.auth import AuthorizedKey, AuthorizedKeys
 from transport.entropy import EntropyMixer
@@ -46,7 +47,7 @@ class QueuePart:
 
     async def open(self, *, salvage: bool = False) -> str:
         """Open and recover the log; a one-line account of what recovery found."""
-        self.wal_dir.mkdir(mode=0o700, exist_ok=True)
+        make_dirs(self.wal_dir)
         limits = self.cfg.limits
         self.q = await QppValidatorQueue.open(
             self.cfg.instance,

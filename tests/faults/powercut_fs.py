@@ -6,9 +6,13 @@ Files live in memory as the running system sees them. What the POSIX durability
 rules say survives a power cut is copied to BACKING, and only that:
 
 * a file's data, when the file is fsync'd/fdatasync'd (FUSE ``fsync``);
-* a directory's entries (creates, renames, unlinks in it), when the directory is
-  fsync'd (FUSE ``fsyncdir``). A new file whose directory was never fsync'd is gone
-  after a cut; a rename not followed by a directory fsync is undone.
+* a directory's entries (creates, mkdirs, renames, unlinks in it), when that
+  directory is fsync'd (FUSE ``fsyncdir``). A new file or subdirectory whose parent
+  was never fsync'd is gone after a cut, with everything under it; a rename not
+  followed by a directory fsync is undone.
+
+Directories nest, so the daemon's whole data dir can live here. Renaming a directory
+and hard links are refused (the daemon does neither).
 
 A power cut is killing this process (SIGKILL: nothing runs) and unmounting; a new
 process mounted on the same BACKING starts from the durable state. Single-threaded
@@ -39,6 +43,11 @@ class Inode:
     data: bytearray = field(default_factory=bytearray)
     durable: bytes = b""  # what survives a cut
     mtime: float = field(default_factory=time.time)
+    is_dir: bool = False
+
+
+def parent_of(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
 
 
 class PowerCutFS(Operations):  # type: ignore[misc]
@@ -65,7 +74,11 @@ class PowerCutFS(Operations):  # type: ignore[misc]
             return
         with open(path, "rb") as f:
             saved = orjson.loads(f.read())
-        for name, (number, mode) in saved["names"].items():
+        entries = saved["names"]
+        for name in sorted(entries, key=lambda n: n.count("/")):  # parents first
+            number, mode, is_dir = entries[name]
+            if parent_of(name) != "/" and parent_of(name) not in self.names:
+                continue  # its directory's entry was never durable: lost with it
             ino = self.inodes.get(number)
             if ino is None:
                 blob = os.path.join(self.backing, f"ino-{number}")
@@ -73,7 +86,7 @@ class PowerCutFS(Operations):  # type: ignore[misc]
                 if os.path.exists(blob):
                     with open(blob, "rb") as f:
                         durable = f.read()
-                ino = Inode(number, mode, bytearray(durable), durable)
+                ino = Inode(number, mode, bytearray(durable), durable, is_dir=is_dir)
                 self.inodes[number] = ino
             self.names[name] = number
             self.durable_names[name] = number
@@ -99,7 +112,10 @@ class PowerCutFS(Operations):  # type: ignore[misc]
         ino.durable = new
 
     def _persist_names(self) -> None:
-        names = {n: (i, self.inodes[i].mode) for n, i in self.durable_names.items()}
+        names = {
+            n: (i, self.inodes[i].mode, self.inodes[i].is_dir)
+            for n, i in self.durable_names.items()
+        }
         path = os.path.join(self.backing, NAMESPACE)
         with open(path + ".tmp", "wb") as f:
             f.write(orjson.dumps({"names": names, "next_ino": self.next_ino}))
@@ -130,24 +146,34 @@ class PowerCutFS(Operations):  # type: ignore[misc]
         self.handles[fh] = number
         return fh
 
-    # -- FUSE operations (one flat directory: the queue's log dir) -----------------------
+    def _children(self, directory: str, names: dict[str, int]) -> dict[str, int]:
+        return {n: i for n, i in names.items() if parent_of(n) == directory}
+
+    def _check_parent(self, path: str) -> None:
+        parent = parent_of(path)
+        if parent != "/" and not self._inode(parent).is_dir:
+            raise FuseOSError(errno.ENOTDIR)
+
+    # -- FUSE operations -------------------------------------------------------------------
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         now = time.time()
         if path == "/":
             return {"st_mode": stat.S_IFDIR | 0o700, "st_nlink": 2, "st_size": 0,
                     "st_atime": now, "st_mtime": now, "st_ctime": now}  # fmt: skip
         ino = self._inode(path, fh)
-        return {"st_mode": stat.S_IFREG | ino.mode, "st_nlink": 1, "st_size": len(ino.data),
+        kind, links = (stat.S_IFDIR, 2) if ino.is_dir else (stat.S_IFREG, 1)
+        return {"st_mode": kind | ino.mode, "st_nlink": links, "st_size": len(ino.data),
                 "st_atime": ino.mtime, "st_mtime": ino.mtime, "st_ctime": ino.mtime}  # fmt: skip
 
     def readdir(self, path: str, fh: int) -> list[str]:
-        return [".", "..", *(n.lstrip("/") for n in self.names)]
+        return [".", "..", *(n.rsplit("/", 1)[1] for n in self._children(path, self.names))]
 
     def statfs(self, path: str) -> dict[str, int]:
         blocks = {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 1 << 20, "f_bfree": 1 << 19}
         return {**blocks, "f_bavail": 1 << 19, "f_files": 1 << 16, "f_ffree": 1 << 15}
 
     def create(self, path: str, mode: int, fi: Any = None) -> int:
+        self._check_parent(path)
         number = self.next_ino
         self.next_ino += 1
         self.inodes[number] = Inode(number, stat.S_IMODE(mode))
@@ -188,20 +214,30 @@ class PowerCutFS(Operations):  # type: ignore[misc]
         return 0
 
     def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
-        self.durable_names = dict(self.names)
+        """This directory's entries become what a cut leaves; no other directory's."""
+        for name in self._children(path, self.durable_names):
+            del self.durable_names[name]
+        self.durable_names.update(self._children(path, self.names))
         self._persist_names()
         return 0
 
     def unlink(self, path: str) -> int:
-        if self.names.pop(path, None) is None:
-            raise FuseOSError(errno.ENOENT)
+        if self._inode(path).is_dir:
+            raise FuseOSError(errno.EISDIR)
+        del self.names[path]
         return 0
 
     def rename(self, old: str, new: str) -> int:
-        if old not in self.names:
-            raise FuseOSError(errno.ENOENT)
+        if self._inode(old).is_dir:
+            raise FuseOSError(errno.EPERM)  # would move every path below it
+        if new in self.names and self._inode(new).is_dir:
+            raise FuseOSError(errno.EISDIR)
+        self._check_parent(new)
         self.names[new] = self.names.pop(old)
         return 0
+
+    def link(self, target: str, source: str) -> int:
+        raise FuseOSError(errno.EPERM)
 
     def chmod(self, path: str, mode: int) -> int:
         if path != "/":
@@ -217,7 +253,22 @@ class PowerCutFS(Operations):  # type: ignore[misc]
         return 0
 
     def mkdir(self, path: str, mode: int) -> int:
-        raise FuseOSError(errno.EPERM)  # one flat directory is all the log needs
+        if path in self.names:
+            raise FuseOSError(errno.EEXIST)
+        self._check_parent(path)
+        number = self.next_ino
+        self.next_ino += 1
+        self.inodes[number] = Inode(number, stat.S_IMODE(mode), is_dir=True)
+        self.names[path] = number
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        if not self._inode(path).is_dir:
+            raise FuseOSError(errno.ENOTDIR)
+        if self._children(path, self.names):
+            raise FuseOSError(errno.ENOTEMPTY)
+        del self.names[path]
+        return 0
 
     def opendir(self, path: str) -> int:
         return 0
