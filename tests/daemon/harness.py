@@ -145,8 +145,8 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
 def spawn(tmp_path: Path) -> Iterator[object]:
     started: list[Daemon] = []
 
-    def _spawn(args: list[str], **env: str) -> Daemon:
-        d = Daemon(args, child_env(**env), tmp_path)
+    def _spawn(args: list[str], prefix: list[str] | None = None, **env: str) -> Daemon:
+        d = Daemon(args, child_env(**env), tmp_path, prefix)
         started.append(d)
         return d
 

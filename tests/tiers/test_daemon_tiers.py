@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -22,7 +24,7 @@ from hardware.simulators.serial_qrng import Behaviour, SerialQRNGSimulator
 from hardware.simulators.tls import ThrowawayPKI
 from sidecar import QppValidatorQueue
 from sidecar.errors import TierRequired
-from tests.daemon.harness import Daemon
+from tests.daemon.harness import Daemon, call_line
 from tests.subprocesses import Operator, free_port
 from tests.tiers.conftest import MASTER, SLAVE, kme_client, transaction
 from transport.qkd import QKDSettings
@@ -211,3 +213,67 @@ async def test_a_qrng_that_recovers_gives_tier_3_and_publishing_back(
         assert metric(mport, "qssh_entropy_publishing") == 1
         assert metric(mport, "qssh_entropy_source_failures_total") == 1
         assert d.stop() == 0
+
+
+MDWE = [sys.executable, str(Path(__file__).parents[1] / "daemon" / "mdwe_exec.py")]
+_PROBE = """
+import ctypes, mmap
+print(ctypes.CDLL(None).prctl(66, 0, 0, 0, 0))  # PR_GET_MDWE
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    print("write-execute allowed")
+except PermissionError:
+    print("write-execute refused")
+"""
+
+
+async def test_a_tier_4_sidecar_runs_under_memory_deny_write_execute(
+    tmp_path: Path, spawn: Any, pki: ThrowawayPKI, kme_pair: tuple[KMESimulator, KMESimulator]
+) -> None:
+    """systemd/qssh-sidecar@.service sets ``MemoryDenyWriteExecute=yes``. Under the same
+    kernel rule (PR_SET_MDWE) the sidecar does everything a tier-4 node does: udev and
+    serial probing, health tests, QRNG-seeded Falcon keys (PQClean through cffi and
+    ctypes), the KME over mutual TLS, ML-KEM hybrid SSH, sealed frames, the log."""
+    probe = subprocess.run(
+        [*MDWE, sys.executable, "-c", _PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if probe.returncode == 77:
+        pytest.skip(f"this kernel cannot deny write-execute memory: {probe.stderr.strip()}")
+    # set, kept across execve into a new Python, and enforced there
+    assert probe.stdout.split("\n")[:2] == ["1", "write-execute refused"], probe
+    master, slave = kme_pair
+    bob = pki.clients[SLAVE]
+    with SerialQRNGSimulator("good") as sim:
+        (tmp_path / "c.toml").write_text(
+            f'listen = "127.0.0.1:{free_port()}"\ndata_dir = "d"\n[metrics]\nlisten = ""\n'
+            "[hardware]\nchar_devices = []\nsample_bytes = 2048\ncheck_interval = 60\n"
+            f'serial_ports = [{{ path = "{sim.path}", kind = "quantum_local", '
+            "simulated = true }]\n"
+            f'[hardware.kme]\nurl = "{slave.url}"\nsae_id = "{SLAVE}"\n'
+            f'slave_sae_id = "{MASTER}"\ncert = "{bob.cert}"\nkey = "{bob.key}"\n'
+            f'ca = "{pki.ca}"\nsimulated = true\n'
+        )
+        d: Daemon = spawn(["--config", "c.toml"], prefix=MDWE)
+        d.wait_ready()
+        assert d.wait_line(r"^tier 4 QuantumSecured")
+        d.wait_line(r"^host key \S+: ssh-falcon512 \S+ \(new, seed mixed with QRNG ")
+        client_kme = kme_client(pki, master, MASTER)
+        qkd = QKDSettings(kme=client_kme, sae_id=MASTER, peer_sae_id=SLAVE)
+        try:
+            async with operator(tmp_path, d.port("ssh"), qkd=qkd, require_qkd=True) as c:
+                assert (await c.tier())["session"]["tier"] == 4
+                assert (await c.submit(transaction("2000000")))["persisted"] is True
+                popped = await c.pop()
+                assert popped is not None
+        finally:
+            await client_kme.aclose()
+        depth = await asyncio.to_thread(
+            call_line, tmp_path / "d" / "node.sock", "qssh_getQueueDepth"
+        )
+        assert isinstance(depth["result"], int)
+        assert d.stop() == 0
+    assert not [e for e in d.errors if "Traceback" in e or "mmap" in e], d.errors[-20:]
