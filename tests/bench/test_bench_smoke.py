@@ -60,3 +60,19 @@ def test_run_all_quick_writes_ratios_figures_and_machine(tmp_path: Path) -> None
     # the printed table names every comparison's baseline
     for row in result["comparisons"].values():
         assert row["baseline"] in proc.stdout
+
+
+def test_keygen_bench_runs_and_covers_every_seeded_algorithm() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "keygen.py"), "--rounds", "1", "--keys", "1"],
+        cwd=REPO, env=child_env(),
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert result["bench"] == "keygen"
+    assert {"ssh-falcon512", "ssh-falcon1024", "ssh-mldsa-65", "ssh-sphincssha2128fsimple"} <= set(
+        result["algorithms"]
+    )
+    for figures in result["algorithms"].values():
+        assert all(math.isfinite(v) and v > 0 for v in figures.values())
