@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib
+from typing import Any
 
 from transport.crypto.algorithms import Family, SignatureSpec
 
@@ -55,13 +56,24 @@ def _library(module: str) -> ctypes.CDLL:
     return ctypes.CDLL(path)
 
 
-def _function(library: ctypes.CDLL, name: str) -> ctypes._NamedFuncPointer:
+_Ctype = Any  # a ctypes type, or None for void
+
+
+@functools.cache
+def _c_function(
+    module: str, name: str, restype: _Ctype, argtypes: tuple[_Ctype, ...]
+) -> ctypes._NamedFuncPointer:
+    """``name`` from the extension module, its C signature declared once."""
     try:
-        return getattr(library, name)  # type: ignore[no-any-return]
+        function: ctypes._NamedFuncPointer = getattr(_library(module), name)
     except AttributeError:
         raise SeededKeygenUnavailable(f"PQClean symbol {name} is not exported") from None
+    function.restype = restype
+    function.argtypes = argtypes
+    return function
 
 
+@functools.cache
 def seed_size(spec: SignatureSpec) -> int | None:
     """Seed length for ``spec`` through PQClean, or None when it has no seeded form."""
     if spec.pqclean_module is None:
@@ -69,12 +81,8 @@ def seed_size(spec: SignatureSpec) -> int | None:
     if spec.family is Family.FALCON and spec.pqclean_module in _FALCON_LOGN:
         return FALCON_SEED_BYTES
     if spec.family is Family.SPHINCS:
-        seedbytes = _function(
-            _library(spec.pqclean_module), _prefix(spec) + "crypto_sign_seedbytes"
-        )
-        seedbytes.restype = ctypes.c_size_t
-        seedbytes.argtypes = []
-        return int(seedbytes())
+        name = _prefix(spec) + "crypto_sign_seedbytes"
+        return int(_c_function(spec.pqclean_module, name, ctypes.c_size_t, ())())
     return None
 
 
@@ -89,10 +97,12 @@ def _check_seed(spec: SignatureSpec, seed: bytes) -> None:
 def sphincs_keypair(spec: SignatureSpec, seed: bytes) -> tuple[bytes, bytes]:
     _check_seed(spec, seed)
     assert spec.pqclean_module is not None
-    library = _library(spec.pqclean_module)
-    keypair = _function(library, _prefix(spec) + "crypto_sign_seed_keypair")
-    keypair.restype = ctypes.c_int
-    keypair.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p]
+    keypair = _c_function(
+        spec.pqclean_module,
+        _prefix(spec) + "crypto_sign_seed_keypair",
+        ctypes.c_int,
+        (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p),
+    )
     pk = ctypes.create_string_buffer(spec.public_key_size)
     sk = ctypes.create_string_buffer(spec.secret_key_size)
     if keypair(pk, sk, seed) != 0:
@@ -104,50 +114,55 @@ def falcon_keypair(spec: SignatureSpec, seed: bytes) -> tuple[bytes, bytes]:
     """PQClean's Falcon ``crypto_sign_keypair`` with ``seed`` in place of randombytes."""
     _check_seed(spec, seed)
     assert spec.pqclean_module is not None
-    library = _library(spec.pqclean_module)
-    prefix = _prefix(spec)
-    logn = _FALCON_LOGN[spec.pqclean_module]
+    module, prefix = spec.pqclean_module, _prefix(spec)
+    logn = _FALCON_LOGN[module]
     n = 1 << logn
-
-    shake_init = _function(library, "shake256_inc_init")
-    shake_absorb = _function(library, "shake256_inc_absorb")
-    shake_finalize = _function(library, "shake256_inc_finalize")
-    shake_release = _function(library, "shake256_inc_ctx_release")
-    keygen = _function(library, prefix + "keygen")
-    trim_i8_encode = _function(library, prefix + "trim_i8_encode")
-    modq_encode = _function(library, prefix + "modq_encode")
-    for fn in (shake_init, shake_finalize, shake_release):
-        fn.restype = None
-        fn.argtypes = [ctypes.c_void_p]
-    shake_absorb.restype = None
-    shake_absorb.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
-    keygen.restype = None
-    keygen.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_uint, ctypes.c_void_p]
-    trim_i8_encode.restype = ctypes.c_size_t
-    trim_i8_encode.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_void_p,
-        ctypes.c_uint,
-        ctypes.c_uint,
-    ]
-    modq_encode.restype = ctypes.c_size_t
-    modq_encode.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_uint]
-    max_fg_bits = (ctypes.c_uint8 * 11).in_dll(library, prefix + "max_fg_bits")
-    max_big_fg_bits = (ctypes.c_uint8 * 11).in_dll(library, prefix + "max_FG_bits")
-
+    ptr, size, uint = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint
+    shake_init = _c_function(module, "shake256_inc_init", None, (ptr,))
+    shake_absorb = _c_function(module, "shake256_inc_absorb", None, (ptr, ctypes.c_char_p, size))
+    shake_finalize = _c_function(module, "shake256_inc_finalize", None, (ptr,))
+    shake_release = _c_function(module, "shake256_inc_ctx_release", None, (ptr,))
+    keygen = _c_function(module, prefix + "keygen", None, (ptr,) * 6 + (uint, ptr))
     rng = (ctypes.c_uint64 * _SHAKE_CTX_WORDS)()
     f, g, big_f = ((ctypes.c_int8 * n)() for _ in range(3))
     h = (ctypes.c_uint16 * n)()
     tmp = (ctypes.c_uint64 * (_FALCON_KEYGEN_TEMP[logn] // 8))()  # 8-byte aligned, as in C
-    shake_init(rng)
     try:
-        shake_absorb(rng, seed, len(seed))
-        shake_finalize(rng)
-        keygen(rng, f, g, big_f, None, h, logn, tmp)
+        shake_init(rng)
+        try:
+            shake_absorb(rng, seed, len(seed))
+            shake_finalize(rng)
+            keygen(rng, f, g, big_f, None, h, logn, tmp)
+        finally:
+            shake_release(rng)
+        return _falcon_encode(spec, logn, (f, g, big_f), h)
     finally:
-        shake_release(rng)
+        for secret in (f, g, big_f, tmp):  # the private polynomials: do not leave them about
+            ctypes.memset(secret, 0, ctypes.sizeof(secret))
 
+
+_I8Poly = ctypes.Array[ctypes.c_int8]
+
+
+def _falcon_encode(
+    spec: SignatureSpec,
+    logn: int,
+    private: tuple[_I8Poly, _I8Poly, _I8Poly],
+    h: ctypes.Array[ctypes.c_uint16],
+) -> tuple[bytes, bytes]:
+    """PQClean's encodings: sk = 0x50+logn ‖ trim_i8(f) ‖ trim_i8(g) ‖ trim_i8(F),
+    pk = logn ‖ modq(h)."""
+    assert spec.pqclean_module is not None
+    module, prefix = spec.pqclean_module, _prefix(spec)
+    library = _library(module)
+    max_fg_bits = (ctypes.c_uint8 * 11).in_dll(library, prefix + "max_fg_bits")
+    max_big_fg_bits = (ctypes.c_uint8 * 11).in_dll(library, prefix + "max_FG_bits")
+    f, g, big_f = private
+    ptr, size, uint = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint
+    trim_i8_encode = _c_function(
+        module, prefix + "trim_i8_encode", size, (ptr, size, ptr, uint, uint)
+    )
+    modq_encode = _c_function(module, prefix + "modq_encode", size, (ptr, size, ptr, uint))
     sk_size, pk_size = spec.secret_key_size, spec.public_key_size
     sk = (ctypes.c_uint8 * sk_size)()
     sk[0] = 0x50 + logn
