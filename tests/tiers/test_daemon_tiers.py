@@ -46,6 +46,15 @@ def config(
     )
 
 
+def kme_section(pki: ThrowawayPKI, slave: KMESimulator) -> str:
+    """The daemon's [hardware.kme] table: bob's side of the simulated KME pair."""
+    bob = pki.clients[SLAVE]
+    return (
+        f'[hardware.kme]\nurl = "{slave.url}"\nsae_id = "{SLAVE}"\nslave_sae_id = "{MASTER}"\n'
+        f'cert = "{bob.cert}"\nkey = "{bob.key}"\nca = "{pki.ca}"\nsimulated = true\n'
+    )
+
+
 def metric(port: int, name: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         for line in r.read().decode().splitlines():
@@ -161,13 +170,11 @@ async def test_daemon_with_a_kme_seals_sessions_and_takes_a_2m_transaction(
     tmp_path: Path, spawn: Any, pki: ThrowawayPKI, kme_pair: tuple[KMESimulator, KMESimulator]
 ) -> None:
     master, slave = kme_pair
-    bob = pki.clients[SLAVE]
     (tmp_path / "c.toml").write_text(
         f'listen = "127.0.0.1:{free_port()}"\ndata_dir = "d"\n[metrics]\nlisten = ""\n'
         "[hardware]\nuse_udev = false\nchar_devices = []\ncheck_interval = 60\n"
-        f'[hardware.kme]\nurl = "{slave.url}"\nsae_id = "{SLAVE}"\nslave_sae_id = "{MASTER}"\n'
-        f'cert = "{bob.cert}"\nkey = "{bob.key}"\nca = "{pki.ca}"\nsimulated = true\n'
-        "[tiers.sealing]\nrekey_frames = 20\n"
+        + kme_section(pki, slave)
+        + "[tiers.sealing]\nrekey_frames = 20\n"
     )
     d: Daemon = spawn(["--config", "c.toml"])
     d.wait_ready()
@@ -246,16 +253,12 @@ async def test_a_tier_4_sidecar_runs_under_memory_deny_write_execute(
     # set, kept across execve into a new Python, and enforced there
     assert probe.stdout.split("\n")[:2] == ["1", "write-execute refused"], probe
     master, slave = kme_pair
-    bob = pki.clients[SLAVE]
     with SerialQRNGSimulator("good") as sim:
         (tmp_path / "c.toml").write_text(
             f'listen = "127.0.0.1:{free_port()}"\ndata_dir = "d"\n[metrics]\nlisten = ""\n'
             "[hardware]\nchar_devices = []\nsample_bytes = 2048\ncheck_interval = 60\n"
             f'serial_ports = [{{ path = "{sim.path}", kind = "quantum_local", '
-            "simulated = true }]\n"
-            f'[hardware.kme]\nurl = "{slave.url}"\nsae_id = "{SLAVE}"\n'
-            f'slave_sae_id = "{MASTER}"\ncert = "{bob.cert}"\nkey = "{bob.key}"\n'
-            f'ca = "{pki.ca}"\nsimulated = true\n'
+            "simulated = true }]\n" + kme_section(pki, slave)
         )
         d: Daemon = spawn(["--config", "c.toml"], prefix=MDWE)
         d.wait_ready()
