@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,20 @@ def wait_metric_at_least(port: int, name: str, value: float, timeout: float = 30
 
 def operator(tmp_path: Path, port: int, **kwargs: Any) -> Any:
     return Operator.of(tmp_path / "d").connect(port, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def sealed_operator(
+    tmp_path: Path, d: Daemon, pki: ThrowawayPKI, master: KMESimulator
+) -> AsyncIterator[Any]:
+    """The operator on a tier-4 session: QKD keys from alice's KME, sealing required."""
+    client_kme = kme_client(pki, master, MASTER)
+    qkd = QKDSettings(kme=client_kme, sae_id=MASTER, peer_sae_id=SLAVE)
+    try:
+        async with operator(tmp_path, d.port("ssh"), qkd=qkd, require_qkd=True) as c:
+            yield c
+    finally:
+        await client_kme.aclose()
 
 
 async def messages_on_disk(data_dir: Path) -> list[Any]:
@@ -180,23 +196,18 @@ async def test_daemon_with_a_kme_seals_sessions_and_takes_a_2m_transaction(
     d.wait_ready()
     assert d.wait_line(r"^tier 4 QuantumSecured")
     d.wait_line(r"^tiers: tier-4 sealing on, QKD keys from https://127\.0\.0\.1:\d+ ")
-    client_kme = kme_client(pki, master, MASTER)
-    qkd = QKDSettings(kme=client_kme, sae_id=MASTER, peer_sae_id=SLAVE)
-    try:
-        async with operator(tmp_path, d.port("ssh"), qkd=qkd, require_qkd=True) as c:
-            tier = await c.tier()
-            assert (tier["tier"], tier["node"]["tier"], tier["session"]["tier"]) == (4, 4, 4)
-            assert (await c.submit(transaction("2000000")))["persisted"] is True
-            for n in range(500):  # bounded; the daemon announced rekey_frames = 20
-                await c.submit(transaction("1", n + 10))
-                if c.sealing.stream.rekeys >= 2:
-                    break
-            assert c.sealing.stream.rekeys >= 2
-        async with operator(tmp_path, d.port("ssh")) as plain:
-            with pytest.raises(TierRequired, match="needs tier 4"):
-                await plain.submit(transaction("2000000", 99))
-    finally:
-        await client_kme.aclose()
+    async with sealed_operator(tmp_path, d, pki, master) as c:
+        tier = await c.tier()
+        assert (tier["tier"], tier["node"]["tier"], tier["session"]["tier"]) == (4, 4, 4)
+        assert (await c.submit(transaction("2000000")))["persisted"] is True
+        for n in range(500):  # bounded; the daemon announced rekey_frames = 20
+            await c.submit(transaction("1", n + 10))
+            if c.sealing.stream.rekeys >= 2:
+                break
+        assert c.sealing.stream.rekeys >= 2
+    async with operator(tmp_path, d.port("ssh")) as plain:
+        with pytest.raises(TierRequired, match="needs tier 4"):
+            await plain.submit(transaction("2000000", 99))
     assert d.stop() == 0
 
 
@@ -264,16 +275,10 @@ async def test_a_tier_4_sidecar_runs_under_memory_deny_write_execute(
         d.wait_ready()
         assert d.wait_line(r"^tier 4 QuantumSecured")
         d.wait_line(r"^host key \S+: ssh-falcon512 \S+ \(new, seed mixed with QRNG ")
-        client_kme = kme_client(pki, master, MASTER)
-        qkd = QKDSettings(kme=client_kme, sae_id=MASTER, peer_sae_id=SLAVE)
-        try:
-            async with operator(tmp_path, d.port("ssh"), qkd=qkd, require_qkd=True) as c:
-                assert (await c.tier())["session"]["tier"] == 4
-                assert (await c.submit(transaction("2000000")))["persisted"] is True
-                popped = await c.pop()
-                assert popped is not None
-        finally:
-            await client_kme.aclose()
+        async with sealed_operator(tmp_path, d, pki, master) as c:
+            assert (await c.tier())["session"]["tier"] == 4
+            assert (await c.submit(transaction("2000000")))["persisted"] is True
+            assert await c.pop() is not None
         depth = await asyncio.to_thread(
             call_line, tmp_path / "d" / "node.sock", "qssh_getQueueDepth"
         )
