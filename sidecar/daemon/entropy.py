@@ -89,12 +89,10 @@ class EntropyPublisher:
     def tier_changed(self) -> None:
         self._wake.set()
 
-    def attach(self) -> str | None:
-        """Take the QRNG reader now if the tier allows (so keys made at start-up mix it);
-        the path of the QRNG the mixer holds, or None."""
+    def attach(self) -> None:
+        """Take the QRNG reader now if the tier allows, so keys made at start-up mix it."""
         if self.reader is None and self.tier() >= ENTROPY_TIER:
             self._start_publishing()
-        return None if self.reader is None else self.reader.path
 
     @property
     def _await_decision(self) -> bool:
