@@ -17,7 +17,6 @@ from hardware.kme import KMEClient
 from hardware.monitor import HardwareMonitor, HealthCheckedSource
 from hardware.tier import Tier, TierDecision
 from sidecar import Lease, Limits, Mode, Priority, QppValidatorQueue, QueueMessage
-from sidecar.durable_fs import make_dirs
 from sidecar.errors import InvalidMessage, TierRequired, Unavailable
 from transport.auth import AuthorizedKey, AuthorizedKeys
 from transport.entropy import EntropyMixer
@@ -47,7 +46,6 @@ class QueuePart:
 
     async def open(self, *, salvage: bool = False) -> str:
         """Open and recover the log; a one-line account of what recovery found."""
-        make_dirs(self.wal_dir)
         limits = self.cfg.limits
         self.q = await QppValidatorQueue.open(
             self.cfg.instance,
