@@ -28,6 +28,8 @@ class HealthCheckedSource:
     """Reads from one source through the continuous SP 800-90B tests.
 
     After a failure every read raises `HealthTestFailure`: the bytes are never returned.
+    `startup` is the verdict of the startup test the device passed when it was chosen
+    (SP 800-90B §4.3, on its own sample); it stands until the continuous tests fail.
     """
 
     def __init__(
@@ -36,11 +38,13 @@ class HealthCheckedSource:
         test: HealthTest,
         timeout: float = 2.0,
         on_failure: Callable[[], None] | None = None,
+        startup: HealthVerdict = HealthVerdict.UNTESTED,
     ) -> None:
         self.source = source
         self.test = test
         self.timeout = timeout
         self.on_failure = on_failure  # called from the reading thread
+        self.startup = startup
         self.failed = False
         self.closed = False
         self._opened = False
@@ -72,7 +76,12 @@ class HealthCheckedSource:
         self.closed = True
 
     def describe_into(self, report: DeviceReport) -> None:
-        """Fill a probe report from the live tests instead of opening the device again."""
+        """Fill a probe report from the live tests instead of opening the device again.
+
+        The report is a fresh one from this evaluation's enumeration, so the startup
+        verdict must come from here: a reader that has read fewer than
+        `startup_samples` bytes since it was chosen is still a tested source.
+        """
         counts = self.test.counts
         report.readable = True
         report.bytes_sampled = counts.samples
@@ -82,12 +91,20 @@ class HealthCheckedSource:
             report.health = HealthVerdict.FAIL
         elif counts.samples >= self.test.params.startup_samples:
             report.health = HealthVerdict.PASS
-        # else: keep the verdict of the startup sample taken when the source was chosen
+        else:
+            report.health = self.startup
 
 
 class HardwareMonitor:
-    def __init__(self, config: HardwareConfig, *, hotplug: bool = True) -> None:
+    def __init__(
+        self,
+        config: HardwareConfig,
+        *,
+        hotplug: bool = True,
+        on_evaluated: Callable[[TierDecision], None] | None = None,
+    ) -> None:
         self.config = config
+        self._on_evaluated = on_evaluated
         self._hotplug = hotplug and config.use_udev
         self._current: TierDecision | None = None
         self._found: list[Found] = []
@@ -154,6 +171,7 @@ class HardwareMonitor:
                     HealthTest(self.config.health),
                     self.config.read_timeout,
                     on_failure=self.trigger,
+                    startup=rep.health,
                 )
                 self._live.append(src)
                 return src
@@ -206,6 +224,8 @@ class HardwareMonitor:
         self.evaluations += 1
         old, self._found = self._current, found
         self._current = decision
+        if self._on_evaluated is not None:
+            self._on_evaluated(decision)
         if old is None or old.tier != decision.tier:
             log.info(
                 "tier %s -> %d (%s): %s",

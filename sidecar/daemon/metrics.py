@@ -69,6 +69,11 @@ class SidecarMetrics:
         self.tier_changes = Counter(
             "qssh_security_tier_changes", "Security tier changes", ["direction"], registry=r
         )
+        self.hardware_checks = Counter(
+            "qssh_hardware_checks",
+            "Hardware evaluations (startup, hotplug, periodic health check)",
+            registry=r,
+        )
         self.entropy_shares = Counter(
             "qssh_entropy_shares", "entropy_share messages published from the QRNG", registry=r
         )

@@ -213,7 +213,9 @@ class HardwarePart:
         self.decision: TierDecision | None = None
 
     async def start(self) -> str:
-        self.monitor = HardwareMonitor(self.cfg.hardware)
+        self.monitor = HardwareMonitor(
+            self.cfg.hardware, on_evaluated=lambda _: self.metrics.hardware_checks.inc()
+        )
         self.decision = await self.monitor.start()
         self.metrics.observe_tier(None, int(self.decision.tier))
         if self.decision.below_floor:

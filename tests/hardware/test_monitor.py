@@ -143,3 +143,27 @@ async def test_a_device_in_use_is_judged_by_its_live_tests_not_reopened() -> Non
     assert decision is not None
     assert decision.tier is Tier.ENTROPY_ENHANCED
     assert decision.devices[0].bytes_sampled == 3000  # the live count, not a fresh sample
+
+
+async def test_a_source_in_use_that_read_little_keeps_tier_3_through_periodic_checks() -> None:
+    """The testnet's bob: a reader taken at start that reads a few bytes every few
+    seconds has read far fewer than `startup_samples` at each check; its startup test
+    still stands, so the tier stays 3."""
+    with SerialQRNGSimulator("good") as sim:
+        seen: list[TierDecision] = []
+        monitor = HardwareMonitor(
+            config_for(serial_ports=[qrng(sim.path)], check_interval=0.1),
+            hotplug=False,
+            on_evaluated=seen.append,
+        )
+        await monitor.start()
+        src = monitor.best_quantum_source()
+        assert src is not None
+        try:
+            await asyncio.to_thread(src.read, 64)
+            await wait_until(lambda: len(seen) >= 6)
+        finally:
+            await monitor.stop()
+            src.close()
+    assert [int(d.tier) for d in seen[:6]] == [3] * 6, [d.reasons for d in seen]
+    assert src.test.counts.samples < src.test.params.startup_samples

@@ -285,3 +285,31 @@ async def test_a_tier_4_sidecar_runs_under_memory_deny_write_execute(
         assert isinstance(depth["result"], int)
         assert d.stop() == 0
     assert not [e for e in d.errors if "Traceback" in e or "mmap" in e], d.errors[-20:]
+
+
+async def test_a_tier_3_daemon_stays_at_tier_3_through_periodic_health_checks(
+    tmp_path: Path, spawn: Any
+) -> None:
+    """The testnet's bob lost tier 3 at its first periodic check: its QRNG reader had
+    read fewer bytes than the startup minimum since start. Few, rare shares here too."""
+    mport = free_port()
+    with SerialQRNGSimulator("good") as sim:
+        config(tmp_path, sim, mport, check_interval=0.2)
+        text = (tmp_path / "c.toml").read_text()
+        (tmp_path / "c.toml").write_text(
+            text.replace(f"interval = 0.1\nbytes = {SHARE_BYTES}", "interval = 0.5\nbytes = 8")
+        )
+        d: Daemon = spawn(["--config", "c.toml"])
+        d.wait_ready()
+        tiers = []
+        for _ in range(600):  # bounded: 60 s
+            tiers.append(metric(mport, "qssh_security_tier"))
+            if metric(mport, "qssh_hardware_checks_total") >= 6:  # start + 5 periodic
+                break
+            await asyncio.sleep(0.1)
+        assert metric(mport, "qssh_hardware_checks_total") >= 6
+        assert set(tiers) == {3.0}
+        assert metric(mport, 'qssh_security_tier_changes_total{direction="down"}') == 0
+        assert metric(mport, "qssh_entropy_publishing") == 1
+        assert not [ln for ln in d.lines if "tier changed" in ln], d.lines
+        assert d.stop() == 0
