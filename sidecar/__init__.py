@@ -3,6 +3,7 @@
 The public queue API: everything the service, the daemon and the node endpoint call.
 """
 
+from sidecar.dedup import DedupLimits
 from sidecar.errors import (
     AlreadyConsumed,
     ErrorCode,
@@ -27,13 +28,14 @@ from sidecar.messages import (
     QueueMessageWithProvenance,
 )
 from sidecar.observer import QueueObserver
-from sidecar.queue import QppAsyncSubmit, QppSyncSubmit, QppValidatorQueue
+from sidecar.queue import QppAsyncSubmit, QppSyncSubmit, QppValidatorQueue, Submitted
 from sidecar.state import Lease, Limits
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "AlreadyConsumed",
     "Consumed",
+    "DedupLimits",
     "ErrorCode",
     "InvalidMessage",
     "Kind",
@@ -57,6 +59,7 @@ __all__ = [
     "QueueObserver",
     "Queued",
     "SidecarError",
+    "Submitted",
     "TypeStateMessage",
     "Unavailable",
     "UnknownKind",

@@ -18,9 +18,11 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from sidecar.commit import GroupCommitter, Op
+from sidecar.dedup import DedupIndex, DedupKey, DedupLimits, check_dedup_id
 from sidecar.durable_fs import make_dirs
 from sidecar.errors import InvalidMessage, LogFailed, Unavailable
 from sidecar.handles import NoClone
@@ -35,6 +37,7 @@ from sidecar.wal import (
     WriteAheadLog,
     checkpoint_record,
     consume_record,
+    dedup_record,
     encode_frame,
     item_from_submit,
     reserve_record,
@@ -51,7 +54,15 @@ _CLOSE_FRAME_BYTES = 8 * 1024 * 1024
 _FREEZE_AT = 50_000  # recovered messages from which gc.freeze() pays off
 
 # op codes for the group committer
-_SUBMIT, _CONSUME_POP, _CONSUME_ACK, _RESERVE = range(4)
+_SUBMIT, _CONSUME_POP, _CONSUME_ACK, _RESERVE, _SUBMIT_ONCE = range(5)
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What `submit_once` did: the message's id, and whether it was stored before."""
+
+    message_id: int
+    duplicate: bool
 
 
 class QppValidatorQueue:
@@ -67,6 +78,7 @@ class QppValidatorQueue:
         layer: FileLayer | None = None,
         compact_bytes: int = DEFAULT_COMPACT_BYTES,
         inline_lone_sync: bool = True,
+        dedup: DedupLimits | None = None,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise InvalidMessage(f"queue name {name!r} must be 1-64 of [A-Za-z0-9_.-]")
@@ -76,6 +88,8 @@ class QppValidatorQueue:
         self._layer = layer or OsFileLayer()
         self._observer = observer or NULL_OBSERVER
         self._state = QueueState(limits)
+        self._dedup = DedupIndex(dedup)
+        self._dedup_waits: dict[DedupKey, asyncio.Future[None]] = {}
         self._compact_bytes = compact_bytes
         self._inline_lone_sync = inline_lone_sync
         self._committer: GroupCommitter | None = None
@@ -107,6 +121,7 @@ class QppValidatorQueue:
         layer: FileLayer | None = None,
         compact_bytes: int = DEFAULT_COMPACT_BYTES,
         inline_lone_sync: bool = True,
+        dedup: DedupLimits | None = None,
     ) -> QppValidatorQueue:
         """Open (creating if needed) and recover the queue `name` in `persist_dir`.
 
@@ -115,6 +130,7 @@ class QppValidatorQueue:
         `compact_bytes`: log size that triggers automatic compaction. `inline_lone_sync`:
         a lone record is fsync'd on the event loop thread (faster for a serial caller;
         blocks the loop for one fsync); batches of two or more always use the worker.
+        `dedup`: window and size of the `submit_once` index.
         """
         q = cls(
             name,
@@ -124,6 +140,7 @@ class QppValidatorQueue:
             layer=layer,
             compact_bytes=compact_bytes,
             inline_lone_sync=inline_lone_sync,
+            dedup=dedup,
         )
         if layer is None:
             make_dirs(q.persist_dir)  # the log's own name is durable only with these
@@ -174,6 +191,7 @@ class QppValidatorQueue:
             self._log_records = rec.records + 1
             self._state.load(items, issued_below=self._next_id)
             self._durable_live = {item.message_id: item for item in items}
+            self._restore_dedup(rec.replayed.dedup)
             if len(items) >= _FREEZE_AT:
                 gc.freeze()
             del items
@@ -194,6 +212,12 @@ class QppValidatorQueue:
         log.info("[%s] restored %d messages from %s", self.name, restored, self.path)
         return restored
 
+    def _restore_dedup(self, found: dict[DedupKey, tuple[int, float]]) -> None:
+        for key, (mid, at) in sorted(found.items(), key=lambda kv: kv[1][1]):
+            self._dedup.record(key, mid, at, durable=True)
+        self._dedup.expire(time.time())
+        found.clear()
+
     async def close(self) -> None:
         """Graceful shutdown: finish in-flight work, log async messages durably, close."""
         if self._closed or self._closing:
@@ -209,9 +233,10 @@ class QppValidatorQueue:
             items = [i for i in self._state.ready_items() if not i.persisted]
             items += [i for i in self._state.leased_items() if not i.persisted]
             items.sort(key=lambda i: i.message_id)
-            if items:
+            records = self._async_records(items)
+            if records:
                 try:
-                    await committer.io(self._write_async_items, committer.wal, items)
+                    await committer.io(self._write_async_records, committer.wal, records)
                 except LogFailed as exc:
                     error = exc
         with contextlib.suppress(OSError):
@@ -229,14 +254,30 @@ class QppValidatorQueue:
         if committer.fatal is not None:
             raise committer.fatal
 
+    def _async_records(self, items: list[QueueMessageWithProvenance]) -> list[bytes]:
+        """Submit records for async messages still held, each with its dedup key, and a
+        dedup record for each key of an async message consumed already."""
+        keyed = {
+            e.message_id: (key, e.at) for key, e in self._dedup.entries().items() if not e.durable
+        }
+        held = {item.message_id for item in items}
+        records = [  # keys of messages consumed already; first, as nothing depends on them
+            dedup_record(principal, dedup_id, mid, at)
+            for mid, ((principal, dedup_id), at) in keyed.items()
+            if mid not in held
+        ]
+        for item in items:
+            item.persisted = True
+            found = keyed.get(item.message_id)
+            records.append(submit_record(item, None if found is None else found[0]))
+        return records
+
     @staticmethod
-    def _write_async_items(wal: WriteAheadLog, items: list[QueueMessageWithProvenance]) -> None:
+    def _write_async_records(wal: WriteAheadLog, records: list[bytes]) -> None:
         # one frame per fsync keeps "only the last frame can be torn" true
         chunk: list[bytes] = []
         size = 0
-        for item in items:
-            item.persisted = True
-            rec = submit_record(item)
+        for rec in records:
             chunk.append(rec)
             size += len(rec)
             if size >= _CLOSE_FRAME_BYTES:
@@ -298,8 +339,10 @@ class QppValidatorQueue:
         submitted_by: str,
         broadcast: bool = False,
         upgraded: bool = False,
+        dedup_key: DedupKey | None = None,
     ) -> int:
-        """SyncOp: returns the message id once its record is fsync'd."""
+        """SyncOp: returns the message id once its record is fsync'd. `dedup_key` (from
+        `submit_once`) is logged with the message and recorded once it is durable."""
         committer = self._live()
         size = msg.encoded_size
         self._state.admit(size)
@@ -318,12 +361,21 @@ class QppValidatorQueue:
             mode=Mode.SYNC,
             upgraded=upgraded,
         )
-        await self._durable(committer, _SUBMIT, submit_record(item), item)
+        if dedup_key is None:
+            await self._durable(committer, _SUBMIT, submit_record(item), item)
+        else:
+            record = submit_record(item, dedup_key)
+            await self._durable(committer, _SUBMIT_ONCE, record, (item, dedup_key))
         self._observer.on_submit(Mode.SYNC, upgraded)
         return mid
 
     async def submit_async(
-        self, msg: QueueMessage, *, submitted_by: str, broadcast: bool = False
+        self,
+        msg: QueueMessage,
+        *,
+        submitted_by: str,
+        broadcast: bool = False,
+        dedup_key: DedupKey | None = None,
     ) -> int:
         """AsyncOp: memory only (lost on a crash, logged by a graceful close)."""
         committer = self._live()
@@ -340,6 +392,8 @@ class QppValidatorQueue:
             msg, mid, time.time(), submitted_by, broadcast=broadcast, mode=Mode.ASYNC
         )
         self._state.push(item)
+        if dedup_key is not None:
+            self._dedup.record(dedup_key, mid, item.created_at, durable=False)
         if self._waiters:
             self._wake_waiters()
         self._observer.on_submit(Mode.ASYNC, False)
@@ -355,18 +409,62 @@ class QppValidatorQueue:
         upgraded: bool = False,
     ) -> int:
         """Submit in `mode` ("sync", "async", or None/"default" for the kind's default)."""
-        if mode is None or mode == "default":
-            chosen = msg.default_mode
-        else:
-            try:
-                chosen = Mode(mode)
-            except ValueError:
-                raise InvalidMessage(f"mode must be sync, async or default, not {mode!r}") from None
+        chosen = _resolve_mode(msg, mode)
         if chosen is Mode.SYNC:
             return await self.submit_sync(
                 msg, submitted_by=submitted_by, broadcast=broadcast, upgraded=upgraded
             )
         return await self.submit_async(msg, submitted_by=submitted_by, broadcast=broadcast)
+
+    async def submit_once(
+        self,
+        msg: QueueMessage,
+        *,
+        submitted_by: str,
+        dedup_id: str,
+        mode: Mode | str | None = None,
+        broadcast: bool = False,
+        upgraded: bool = False,
+    ) -> Submitted:
+        """Submit unless `(submitted_by, dedup_id)` was submitted within the dedup window;
+        then store nothing and answer the first submit's id with ``duplicate=True``.
+
+        A sync submit's key is durable with its message (so a retry after a crash whose
+        reply was lost finds it); an async submit's key is as durable as the message.
+        A new key when the index is full raises `QueueFull`.
+        """
+        key = (submitted_by, check_dedup_id(dedup_id))
+        chosen = _resolve_mode(msg, mode)
+        while True:
+            self._live()
+            entry = self._dedup.find(key, time.time())
+            if entry is not None:
+                return Submitted(entry.message_id, True)
+            in_flight = self._dedup_waits.get(key)
+            if in_flight is None:
+                break
+            await asyncio.shield(in_flight)  # the first submit with this key decides
+        self._dedup.reserve(key, time.time())
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._dedup_waits[key] = done
+        try:
+            if chosen is Mode.SYNC:
+                mid = await self.submit_sync(
+                    msg,
+                    submitted_by=submitted_by,
+                    broadcast=broadcast,
+                    upgraded=upgraded,
+                    dedup_key=key,
+                )
+            else:
+                mid = await self.submit_async(
+                    msg, submitted_by=submitted_by, broadcast=broadcast, dedup_key=key
+                )
+        finally:
+            self._dedup.unreserve(key)  # a no-op once recorded
+            del self._dedup_waits[key]
+            done.set_result(None)
+        return Submitted(mid, False)
 
     # -- consume -------------------------------------------------------------------------
     async def pop(self) -> NoClone[QueueMessageWithProvenance] | None:
@@ -501,6 +599,12 @@ class QppValidatorQueue:
                 live[payload.message_id] = payload
                 state.push(payload)
                 pushed = True
+            elif code == _SUBMIT_ONCE:
+                item, key = payload
+                live[item.message_id] = item
+                state.push(item)
+                self._dedup.record(key, item.message_id, item.created_at, durable=True)
+                pushed = True
             elif code == _CONSUME_POP:
                 live.pop(payload.message_id, None)
                 state.forget(payload.message.encoded_size)
@@ -523,6 +627,8 @@ class QppValidatorQueue:
         for code, _rec, _fut, payload in batch:
             if code == _SUBMIT:
                 state.forget(payload.message.encoded_size)
+            elif code == _SUBMIT_ONCE:
+                state.forget(payload[0].message.encoded_size)
             elif code == _CONSUME_POP:
                 state.push(payload)
             elif code == _CONSUME_ACK:
@@ -564,6 +670,11 @@ class QppValidatorQueue:
             items = list(self._durable_live.values())
             records = [checkpoint_record(self._reserved_upto, time.time())]
             records += [submit_record(item) for item in items]
+            records += [
+                dedup_record(principal, dedup_id, e.message_id, e.at)
+                for (principal, dedup_id), e in self._dedup.entries().items()
+                if e.durable
+            ]
             wal.rewrite(records)
             self._log_records = len(records)
             seconds = time.perf_counter() - started
@@ -608,6 +719,7 @@ class QppValidatorQueue:
             "records_committed": committer.records if committer else 0,
             "compactions": self.compactions,
             "redeliveries": self.redeliveries,
+            "dedup_ids": len(self._dedup),
             "fatal": committer.fatal.message if committer and committer.fatal else None,
             "closed": self._closed,
         }
@@ -615,6 +727,15 @@ class QppValidatorQueue:
     @property
     def failed(self) -> LogFailed | None:
         return self._committer.fatal if self._committer else None
+
+
+def _resolve_mode(msg: QueueMessage, mode: Mode | str | None) -> Mode:
+    if mode is None or mode == "default":
+        return msg.default_mode
+    try:
+        return Mode(mode)
+    except ValueError:
+        raise InvalidMessage(f"mode must be sync, async or default, not {mode!r}") from None
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:

@@ -13,6 +13,11 @@ gives the named form that `wal dump` prints. The first element is the type:
 * ``["R", next_id]``: ids below ``next_id`` may have been handed out. Async submits
   are not logged, so ids are reserved in blocks ahead of use and never reused.
 * ``["K", next_id, created_at]``: checkpoint, the first record of a compacted log.
+
+A submit made with a ``dedup_id`` has a twelfth element, ``[principal, dedup_id]``:
+the key is durable in the same fsync as the message. ``["D", principal, dedup_id, id,
+at]`` keeps a key once its submit record is gone (compaction) or was never logged (an
+async submit, written by a graceful close).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ SUBMIT = "S"
 CONSUME = "C"
 RESERVE = "R"
 CHECKPOINT = "K"
+DEDUP = "D"
 
 _MODES = {m.value: m for m in Mode}
 _PRIORITIES = {int(p): p for p in Priority}
@@ -36,22 +42,23 @@ _PRIORITIES = {int(p): p for p in Priority}
 Record = list[Any]
 
 
-def submit_record(item: QueueMessageWithProvenance) -> bytes:
-    return orjson.dumps(
-        [
-            SUBMIT,
-            item.message_id,
-            int(item.priority),
-            item.created_at,
-            item.submitted_by,
-            item.mode.value,
-            True,
-            item.broadcast,
-            item.upgraded,
-            item.delivery_count,
-            item.message.to_json_bytes().decode(),
-        ]
-    )
+def submit_record(item: QueueMessageWithProvenance, dedup: tuple[str, str] | None = None) -> bytes:
+    rec = [
+        SUBMIT,
+        item.message_id,
+        int(item.priority),
+        item.created_at,
+        item.submitted_by,
+        item.mode.value,
+        True,
+        item.broadcast,
+        item.upgraded,
+        item.delivery_count,
+        item.message.to_json_bytes().decode(),
+    ]
+    if dedup is not None:
+        rec.append(list(dedup))
+    return orjson.dumps(rec)
 
 
 def consume_record(message_id: int) -> bytes:
@@ -60,6 +67,10 @@ def consume_record(message_id: int) -> bytes:
 
 def reserve_record(next_id: int) -> bytes:
     return b'["R",%d]' % next_id
+
+
+def dedup_record(principal: str, dedup_id: str, message_id: int, at: float) -> bytes:
+    return orjson.dumps([DEDUP, principal, dedup_id, message_id, at])
 
 
 def checkpoint_record(next_id: int, created_at: float) -> bytes:
@@ -97,6 +108,7 @@ def record_to_dict(rec: Record) -> dict[str, Any]:
             "upgraded": rec[8],
             "delivery_count": rec[9],
             "message": orjson.loads(rec[10]),
+            **({"dedup": rec[11]} if len(rec) > 11 else {}),
         }
     if kind == CONSUME:
         return {"type": "consume", "message_id": rec[1]}
@@ -104,6 +116,14 @@ def record_to_dict(rec: Record) -> dict[str, Any]:
         return {"type": "reserve", "next_id": rec[1]}
     if kind == CHECKPOINT:
         return {"type": "checkpoint", "next_id": rec[1], "created_at": rec[2]}
+    if kind == DEDUP:
+        return {
+            "type": "dedup",
+            "principal": rec[1],
+            "dedup_id": rec[2],
+            "message_id": rec[3],
+            "at": rec[4],
+        }
     return {"type": "unknown", "raw": rec}
 
 
@@ -112,6 +132,8 @@ class Replayed:
     """The state a sequence of records describes."""
 
     live: dict[int, Record] = field(default_factory=dict)  # id -> submit record
+    # (principal, dedup_id) -> (message id, wall-clock time of the first submit)
+    dedup: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     next_id: int = 1
     submits: int = 0
     consumes: int = 0
@@ -127,6 +149,7 @@ def _corrupt(path: str, what: str) -> LogCorrupt:
 def replay(records: list[Record], *, path: str = "<log>") -> Replayed:
     out = Replayed()
     live = out.live
+    dedup = out.dedup
     next_id = 1
     submits = consumes = 0
     try:
@@ -134,20 +157,27 @@ def replay(records: list[Record], *, path: str = "<log>") -> Replayed:
             kind = rec[0]
             if kind == SUBMIT:
                 mid = rec[1]
-                if len(rec) != 11 or rec[2] not in _PRIORITIES:
+                if len(rec) not in (11, 12) or rec[2] not in _PRIORITIES:
                     raise _corrupt(path, f"malformed submit record for id {mid!r}")
                 live[mid] = rec
+                if len(rec) == 12:
+                    principal, dedup_id = rec[11]
+                    dedup.setdefault((principal, dedup_id), (mid, rec[3]))
                 submits += 1
                 if mid >= next_id:
                     next_id = mid + 1
             elif kind == CONSUME:
                 live.pop(rec[1], None)
                 consumes += 1
+            elif kind == DEDUP:
+                if len(rec) != 5:
+                    raise _corrupt(path, "malformed dedup record")
+                dedup.setdefault((rec[1], rec[2]), (rec[3], rec[4]))
             elif kind in (RESERVE, CHECKPOINT):
                 next_id = max(next_id, rec[1])
             else:
                 raise _corrupt(path, f"unknown record type {kind!r} (written by a newer version?)")
-    except (IndexError, KeyError, TypeError) as exc:
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
         raise _corrupt(path, f"malformed record ({exc!r}) inside a checksummed frame") from None
     out.next_id = next_id
     out.submits = submits

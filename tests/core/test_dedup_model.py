@@ -1,0 +1,116 @@
+"""Hypothesis stateful test: the pure dedup index against a plain model.
+
+The model keeps every key ever recorded with its id and its expiry clock: the time of
+its submit, or a later one if the wall clock stepped back meanwhile (entries expire in
+the order they came). A key is known while ``now - clock < window``. Restarts rebuild
+the index from the durable entries only, as the queue does from its log.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from sidecar.dedup import DedupIndex, DedupKey, DedupLimits, check_dedup_id
+from sidecar.errors import InvalidMessage, QueueFull
+
+WINDOW = 10.0
+MAX = 5
+KEYS = st.tuples(st.sampled_from(["alice", "bob"]), st.sampled_from(["a", "b", "c", "d"]))
+
+
+class DedupModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.index = DedupIndex(DedupLimits(window=WINDOW, max_entries=MAX))
+        self.now = 1000.0
+        self.next_id = 1
+        self.known: dict[DedupKey, tuple[int, float, bool]] = {}  # key -> (id, clock, durable)
+        self.at: dict[DedupKey, float] = {}  # key -> time of its submit
+        self.latest = 0.0
+
+    def _live(self) -> dict[DedupKey, tuple[int, float, bool]]:
+        return {k: v for k, v in self.known.items() if self.now - v[1] < WINDOW}
+
+    @rule(key=KEYS, durable=st.booleans(), fail=st.booleans())
+    def submit(self, key: DedupKey, durable: bool, fail: bool) -> None:
+        live = self._live()
+        found = self.index.find(key, self.now)
+        if key in live:
+            assert found is not None
+            assert found.message_id == live[key][0]
+            return
+        assert found is None
+        try:
+            self.index.reserve(key, self.now)
+        except QueueFull:
+            assert len(live) >= MAX
+            return
+        assert len(live) < MAX
+        assert self.index.is_reserved(key)
+        if fail:
+            self.index.unreserve(key)
+            return
+        self.index.record(key, self.next_id, self.now, durable=durable)
+        self.latest = max(self.latest, self.now)
+        self.known[key] = (self.next_id, self.latest, durable)
+        self.at[key] = self.now
+        self.next_id += 1
+
+    @rule(seconds=st.sampled_from([0.5, 3.0, 9.9, 10.0, 25.0]))
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule(back=st.sampled_from([0.5, 2.0]))
+    def clock_steps_back(self, back: float) -> None:
+        self.now -= back
+
+    @rule(key=KEYS)
+    def make_durable(self, key: DedupKey) -> None:
+        self.index.mark_durable(key)
+        if key in self.known and key in self.index.entries():
+            mid, at, _ = self.known[key]
+            self.known[key] = (mid, at, True)
+
+    @rule()
+    def restart(self) -> None:
+        """A crash: only durable entries come back, expired ones are dropped."""
+        survivors = {k: v for k, v in self.index.entries().items() if v.durable}
+        self.index = DedupIndex(DedupLimits(window=WINDOW, max_entries=MAX))
+        for key, entry in sorted(survivors.items(), key=lambda kv: kv[1].at):
+            self.index.record(key, entry.message_id, entry.at, durable=True)
+        self.index.expire(self.now)
+        durable = sorted((k for k, v in self.known.items() if v[2]), key=lambda k: self.at[k])
+        self.known = {k: (self.known[k][0], self.at[k], True) for k in durable}
+        self.latest = max([self.at[k] for k in durable], default=0.0)
+
+    @invariant()
+    def never_more_than_the_limit(self) -> None:
+        self.index.expire(self.now)
+        assert len(self.index) <= MAX
+        assert {k: e.message_id for k, e in self.index.entries().items()} == {
+            k: v[0] for k, v in self._live().items()
+        }
+
+
+TestDedupModel = DedupModel.TestCase
+TestDedupModel.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 129, 7, None, ["a"]])
+def test_a_dedup_id_is_1_to_128_characters(bad: object) -> None:
+    with pytest.raises(InvalidMessage, match="1-128 characters"):
+        check_dedup_id(bad)
+
+
+def test_a_key_at_the_count_limit_is_refused_until_one_expires() -> None:
+    index = DedupIndex(DedupLimits(window=10.0, max_entries=2))
+    index.record(("p", "a"), 1, 100.0, durable=True)
+    index.record(("p", "b"), 2, 105.0, durable=True)
+    with pytest.raises(QueueFull, match="dedup index holds 2"):
+        index.reserve(("p", "c"), 108.0)
+    assert index.find(("p", "a"), 108.0) is not None  # known keys are still answered
+    index.reserve(("p", "c"), 110.0)  # "a" expired at 110
+    assert index.find(("p", "a"), 110.0) is None

@@ -1,0 +1,156 @@
+"""`submit_once` over the real queue: one copy per (principal, dedup_id) in the window,
+through crashes, graceful restarts and compaction; the window and the count limit."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from sidecar import DedupLimits, Limits, QppValidatorQueue, QueueFull, Submitted
+from sidecar.wal import WriteAheadLog, record_to_dict
+from tests.core.helpers import block, gossip, tx
+from tests.core.simfs import SimDisk
+
+
+def _crash_image(disk: SimDisk) -> SimDisk:
+    return SimDisk({p: bytes(i.durable) for p, i in disk.names.items()})
+
+
+async def _ids(q: QppValidatorQueue) -> list[int]:
+    out = []
+    while (h := await q.pop()) is not None:
+        out.append(h.consume().message_id)
+    return out
+
+
+async def test_a_second_submit_with_the_same_dedup_id_stores_nothing(tmp_path: Path) -> None:
+    async with await QppValidatorQueue.open("v", tmp_path) as q:
+        first = await q.submit_once(block(1), submitted_by="alice", dedup_id="b-1")
+        again = await q.submit_once(block(1), submitted_by="alice", dedup_id="b-1")
+        assert first == Submitted(first.message_id, False)
+        assert again == Submitted(first.message_id, True)
+        assert q.depth()["total"] == 1
+
+
+async def test_the_key_is_per_principal(tmp_path: Path) -> None:
+    async with await QppValidatorQueue.open("v", tmp_path) as q:
+        a = await q.submit_once(block(1), submitted_by="alice", dedup_id="same")
+        b = await q.submit_once(block(1), submitted_by="bob", dedup_id="same")
+        assert not a.duplicate
+        assert not b.duplicate
+        assert a.message_id != b.message_id
+
+
+async def test_a_sync_key_survives_a_crash_right_after_its_fsync() -> None:
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk)
+    first = await q.submit_once(tx(1), submitted_by="alice", dedup_id="t-1")
+    # power cut: the reply may never have reached the client, which retries
+    q2 = await QppValidatorQueue.open("v", "/d", layer=_crash_image(disk))
+    again = await q2.submit_once(tx(1), submitted_by="alice", dedup_id="t-1")
+    assert again == Submitted(first.message_id, True)
+    assert await _ids(q2) == [first.message_id]
+    await q2.close()
+
+
+async def test_an_async_key_is_lost_with_its_message_on_a_crash() -> None:
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk)
+    await q.submit_once(gossip(1), submitted_by="alice", dedup_id="g-1", mode="async")
+    q2 = await QppValidatorQueue.open("v", "/d", layer=_crash_image(disk))
+    retry = await q2.submit_once(gossip(1), submitted_by="alice", dedup_id="g-1", mode="async")
+    assert not retry.duplicate  # the message was lost too, so storing it again is right
+    await q2.close()
+
+
+async def test_a_graceful_close_keeps_async_keys_held_and_consumed(tmp_path: Path) -> None:
+    q = await QppValidatorQueue.open("v", tmp_path)
+    held = await q.submit_once(gossip(1), submitted_by="a", dedup_id="held", mode="async")
+    gone = await q.submit_once(gossip(2), submitted_by="a", dedup_id="gone", mode="async")
+    popped = await q.pop()
+    assert popped is not None
+    assert popped.consume().message_id == held.message_id
+    await q.close()
+    async with await QppValidatorQueue.open("v", tmp_path) as q2:
+        assert (await q2.submit_once(gossip(1), submitted_by="a", dedup_id="held")).duplicate
+        again = await q2.submit_once(gossip(2), submitted_by="a", dedup_id="gone")
+        assert again == Submitted(gone.message_id, True)
+        assert await _ids(q2) == [gone.message_id]
+
+
+async def test_keys_survive_compaction_after_their_messages_are_consumed(tmp_path: Path) -> None:
+    async with await QppValidatorQueue.open("v", tmp_path) as q:
+        first = await q.submit_once(block(1), submitted_by="a", dedup_id="k")
+        assert await _ids(q) == [first.message_id]
+        await q.compact_wal()
+    _wal, rec = WriteAheadLog.open(str(tmp_path / "v.wal"))
+    _wal.close()
+    assert rec.replayed is not None
+    assert rec.replayed.dedup == {
+        ("a", "k"): (first.message_id, pytest.approx(rec.replayed.dedup[("a", "k")][1]))
+    }
+    async with await QppValidatorQueue.open("v", tmp_path) as q2:
+        assert (await q2.submit_once(block(1), submitted_by="a", dedup_id="k")).duplicate
+        assert q2.depth()["total"] == 0
+
+
+async def test_an_expired_key_is_a_new_submit(tmp_path: Path) -> None:
+    limits = DedupLimits(window=0.2)
+    async with await QppValidatorQueue.open("v", tmp_path, dedup=limits) as q:
+        first = await q.submit_once(block(1), submitted_by="a", dedup_id="k")
+        await asyncio.sleep(0.3)
+        later = await q.submit_once(block(1), submitted_by="a", dedup_id="k")
+        assert not later.duplicate
+        assert later.message_id > first.message_id
+        await q.compact_wal()
+    # a restart with the window over drops the key from the log as well
+    async with await QppValidatorQueue.open("v", tmp_path, dedup=limits) as q2:
+        await asyncio.sleep(0.3)
+        assert not (await q2.submit_once(block(1), submitted_by="a", dedup_id="k")).duplicate
+
+
+async def test_a_new_key_at_the_count_limit_is_refused_and_stores_nothing(tmp_path: Path) -> None:
+    limits = DedupLimits(max_entries=2)
+    async with await QppValidatorQueue.open("v", tmp_path, dedup=limits) as q:
+        await q.submit_once(block(1), submitted_by="a", dedup_id="1")
+        await q.submit_once(block(2), submitted_by="a", dedup_id="2")
+        with pytest.raises(QueueFull, match="dedup index holds 2"):
+            await q.submit_once(block(3), submitted_by="a", dedup_id="3")
+        assert (await q.submit_once(block(2), submitted_by="a", dedup_id="2")).duplicate
+        await q.submit(block(4), submitted_by="a")  # without a dedup_id nothing changes
+        assert q.depth()["total"] == 3
+    # the limit holds after a restart too: the keys came back from the log
+    async with await QppValidatorQueue.open("v", tmp_path, dedup=limits) as q2:
+        with pytest.raises(QueueFull):
+            await q2.submit_once(block(3), submitted_by="a", dedup_id="3")
+
+
+async def test_concurrent_submits_with_one_key_store_one_copy(tmp_path: Path) -> None:
+    async with await QppValidatorQueue.open("v", tmp_path) as q:
+        results = await asyncio.gather(
+            *(q.submit_once(tx(1), submitted_by="a", dedup_id="k") for _ in range(5))
+        )
+        assert len({r.message_id for r in results}) == 1
+        assert sorted(r.duplicate for r in results) == [False, True, True, True, True]
+        assert q.depth()["total"] == 1
+
+
+async def test_a_failed_submit_frees_its_key(tmp_path: Path) -> None:
+    async with await QppValidatorQueue.open("v", tmp_path, limits=Limits(max_messages=1)) as q:
+        await q.submit(block(1), submitted_by="a")
+        with pytest.raises(QueueFull, match="queue holds 1 messages"):
+            await q.submit_once(block(2), submitted_by="a", dedup_id="k")
+        assert await _ids(q) != []
+        assert not (await q.submit_once(block(2), submitted_by="a", dedup_id="k")).duplicate
+
+
+async def test_the_log_holds_the_key_in_the_submit_record(tmp_path: Path) -> None:
+    async with await QppValidatorQueue.open("v", tmp_path) as q:
+        await q.submit_once(block(1), submitted_by="a", dedup_id="k")
+    wal, rec = WriteAheadLog.open(str(tmp_path / "v.wal"))
+    wal.close()
+    assert rec.replayed is not None
+    (submit,) = rec.replayed.live.values()
+    assert record_to_dict(submit)["dedup"] == ["a", "k"]
