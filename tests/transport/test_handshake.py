@@ -61,7 +61,9 @@ async def test_both_ends_see_the_same_session_id_to_bind_qkd_keys_to(
     private attribute (``transport.qkd.session_binding``): this catches an asyncssh that
     moved it. It is the first exchange hash: both ends agree, each connection differs."""
     host_key, user_key = falcon
-    digest_size = 48 if kex.endswith("sha384") else 32
+    # the exchange hash is the KEX's hash: sha256, sha384 or (sntrup761) sha512
+    hash_name = kex.partition("@")[0].rsplit("-", 1)[1]
+    digest_size = {"sha256": 32, "sha384": 48, "sha512": 64}[hash_name]
     async with pq_server(host_key, [user_key]) as server:
         options = client_options(server, user_key, kex_algs=[kex])
         seen = []

@@ -19,12 +19,15 @@ DEFAULT_KEX = "mlkem768x25519-sha256"
 HYBRID_KEX: tuple[str, ...] = (
     "mlkem768x25519-sha256",
     "mlkem1024nistp384-sha384",
+    # OpenSSH 9.9 offers the standard name beside the older @openssh.com one.
+    "sntrup761x25519-sha512",
     "sntrup761x25519-sha512@openssh.com",
 )
 
 _KEX_PROVIDER = {
     "mlkem768x25519-sha256": "cryptography (OpenSSL ML-KEM) + X25519",
     "mlkem1024nistp384-sha384": "cryptography (OpenSSL ML-KEM) + ECDH P-384",
+    "sntrup761x25519-sha512": "liboqs sntrup761 + X25519",
     "sntrup761x25519-sha512@openssh.com": "liboqs sntrup761 + X25519",
 }
 

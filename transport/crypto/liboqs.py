@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import functools
 import io
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ PROVIDER = "liboqs"
 ABSENT_REASON = "liboqs shared library not present"
 # liboqs-python calls these at import; a file lacking them is not liboqs.
 _REQUIRED_SYMBOLS = ("OQS_init", "OQS_version", "OQS_SIG_new")
+_OQS_LOGGER = "oqs.oqs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +80,19 @@ def available() -> bool:
 def _oqs() -> ModuleType | None:
     if not available():
         return None
-    # liboqs-python logs to stdout at import; keep our stdout (doctor --json) clean.
-    with contextlib.redirect_stdout(io.StringIO()):
-        import oqs  # noqa: PLC0415 - only after the library was found
+    # liboqs-python's logger ("oqs.oqs") sets INFO, adds a stdout handler and says
+    # "faulthandler is disabled" at import. Our output must not depend on it: the
+    # import line goes nowhere, and afterwards only its warnings reach our log.
+    library_log = logging.getLogger(_OQS_LOGGER)
+    library_log.propagate = False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import oqs  # noqa: PLC0415 - only after the library was found
+    finally:
+        for handler in list(library_log.handlers):
+            library_log.removeHandler(handler)
+        library_log.setLevel(logging.WARNING)
+        library_log.propagate = True
 
     module: ModuleType = oqs
     return module
