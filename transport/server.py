@@ -40,10 +40,17 @@ from transport.tiers import DEFAULT_POLICY, TierPolicy, effective_tier
 log = logging.getLogger(__name__)
 
 SUBSYSTEM = "qssh-queue"
+# exit-status of a qssh-queue channel (OpenSSH-family clients exit with it; sysexits.h)
+EXIT_CLEAN = 0  # the client ended the channel and every reply was written
+EXIT_PROTOCOL_ERROR = 76  # EX_PROTOCOL: closed for what the client sent (frame, sealing)
+EXIT_SHUTDOWN = 75  # EX_TEMPFAIL: the server is shutting down; reconnect later
 EXEC_COMMANDS: dict[str, Role | None] = {"depth": None, "stats": Role.ADMIN, "tier": Role.ADMIN}
 
 __all__ = [
     "EXEC_COMMANDS",
+    "EXIT_CLEAN",
+    "EXIT_PROTOCOL_ERROR",
+    "EXIT_SHUTDOWN",
     "SUBSYSTEM",
     "QueueServer",
     "ServerSettings",
@@ -176,7 +183,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         )
 
     def _close_sealed(self, reason: str) -> None:
-        self._close_after_flush()
+        self._close_after_flush(EXIT_PROTOCOL_ERROR)
 
     # ----- asyncssh callbacks
 
@@ -211,7 +218,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
             frames = self._decoder.feed(data)
         except FrameTooLarge as exc:
             self._write(encode_error(None, exc.code, exc.message))
-            self._close_after_flush()
+            self._close_after_flush(EXIT_PROTOCOL_ERROR)
             return
         for body in frames:
             self._sealing.incoming(body)
@@ -340,15 +347,21 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         except (BrokenPipeError, OSError):
             self._closed = True
 
-    def _close_after_flush(self) -> None:
+    def _close_after_flush(self, status: int) -> None:
+        """Write what is queued, send ``status`` as the channel's exit-status, close."""
         self._flush()
         self._closed = True
-        if self._chan is not None:
-            self._chan.close()
+        chan = self._chan
+        if chan is None or chan.is_closing():
+            return
+        if self._exec is None:
+            chan.exit(status)
+        else:
+            chan.close()  # an exec channel has already sent its own status
 
     def _maybe_finish(self) -> None:
         if self._exec is None and self._eof and not self._in_flight and not self._closed:
-            self._close_after_flush()
+            self._close_after_flush(EXIT_CLEAN)
 
     async def drain(self) -> None:
         """Wait for the replies of requests already accepted."""
@@ -356,7 +369,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
             await asyncio.wait(list(self._in_flight))
 
     def close(self) -> None:
-        self._close_after_flush()
+        self._close_after_flush(EXIT_SHUTDOWN)
 
 
 class _QueueSSHServer(asyncssh.SSHServer):
