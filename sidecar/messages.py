@@ -136,8 +136,17 @@ def _str(path: str, value: Any, serde: bool) -> str:
 
 
 def _decimal(path: str, value: Any, serde: bool) -> str:
+    """Money: a non-negative integer or decimal string; canonical form the string."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, float):
+        raise _bad(
+            path,
+            'money is never a float: give a decimal string such as "1250.50" '
+            "(on the command line: 'value_usd=\"1250.50\"') or an integer",
+        )
     if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
-        raise _bad(path, "expected a non-negative decimal string such as '1250.50'")
+        raise _bad(path, "expected a non-negative integer or decimal string such as '1250.50'")
     return value
 
 

@@ -46,7 +46,12 @@ from sidecar.wal import (
 
 log = logging.getLogger("sidecar.queue")
 
-ID_BLOCK = 1 << 20  # ids reserved per durable reservation record
+# Ids are reserved durably in blocks. A block starts small, so a restart (which resumes
+# above the last reservation) skips few ids; it doubles while ids go fast and halves
+# while they go slowly, so a busy queue writes a reservation record rarely.
+FIRST_ID_BLOCK = 1 << 10
+ID_BLOCK = 1 << 20  # the largest block
+_BLOCK_FAST, _BLOCK_SLOW = 1.0, 10.0  # seconds a block lasted: grow below, shrink above
 DEFAULT_COMPACT_BYTES = 10 * 1024 * 1024
 _MIN_COMPACT_BYTES = 1024 * 1024
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -98,6 +103,8 @@ class QppValidatorQueue:
         self._reserved_upto = 1  # ids below this are durably reserved
         self._reserve_pending = False
         self._reserve_waiters: list[asyncio.Future[None]] = []
+        self._block = _first_block()
+        self._block_since = time.monotonic()
         self._waiters: list[asyncio.Future[None]] = []
         self._closing = False
         self._closed = False
@@ -165,7 +172,7 @@ class QppValidatorQueue:
             assert rec.replayed is not None
             items = [item_from_submit(r) for r in rec.replayed.live.values()]
             rec.replayed.live.clear()
-            upto = rec.replayed.next_id + ID_BLOCK
+            upto = rec.replayed.next_id + self._block
             wal.append_and_sync(encode_frame([reserve_record(upto)]))
             return wal, rec, items
 
@@ -187,7 +194,8 @@ class QppValidatorQueue:
             assert rec.replayed is not None
             self.recovery = rec
             self._next_id = rec.replayed.next_id
-            self._reserved_upto = self._next_id + ID_BLOCK
+            self._reserved_upto = self._next_id + self._block
+            self._block_since = time.monotonic()
             self._log_records = rec.records + 1
             self._state.load(items, issued_below=self._next_id)
             self._durable_live = {item.message_id: item for item in items}
@@ -318,7 +326,7 @@ class QppValidatorQueue:
         if mid >= self._reserved_upto:
             return None
         self._next_id = mid + 1
-        if mid >= self._reserved_upto - ID_BLOCK // 2:
+        if mid >= self._reserved_upto - self._block // 2:
             self._request_reservation(committer)
         return mid
 
@@ -326,7 +334,10 @@ class QppValidatorQueue:
         if self._reserve_pending:
             return
         self._reserve_pending = True
-        upto = self._reserved_upto + ID_BLOCK
+        now = time.monotonic()
+        self._block = _next_block(self._block, now - self._block_since)
+        self._block_since = now
+        upto = self._reserved_upto + self._block
         fut = committer.enqueue(_RESERVE, reserve_record(upto), upto)
         # nobody awaits this one; its failure reaches the waiters in _apply_rollback
         fut.add_done_callback(_retrieve)
@@ -766,3 +777,16 @@ class QppAsyncSubmit:
         queue: QppValidatorQueue, msg: QueueMessage, *, submitted_by: str, **kw: Any
     ) -> int:
         return await queue.submit_async(msg, submitted_by=submitted_by, **kw)
+
+
+def _first_block() -> int:
+    return min(FIRST_ID_BLOCK, ID_BLOCK)
+
+
+def _next_block(size: int, lasted: float) -> int:
+    """The next reservation's size, from how long the last one lasted."""
+    if lasted < _BLOCK_FAST:
+        return min(size * 2, ID_BLOCK)
+    if lasted > _BLOCK_SLOW:
+        return max(size // 2, _first_block())
+    return size

@@ -1,6 +1,6 @@
 """Python client of the queue service (SPEC §5.4).
 
-    async with QueueClient.connect("127.0.0.1", 2222, client_keys=[key]) as c:
+    async with QueueClient.connect("127.0.0.1", 22222, client_keys=[key]) as c:
         await c.submit({"kind": "telemetry", "name": "x", "value": 1})
 
 Requests are pipelined: any number of coroutines may call methods concurrently on one
@@ -24,6 +24,7 @@ from sidecar.errors import ErrorCode, SidecarError, Unavailable
 from transport.client_sealing import ClientSealing
 from transport.host_pinning import HostKeyError, HostKeyPinning, StrictHostKeyChecking
 from transport.protocol import (
+    DEFAULT_PORT,
     FrameDecoder,
     ProtocolError,
     Reply,
@@ -183,7 +184,7 @@ class QueueClient:
     def connect(
         cls,
         host: str,
-        port: int = 2222,
+        port: int = DEFAULT_PORT,
         *,
         username: str | None = None,
         client_keys: Sequence[Any] | None = None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,6 +29,7 @@ from hardware.kme import KMEClient
 from sidecar.errors import ErrorCode, SidecarError
 from transport.client import AuthRefused, ConnectFailed, QueueClient
 from transport.host_pinning import HostKeyError
+from transport.protocol import DEFAULT_PORT
 from transport.qkd import QKDSettings
 from transport.ssh_config import QKD_KEYWORDS, ConfigError, HostConfig, resolve
 
@@ -53,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 ok, 1 server error, 2 usage, 3 connect/auth/host key, "
         "4 queue empty, 5 bulk submit had failures, 130 interrupted",
     )
-    p.add_argument("-p", "--port", type=int, help="server port (default from config, 2222)")
+    p.add_argument(
+        "-p", "--port", type=int, help=f"server port (default from config, {DEFAULT_PORT})"
+    )
     p.add_argument("-i", "--identity", help="private key file (like ssh -i)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="Option=value")
     p.add_argument("-F", "--config", type=Path, help="config file (default ~/.qssh/config)")
@@ -270,6 +274,7 @@ async def run_command(args: argparse.Namespace, sub: argparse.Namespace, out: Ou
         options=args.option,
         config_file=args.config,
     )
+    cfg = readable_identities(cfg, out)
     options, kme_close = qkd_options(cfg)
     try:
         return await _run_connected(args, sub, out, cfg, options)
@@ -333,6 +338,22 @@ async def _run_connected(
             return EXIT_OK
         out.data(await client.ping(), "ping")
         return EXIT_OK
+
+
+def readable_identities(cfg: HostConfig, out: Output) -> HostConfig:
+    """Drop identity files that cannot be read, with OpenSSH's warning for each."""
+    usable = []
+    for path in cfg.identity_files:
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            out.err.print(
+                f"Warning: Identity file {path} not accessible: {exc.strerror}.", markup=False
+            )
+            continue
+        usable.append(path)
+    return dataclasses.replace(cfg, identity_files=tuple(usable))
 
 
 def qkd_options(cfg: HostConfig) -> tuple[dict[str, Any], Callable[[], Awaitable[None]] | None]:

@@ -27,10 +27,15 @@ class StrictHostKeyChecking(enum.StrEnum):
         lowered = value.strip().lower()
         if lowered in ("no", "off"):
             return cls.NO
-        if lowered in ("yes", "ask"):
-            return cls.YES  # no one to ask: an unknown host is refused
+        if lowered == "yes":
+            return cls.YES
         if lowered == "accept-new":
             return cls.ACCEPT_NEW
+        if lowered == "ask":
+            raise ValueError(
+                "StrictHostKeyChecking=ask is not supported: qssh-queue never prompts. Use "
+                "yes (pin the host key in known_hosts first) or accept-new (pin on first use)"
+            )
         raise ValueError(f"StrictHostKeyChecking must be yes, accept-new or no, not {value!r}")
 
 

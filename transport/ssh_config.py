@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transport.host_pinning import StrictHostKeyChecking
+from transport.protocol import DEFAULT_PORT
 
-DEFAULT_PORT = 2222
 KEYWORDS = {
     "hostname": "HostName",
     "port": "Port",

@@ -20,12 +20,12 @@ from hardware.config import ConfigError as HardwareConfigError
 from hardware.config import HardwareConfig
 from sidecar.durable_fs import make_dirs
 from transport.limits import ServiceLimits
+from transport.protocol import DEFAULT_PORT
 from transport.protocol.sealing import Aead
 from transport.tiers import DEFAULT_POLICY, TierPolicy
 
 DEFAULT_INSTANCE = "alice"
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 22222
 _INSTANCE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 

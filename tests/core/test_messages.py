@@ -119,7 +119,9 @@ def _snake(name: str) -> str:
             InvalidMessage,
         ),
         ({"kind": "transaction", "tx_hash": H, "tx_data": "", "value_usd": "1e5"}, InvalidMessage),
-        ({"kind": "transaction", "tx_hash": H, "tx_data": "", "value_usd": 100}, InvalidMessage),
+        ({"kind": "transaction", "tx_hash": H, "tx_data": "", "value_usd": 100.0}, InvalidMessage),
+        ({"kind": "transaction", "tx_hash": H, "tx_data": "", "value_usd": -1}, InvalidMessage),
+        ({"kind": "transaction", "tx_hash": H, "tx_data": "", "value_usd": True}, InvalidMessage),
         ({"kind": "peer_discovery", "peer_id": "p", "addresses": ["a", 1]}, InvalidMessage),
         ({"kind": "telemetry", "name": "n", "value": "1"}, InvalidMessage),
         ({"kind": "telemetry", "name": "n", "value": 1, "labels": {"a": 1}}, InvalidMessage),
@@ -229,3 +231,19 @@ def test_provenance_round_trips(m: QueueMessage, mid: int, bc: bool, dc: int) ->
     back = QueueMessageWithProvenance.from_json(orjson.loads(orjson.dumps(p.to_json())))
     assert back.to_json() == p.to_json()
     assert back.priority == m.priority
+
+
+@pytest.mark.parametrize(("given", "canonical"), [(2000000, "2000000"), ("1250.50", "1250.50")])
+def test_value_usd_takes_an_integer_or_a_decimal_string(given: object, canonical: str) -> None:
+    t = QueueMessage.from_json(
+        {"kind": "transaction", "tx_hash": H, "tx_data": "", "value_usd": given}
+    )
+    assert t.get("value_usd") == canonical
+    assert t.to_json()["value_usd"] == canonical
+
+
+def test_a_float_value_usd_is_refused_with_a_hint() -> None:
+    with pytest.raises(InvalidMessage, match=r"money is never a float.*decimal string"):
+        QueueMessage.from_json(
+            {"kind": "transaction", "tx_hash": H, "tx_data": "", "value_usd": 1250.5}
+        )

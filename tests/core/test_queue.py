@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import pickle
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from sidecar import (
     QueueFull,
     Unavailable,
 )
+from sidecar.queue import FIRST_ID_BLOCK, ID_BLOCK, _next_block
 from tests.core.helpers import block, gossip, telemetry, tx
 from tests.core.simfs import SimDisk
 
@@ -341,3 +343,26 @@ async def test_a_submit_waiting_for_ids_fails_instead_of_hanging_when_the_log_di
         await asyncio.wait_for(submit_many(), 10)
     with pytest.raises(LogFailed):
         await q.close()
+
+
+async def test_a_restart_skips_at_most_one_small_block_of_ids(tmp_path: Path) -> None:
+    ids = []
+    for _ in range(4):
+        q = await QppValidatorQueue.open("v", tmp_path)
+        ids.append(await q.submit_sync(gossip(len(ids)), submitted_by="t"))
+        ids.append(await q.submit_async(gossip(len(ids)), submitted_by="t"))
+        await q.close()
+    assert ids == sorted(set(ids))
+    gaps = [b - a for a, b in itertools.pairwise(ids)]
+    assert max(gaps) <= FIRST_ID_BLOCK, ids
+
+
+def test_id_blocks_grow_while_ids_go_fast_and_shrink_while_they_go_slowly() -> None:
+    size = FIRST_ID_BLOCK
+    for _ in range(40):
+        size = _next_block(size, 0.01)
+    assert size == ID_BLOCK
+    assert _next_block(size, 5.0) == ID_BLOCK
+    for _ in range(40):
+        size = _next_block(size, 60.0)
+    assert size == FIRST_ID_BLOCK

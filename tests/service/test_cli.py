@@ -204,3 +204,46 @@ async def test_forbidden_is_exit_1_and_usage_is_exit_2(qssh_home: Path, service:
     assert b"forbidden" in err
     code, _, _ = await qssh_queue(qssh_home, "validator", "submit", "telemetry", "oops")
     assert code == 2
+
+
+H64 = "ab" * 32
+
+
+async def test_value_usd_as_an_integer_is_accepted_and_a_float_refused_with_a_hint(
+    qssh_home: Path,
+) -> None:
+    tx = ("validator", "submit", "transaction", f"tx_hash={H64}", "tx_data=eA==")
+    code, out, err = await qssh_queue(qssh_home, "--json", *tx, "value_usd=50")
+    assert code == 0, err
+    code, out, _ = await qssh_queue(qssh_home, "--json", "validator", "pop")
+    assert orjson.loads(out)["message"]["value_usd"] == "50"
+    code, _, err = await qssh_queue(qssh_home, *tx, "value_usd=1250.50")
+    assert code == 1
+    assert b"money is never a float" in err
+    code, _, err = await qssh_queue(qssh_home, *tx, 'value_usd="1250.50"')
+    assert code == 0, err
+
+
+async def test_ack_of_a_lease_id_never_issued_is_not_found(qssh_home: Path) -> None:
+    code, _, err = await qssh_queue(qssh_home, "--json", "validator", "ack", "999999")
+    assert code == 1
+    assert orjson.loads(err)["error"]["code"] == "not_found"
+
+
+async def test_a_missing_identity_file_is_warned_about_like_openssh(
+    qssh_home: Path, service: Service
+) -> None:
+    code, _, err = await qssh_queue(
+        qssh_home, "-i", "/nonexistent", "-p", str(service.port), "ops@127.0.0.1", "ping"
+    )
+    assert b"Warning: Identity file /nonexistent not accessible: No such file or directory." in err
+    assert b"cannot reach" not in err
+    assert code == 0, err  # falls back to ~/.qssh/id_falcon512, as ssh does
+
+
+async def test_strict_host_key_checking_ask_is_refused_clearly(qssh_home: Path) -> None:
+    code, _, err = await qssh_queue(
+        qssh_home, "-o", "StrictHostKeyChecking=ask", "validator", "depth"
+    )
+    assert code == 2
+    assert b"StrictHostKeyChecking=ask is not supported" in err

@@ -27,8 +27,11 @@ from transport.protocol._messages import (
 )
 from transport.protocol._params import Params
 
+DEFAULT_PORT = 22222  # the queue service's SSH port, server and client alike
+
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
+    "DEFAULT_PORT",
     "HEADER",
     "Event",
     "FrameDecoder",
