@@ -24,13 +24,8 @@ class Tier(IntEnum):
             return cls(value)
         if isinstance(value, str):
             key = value.strip().upper().replace("-", "_")
-            aliases = {
-                "BASICPQ": "BASIC_PQ",
-                "HARDENEDPQ": "HARDENED_PQ",
-                "ENTROPYENHANCED": "ENTROPY_ENHANCED",
-                "QUANTUMSECURED": "QUANTUM_SECURED",
-            }
-            key = aliases.get(key, key)
+            # the wire's names ("BasicPQ") are the member names without underscores
+            key = {name.replace("_", ""): name for name in cls.__members__}.get(key, key)
             if key.isdigit():
                 return cls(int(key))
             if key in cls.__members__:

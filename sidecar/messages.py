@@ -72,6 +72,7 @@ _DEFAULT_MODE: Final = {
     k: Mode.SYNC if p >= Priority.HIGH else Mode.ASYNC for k, p in _PRIORITY.items()
 }
 _BY_SERDE_NAME: Final = {k.serde_name: k for k in Kind}
+_MODES: Final = {m.value: m for m in Mode}
 _KIND_BY_VALUE: Final = {k.value: k for k in Kind}
 
 # --- field types -----------------------------------------------------------------------
@@ -385,6 +386,17 @@ class QueueMessage:
 
     def __repr__(self) -> str:
         return f"QueueMessage({self._encoded[:120].decode('utf-8', 'replace')})"
+
+
+def resolve_mode(message: QueueMessage, requested: Mode | str | None) -> Mode:
+    """The mode a submit asks for: ``None`` or ``"default"`` is the kind's default mode
+    (the kind table above is the only source of defaults); otherwise sync or async."""
+    if requested is None or requested == "default":
+        return message.default_mode
+    mode = _MODES.get(requested) if isinstance(requested, str) else None
+    if mode is None:
+        raise InvalidMessage(f"mode must be sync, async or default, not {requested!r}")
+    return mode
 
 
 class QueueMessageWithProvenance:

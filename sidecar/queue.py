@@ -26,7 +26,7 @@ from sidecar.dedup import DedupIndex, DedupKey, DedupLimits, check_dedup_id
 from sidecar.durable_fs import make_dirs
 from sidecar.errors import InvalidMessage, LogFailed, Unavailable
 from sidecar.handles import NoClone
-from sidecar.messages import Mode, QueueMessage, QueueMessageWithProvenance
+from sidecar.messages import Mode, QueueMessage, QueueMessageWithProvenance, resolve_mode
 from sidecar.observer import NULL_OBSERVER, QueueObserver
 from sidecar.state import Lease, Limits, QueueState
 from sidecar.wal import (
@@ -420,8 +420,7 @@ class QppValidatorQueue:
         upgraded: bool = False,
     ) -> int:
         """Submit in `mode` ("sync", "async", or None/"default" for the kind's default)."""
-        chosen = _resolve_mode(msg, mode)
-        if chosen is Mode.SYNC:
+        if resolve_mode(msg, mode) is Mode.SYNC:
             return await self.submit_sync(
                 msg, submitted_by=submitted_by, broadcast=broadcast, upgraded=upgraded
             )
@@ -445,7 +444,7 @@ class QppValidatorQueue:
         A new key when the index is full raises `QueueFull`.
         """
         key = (submitted_by, check_dedup_id(dedup_id))
-        chosen = _resolve_mode(msg, mode)
+        chosen = resolve_mode(msg, mode)
         while True:
             self._live()
             entry = self._dedup.find(key, time.time())
@@ -738,15 +737,6 @@ class QppValidatorQueue:
     @property
     def failed(self) -> LogFailed | None:
         return self._committer.fatal if self._committer else None
-
-
-def _resolve_mode(msg: QueueMessage, mode: Mode | str | None) -> Mode:
-    if mode is None or mode == "default":
-        return msg.default_mode
-    try:
-        return Mode(mode)
-    except ValueError:
-        raise InvalidMessage(f"mode must be sync, async or default, not {mode!r}") from None
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:

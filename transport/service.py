@@ -20,13 +20,11 @@ import orjson
 
 from sidecar.errors import (
     AlreadyConsumed,
-    InvalidMessage,
     NotFound,
     QueueFull,
     SidecarError,
-    TierRequired,
 )
-from sidecar.messages import QueueMessage
+from sidecar.messages import Mode
 from transport.auth import Principal, Role
 from transport.limits import ServiceLimits, SubmitBucket
 from transport.protocol import Params, ProtocolError, Request
@@ -37,9 +35,9 @@ from transport.tiers import (
     TIER_NAMES,
     TierInfo,
     TierPolicy,
+    admit,
     effective_tier,
-    needs_sync,
-    tier_name,
+    message_from_wire,
 )
 
 __all__ = ["TIER_NAMES", "ChannelState", "QueueService", "TierInfo"]
@@ -91,11 +89,6 @@ def lease_view(lease: Any) -> dict[str, Any]:
     view["lease_id"] = _wire_value(lease.lease_id)
     view["lease_expires_at"] = time.time() + (lease.deadline - time.monotonic())
     return view
-
-
-def parse_message(raw: Any) -> Any:
-    """Client JSON to a ``QueueMessage`` (canonical or the node's serde form)."""
-    return QueueMessage.from_json(raw)
 
 
 async def wait_for_message(queue: QueuePort, within: float) -> None:
@@ -171,45 +164,21 @@ class QueueService:
         """The tier a request on ``channel`` runs at: min(node, session)."""
         return effective_tier(self.tier(), channel.session_tier())
 
-    def _effective_mode(self, message: Any, mode: str, level: int) -> tuple[str, bool]:
-        """The kind's default resolved; critical kinds and tier >= 3 are sync (SPEC §6.1)."""
-        if mode == "default":
-            mode = str(_wire_value(message.default_mode))
-        return needs_sync(str(_wire_value(message.kind)), mode, level)
-
-    def _check_tier(self, message: Any, have: TierInfo) -> None:
-        if str(_wire_value(getattr(message, "kind", ""))) != "transaction":
-            return  # only transactions escalate
-        canonical = _message_json(message)
-        need = self.policy.required_tier(canonical) if isinstance(canonical, dict) else 1
-        if need > have.level:
-            why = "; ".join(have.reasons) or "no reason recorded"
-            raise TierRequired(
-                f"a transaction of value_usd={canonical.get('value_usd')} needs tier {need} "
-                f"({tier_name(need)}), this request runs at tier {have.level} "
-                f"({have.name}): {why}"
-            )
-
     async def _submit_one(self, channel: ChannelState, raw: Any, mode: str) -> dict[str, Any]:
-        if not isinstance(raw, dict | str):
-            raise InvalidMessage("'message' must be a JSON object")
-        message = parse_message(raw)
-        have = self.effective(channel)
-        self._check_tier(message, have)
-        effective, upgraded = self._effective_mode(message, mode, have.level)
-        submitted_by = channel.principal.submitted_by
-        if upgraded:
-            message_id = await self.queue.submit(
-                message, mode=effective, submitted_by=submitted_by, upgraded=True
-            )
-        else:  # a queue wrapper may not know ``upgraded`` (it can apply the policy itself)
-            message_id = await self.queue.submit(message, mode=effective, submitted_by=submitted_by)
+        message = message_from_wire(raw, self.policy)
+        admission = admit(message, mode, self.effective(channel), self.policy)
+        message_id = await self.queue.submit(
+            message,
+            mode=admission.mode,
+            submitted_by=channel.principal.submitted_by,
+            upgraded=admission.upgraded,
+        )
         self.counters.submits += 1
         return {
-            "message_id": _wire_value(message_id),
-            "mode": effective,
-            "persisted": effective == "sync",
-            "upgraded": upgraded,
+            "message_id": message_id,
+            "mode": admission.mode.value,
+            "persisted": admission.mode is Mode.SYNC,
+            "upgraded": admission.upgraded,
         }
 
     def _take_rate(self, channel: ChannelState, n: int) -> None:

@@ -6,6 +6,8 @@
   key, and whether its queue frames are sealed with a QKD key (tier 4).
 - The **effective tier** of a request is the lower of the two, with both reasons kept.
 - A transaction's ``value_usd`` sets the tier it needs (:meth:`TierPolicy.required_tier`).
+- :func:`admit` is the one rule every submit path (SSH ``submit``/``submit_batch``, the
+  node endpoint, and any later one) runs before it hands a message to the queue.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from sidecar.errors import InvalidMessage, MessageTooLarge, TierRequired
+from sidecar.messages import DEFAULT_MAX_MESSAGE_BYTES, Kind, Mode, QueueMessage, resolve_mode
+
+# The one spelling of the tier names (hardware.tier.Tier numbers the same four levels).
 TIER_NAMES = {1: "BasicPQ", 2: "HardenedPQ", 3: "EntropyEnhanced", 4: "QuantumSecured"}
-CRITICAL_KINDS = frozenset({"block_import", "vote", "transaction", "entropy_share"})
 HARDENED_CIPHERS = frozenset({"aes256-gcm@openssh.com"})
 FORCED_SYNC_TIER = 3
 SEALED_TIER = 4
@@ -56,14 +61,19 @@ def effective_tier(node: TierInfo, session: TierInfo) -> TierInfo:
 
 @dataclass(frozen=True)
 class TierPolicy:
-    """Configurable rules: value bounds and the host-key algorithms each tier accepts.
+    """Configurable rules: value bounds, the host-key algorithms each tier accepts, and
+    what :func:`admit` applies to every submit.
 
     ``host_keys[t]`` (if set) lists the host-key algorithms a session must use to reach
     tier ``t``; a tier without an entry accepts any (post-quantum) host key.
+    ``always_sync`` (the daemon's ``durability.policy = "sync"``) makes every submit
+    sync; ``max_message_bytes`` bounds one message's canonical JSON.
     """
 
     value_bounds: tuple[Decimal, ...] = DEFAULT_VALUE_BOUNDS
     host_keys: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    always_sync: bool = False
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
         bounds = self.value_bounds
@@ -74,6 +84,8 @@ class TierPolicy:
         for t in self.host_keys:
             if t not in (2, 3, 4):
                 raise ValueError(f"host-key sets are per tier 2, 3 or 4, not {t}")
+        if self.max_message_bytes < 1:
+            raise ValueError(f"max_message_bytes must be positive, got {self.max_message_bytes}")
 
     @classmethod
     def from_values(
@@ -134,11 +146,63 @@ class TierPolicy:
 DEFAULT_POLICY = TierPolicy()
 
 
-def needs_sync(kind: str, requested: str, effective_level: int) -> tuple[str, bool]:
-    """The mode a submit gets: critical kinds always sync; tier >= 3 makes every one sync.
+def needs_sync(
+    kind: Kind | str, requested: Mode | str, effective_level: int, *, always_sync: bool = False
+) -> tuple[Mode, bool]:
+    """The mode a submit gets, and whether it was upgraded (SPEC §6.1).
 
-    ``requested`` is ``sync``/``async`` (the kind default already resolved); returns
-    ``(mode, upgraded)``."""
-    if requested == "async" and (kind in CRITICAL_KINDS or effective_level >= FORCED_SYNC_TIER):
-        return "sync", True
-    return requested, False
+    A kind whose default mode is sync (``sidecar.messages``' kind table) is never made
+    async; at tier >= 3, or with ``always_sync``, every submit is sync. ``requested`` is
+    ``sync``/``async`` (the kind default already resolved)."""
+    mode = Mode(requested)
+    forced = always_sync or effective_level >= FORCED_SYNC_TIER
+    if mode is Mode.ASYNC and (forced or Kind(kind).default_mode is Mode.SYNC):
+        return Mode.SYNC, True
+    return mode, False
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """How one admitted submit goes into the queue."""
+
+    mode: Mode
+    upgraded: bool
+
+
+def message_from_wire(raw: object, policy: TierPolicy = DEFAULT_POLICY) -> QueueMessage:
+    """A client's JSON (canonical or the node's serde form) as a message, size-checked."""
+    if not isinstance(raw, dict | str):
+        raise InvalidMessage("'message' must be a JSON object (canonical or serde form)")
+    return QueueMessage.from_json(raw, max_size=policy.max_message_bytes)
+
+
+def admit(
+    message: QueueMessage,
+    requested_mode: Mode | str | None,
+    have: TierInfo,
+    policy: TierPolicy = DEFAULT_POLICY,
+) -> Admission:
+    """The one submit rule: every path that hands a message to the queue calls this.
+
+    Refuses a message over ``policy.max_message_bytes`` (:class:`MessageTooLarge`) and a
+    transaction whose ``value_usd`` needs a higher tier than ``have``
+    (:class:`TierRequired`, with the reasons ``have`` carries); resolves ``"default"``
+    or ``None`` to the kind's default mode and applies :func:`needs_sync`.
+    """
+    size = message.encoded_size
+    if size > policy.max_message_bytes:
+        raise MessageTooLarge(
+            f"{message.kind.value} message of {size} bytes exceeds the "
+            f"{policy.max_message_bytes}-byte limit"
+        )
+    need = policy.required_tier(message.canonical())
+    if need > have.level:
+        why = "; ".join(have.reasons) or "no reason recorded"
+        raise TierRequired(
+            f"a transaction of value_usd={message.canonical().get('value_usd')} needs tier "
+            f"{need} ({tier_name(need)}), this request runs at tier {have.level} "
+            f"({have.name}): {why}"
+        )
+    requested = resolve_mode(message, requested_mode)
+    mode, upgraded = needs_sync(message.kind, requested, have.level, always_sync=policy.always_sync)
+    return Admission(mode, upgraded)

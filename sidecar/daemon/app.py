@@ -57,7 +57,7 @@ class Sidecar:
         self.notifier = notifier or SystemdNotifier()
         self.metrics = SidecarMetrics(cfg.instance)
         self.hardware = HardwarePart(cfg, self.metrics, self._on_tier_change)
-        self.queue = QueuePart(cfg, self.metrics, self.hardware.level)
+        self.queue = QueuePart(cfg, self.metrics, self.hardware.tier_info)
         self.mixer = EntropyMixer()
         self.server = ServerPart(cfg, self.metrics, self.queue, self.hardware, self.mixer)
         self.entropy = EntropyPublisher(

@@ -122,6 +122,16 @@ class DaemonConfig:
     def node_socket_path(self) -> Path:
         return self.node.socket or self.data_dir / "node.sock"
 
+    @property
+    def submit_policy(self) -> TierPolicy:
+        """What ``transport.tiers.admit`` applies to every submit, SSH or node: the
+        ``[tiers]`` rules, ``durability.policy`` and ``limits.max_message_bytes``."""
+        return replace(
+            self.tiers.policy,
+            always_sync=self.durability.policy == "sync",
+            max_message_bytes=self.limits.max_message_bytes,
+        )
+
 
 # ---- parsing ---------------------------------------------------------------------
 

@@ -17,14 +17,14 @@ from hardware.kme import KMEClient
 from hardware.monitor import HardwareMonitor, HealthCheckedSource
 from hardware.tier import Tier, TierDecision
 from sidecar import Lease, Limits, Mode, Priority, QppValidatorQueue, QueueMessage
-from sidecar.errors import InvalidMessage, TierRequired, Unavailable
+from sidecar.errors import Unavailable
 from transport.auth import AuthorizedKey, AuthorizedKeys
 from transport.entropy import EntropyMixer
 from transport.limits import ServiceLimits
 from transport.protocol.sealing import RekeyPolicy
 from transport.qkd import QKDSettings
 from transport.server import QueueServer, ServerSettings, start_queue_server
-from transport.tiers import TIER_NAMES, TierInfo
+from transport.tiers import TierInfo, admit, message_from_wire, tier_name
 
 from .config import DaemonConfig, Endpoint
 from .metrics import MetricsObserver, SidecarMetrics
@@ -37,7 +37,9 @@ NODE_PREFIX = "node:"
 class QueuePart:
     """The queue core, plus the daemon's durability policy, shaped as the service's port."""
 
-    def __init__(self, cfg: DaemonConfig, metrics: SidecarMetrics, tier: Callable[[], int]) -> None:
+    def __init__(
+        self, cfg: DaemonConfig, metrics: SidecarMetrics, tier: Callable[[], TierInfo]
+    ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.tier = tier
@@ -62,28 +64,14 @@ class QueuePart:
             raise Unavailable("the queue is not open")
         return self.q
 
-    def _policy_mode(
-        self, msg: QueueMessage, mode: Mode | str | None, tier: int | None = None
-    ) -> tuple[Mode, bool]:
-        """durability.policy = "sync" makes every submit sync; so does ``tier`` >= 3
-        (the service resolves the effective tier itself and passes the mode it chose)."""
-        chosen = msg.default_mode if mode in (None, "default") else Mode(mode)
-        forced = self.cfg.durability.policy == "sync" or (tier is not None and tier >= 3)
-        if chosen is Mode.ASYNC and forced:
-            return Mode.SYNC, True
-        return chosen, False
-
     # ---- the service's QueuePort ------------------------------------------------------
 
     async def submit(
-        self, msg: Any, *, submitted_by: str, mode: Any = None, upgraded: bool = False
+        self, msg: QueueMessage, *, submitted_by: str, mode: Mode, upgraded: bool = False
     ) -> int:
-        try:
-            chosen, by_policy = self._policy_mode(msg, mode)
-        except ValueError:
-            raise InvalidMessage(f"mode must be sync, async or default, not {mode!r}") from None
+        """An admitted submit (:func:`transport.tiers.admit` chose ``mode``)."""
         return await self._queue().submit(
-            msg, mode=chosen, submitted_by=submitted_by, upgraded=upgraded or by_policy
+            msg, mode=mode, submitted_by=submitted_by, upgraded=upgraded
         )
 
     async def pop(self) -> Any:
@@ -117,23 +105,14 @@ class QueuePart:
     # ---- the node endpoint ------------------------------------------------------------
 
     async def submit_from_node(self, raw: object) -> int:
-        if not isinstance(raw, dict | str):
-            raise InvalidMessage("the message must be a JSON object (serde or canonical form)")
-        msg = QueueMessage.from_json(raw, max_size=self.cfg.limits.max_message_bytes)
-        canonical = msg.canonical()
-        need = self.cfg.tiers.policy.required_tier(canonical)
-        have = self.tier()
-        if need > have:
-            raise TierRequired(
-                f"a transaction of value_usd={canonical.get('value_usd')} needs tier "
-                f"{need}, this sidecar runs at tier {have}"
-            )
-        chosen, upgraded = self._policy_mode(msg, None, have)
+        policy = self.cfg.submit_policy
+        msg = message_from_wire(raw, policy)
+        admission = admit(msg, None, self.tier(), policy)
         return await self._queue().submit(
             msg,
-            mode=chosen,
+            mode=admission.mode,
             submitted_by=f"{NODE_PREFIX}{self.cfg.instance}",
-            upgraded=upgraded,
+            upgraded=admission.upgraded,
         )
 
     async def submit_entropy(self, msg: QueueMessage, submitted_by: str) -> int:
@@ -241,13 +220,13 @@ class HardwarePart:
             return "undecided"
         why = "; ".join(d.reasons) if d.reasons else "all hardware healthy"
         sim = " (simulated hardware)" if d.simulated else ""
-        return f"{int(d.tier)} {TIER_NAMES.get(int(d.tier), d.tier.name)}{sim}: {why}"
+        return f"{int(d.tier)} {tier_name(int(d.tier))}{sim}: {why}"
 
     def level(self) -> int:
         return int(self.decision.tier) if self.decision else int(Tier.HARDENED_PQ)
 
     def name(self) -> str:
-        return TIER_NAMES.get(self.level(), "")
+        return tier_name(self.level())
 
     def acquire_qrng(self) -> HealthCheckedSource | None:
         return None if self.monitor is None else self.monitor.best_quantum_source()
@@ -326,7 +305,7 @@ class ServerPart:
             limits=limits,
             tier_provider=self.hardware.tier_info,
             host_keys=(host_key.key,),
-            policy=self.cfg.tiers.policy,
+            policy=self.cfg.submit_policy,
             qkd=self._qkd(),
         )
         self.server = await start_queue_server(self.queue, settings)
