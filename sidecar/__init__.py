@@ -3,7 +3,7 @@
 The public queue API: everything the service, the daemon and the node endpoint call.
 """
 
-from sidecar.dedup import DedupLimits
+from sidecar.dedup import DedupLimits, Submitted
 from sidecar.errors import (
     AlreadyConsumed,
     ErrorCode,
@@ -28,7 +28,7 @@ from sidecar.messages import (
     QueueMessageWithProvenance,
 )
 from sidecar.observer import QueueObserver
-from sidecar.queue import QppAsyncSubmit, QppSyncSubmit, QppValidatorQueue, Submitted
+from sidecar.queue import QppAsyncSubmit, QppSyncSubmit, QppValidatorQueue
 from sidecar.state import Lease, Limits
 
 __all__ = [

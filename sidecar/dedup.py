@@ -49,6 +49,15 @@ class DedupEntry:
     durable: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What a submit did: the message's id, and whether it was stored before (a
+    `dedup_id` seen within the window)."""
+
+    message_id: int
+    duplicate: bool
+
+
 def check_dedup_id(value: object) -> str:
     """A valid ``dedup_id`` (a string of 1-128 characters) or `InvalidMessage`."""
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_DEDUP_ID_CHARS:

@@ -18,11 +18,10 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from sidecar.commit import GroupCommitter, Op
-from sidecar.dedup import DedupIndex, DedupKey, DedupLimits, check_dedup_id
+from sidecar.dedup import DedupIndex, DedupKey, DedupLimits, Submitted, check_dedup_id
 from sidecar.durable_fs import make_dirs
 from sidecar.errors import InvalidMessage, LogFailed, Unavailable
 from sidecar.handles import NoClone
@@ -60,14 +59,6 @@ _FREEZE_AT = 50_000  # recovered messages from which gc.freeze() pays off
 
 # op codes for the group committer
 _SUBMIT, _CONSUME_POP, _CONSUME_ACK, _RESERVE, _SUBMIT_ONCE = range(5)
-
-
-@dataclass(frozen=True, slots=True)
-class Submitted:
-    """What `submit_once` did: the message's id, and whether it was stored before."""
-
-    message_id: int
-    duplicate: bool
 
 
 class QppValidatorQueue:

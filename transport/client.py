@@ -474,12 +474,40 @@ class QueueClient:
         result: dict[str, Any] = await self.call("ping")
         return result
 
-    async def submit(self, message: Any, mode: str = "default") -> dict[str, Any]:
-        result: dict[str, Any] = await self.call("submit", {"message": message, "mode": mode})
+    async def submit(
+        self,
+        message: Any,
+        mode: str = "default",
+        *,
+        dedup_id: str | None = None,
+        broadcast: bool = False,
+    ) -> dict[str, Any]:
+        """Submit one message. With ``dedup_id`` a retry within the server's window
+        stores nothing and answers the first id with ``"duplicate": true``;
+        ``broadcast`` relays it to the server's peers too."""
+        params: dict[str, Any] = {"message": message, "mode": mode}
+        if dedup_id is not None:
+            params["dedup_id"] = dedup_id
+        if broadcast:
+            params["broadcast"] = True
+        result: dict[str, Any] = await self.call("submit", params)
         return result
 
-    async def submit_batch(self, messages: Sequence[Any], mode: str = "default") -> list[Any]:
-        result = await self.call("submit_batch", {"messages": list(messages), "mode": mode})
+    async def submit_batch(
+        self,
+        messages: Sequence[Any],
+        mode: str = "default",
+        *,
+        dedup_ids: Sequence[str | None] | None = None,
+        broadcast: bool = False,
+    ) -> list[Any]:
+        """``dedup_ids``, if given, has one entry (a string or None) per message."""
+        params: dict[str, Any] = {"messages": list(messages), "mode": mode}
+        if dedup_ids is not None:
+            params["dedup_ids"] = list(dedup_ids)
+        if broadcast:
+            params["broadcast"] = True
+        result = await self.call("submit_batch", params)
         return list(result["results"])
 
     async def pop(self) -> dict[str, Any] | None:

@@ -80,6 +80,13 @@ def command_parser(command: str) -> argparse.ArgumentParser:
         mode = p.add_mutually_exclusive_group()
         mode.add_argument("--sync", dest="mode", action="store_const", const="sync")
         mode.add_argument("--async", dest="mode", action="store_const", const="async")
+        p.add_argument(
+            "--dedup-id",
+            help="1-128 characters: a retry with the same id stores nothing (one message only)",
+        )
+        p.add_argument(
+            "--broadcast", action="store_true", help="relay the message to the server's peers"
+        )
         p.add_argument("--batch", type=int, default=256, help="messages per bulk request")
         p.add_argument("--no-progress", action="store_true")
     elif command == "lease":
@@ -172,8 +179,9 @@ def _flatten(value: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
 
 
 async def _bulk_submit(
-    client: QueueClient, mode: str, batch: int, out: Output, progress: bool
+    client: QueueClient, sub: argparse.Namespace, out: Output, *, broadcast: bool
 ) -> int:
+    mode, batch, progress = sub.mode or "default", sub.batch, not sub.no_progress
     lines = [line for line in sys.stdin.buffer.read().splitlines() if line.strip()]
     ok = failed = 0
     errors: dict[str, int] = {}
@@ -196,7 +204,7 @@ async def _bulk_submit(
 
         async def send(chunk: list[Any]) -> None:
             nonlocal ok, failed
-            results = await client.submit_batch(chunk, mode)
+            results = await client.submit_batch(chunk, mode, broadcast=broadcast)
             for result in results:
                 if "error" in result:
                     failed += 1
@@ -295,8 +303,15 @@ async def _run_connected(
         if command == "submit":
             mode = sub.mode or "default"
             if sub.message in (None, "-"):
-                return await _bulk_submit(client, mode, sub.batch, out, not sub.no_progress)
-            result = await client.submit(message_from_args(sub.message, sub.fields), mode)
+                if sub.dedup_id is not None:
+                    raise UsageError("--dedup-id names one message; not with NDJSON on stdin")
+                return await _bulk_submit(client, sub, out, broadcast=sub.broadcast)
+            result = await client.submit(
+                message_from_args(sub.message, sub.fields),
+                mode,
+                dedup_id=sub.dedup_id,
+                broadcast=sub.broadcast,
+            )
             out.data(result, "submitted")
             return EXIT_OK
         if command == "pop":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from sidecar.dedup import Submitted
 from sidecar.handles import NoClone
 from sidecar.messages import Mode, QueueMessage, QueueMessageWithProvenance
 from sidecar.state import Lease
@@ -16,8 +17,24 @@ from sidecar.state import Lease
 
 class QueuePort(Protocol):
     async def submit(
-        self, msg: QueueMessage, *, submitted_by: str, mode: Mode, upgraded: bool = False
+        self,
+        msg: QueueMessage,
+        *,
+        submitted_by: str,
+        mode: Mode,
+        broadcast: bool = False,
+        upgraded: bool = False,
     ) -> int: ...
+    async def submit_once(
+        self,
+        msg: QueueMessage,
+        *,
+        submitted_by: str,
+        dedup_id: str,
+        mode: Mode,
+        broadcast: bool = False,
+        upgraded: bool = False,
+    ) -> Submitted: ...
     async def pop(self) -> NoClone[QueueMessageWithProvenance] | None: ...
     async def lease(self, timeout: float) -> Lease | None: ...  # noqa: ASYNC109 (core's API)
     async def ack(self, lease_or_id: Lease | int) -> None: ...
@@ -25,3 +42,30 @@ class QueuePort(Protocol):
     async def wait_available(self, timeout: float | None = None) -> bool: ...  # noqa: ASYNC109
     def depth(self) -> dict[str, int]: ...
     def stats(self) -> dict[str, Any]: ...
+
+
+async def store(
+    queue: QueuePort,
+    msg: QueueMessage,
+    *,
+    submitted_by: str,
+    mode: Mode,
+    upgraded: bool,
+    dedup_id: str | None,
+    broadcast: bool,
+) -> Submitted:
+    """Hand an admitted message to the queue: every submit path ends here, so a
+    ``dedup_id`` (idempotent submit) and ``broadcast`` mean the same on each."""
+    if dedup_id is None:
+        message_id = await queue.submit(
+            msg, submitted_by=submitted_by, mode=mode, broadcast=broadcast, upgraded=upgraded
+        )
+        return Submitted(message_id, False)
+    return await queue.submit_once(
+        msg,
+        submitted_by=submitted_by,
+        dedup_id=dedup_id,
+        mode=mode,
+        broadcast=broadcast,
+        upgraded=upgraded,
+    )

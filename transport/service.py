@@ -18,8 +18,10 @@ from typing import Any
 
 import orjson
 
+from sidecar.dedup import check_dedup_id
 from sidecar.errors import (
     AlreadyConsumed,
+    InvalidMessage,
     NotFound,
     QueueFull,
     SidecarError,
@@ -28,7 +30,7 @@ from sidecar.messages import Mode
 from transport.auth import Principal, Role
 from transport.limits import ServiceLimits, SubmitBucket
 from transport.protocol import Params, ProtocolError, Request
-from transport.queue_port import QueuePort
+from transport.queue_port import QueuePort, store
 from transport.tiers import (
     DEFAULT_POLICY,
     MAX_UNSEALED_TIER,
@@ -164,22 +166,35 @@ class QueueService:
         """The tier a request on ``channel`` runs at: min(node, session)."""
         return effective_tier(self.tier(), channel.session_tier())
 
-    async def _submit_one(self, channel: ChannelState, raw: Any, mode: str) -> dict[str, Any]:
+    async def _submit_one(
+        self,
+        channel: ChannelState,
+        raw: Any,
+        mode: str,
+        dedup_id: str | None = None,
+        broadcast: bool = False,
+    ) -> dict[str, Any]:
         message = message_from_wire(raw, self.policy)
         admission = admit(message, mode, self.effective(channel), self.policy)
-        message_id = await self.queue.submit(
+        done = await store(
+            self.queue,
             message,
-            mode=admission.mode,
             submitted_by=channel.principal.submitted_by,
+            mode=admission.mode,
             upgraded=admission.upgraded,
+            dedup_id=dedup_id,
+            broadcast=broadcast,
         )
         self.counters.submits += 1
-        return {
-            "message_id": message_id,
+        reply: dict[str, Any] = {
+            "message_id": done.message_id,
             "mode": admission.mode.value,
             "persisted": admission.mode is Mode.SYNC,
             "upgraded": admission.upgraded,
         }
+        if dedup_id is not None:
+            reply["duplicate"] = done.duplicate
+        return reply
 
     def _take_rate(self, channel: ChannelState, n: int) -> None:
         if not channel.bucket.take(n):
@@ -192,24 +207,30 @@ class QueueService:
     async def _submit(self, channel: ChannelState, params: Params) -> Any:
         raw = params.raw("message")
         mode = params.string("mode", "default", ("sync", "async", "default"))
+        dedup_raw = params.optional_raw("dedup_id")
+        dedup_id = None if dedup_raw is None else check_dedup_id(dedup_raw)
+        broadcast = params.boolean("broadcast", False)
         params.finish()
         self._take_rate(channel, 1)
-        return await self._submit_one(channel, raw, mode)
+        return await self._submit_one(channel, raw, mode, dedup_id, broadcast)
 
     async def _submit_batch(self, channel: ChannelState, params: Params) -> Any:
         raws = params.array("messages", self.limits.max_batch)
         mode = params.string("mode", "default", ("sync", "async", "default"))
+        ids_raw = params.optional_raw("dedup_ids")
+        broadcast = params.boolean("broadcast", False)
         params.finish()
+        dedup_ids = _batch_dedup_ids(ids_raw, len(raws))
         self._take_rate(channel, max(1, len(raws)))
 
-        async def one(raw: Any) -> dict[str, Any]:
+        async def one(raw: Any, dedup_id: str | None) -> dict[str, Any]:
             try:
-                return await self._submit_one(channel, raw, mode)
+                return await self._submit_one(channel, raw, mode, dedup_id, broadcast)
             except SidecarError as exc:
                 return {"error": exc.to_wire()}
 
         # Concurrently, so the sync ones share one group commit.
-        results = await asyncio.gather(*(one(raw) for raw in raws))
+        results = await asyncio.gather(*(one(r, d) for r, d in zip(raws, dedup_ids, strict=True)))
         return {"results": results}
 
     # ----- consumer
@@ -335,6 +356,15 @@ class QueueService:
         view["node"] = node.to_wire()
         view["session"] = {**session.to_wire(), **channel.session_detail}
         return view
+
+
+def _batch_dedup_ids(raw: Any, count: int) -> list[str | None]:
+    """``dedup_ids``: absent, or one entry (a dedup_id or null) per message."""
+    if raw is None:
+        return [None] * count
+    if not isinstance(raw, list) or len(raw) != count:
+        raise InvalidMessage(f"'dedup_ids' must be an array of {count} entries (string or null)")
+    return [None if d is None else check_dedup_id(d) for d in raw]
 
 
 _subscription_ids = itertools.count(1)

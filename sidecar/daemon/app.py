@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from sidecar.dedup import Submitted
 from sidecar.errors import SidecarError
 from transport.entropy import EntropyMixer
 
@@ -85,8 +86,10 @@ class Sidecar:
     def instance(self) -> str:
         return self.cfg.instance
 
-    async def node_submit(self, message: object) -> int:
-        return await self.queue.submit_from_node(message)
+    async def node_submit(
+        self, message: object, *, dedup_id: str | None = None, broadcast: bool = False
+    ) -> Submitted:
+        return await self.queue.submit_from_node(message, dedup_id=dedup_id, broadcast=broadcast)
 
     async def node_pop(self) -> dict[str, Any] | None:
         return await self.queue.pop_for_node()

@@ -18,6 +18,7 @@ from typing import Any
 
 from hardware.config import ConfigError as HardwareConfigError
 from hardware.config import HardwareConfig
+from sidecar.dedup import DEFAULT_DEDUP_ENTRIES, DEFAULT_DEDUP_WINDOW
 from sidecar.durable_fs import make_dirs
 from transport.limits import ServiceLimits
 from transport.protocol import DEFAULT_PORT
@@ -59,6 +60,9 @@ class Durability:
     policy: str = "default"
     compact_bytes: int = 10 * 1024 * 1024
     shutdown_timeout: float = 10.0
+    # submits with a dedup_id: how long a key is remembered, and how many keys at most
+    dedup_window: float = DEFAULT_DEDUP_WINDOW
+    dedup_max_entries: int = DEFAULT_DEDUP_ENTRIES
 
 
 @dataclass(frozen=True)
@@ -284,7 +288,16 @@ def from_dict(data: dict[str, Any], base: Path) -> DaemonConfig:
     timeout = float(dt.get("shutdown_timeout", (int, float), 10.0))
     if not 0 < timeout <= 600:
         raise ConfigError(f"durability.shutdown_timeout: must be 0-600 seconds, got {timeout}")
-    durability = Durability(policy, dt.positive("compact_bytes", Durability.compact_bytes), timeout)
+    window = float(dt.get("dedup_window", (int, float), DEFAULT_DEDUP_WINDOW))
+    if not 0 < window <= 7 * 86400:
+        raise ConfigError(f"durability.dedup_window: must be 0-604800 seconds, got {window}")
+    durability = Durability(
+        policy,
+        dt.positive("compact_bytes", Durability.compact_bytes),
+        timeout,
+        window,
+        dt.positive("dedup_max_entries", DEFAULT_DEDUP_ENTRIES),
+    )
 
     hw_raw = top.get("hardware", dict, {})
     try:

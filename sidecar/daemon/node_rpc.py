@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from sidecar.dedup import Submitted, check_dedup_id
 from sidecar.errors import InvalidMessage, SidecarError
 
 from .config import Endpoint
@@ -45,7 +46,9 @@ class NodeBackend(Protocol):
     @property
     def instance(self) -> str: ...
 
-    async def node_submit(self, message: object) -> int: ...
+    async def node_submit(
+        self, message: object, *, dedup_id: str | None = None, broadcast: bool = False
+    ) -> Submitted: ...
 
     async def node_pop(self) -> dict[str, Any] | None: ...
 
@@ -152,7 +155,16 @@ class NodeRpc:
             self._on_call(method)
         b = self._backend
         if method == "qssh_submitMessage":
-            return await b.node_submit(_submit_param(params))
+            message, options = _submit_params(params)
+            dedup_id = options.get("dedup_id")
+            done = await b.node_submit(
+                message,
+                dedup_id=None if dedup_id is None else check_dedup_id(dedup_id),
+                broadcast=_flag(options, "broadcast"),
+            )
+            if dedup_id is None:
+                return done.message_id  # what the node has always been answered
+            return {"message_id": done.message_id, "duplicate": done.duplicate}
         _no_params(method, params)
         if method == "qssh_popMessage":
             return await b.node_pop()
@@ -167,17 +179,48 @@ def _safe_id(req_id: object) -> object:
     return req_id if isinstance(req_id, int | str) and not isinstance(req_id, bool) else None
 
 
-def _submit_param(params: list[Any] | dict[str, Any]) -> object:
-    """``[message]`` (positional, as jsonrpsee sends), ``{"message": m}`` or the message."""
+_SUBMIT_OPTIONS = frozenset({"dedup_id", "broadcast"})
+
+
+def _submit_params(params: list[Any] | dict[str, Any]) -> tuple[object, dict[str, Any]]:
+    """The message and the submit options.
+
+    ``[message]`` or ``[message, {options}]`` (positional, as jsonrpsee sends),
+    ``{"message": m, ...options}``, or the bare message. Options: ``dedup_id``,
+    ``broadcast``.
+    """
     if isinstance(params, list):
+        if len(params) == 2 and isinstance(params[1], dict):
+            return params[0], _options(params[1])
         if len(params) != 1:
-            raise RpcError(INVALID_PARAMS, "Invalid params: expected [message]")
-        return params[0]
-    if set(params) == {"message"}:
-        return params["message"]
+            raise RpcError(
+                INVALID_PARAMS, "Invalid params: expected [message] or [message, {options}]"
+            )
+        return params[0], {}
+    if "message" in params:
+        rest = {k: v for k, v in params.items() if k != "message"}
+        return params["message"], _options(rest)
     if not params:
         raise RpcError(INVALID_PARAMS, "Invalid params: expected a message")
-    return params
+    return params, {}
+
+
+def _options(raw: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(raw) - _SUBMIT_OPTIONS)
+    if unknown:
+        raise RpcError(
+            INVALID_PARAMS,
+            f"Invalid params: unknown option(s) {', '.join(map(str, unknown))} "
+            "(known: broadcast, dedup_id)",
+        )
+    return raw
+
+
+def _flag(options: dict[str, Any], name: str) -> bool:
+    value = options.get(name, False)
+    if not isinstance(value, bool):
+        raise RpcError(INVALID_PARAMS, f"Invalid params: {name} must be true or false")
+    return value
 
 
 def _no_params(method: str, params: list[Any] | dict[str, Any]) -> None:

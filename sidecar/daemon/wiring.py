@@ -16,13 +16,23 @@ import asyncssh
 from hardware.kme import KMEClient
 from hardware.monitor import HardwareMonitor, HealthCheckedSource
 from hardware.tier import Tier, TierDecision
-from sidecar import Lease, Limits, Mode, Priority, QppValidatorQueue, QueueMessage
+from sidecar import (
+    DedupLimits,
+    Lease,
+    Limits,
+    Mode,
+    Priority,
+    QppValidatorQueue,
+    QueueMessage,
+    Submitted,
+)
 from sidecar.errors import Unavailable
 from transport.auth import AuthorizedKey, AuthorizedKeys
 from transport.entropy import EntropyMixer
 from transport.limits import ServiceLimits
 from transport.protocol.sealing import RekeyPolicy
 from transport.qkd import QKDSettings
+from transport.queue_port import store
 from transport.server import QueueServer, ServerSettings, start_queue_server
 from transport.tiers import TierInfo, admit, message_from_wire, tier_name
 
@@ -56,6 +66,10 @@ class QueuePart:
             limits=Limits(max_messages=limits.max_queue_messages, max_bytes=limits.max_queue_bytes),
             observer=MetricsObserver(self.metrics),
             compact_bytes=self.cfg.durability.compact_bytes,
+            dedup=DedupLimits(
+                window=self.cfg.durability.dedup_window,
+                max_entries=self.cfg.durability.dedup_max_entries,
+            ),
         )
         return describe_recovery(self.q)
 
@@ -67,11 +81,37 @@ class QueuePart:
     # ---- the service's QueuePort ------------------------------------------------------
 
     async def submit(
-        self, msg: QueueMessage, *, submitted_by: str, mode: Mode, upgraded: bool = False
+        self,
+        msg: QueueMessage,
+        *,
+        submitted_by: str,
+        mode: Mode,
+        broadcast: bool = False,
+        upgraded: bool = False,
     ) -> int:
         """An admitted submit (:func:`transport.tiers.admit` chose ``mode``)."""
         return await self._queue().submit(
-            msg, mode=mode, submitted_by=submitted_by, upgraded=upgraded
+            msg, mode=mode, submitted_by=submitted_by, broadcast=broadcast, upgraded=upgraded
+        )
+
+    async def submit_once(
+        self,
+        msg: QueueMessage,
+        *,
+        submitted_by: str,
+        dedup_id: str,
+        mode: Mode,
+        broadcast: bool = False,
+        upgraded: bool = False,
+    ) -> Submitted:
+        """An admitted submit with a dedup_id (``sidecar.queue.submit_once``)."""
+        return await self._queue().submit_once(
+            msg,
+            submitted_by=submitted_by,
+            dedup_id=dedup_id,
+            mode=mode,
+            broadcast=broadcast,
+            upgraded=upgraded,
         )
 
     async def pop(self) -> Any:
@@ -104,15 +144,20 @@ class QueuePart:
 
     # ---- the node endpoint ------------------------------------------------------------
 
-    async def submit_from_node(self, raw: object) -> int:
+    async def submit_from_node(
+        self, raw: object, *, dedup_id: str | None = None, broadcast: bool = False
+    ) -> Submitted:
         policy = self.cfg.submit_policy
         msg = message_from_wire(raw, policy)
         admission = admit(msg, None, self.tier(), policy)
-        return await self._queue().submit(
+        return await store(
+            self,
             msg,
-            mode=admission.mode,
             submitted_by=f"{NODE_PREFIX}{self.cfg.instance}",
+            mode=admission.mode,
             upgraded=admission.upgraded,
+            dedup_id=dedup_id,
+            broadcast=broadcast,
         )
 
     async def submit_entropy(self, msg: QueueMessage, submitted_by: str) -> int:
