@@ -8,7 +8,6 @@ Independent of SSH: a :class:`ChannelState` stands for one ``qssh-queue`` channe
 from __future__ import annotations
 
 import asyncio
-import enum
 import itertools
 import logging
 import time
@@ -27,6 +26,7 @@ from sidecar.errors import (
     SidecarError,
 )
 from sidecar.messages import Mode
+from sidecar.state import Lease
 from transport.auth import Principal, Role
 from transport.limits import ServiceLimits, SubmitBucket
 from transport.protocol import Params, ProtocolError, Request
@@ -49,46 +49,14 @@ log = logging.getLogger(__name__)
 # held leases on one channel before the expired ones among them are dropped
 PRUNE_HELD_LEASES_AT = 256
 
-PROVENANCE_FIELDS = (
-    "message_id",
-    "created_at",
-    "submitted_by",
-    "persisted",
-    "broadcast",
-    "priority",
-    "mode",
-    "upgraded",
-    "delivery_count",
-)
+# What a method answers: a JSON object (or null), built at the wire boundary.
+Reply = dict[str, Any] | None
 
 
-def _wire_value(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    return value
-
-
-def _message_json(message: Any) -> Any:
-    canonical = message.to_json()
-    if isinstance(canonical, bytes | str):
-        return orjson.loads(canonical)
-    return canonical
-
-
-def delivery_view(item: Any) -> dict[str, Any]:
-    """A ``QueueMessageWithProvenance`` as the wire shows it."""
-    view: dict[str, Any] = {"message": _message_json(item.message)}
-    for name in PROVENANCE_FIELDS:
-        value = getattr(item, name, None)
-        if value is not None:
-            view[name] = _wire_value(value)
-    return view
-
-
-def lease_view(lease: Any) -> dict[str, Any]:
+def lease_view(lease: Lease) -> dict[str, Any]:
     """A ``Lease`` as the wire shows it; its monotonic deadline as wall-clock time."""
-    view = delivery_view(lease.item)
-    view["lease_id"] = _wire_value(lease.lease_id)
+    view = lease.item.to_json()
+    view["lease_id"] = lease.lease_id
     view["lease_expires_at"] = time.time() + (lease.deadline - time.monotonic())
     return view
 
@@ -125,7 +93,7 @@ class QueueService:
         self.server_stats = server_stats
         self.counters = ServiceCounters()
         self._handlers: dict[
-            str, tuple[Role | None, Callable[[ChannelState, Params], Awaitable[Any]]]
+            str, tuple[Role | None, Callable[[ChannelState, Params], Awaitable[Reply]]]
         ] = {
             "ping": (None, self._ping),
             "depth": (None, self._depth),
@@ -146,7 +114,7 @@ class QueueService:
     def methods(self) -> list[str]:
         return sorted(self._handlers)
 
-    async def call(self, channel: ChannelState, request: Request) -> Any:
+    async def call(self, channel: ChannelState, request: Request) -> Reply:
         """Run one request; raises :class:`SidecarError` with the wire code."""
         self.counters.requests += 1
         entry = self._handlers.get(request.method)
@@ -204,7 +172,7 @@ class QueueService:
                 "exceeded; slow down and retry"
             )
 
-    async def _submit(self, channel: ChannelState, params: Params) -> Any:
+    async def _submit(self, channel: ChannelState, params: Params) -> Reply:
         raw = params.raw("message")
         mode = params.string("mode", "default", ("sync", "async", "default"))
         dedup_raw = params.optional_raw("dedup_id")
@@ -214,7 +182,7 @@ class QueueService:
         self._take_rate(channel, 1)
         return await self._submit_one(channel, raw, mode, dedup_id, broadcast)
 
-    async def _submit_batch(self, channel: ChannelState, params: Params) -> Any:
+    async def _submit_batch(self, channel: ChannelState, params: Params) -> Reply:
         raws = params.array("messages", self.limits.max_batch)
         mode = params.string("mode", "default", ("sync", "async", "default"))
         ids_raw = params.optional_raw("dedup_ids")
@@ -235,15 +203,15 @@ class QueueService:
 
     # ----- consumer
 
-    async def _pop(self, channel: ChannelState, params: Params) -> Any:
+    async def _pop(self, channel: ChannelState, params: Params) -> Reply:
         params.finish()
         handle = await self.queue.pop()
         if handle is None:
             return None
         self.counters.deliveries += 1
-        return delivery_view(handle.consume())
+        return handle.consume().to_json()
 
-    async def _lease_wait(self, lease_seconds: float, wait: float) -> Any:
+    async def _lease_wait(self, lease_seconds: float, wait: float) -> Lease | None:
         deadline = time.monotonic() + wait
         while True:
             lease = await self.queue.lease(timeout=lease_seconds)
@@ -252,7 +220,7 @@ class QueueService:
                 return lease
             await wait_for_message(self.queue, remaining)
 
-    async def _lease(self, channel: ChannelState, params: Params) -> Any:
+    async def _lease(self, channel: ChannelState, params: Params) -> Reply:
         timeout = params.number("timeout", 30.0, 0.001, self.limits.max_lease_seconds)
         wait = params.number("wait", 0.0, 0.0, self.limits.max_wait_seconds)
         detach = params.boolean("detach", False)
@@ -267,26 +235,26 @@ class QueueService:
         self.counters.deliveries += 1
         return lease_view(lease)
 
-    async def _ack(self, channel: ChannelState, params: Params) -> Any:
+    async def _ack(self, channel: ChannelState, params: Params) -> Reply:
         lease_id = params.raw("lease_id")
         params.finish()
         await channel.end(lease_id, self.queue.ack)
         return {"acked": lease_id}
 
-    async def _release(self, channel: ChannelState, params: Params) -> Any:
+    async def _release(self, channel: ChannelState, params: Params) -> Reply:
         lease_id = params.raw("lease_id")
         params.finish()
         await channel.end(lease_id, self.queue.release)
         return {"released": lease_id}
 
-    async def _subscribe(self, channel: ChannelState, params: Params) -> Any:
+    async def _subscribe(self, channel: ChannelState, params: Params) -> Reply:
         credit = params.integer("credit", 1, 0, self.limits.max_subscription_credit)
         timeout = params.number("lease_timeout", 30.0, 0.001, self.limits.max_lease_seconds)
         params.finish()
         sub = channel.subscribe(self, credit, timeout)
         return {"subscription": sub.id, "credit": sub.credit}
 
-    async def _credit(self, channel: ChannelState, params: Params) -> Any:
+    async def _credit(self, channel: ChannelState, params: Params) -> Reply:
         sub_id = params.integer("subscription")
         n = params.integer("n", None, 1, self.limits.max_subscription_credit)
         params.finish()
@@ -294,7 +262,7 @@ class QueueService:
         sub.grant(n, self.limits.max_subscription_credit)
         return {"subscription": sub.id, "credit": sub.credit}
 
-    async def _unsubscribe(self, channel: ChannelState, params: Params) -> Any:
+    async def _unsubscribe(self, channel: ChannelState, params: Params) -> Reply:
         sub_id = params.integer("subscription")
         params.finish()
         channel.subscription(sub_id).stop()
@@ -303,7 +271,7 @@ class QueueService:
 
     # ----- anyone / admin
 
-    async def _ping(self, channel: ChannelState, params: Params) -> Any:
+    async def _ping(self, channel: ChannelState, params: Params) -> Reply:
         params.finish()
         p = channel.principal
         return {
@@ -315,20 +283,17 @@ class QueueService:
             "limits": self.limits.to_wire(),
         }
 
-    async def _depth(self, channel: ChannelState, params: Params) -> Any:
+    async def _depth(self, channel: ChannelState, params: Params) -> Reply:
         params.finish()
         return self.depth_snapshot()
 
-    def depth_snapshot(self) -> dict[str, Any]:
-        depth = self.queue.depth()
-        return depth if isinstance(depth, dict) else {"total": depth}
+    def depth_snapshot(self) -> dict[str, int]:
+        return self.queue.depth()
 
     def stats_snapshot(self) -> dict[str, Any]:
-        raw = self.queue.stats()
-        queue_stats = raw if isinstance(raw, dict) else getattr(raw, "__dict__", {"value": raw})
         c = self.counters
         return {
-            "queue": orjson.loads(orjson.dumps(queue_stats, default=str)),
+            "queue": orjson.loads(orjson.dumps(self.queue.stats(), default=str)),
             "depth": self.depth_snapshot(),
             "tier": self.tier().to_wire(),
             "service": {
@@ -341,11 +306,11 @@ class QueueService:
             },
         }
 
-    async def _stats(self, channel: ChannelState, params: Params) -> Any:
+    async def _stats(self, channel: ChannelState, params: Params) -> Reply:
         params.finish()
         return self.stats_snapshot()
 
-    async def _tier(self, channel: ChannelState, params: Params) -> Any:
+    async def _tier(self, channel: ChannelState, params: Params) -> Reply:
         params.finish()
         return self.tier_view(channel)
 
@@ -427,21 +392,21 @@ class ChannelState:
     principal: Principal
     bucket: SubmitBucket
     push: Callable[[str, dict[str, Any]], None]
-    leases: dict[Any, Any] = field(default_factory=dict)
+    leases: dict[int, Lease] = field(default_factory=dict)
     subscriptions: dict[int, Subscription] = field(default_factory=dict)
     closed: bool = False
     session_tier: Callable[[], TierInfo] = lambda: TierInfo(MAX_UNSEALED_TIER)
     session_detail: dict[str, Any] = field(default_factory=dict)
     _prune_at: int = field(default=PRUNE_HELD_LEASES_AT, init=False, repr=False)
 
-    def hold(self, lease: Any) -> bool:
+    def hold(self, lease: Lease) -> bool:
         """Keep ``lease`` until ack/release; false once the channel is closed (then the
         caller gives it back, or it would stay leased until its timeout)."""
         if self.closed:
             return False
         if len(self.leases) >= self._prune_at:
             self._forget_expired()
-        self.leases[_wire_value(lease.lease_id)] = lease
+        self.leases[lease.lease_id] = lease
         return True
 
     def _forget_expired(self) -> None:
@@ -451,25 +416,28 @@ class ChannelState:
         self.leases = {k: v for k, v in self.leases.items() if v.deadline > now}
         self._prune_at = max(PRUNE_HELD_LEASES_AT, 2 * len(self.leases))
 
-    async def end(self, lease_id: Any, how: Callable[[Any], Awaitable[Any]]) -> None:
+    async def end(self, lease_id: object, how: Callable[[Lease | int], Awaitable[None]]) -> None:
         """Ack or release (``how``) a lease; the channel stops holding it once the queue
         has ended it or says it is no longer held (a late ack), but not when the queue
         could not log the ack (it may be retried)."""
+        lease = self.held(lease_id)
+        key = lease if isinstance(lease, int) else lease.lease_id
         try:
-            await how(self.held(lease_id))
+            await how(lease)
         except (AlreadyConsumed, NotFound):
-            self.drop(lease_id)
+            self.leases.pop(key, None)
             raise
-        self.drop(lease_id)
+        self.leases.pop(key, None)
 
-    def held(self, lease_id: Any) -> Any:
+    def held(self, lease_id: object) -> Lease | int:
         """The lease object when this channel holds it, else the id (the core decides)."""
         if not isinstance(lease_id, int | str) or isinstance(lease_id, bool):
             raise ProtocolError("'lease_id' must be an integer or a string")
+        if isinstance(lease_id, str):
+            if not lease_id.isdecimal():
+                raise NotFound(f"no lease {lease_id!r}")
+            lease_id = int(lease_id)
         return self.leases.get(lease_id, lease_id)
-
-    def drop(self, lease_id: Any) -> None:
-        self.leases.pop(lease_id, None)
 
     def subscribe(self, service: QueueService, credit: int, timeout: float) -> Subscription:
         sub = Subscription(self, service, credit, timeout)
