@@ -23,6 +23,7 @@ from sidecar import errors
 from sidecar.errors import ErrorCode, SidecarError, Unavailable
 from transport.client_sealing import ClientSealing
 from transport.host_pinning import HostKeyError, HostKeyPinning, StrictHostKeyChecking
+from transport.limits import ServiceLimits
 from transport.protocol import (
     DEFAULT_PORT,
     FrameDecoder,
@@ -192,7 +193,7 @@ class QueueClient:
         strict_host_key_checking: StrictHostKeyChecking | str = StrictHostKeyChecking.YES,
         tier: int = 2,
         connect_timeout: float = 30.0,
-        max_in_flight: int = 1024,
+        max_in_flight: int = ServiceLimits().max_in_flight_per_channel,
         ssh_options: dict[str, Any] | None = None,
         qkd: QKDSettings | None = None,
         require_qkd: bool = False,

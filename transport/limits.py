@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from transport.protocol import DEFAULT_MAX_FRAME_BYTES
+from transport.admission import AdmissionLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,11 +15,13 @@ class ServiceLimits:
     ``submits_per_second`` is a token bucket per connection with ``submit_burst``
     tokens; 0 disables it. Frames over ``max_frame_bytes`` close the channel (the
     stream cannot be resynchronised); the others answer ``unavailable``/``bad_request``.
+    ``max_connections`` caps authenticated connections; ``admission`` holds the rules
+    for connections not yet authenticated (``transport.admission``).
     """
 
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-    max_in_flight_per_channel: int = 4096
-    max_connections: int = 256
+    max_frame_bytes: int = 2 * 1024 * 1024
+    max_in_flight_per_channel: int = 256
+    max_connections: int = 64
     max_channels_per_connection: int = 8
     submits_per_second: float = 0.0
     submit_burst: int = 10_000
@@ -28,7 +30,7 @@ class ServiceLimits:
     max_lease_seconds: float = 3600.0
     max_wait_seconds: float = 300.0
     drain_seconds: float = 10.0
-    login_timeout_seconds: float = 30.0
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
 
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1024:

@@ -8,7 +8,9 @@ run one-shot ``stats`` / ``depth`` / ``tier`` exec commands answered as JSON.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ import asyncssh
 import orjson
 
 from sidecar.errors import ErrorCode, SidecarError, Unavailable
+from transport.admission import Admission, Ending, Refusal
 from transport.auth import AuthorizedKeys, Principal, Role
 from transport.channel_sealing import ServerSealing
 from transport.limits import ServiceLimits, SubmitBucket
@@ -33,6 +36,7 @@ from transport.protocol import (
 )
 from transport.qkd import QKDSettings
 from transport.queue_port import QueuePort
+from transport.refusal_log import RefusalLog
 from transport.service import ChannelState, QueueService, TierInfo
 from transport.ssh_options import ssh_options_for_tier
 from transport.tiers import DEFAULT_POLICY, TierPolicy, effective_tier
@@ -373,11 +377,16 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
 
 
 class _QueueSSHServer(asyncssh.SSHServer):
-    """One TCP connection: authentication by key, then channels."""
+    """One TCP connection: admission, authentication by key, then channels."""
 
     def __init__(self, server: QueueServer) -> None:
         self._server = server
         self._conn: asyncssh.SSHServerConnection | None = None
+        self._source = ""
+        self._phase = _Phase.REFUSED
+        self._ending = Ending.NOAUTH
+        self._auth_refusal: tuple[Refusal, str] | None = None
+        self._grace: asyncio.TimerHandle | None = None
         self._principal: Principal | None = None
         self._channels = 0
         limits = server.settings.limits
@@ -386,19 +395,37 @@ class _QueueSSHServer(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         server = self._server
-        if len(server._connections) >= server.settings.limits.max_connections:
-            log.warning("refusing connection: limit of %d reached", len(server._connections))
-            asyncio.get_running_loop().call_soon(
-                conn.disconnect,
-                asyncssh.DISC_TOO_MANY_CONNECTIONS,
-                "too many connections to the queue service",
-            )
+        peer = conn.get_extra_info("peername")
+        self._source = str(peer[0]) if peer else "unknown"
+        refusal = server.admission.arrive(self._source)
+        if refusal is not None:
+            server.refused(refusal, source=self._source)
+            conn.abort()  # before our version line: a refused stranger costs a close
             return
+        self._phase = _Phase.STARTUP
+        grace = server.settings.limits.admission.login_grace_seconds
+        self._grace = asyncio.get_running_loop().call_later(grace, self._grace_exceeded)
         server._connections.add(conn)
 
+    def _grace_exceeded(self) -> None:
+        self._grace = None
+        if self._phase is _Phase.STARTUP and self._conn is not None:
+            self._ending = Ending.GRACE_EXCEEDED
+            self._conn.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         if self._conn is not None:
             self._server._connections.discard(self._conn)
+        if self._phase is _Phase.STARTUP:
+            self._server.admission.gone(self._source, self._ending)
+            if self._auth_refusal is not None:  # only if it never got in with another key
+                self._server.refused(*self._auth_refusal, source=self._source)
+        elif self._phase is _Phase.SESSION:
+            self._server.admission.gone(self._source, Ending.AUTHENTICATED)
+        self._phase = _Phase.ENDED
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -415,7 +442,11 @@ class _QueueSSHServer(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         entry = self._server.authorized_keys.lookup(key)
         if entry is None:
-            log.info("refused key %s for %s: not authorized", key.get_fingerprint(), username)
+            self._ending = Ending.AUTHFAIL
+            self._auth_refusal = (
+                Refusal.KEY,
+                f"key {key.get_fingerprint()} as user {username!r} is not authorized",
+            )
             return False
         self._principal = Principal(
             username, entry.fingerprint, key.algorithm.decode(), entry.roles
@@ -423,13 +454,31 @@ class _QueueSSHServer(asyncssh.SSHServer):
         return True
 
     def auth_completed(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        server = self._server
+        if not server.admission.authenticated(self._source):
+            self._phase = _Phase.REFUSED
+            server.refused(Refusal.SESSIONS, source=self._source)
+            if self._conn is not None:
+                asyncio.get_running_loop().call_soon(
+                    self._conn.disconnect,
+                    asyncssh.DISC_TOO_MANY_CONNECTIONS,
+                    "too many connections to the queue service",
+                )
+            return
+        self._phase = _Phase.SESSION
         if self._principal is not None:
             log.info(
-                "accepted %s roles=%s", self._principal.submitted_by, sorted(self._principal.roles)
+                "accepted %s from %s roles=%s",
+                self._principal.submitted_by,
+                self._source,
+                ",".join(sorted(r.value for r in self._principal.roles)),
             )
 
     def session_requested(self) -> asyncssh.SSHServerSession[bytes] | bool:
-        if self._principal is None:
+        if self._principal is None or self._phase is not _Phase.SESSION:
             return False
         if self._channels >= self._server.settings.limits.max_channels_per_connection:
             raise asyncssh.ChannelOpenError(
@@ -446,6 +495,13 @@ class _QueueSSHServer(asyncssh.SSHServer):
         self._channels -= 1
 
 
+class _Phase(enum.Enum):
+    REFUSED = "refused"  # never admitted, or refused after authenticating
+    STARTUP = "startup"  # admitted, not yet authenticated
+    SESSION = "session"  # authenticated, holding a session slot
+    ENDED = "ended"
+
+
 class QueueServer:
     """A listening queue service. ``close()`` stops accepting, drains, disconnects."""
 
@@ -456,6 +512,10 @@ class QueueServer:
         self.service = QueueService(
             queue, settings.limits, settings.current_tier, self._server_stats, settings.policy
         )
+        self.admission = Admission(settings.limits.admission, settings.limits.max_connections)
+        self.refusals = RefusalLog(settings.limits.admission.refusal_log_seconds)
+        self.refused_by_reason: Counter[str] = Counter()
+        self._refusal_timer: asyncio.TimerHandle | None = None
         self.closing = False
         self._listener: asyncssh.SSHAcceptor | None = None
         self._connections: set[asyncssh.SSHServerConnection] = set()
@@ -468,10 +528,35 @@ class QueueServer:
         assert self._listener is not None
         return self._listener.get_port()
 
+    def refused(self, reason: Refusal, detail: str = "", *, source: str) -> None:
+        """Count a refused connection; logged at a bounded rate (``RefusalLog``)."""
+        self.refused_by_reason[reason.value] += 1
+        line = self.refusals.note(reason.value, source, detail)
+        if line is not None:
+            log.warning(line)
+        if self.refusals.open and self._refusal_timer is None:
+            self._refusal_timer = asyncio.get_running_loop().call_later(
+                self.refusals.interval, self._flush_refusals
+            )
+
+    def _flush_refusals(self) -> None:
+        self._refusal_timer = None
+        penalized = self.admission.penalized_sources()
+        line = self.refusals.flush(f"{penalized} addresses penalized" if penalized else "")
+        if line is not None:
+            log.warning(line)
+        if self.refusals.open:
+            self._refusal_timer = asyncio.get_running_loop().call_later(
+                self.refusals.interval, self._flush_refusals
+            )
+
     def _server_stats(self) -> dict[str, Any]:
         sealed = [s._sealing for s in self._sessions]
         return {
-            "connections": len(self._connections),
+            "connections": self.admission.sessions,
+            "unauthenticated": self.admission.unauthenticated,
+            "penalized_sources": self.admission.penalized_sources(),
+            "refused": dict(self.refused_by_reason),
             "channels": len(self._sessions),
             "sealed_channels": sum(1 for s in sealed if s.sealed),
             "sealed_frames_out": sum(s.frames_sealed for s in sealed),
@@ -509,7 +594,9 @@ class QueueServer:
             allow_scp=False,
             agent_forwarding=False,
             x11_forwarding=False,
-            login_timeout=s.limits.login_timeout_seconds,
+            # our own timer ends the login grace time (and charges the address);
+            # asyncssh's is only the backstop
+            login_timeout=s.limits.admission.login_grace_seconds + 5,
             server_version=s.server_version,
             **options,
         )
@@ -523,6 +610,12 @@ class QueueServer:
         self.closing = True
         if self._listener is not None:
             self._listener.close()
+        if self._refusal_timer is not None:
+            self._refusal_timer.cancel()
+            self._flush_refusals()
+            if self._refusal_timer is not None:
+                self._refusal_timer.cancel()
+                self._refusal_timer = None
         sessions = list(self._sessions)
         if sessions:
             drain = asyncio.gather(*(s.drain() for s in sessions))

@@ -20,6 +20,13 @@ from hardware.config import ConfigError as HardwareConfigError
 from hardware.config import HardwareConfig
 from sidecar.dedup import DEFAULT_DEDUP_ENTRIES, DEFAULT_DEDUP_WINDOW
 from sidecar.durable_fs import make_dirs
+from transport.admission import (
+    AdmissionLimits,
+    Penalties,
+    parse_networks,
+    parse_penalties,
+    parse_startups,
+)
 from transport.limits import ServiceLimits
 from transport.protocol import DEFAULT_PORT
 from transport.protocol.sealing import Aead
@@ -43,11 +50,14 @@ class Endpoint:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+_SERVICE = ServiceLimits()
+
+
 @dataclass(frozen=True)
 class Limits:
-    max_connections: int = 64
-    max_in_flight: int = 256
-    max_frame_bytes: int = 2 * 1024 * 1024
+    max_connections: int = _SERVICE.max_connections  # authenticated SSH connections
+    max_in_flight: int = _SERVICE.max_in_flight_per_channel
+    max_frame_bytes: int = _SERVICE.max_frame_bytes
     max_message_bytes: int = 1024 * 1024
     max_queue_messages: int = 1_000_000
     max_queue_bytes: int = 1024 * 1024 * 1024
@@ -111,6 +121,7 @@ class DaemonConfig:
     metrics: Endpoint | None = None
     node: NodeEndpoint = NodeEndpoint(socket=None)
     tiers: Tiers = Tiers()
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     # True when nothing was configured: the daemon sets up a local operator key.
     embedded_defaults: bool = True
 
@@ -151,6 +162,17 @@ _TOP_KEYS = {
     "metrics",
     "node",
     "tiers",
+    "admission",
+}
+
+# [admission] keys, each beside the OpenSSH sshd_config option it mirrors
+ADMISSION_KEYS = {
+    "max_startups": "MaxStartups",
+    "per_source_max_startups": "PerSourceMaxStartups",
+    "login_grace_time": "LoginGraceTime",
+    "per_source_penalties": "PerSourcePenalties",
+    "per_source_penalty_exempt": "PerSourcePenaltyExemptList",
+    "refusal_log_interval": "(none: refusals are summarised once per interval)",
 }
 
 
@@ -323,6 +345,7 @@ def from_dict(data: dict[str, Any], base: Path) -> DaemonConfig:
     )
 
     tiers = parse_tiers(top.get("tiers", dict, {}))
+    admission = parse_admission(top.get("admission", dict, {}))
 
     cfg = DaemonConfig(
         instance=instance,
@@ -336,10 +359,47 @@ def from_dict(data: dict[str, Any], base: Path) -> DaemonConfig:
         metrics=metrics,
         node=node,
         tiers=tiers,
+        admission=admission,
         embedded_defaults=False,
     )
     check_values(cfg)
     return cfg
+
+
+def parse_admission(raw: dict[str, Any], base: AdmissionLimits | None = None) -> AdmissionLimits:
+    """The ``[admission]`` table (or the flags): OpenSSH's connection admission."""
+    at = _Table(raw, "admission", set(ADMISSION_KEYS))
+    cur = base or AdmissionLimits()
+    try:
+        startups = cur.max_startups
+        if "max_startups" in raw:
+            startups = parse_startups(at.get("max_startups", str, ""))
+        penalties: Penalties = cur.penalties
+        if "per_source_penalties" in raw:
+            penalties = parse_penalties(at.get("per_source_penalties", str, ""))
+        exempt = cur.penalty_exempt
+        if "per_source_penalty_exempt" in raw:
+            values = at.get("per_source_penalty_exempt", list, [])
+            if not all(isinstance(v, str) for v in values):
+                raise ValueError("per_source_penalty_exempt: a list of addresses or CIDRs")
+            exempt = parse_networks(values)
+        return AdmissionLimits(
+            max_startups=startups,
+            per_source_max_startups=at.positive(
+                "per_source_max_startups", cur.per_source_max_startups
+            ),
+            login_grace_seconds=float(
+                at.get("login_grace_time", (int, float), cur.login_grace_seconds)
+            ),
+            penalties=penalties,
+            penalty_exempt=exempt,
+            refusal_log_seconds=float(
+                at.get("refusal_log_interval", (int, float), cur.refusal_log_seconds)
+            ),
+        )
+    except ValueError as e:
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith("admission") else f"admission.{msg}") from None
 
 
 def parse_tiers(raw: dict[str, Any]) -> Tiers:
@@ -397,6 +457,7 @@ def override(
     authorized_keys: Path | None = None,
     metrics: str | None = None,
     node_http: str | None = None,
+    admission: dict[str, Any] | None = None,
 ) -> DaemonConfig:
     """Apply command-line flags on top of the file (or the embedded defaults)."""
     if instance is not None:
@@ -423,18 +484,26 @@ def override(
             else parse_endpoint(node_http, "--node-http", loopback_only=True)
         )
         cfg = replace(cfg, node=replace(cfg.node, http=h))
+    if admission:
+        cfg = replace(cfg, admission=parse_admission(admission, cfg.admission))
     check_values(cfg)
     return cfg
 
 
+def service_limits(cfg: DaemonConfig) -> ServiceLimits:
+    """The SSH service's limits from the daemon's config (ValueError if inconsistent)."""
+    return ServiceLimits(
+        max_frame_bytes=cfg.limits.max_frame_bytes,
+        max_in_flight_per_channel=cfg.limits.max_in_flight,
+        max_connections=cfg.limits.max_connections,
+        drain_seconds=cfg.durability.shutdown_timeout / 2,
+        admission=cfg.admission,
+    )
+
+
 def check_values(cfg: DaemonConfig) -> None:
     try:
-        ServiceLimits(
-            max_frame_bytes=cfg.limits.max_frame_bytes,
-            max_in_flight_per_channel=cfg.limits.max_in_flight,
-            max_connections=cfg.limits.max_connections,
-            drain_seconds=cfg.durability.shutdown_timeout / 2,
-        )
+        service_limits(cfg)
     except ValueError as e:
         raise ConfigError(f"limits: {e}") from None
     if not _INSTANCE_RE.match(cfg.instance):

@@ -40,6 +40,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--node-http", metavar="ADDR:PORT", help="node JSON-RPC over HTTP (loopback only)"
     )
+    admission = parser.add_argument_group(
+        "connection admission (as OpenSSH's sshd_config; docs/operations.md)"
+    )
+    admission.add_argument(
+        "--max-startups",
+        metavar="START:RATE:FULL",
+        help="MaxStartups: random early drop of unauthenticated connections (default 10:30:100)",
+    )
+    admission.add_argument(
+        "--per-source-max-startups",
+        type=int,
+        metavar="N",
+        help="PerSourceMaxStartups: unauthenticated connections per address (default 10)",
+    )
+    admission.add_argument(
+        "--login-grace-time",
+        type=float,
+        metavar="SECONDS",
+        help="LoginGraceTime: time to authenticate (default 10)",
+    )
+    admission.add_argument(
+        "--per-source-penalties",
+        metavar="SPEC",
+        help="PerSourcePenalties, e.g. 'authfail:5 noauth:1 grace-exceeded:10 min:15 "
+        "max:600', or 'no'",
+    )
     parser.add_argument(
         "--salvage",
         action="store_true",
@@ -61,7 +87,19 @@ def load_config(args: argparse.Namespace) -> config_mod.DaemonConfig:
         authorized_keys=args.authorized_keys,
         metrics=args.metrics,
         node_http=args.node_http,
+        admission=admission_flags(args),
     )
+
+
+def admission_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The admission flags given, as ``[admission]`` keys."""
+    given = {
+        "max_startups": args.max_startups,
+        "per_source_max_startups": args.per_source_max_startups,
+        "login_grace_time": args.login_grace_time,
+        "per_source_penalties": args.per_source_penalties,
+    }
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,14 +29,13 @@ from sidecar import (
 from sidecar.errors import Unavailable
 from transport.auth import AuthorizedKey, AuthorizedKeys
 from transport.entropy import EntropyMixer
-from transport.limits import ServiceLimits
 from transport.protocol.sealing import RekeyPolicy
 from transport.qkd import QKDSettings
 from transport.queue_port import store
 from transport.server import QueueServer, ServerSettings, start_queue_server
 from transport.tiers import TierInfo, admit, message_from_wire, tier_name
 
-from .config import DaemonConfig, Endpoint
+from .config import DaemonConfig, Endpoint, service_limits
 from .metrics import MetricsObserver, SidecarMetrics
 
 log = logging.getLogger(__name__)
@@ -337,12 +336,7 @@ class ServerPart:
         return len(keys)
 
     async def start(self, host_key: Any) -> Endpoint:
-        limits = ServiceLimits(
-            max_frame_bytes=self.cfg.limits.max_frame_bytes,
-            max_in_flight_per_channel=self.cfg.limits.max_in_flight,
-            max_connections=self.cfg.limits.max_connections,
-            drain_seconds=self.cfg.durability.shutdown_timeout / 2,
-        )
+        limits = service_limits(self.cfg)
         settings = ServerSettings(
             host=self.cfg.listen.host,
             port=self.cfg.listen.port,

@@ -88,6 +88,11 @@ http = "127.0.0.1:9944"
         ("[hardware]\nbogus = 1", "unknown keys"),
         ('instance = "Alice Smith"', "must be lowercase"),
         ("listen = ", "not valid TOML"),
+        ('[admission]\nmax_startups = "100:30:10"', "admission.max_startups"),
+        ('[admission]\nper_source_penalties = "crash:90"', "admission.per_source_penalties"),
+        ("[admission]\nlogin_grace_time = 0", "login_grace_seconds must be in"),
+        ('[admission]\nper_source_penalty_exempt = ["nonsense"]', "admission."),
+        ("[admission]\nmaxstartups = 3", "unknown key 'admission.maxstartups'"),
     ],
 )
 def test_bad_values_are_one_line_naming_the_setting(tmp_path: Path, text: str, needle: str) -> None:
@@ -215,3 +220,25 @@ def test_serve_data_dir_without_write_permission(tmp_path: Path) -> None:
         port,
         prefix=AS_FILE_MODES_APPLY,
     )
+
+
+def test_admission_flags_override_the_file(tmp_path: Path) -> None:
+    import argparse  # noqa: PLC0415
+
+    from sidecar.daemon import serve_cli  # noqa: PLC0415
+
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text('[admission]\nmax_startups = "5:50:20"\nper_source_max_startups = 3\n')
+    parser = argparse.ArgumentParser()
+    serve_cli.configure(parser)
+    args = parser.parse_args(
+        ["--config", str(cfg_path), "--login-grace-time", "4", "--per-source-penalties", "no"]
+    )
+    cfg = serve_cli.load_config(args)
+    assert str(cfg.admission.max_startups) == "5:50:20"
+    assert cfg.admission.per_source_max_startups == 3
+    assert cfg.admission.login_grace_seconds == 4
+    assert not cfg.admission.penalties.enabled
+    args = parser.parse_args(["--config", str(cfg_path), "--max-startups", "1:2"])
+    with pytest.raises(ConfigError, match=r"admission\.max_startups"):
+        serve_cli.load_config(args)
