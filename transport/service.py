@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 PRUNE_HELD_LEASES_AT = 256
 
 # What a method answers: a JSON object (or null), built at the wire boundary.
-Reply = dict[str, Any] | None
+MethodResult = dict[str, Any] | None
 
 
 def lease_view(lease: Lease) -> dict[str, Any]:
@@ -93,7 +93,7 @@ class QueueService:
         self.server_stats = server_stats
         self.counters = ServiceCounters()
         self._handlers: dict[
-            str, tuple[Role | None, Callable[[ChannelState, Params], Awaitable[Reply]]]
+            str, tuple[Role | None, Callable[[ChannelState, Params], Awaitable[MethodResult]]]
         ] = {
             "ping": (None, self._ping),
             "depth": (None, self._depth),
@@ -114,7 +114,7 @@ class QueueService:
     def methods(self) -> list[str]:
         return sorted(self._handlers)
 
-    async def call(self, channel: ChannelState, request: Request) -> Reply:
+    async def call(self, channel: ChannelState, request: Request) -> MethodResult:
         """Run one request; raises :class:`SidecarError` with the wire code."""
         self.counters.requests += 1
         entry = self._handlers.get(request.method)
@@ -172,7 +172,7 @@ class QueueService:
                 "exceeded; slow down and retry"
             )
 
-    async def _submit(self, channel: ChannelState, params: Params) -> Reply:
+    async def _submit(self, channel: ChannelState, params: Params) -> MethodResult:
         raw = params.raw("message")
         mode = params.string("mode", "default", ("sync", "async", "default"))
         dedup_raw = params.optional_raw("dedup_id")
@@ -182,7 +182,7 @@ class QueueService:
         self._take_rate(channel, 1)
         return await self._submit_one(channel, raw, mode, dedup_id, broadcast)
 
-    async def _submit_batch(self, channel: ChannelState, params: Params) -> Reply:
+    async def _submit_batch(self, channel: ChannelState, params: Params) -> MethodResult:
         raws = params.array("messages", self.limits.max_batch)
         mode = params.string("mode", "default", ("sync", "async", "default"))
         ids_raw = params.optional_raw("dedup_ids")
@@ -203,7 +203,7 @@ class QueueService:
 
     # ----- consumer
 
-    async def _pop(self, channel: ChannelState, params: Params) -> Reply:
+    async def _pop(self, channel: ChannelState, params: Params) -> MethodResult:
         params.finish()
         handle = await self.queue.pop()
         if handle is None:
@@ -220,7 +220,7 @@ class QueueService:
                 return lease
             await wait_for_message(self.queue, remaining)
 
-    async def _lease(self, channel: ChannelState, params: Params) -> Reply:
+    async def _lease(self, channel: ChannelState, params: Params) -> MethodResult:
         timeout = params.number("timeout", 30.0, 0.001, self.limits.max_lease_seconds)
         wait = params.number("wait", 0.0, 0.0, self.limits.max_wait_seconds)
         detach = params.boolean("detach", False)
@@ -235,26 +235,26 @@ class QueueService:
         self.counters.deliveries += 1
         return lease_view(lease)
 
-    async def _ack(self, channel: ChannelState, params: Params) -> Reply:
+    async def _ack(self, channel: ChannelState, params: Params) -> MethodResult:
         lease_id = params.raw("lease_id")
         params.finish()
         await channel.end(lease_id, self.queue.ack)
         return {"acked": lease_id}
 
-    async def _release(self, channel: ChannelState, params: Params) -> Reply:
+    async def _release(self, channel: ChannelState, params: Params) -> MethodResult:
         lease_id = params.raw("lease_id")
         params.finish()
         await channel.end(lease_id, self.queue.release)
         return {"released": lease_id}
 
-    async def _subscribe(self, channel: ChannelState, params: Params) -> Reply:
+    async def _subscribe(self, channel: ChannelState, params: Params) -> MethodResult:
         credit = params.integer("credit", 1, 0, self.limits.max_subscription_credit)
         timeout = params.number("lease_timeout", 30.0, 0.001, self.limits.max_lease_seconds)
         params.finish()
         sub = channel.subscribe(self, credit, timeout)
         return {"subscription": sub.id, "credit": sub.credit}
 
-    async def _credit(self, channel: ChannelState, params: Params) -> Reply:
+    async def _credit(self, channel: ChannelState, params: Params) -> MethodResult:
         sub_id = params.integer("subscription")
         n = params.integer("n", None, 1, self.limits.max_subscription_credit)
         params.finish()
@@ -262,7 +262,7 @@ class QueueService:
         sub.grant(n, self.limits.max_subscription_credit)
         return {"subscription": sub.id, "credit": sub.credit}
 
-    async def _unsubscribe(self, channel: ChannelState, params: Params) -> Reply:
+    async def _unsubscribe(self, channel: ChannelState, params: Params) -> MethodResult:
         sub_id = params.integer("subscription")
         params.finish()
         channel.subscription(sub_id).stop()
@@ -271,7 +271,7 @@ class QueueService:
 
     # ----- anyone / admin
 
-    async def _ping(self, channel: ChannelState, params: Params) -> Reply:
+    async def _ping(self, channel: ChannelState, params: Params) -> MethodResult:
         params.finish()
         p = channel.principal
         return {
@@ -283,7 +283,7 @@ class QueueService:
             "limits": self.limits.to_wire(),
         }
 
-    async def _depth(self, channel: ChannelState, params: Params) -> Reply:
+    async def _depth(self, channel: ChannelState, params: Params) -> MethodResult:
         params.finish()
         return self.depth_snapshot()
 
@@ -306,11 +306,11 @@ class QueueService:
             },
         }
 
-    async def _stats(self, channel: ChannelState, params: Params) -> Reply:
+    async def _stats(self, channel: ChannelState, params: Params) -> MethodResult:
         params.finish()
         return self.stats_snapshot()
 
-    async def _tier(self, channel: ChannelState, params: Params) -> Reply:
+    async def _tier(self, channel: ChannelState, params: Params) -> MethodResult:
         params.finish()
         return self.tier_view(channel)
 

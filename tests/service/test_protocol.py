@@ -20,9 +20,9 @@ from transport.protocol import (
     Request,
     encode_error,
     encode_event,
-    encode_frame,
     encode_request,
     encode_result,
+    encode_wire_frame,
     parse_reply,
     parse_request,
 )
@@ -43,7 +43,7 @@ request_ids = st.integers(0, 2**64 - 1) | st.text(min_size=1, max_size=128)
 def test_frames_survive_any_split_of_the_stream(
     objs: list[dict[str, Any]], data: st.DataObject
 ) -> None:
-    stream = b"".join(encode_frame(o) for o in objs)
+    stream = b"".join(encode_wire_frame(o) for o in objs)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
     decoder = FrameDecoder()
     bodies: list[bytes] = []
@@ -62,7 +62,7 @@ def test_oversize_length_is_refused_before_buffering_the_body() -> None:
     assert info.value.code == "too_large"
     assert decoder.pending_bytes == 0
     with pytest.raises(FrameTooLarge):
-        decoder.feed(encode_frame({"id": 1}))
+        decoder.feed(encode_wire_frame({"id": 1}))
 
 
 def test_frame_at_the_limit_is_accepted() -> None:
@@ -73,7 +73,7 @@ def test_frame_at_the_limit_is_accepted() -> None:
 
 def test_truncated_frame_stays_pending() -> None:
     decoder = FrameDecoder()
-    frame = encode_frame({"id": 1, "method": "ping"})
+    frame = encode_wire_frame({"id": 1, "method": "ping"})
     assert decoder.feed(frame[:-1]) == []
     assert decoder.pending_bytes == len(frame) - 1
 

@@ -11,7 +11,7 @@ from transport.protocol._frames import (
     DEFAULT_MAX_FRAME_BYTES,
     HEADER,
     FrameDecoder,
-    encode_frame,
+    encode_wire_frame,
 )
 from transport.protocol._messages import (
     Event,
@@ -43,9 +43,9 @@ __all__ = [
     "RequestId",
     "encode_error",
     "encode_event",
-    "encode_frame",
     "encode_request",
     "encode_result",
+    "encode_wire_frame",
     "parse_reply",
     "parse_request",
 ]

@@ -13,7 +13,7 @@ HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
 
 
-def encode_frame(obj: Any) -> bytes:
+def encode_wire_frame(obj: Any) -> bytes:
     body = orjson.dumps(obj)
     return HEADER.pack(len(body)) + body
 

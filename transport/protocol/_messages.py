@@ -14,7 +14,7 @@ import orjson
 
 from sidecar.errors import ErrorCode
 from transport.protocol._errors import ProtocolError
-from transport.protocol._frames import encode_frame
+from transport.protocol._frames import encode_wire_frame
 
 RequestId = int | str
 
@@ -117,16 +117,16 @@ def parse_reply(body: bytes) -> Reply | Event:
 
 
 def encode_request(request_id: RequestId, method: str, params: dict[str, Any]) -> bytes:
-    return encode_frame({"id": request_id, "method": method, "params": params})
+    return encode_wire_frame({"id": request_id, "method": method, "params": params})
 
 
 def encode_result(request_id: RequestId, result: Any) -> bytes:
-    return encode_frame({"id": request_id, "result": result})
+    return encode_wire_frame({"id": request_id, "result": result})
 
 
 def encode_error(request_id: RequestId | None, code: ErrorCode | str, message: str) -> bytes:
-    return encode_frame({"id": request_id, "error": {"code": str(code), "message": message}})
+    return encode_wire_frame({"id": request_id, "error": {"code": str(code), "message": message}})
 
 
 def encode_event(name: str, data: dict[str, Any]) -> bytes:
-    return encode_frame({"event": name, **data})
+    return encode_wire_frame({"event": name, **data})
