@@ -1,4 +1,4 @@
-"""The client end of tier-4 sealing (see :mod:`transport.channel_sealing` for the server).
+"""The client end of tier-4 sealing (see :mod:`transport.server_sealing` for the server).
 
 The client is the master SAE: it fetches keys with ``enc_keys``, names them in
 ``qkd_hello`` (and later ``qkd_rekey``), and starts every rekey, when its

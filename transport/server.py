@@ -22,7 +22,6 @@ import orjson
 from sidecar.errors import ErrorCode, SidecarError, Unavailable
 from transport.admission import Admission, Ending, Refusal
 from transport.auth import AuthorizedKeys, Principal, Role
-from transport.channel_sealing import ServerSealing
 from transport.limits import ServiceLimits, SubmitBucket
 from transport.protocol import (
     FrameDecoder,
@@ -37,6 +36,7 @@ from transport.protocol import (
 from transport.qkd import QKDSettings
 from transport.queue_port import QueuePort
 from transport.refusal_log import RefusalLog
+from transport.server_sealing import ServerSealing
 from transport.service import ChannelState, QueueService, TierInfo
 from transport.ssh_options import ssh_options_for_tier
 from transport.tiers import DEFAULT_POLICY, TierPolicy, effective_tier
