@@ -3,7 +3,7 @@
 Knows nothing of SSH or the queue. The daemon uses `HardwareMonitor` and `Tier`.
 """
 
-from hardware.config import ConfigError, HardwareConfig, KMEConfig, SerialPortConfig
+from hardware.config import HardwareConfig, HardwareConfigError, KMEConfig, SerialPortConfig
 from hardware.errors import (
     HardwareError,
     HealthTestFailure,
@@ -22,11 +22,37 @@ from hardware.sources import CharDeviceSource, EntropySource, RemoteSource, Seri
 from hardware.tier import Tier, TierDecision, decide
 
 __all__ = [
-    "CharDeviceSource", "ConfigError", "DeviceReport", "EntropySource", "HardwareConfig",
-    "HardwareError", "HardwareMonitor", "HealthCheckedSource", "HealthParameters",
-    "HealthTest", "HealthTestFailure", "HealthVerdict", "KMEClient", "KMEConfig",
-    "KMEError", "KMEStatusReport", "Key", "KeyStatus", "RemoteSource", "SerialPortConfig",
-    "SerialSource", "SourceDisconnected", "SourceError", "SourceKind",
-    "SourcePermissionDenied", "SourceTimeout", "Tier", "TierDecision", "apt_cutoff",
-    "decide", "evaluate", "probe_devices", "rct_cutoff",
+    "CharDeviceSource",
+    "DeviceReport",
+    "EntropySource",
+    "HardwareConfig",
+    "HardwareConfigError",
+    "HardwareError",
+    "HardwareMonitor",
+    "HealthCheckedSource",
+    "HealthParameters",
+    "HealthTest",
+    "HealthTestFailure",
+    "HealthVerdict",
+    "KMEClient",
+    "KMEConfig",
+    "KMEError",
+    "KMEStatusReport",
+    "Key",
+    "KeyStatus",
+    "RemoteSource",
+    "SerialPortConfig",
+    "SerialSource",
+    "SourceDisconnected",
+    "SourceError",
+    "SourceKind",
+    "SourcePermissionDenied",
+    "SourceTimeout",
+    "Tier",
+    "TierDecision",
+    "apt_cutoff",
+    "decide",
+    "evaluate",
+    "probe_devices",
+    "rct_cutoff",
 ]  # fmt: skip

@@ -13,8 +13,12 @@ from hardware.tier import Tier
 HANDSHAKES = ("auto", "none", "dtr", "onerng")
 
 
-class ConfigError(ValueError):
-    """The `[hardware]` section is invalid; the message names the key."""
+class HardwareConfigError(ValueError):
+    """The `[hardware]` section is invalid; ``detail`` names the key and the problem."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"[hardware]: {detail}")
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class HardwareConfig:
         }  # fmt: skip
         unknown = set(raw) - known
         if unknown:
-            raise ConfigError(f"[hardware]: unknown keys {sorted(unknown)}")
+            raise HardwareConfigError(f"unknown keys {sorted(unknown)}")
         try:
             cfg = cls(
                 serial_ports=tuple(_serial(p) for p in raw.get("serial_ports", ())),
@@ -98,13 +102,13 @@ class HardwareConfig:
                 use_udev=bool(raw.get("use_udev", True)),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, ConfigError):
+            if isinstance(exc, HardwareConfigError):
                 raise
-            raise ConfigError(f"[hardware]: {exc!s}") from exc
+            raise HardwareConfigError(str(exc)) from exc
         if cfg.floor > cfg.ceiling:
-            raise ConfigError("[hardware]: floor is above ceiling")
+            raise HardwareConfigError("floor is above ceiling")
         if cfg.sample_bytes < 1 or cfg.check_interval <= 0 or cfg.read_timeout <= 0:
-            raise ConfigError("[hardware]: sample_bytes, check_interval, read_timeout must be > 0")
+            raise HardwareConfigError("sample_bytes, check_interval, read_timeout must be > 0")
         return cfg
 
 
@@ -113,7 +117,8 @@ def _serial(raw: Mapping[str, Any] | str) -> SerialPortConfig:
         return SerialPortConfig(path=raw)
     handshake = str(raw.get("handshake", "auto"))
     if handshake not in HANDSHAKES:
-        raise ConfigError(f"serial port {raw.get('path')}: handshake must be one of {HANDSHAKES}")
+        path = raw.get("path")
+        raise HardwareConfigError(f"serial port {path}: handshake must be one of {HANDSHAKES}")
     kind = raw.get("kind")
     return SerialPortConfig(
         path=str(raw["path"]),

@@ -13,7 +13,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from hardware.config import ConfigError, HardwareConfig
+from hardware.config import HardwareConfig, HardwareConfigError
 from hardware.probe import evaluate
 from hardware.tier import TierDecision
 
@@ -37,7 +37,7 @@ def load_config(path: str | None) -> HardwareConfig:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
-    except (OSError, tomllib.TOMLDecodeError, ConfigError) as exc:
+    except (OSError, tomllib.TOMLDecodeError, HardwareConfigError) as exc:
         print(f"qssh-sidecar hardware: bad config: {exc}", file=sys.stderr)
         return 2
     if args.sample_bytes is not None and args.sample_bytes < 1:

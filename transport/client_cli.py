@@ -31,7 +31,7 @@ from transport.client import AuthRefused, ConnectFailed, QueueClient
 from transport.host_pinning import HostKeyError
 from transport.protocol import DEFAULT_PORT
 from transport.qkd import QKDSettings
-from transport.ssh_config import QKD_KEYWORDS, ConfigError, HostConfig, resolve
+from transport.ssh_config import QKD_KEYWORDS, HostConfig, SshConfigError, resolve
 
 EXIT_OK = 0
 EXIT_REMOTE_ERROR = 1
@@ -422,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "submit" and sub.message not in (None, "-"):
             message_from_args(sub.message, sub.fields)  # usage errors before connecting
         return asyncio.run(run_command(args, sub, out))
-    except (UsageError, ConfigError) as exc:
+    except (UsageError, SshConfigError) as exc:
         out.err.print(f"qssh-queue: {exc}", markup=False)
         return EXIT_USAGE
     except (HostKeyError, ConnectFailed, AuthRefused) as exc:

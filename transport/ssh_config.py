@@ -39,7 +39,7 @@ QKD_KEYWORDS = ("QKDKME", "QKDSAEID", "QKDPeerSAEID", "QKDCertificate", "QKDKey"
 _MULTI = {"IdentityFile"}
 
 
-class ConfigError(ValueError):
+class SshConfigError(ValueError):
     pass
 
 
@@ -76,9 +76,9 @@ def _split_line(line: str, where: str) -> tuple[str, list[str]] | None:
     try:
         values = shlex.split(rest.strip().lstrip("=").strip())
     except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise SshConfigError(f"{where}: {exc}") from None
     if not values:
-        raise ConfigError(f"{where}: {key} needs a value")
+        raise SshConfigError(f"{where}: {key} needs a value")
     return key.lower(), values
 
 
@@ -97,10 +97,10 @@ def parse_option(text: str) -> tuple[str, str]:
     """One ``-o Key=value`` (or ``Key value``) into (canonical key, value)."""
     parsed = _split_line(text, "-o")
     if parsed is None:
-        raise ConfigError(f"-o {text!r}: empty option")
+        raise SshConfigError(f"-o {text!r}: empty option")
     key, values = parsed
     if key not in KEYWORDS:
-        raise ConfigError(
+        raise SshConfigError(
             f"-o {text!r}: unsupported option (known: {', '.join(KEYWORDS.values())})"
         )
     return KEYWORDS[key], " ".join(values)
@@ -122,7 +122,7 @@ def read_config(path: Path, host: str, found: dict[str, list[str]]) -> None:
             active = host_matches(values, host)
             continue
         if key == "match":
-            raise ConfigError(f"{path}:{lineno}: Match blocks are not supported")
+            raise SshConfigError(f"{path}:{lineno}: Match blocks are not supported")
         if not active:
             continue
         name = KEYWORDS.get(key)
@@ -169,9 +169,9 @@ def resolve(
         timeout = float(one("ConnectTimeout", "30"))
         strict = StrictHostKeyChecking.parse(one("StrictHostKeyChecking", "yes"))
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise SshConfigError(str(exc)) from None
     if not 0 < port_value < 65536:
-        raise ConfigError(f"port {port_value} out of range")
+        raise SshConfigError(f"port {port_value} out of range")
     hostname = one("HostName", alias).replace("%h", alias)
     return HostConfig(
         alias=alias,

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hardware.config import ConfigError as HardwareConfigError
-from hardware.config import HardwareConfig
+from hardware.config import HardwareConfig, HardwareConfigError
 from sidecar.dedup import DEFAULT_DEDUP_ENTRIES, DEFAULT_DEDUP_WINDOW
 from sidecar.durable_fs import make_dirs
 from transport.admission import (
@@ -325,7 +324,7 @@ def from_dict(data: dict[str, Any], base: Path) -> DaemonConfig:
     try:
         hardware = HardwareConfig.from_dict(_resolve_hw_paths(hw_raw, base))
     except HardwareConfigError as e:
-        raise ConfigError(str(e).replace("[hardware]: ", "hardware: ")) from None
+        raise ConfigError(f"hardware: {e.detail}") from None
 
     mt = _Table(top.get("metrics", dict, {}), "metrics", {"listen"})
     metrics_addr = mt.get("listen", str, "127.0.0.1:9615")

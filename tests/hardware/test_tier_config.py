@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from hardware.config import ConfigError, HardwareConfig
+from hardware.config import HardwareConfig, HardwareConfigError
 from hardware.reports import DeviceReport, HealthVerdict, KMEStatusReport, SourceKind
 from hardware.tier import Tier, decide
 
@@ -104,7 +104,7 @@ def test_config_from_dict() -> None:
      {"sample_bytes": 0}],
 )  # fmt: skip
 def test_bad_config_is_a_clear_error(raw: dict[str, object]) -> None:
-    with pytest.raises(ConfigError, match=r"\[hardware\]|handshake"):
+    with pytest.raises(HardwareConfigError, match=r"\[hardware\]|handshake"):
         HardwareConfig.from_dict(raw)
 
 

@@ -11,7 +11,7 @@ from sidecar.errors import Forbidden
 from tests.service.conftest import Keys, authorized_keys_text
 from transport.auth import AuthorizedKeys, Principal, Role
 from transport.host_pinning import StrictHostKeyChecking
-from transport.ssh_config import ConfigError, resolve
+from transport.ssh_config import SshConfigError, resolve
 
 
 def test_config_host_block_gives_hostname_port_user_identity(tmp_path: Path) -> None:
@@ -53,7 +53,7 @@ def test_negated_pattern_excludes_a_host(tmp_path: Path) -> None:
     "option", ["Bogus=1", "Port=notanumber", "StrictHostKeyChecking=maybe", "Port=70000"]
 )
 def test_bad_options_are_config_errors(option: str, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(SshConfigError):
         resolve("h", options=[option], config_file=tmp_path / "none")
 
 
