@@ -39,7 +39,7 @@ from typing import Any
 from bench.baselines import PersistQueueSQLite, RawAppendLog
 from bench.stats import dumps, median, per_round_ratios
 from sidecar import QppValidatorQueue, QueueMessage, QueueMessageWithProvenance
-from sidecar.state import Limits
+from sidecar.state import QueueLimits
 from sidecar.wal import (
     FRAME_HEADER_SIZE,
     WriteAheadLog,
@@ -49,7 +49,7 @@ from sidecar.wal import (
 )
 
 NAME = "bench"
-BIG = Limits(max_messages=10_000_000, max_bytes=1 << 34)
+BIG = QueueLimits(max_messages=10_000_000, max_bytes=1 << 34)
 
 
 def _msg(i: int) -> QueueMessage:

@@ -29,7 +29,7 @@ from sidecar.messages import (
 )
 from sidecar.observer import QueueObserver
 from sidecar.queue import QppAsyncSubmit, QppSyncSubmit, QppValidatorQueue
-from sidecar.state import Lease, Limits
+from sidecar.state import Lease, QueueLimits
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -41,7 +41,6 @@ __all__ = [
     "Kind",
     "Lease",
     "LeaseExpired",
-    "Limits",
     "LogCorrupt",
     "LogFailed",
     "MessageTooLarge",
@@ -54,6 +53,7 @@ __all__ = [
     "QppSyncSubmit",
     "QppValidatorQueue",
     "QueueFull",
+    "QueueLimits",
     "QueueMessage",
     "QueueMessageWithProvenance",
     "QueueObserver",

@@ -27,7 +27,7 @@ from sidecar.errors import InvalidMessage, LogFailed, Unavailable
 from sidecar.handles import NoClone
 from sidecar.messages import Mode, QueueMessage, QueueMessageWithProvenance, resolve_mode
 from sidecar.observer import NULL_OBSERVER, QueueObserver
-from sidecar.state import Lease, Limits, QueueState
+from sidecar.state import Lease, QueueLimits, QueueState
 from sidecar.wal import (
     FileLayer,
     LogLock,
@@ -69,7 +69,7 @@ class QppValidatorQueue:
         name: str,
         persist_dir: str | os.PathLike[str],
         *,
-        limits: Limits | None = None,
+        limits: QueueLimits | None = None,
         observer: QueueObserver | None = None,
         layer: FileLayer | None = None,
         compact_bytes: int = DEFAULT_COMPACT_BYTES,
@@ -114,7 +114,7 @@ class QppValidatorQueue:
         persist_dir: str | os.PathLike[str],
         *,
         salvage: bool = False,
-        limits: Limits | None = None,
+        limits: QueueLimits | None = None,
         observer: QueueObserver | None = None,
         layer: FileLayer | None = None,
         compact_bytes: int = DEFAULT_COMPACT_BYTES,

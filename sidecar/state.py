@@ -19,7 +19,7 @@ DEFAULT_MAX_BYTES = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class QueueLimits:
     max_messages: int = DEFAULT_MAX_MESSAGES
     max_bytes: int = DEFAULT_MAX_BYTES
 
@@ -39,8 +39,8 @@ class Lease:
 
 
 class QueueState:
-    def __init__(self, limits: Limits | None = None) -> None:
-        self.limits = limits or Limits()
+    def __init__(self, limits: QueueLimits | None = None) -> None:
+        self.limits = limits or QueueLimits()
         self._ready: list[tuple[int, int, QueueMessageWithProvenance]] = []
         self._leases: dict[int, Lease] = {}
         self._deadlines: list[tuple[float, int]] = []

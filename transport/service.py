@@ -335,7 +335,7 @@ def _batch_dedup_ids(raw: Any, count: int) -> list[str | None]:
 _subscription_ids = itertools.count(1)
 
 
-class Subscription:
+class ChannelSubscription:
     """Leases messages for one channel while it has credit, and pushes each one."""
 
     def __init__(self, channel: ChannelState, service: QueueService, credit: int, timeout: float):
@@ -393,7 +393,7 @@ class ChannelState:
     bucket: SubmitBucket
     push: Callable[[str, dict[str, Any]], None]
     leases: dict[int, Lease] = field(default_factory=dict)
-    subscriptions: dict[int, Subscription] = field(default_factory=dict)
+    subscriptions: dict[int, ChannelSubscription] = field(default_factory=dict)
     closed: bool = False
     session_tier: Callable[[], TierInfo] = lambda: TierInfo(MAX_UNSEALED_TIER)
     session_detail: dict[str, Any] = field(default_factory=dict)
@@ -439,12 +439,12 @@ class ChannelState:
             lease_id = int(lease_id)
         return self.leases.get(lease_id, lease_id)
 
-    def subscribe(self, service: QueueService, credit: int, timeout: float) -> Subscription:
-        sub = Subscription(self, service, credit, timeout)
+    def subscribe(self, service: QueueService, credit: int, timeout: float) -> ChannelSubscription:
+        sub = ChannelSubscription(self, service, credit, timeout)
         self.subscriptions[sub.id] = sub
         return sub
 
-    def subscription(self, sub_id: int) -> Subscription:
+    def subscription(self, sub_id: int) -> ChannelSubscription:
         sub = self.subscriptions.get(sub_id)
         if sub is None:
             raise NotFound(f"no subscription {sub_id} on this channel")

@@ -19,10 +19,10 @@ from hardware.tier import Tier, TierDecision
 from sidecar import (
     DedupLimits,
     Lease,
-    Limits,
     Mode,
     Priority,
     QppValidatorQueue,
+    QueueLimits,
     QueueMessage,
     Submitted,
 )
@@ -62,7 +62,9 @@ class QueuePart:
             self.cfg.instance,
             self.wal_dir,
             salvage=salvage,
-            limits=Limits(max_messages=limits.max_queue_messages, max_bytes=limits.max_queue_bytes),
+            limits=QueueLimits(
+                max_messages=limits.max_queue_messages, max_bytes=limits.max_queue_bytes
+            ),
             observer=MetricsObserver(self.metrics),
             compact_bytes=self.cfg.durability.compact_bytes,
             dedup=DedupLimits(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import DedupLimits, Limits, QppValidatorQueue, QueueFull, Submitted
+from sidecar import DedupLimits, QppValidatorQueue, QueueFull, QueueLimits, Submitted
 from sidecar.wal import WriteAheadLog, record_to_dict
 from tests.core.helpers import block, gossip, tx
 from tests.core.simfs import SimDisk
@@ -138,7 +138,7 @@ async def test_concurrent_submits_with_one_key_store_one_copy(tmp_path: Path) ->
 
 
 async def test_a_failed_submit_frees_its_key(tmp_path: Path) -> None:
-    async with await QppValidatorQueue.open("v", tmp_path, limits=Limits(max_messages=1)) as q:
+    async with await QppValidatorQueue.open("v", tmp_path, limits=QueueLimits(max_messages=1)) as q:
         await q.submit(block(1), submitted_by="a")
         with pytest.raises(QueueFull, match="queue holds 1 messages"):
             await q.submit_once(block(2), submitted_by="a", dedup_id="k")

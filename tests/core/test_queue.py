@@ -12,7 +12,6 @@ import pytest
 
 from sidecar import (
     AlreadyConsumed,
-    Limits,
     LogFailed,
     Mode,
     NotFound,
@@ -20,6 +19,7 @@ from sidecar import (
     QppSyncSubmit,
     QppValidatorQueue,
     QueueFull,
+    QueueLimits,
     Unavailable,
 )
 from sidecar.queue import FIRST_ID_BLOCK, ID_BLOCK, _next_block
@@ -201,7 +201,7 @@ async def test_a_lease_id_from_before_a_restart_never_acks_a_later_lease(
 
 
 async def test_queue_full_on_count_and_bytes_changes_nothing(tmp_path: Path) -> None:
-    async with await QppValidatorQueue.open("v", tmp_path, limits=Limits(max_messages=2)) as q:
+    async with await QppValidatorQueue.open("v", tmp_path, limits=QueueLimits(max_messages=2)) as q:
         await q.submit_sync(block(1), submitted_by="t")
         await q.submit_async(gossip(1), submitted_by="t")
         with pytest.raises(QueueFull, match="limit 2"):
@@ -209,7 +209,7 @@ async def test_queue_full_on_count_and_bytes_changes_nothing(tmp_path: Path) -> 
         with pytest.raises(QueueFull):
             await q.submit_async(gossip(2), submitted_by="t")
         assert q.depth()["total"] == 2
-    async with await QppValidatorQueue.open("w", tmp_path, limits=Limits(max_bytes=800)) as q:
+    async with await QppValidatorQueue.open("w", tmp_path, limits=QueueLimits(max_bytes=800)) as q:
         await q.submit_sync(tx(1, 200), submitted_by="t")
         with pytest.raises(QueueFull, match="bytes"):
             await q.submit_sync(tx(2, 300), submitted_by="t")

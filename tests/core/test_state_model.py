@@ -6,7 +6,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from sidecar import AlreadyConsumed, Limits, NotFound, QueueFull, QueueMessageWithProvenance
+from sidecar import AlreadyConsumed, NotFound, QueueFull, QueueLimits, QueueMessageWithProvenance
 from sidecar.state import QueueState
 from tests.core.helpers import block, gossip, telemetry, tx
 
@@ -16,7 +16,7 @@ _MAKERS = [block, tx, gossip, telemetry]
 class QueueModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.state = QueueState(Limits(max_messages=12))
+        self.state = QueueState(QueueLimits(max_messages=12))
         self.now = 0.0
         self.next_id = 1
         # model: ready = {id: (priority, delivery_count)}; leases = {lease_id: (id, deadline)}
