@@ -89,7 +89,7 @@ def print_table(decision: TierDecision, elapsed: float) -> None:
             f"KME {k.url}: {state}; stored keys {k.stored_key_count}, key size {k.key_size}"
         )
     sim = " [yellow](SIMULATED hardware)[/yellow]" if decision.simulated else ""
-    console.print(f"[bold]Tier {int(decision.tier)} {decision.tier.name}[/bold]{sim}")
+    console.print(f"[bold]Tier {int(decision.tier)} {decision.tier.label}[/bold]{sim}")
     for reason in decision.reasons:
         console.print(f"  - {reason}", markup=False)
     console.print(f"probe took {elapsed:.2f} s")

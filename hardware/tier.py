@@ -16,6 +16,13 @@ class Tier(IntEnum):
     ENTROPY_ENHANCED = 3
     QUANTUM_SECURED = 4
 
+    @property
+    def label(self) -> str:
+        """The name people read (and the CLI prints): ``HardenedPQ``."""
+        return "".join(
+            w.upper() if w == "pq" else w.capitalize() for w in self.name.lower().split("_")
+        )
+
     @classmethod
     def parse(cls, value: object) -> Tier:
         if isinstance(value, Tier):
@@ -46,7 +53,7 @@ class TierDecision:
     def to_json(self) -> dict[str, object]:
         return {
             "tier": int(self.tier),
-            "tier_name": self.tier.name,
+            "tier_name": self.tier.label,
             "reasons": list(self.reasons),
             "below_floor": self.below_floor,
             "simulated": self.simulated,

@@ -22,6 +22,7 @@ from sidecar.wal import (
     checkpoint_record,
     record_to_dict,
     replay,
+    salvage_hint,
     scan,
 )
 
@@ -65,6 +66,14 @@ def _read_log(path: str) -> bytes | None:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    holder = LogLock(args.path).holder()
+    if holder is not None:
+        print(
+            f"{args.path}: in use by {holder}: a running sidecar is writing it; "
+            "stop it first, or read it with `wal dump`",
+            file=sys.stderr,
+        )
+        return EXIT_BUSY
     data = _read_log(args.path)
     if data is None:
         return EXIT_CORRUPT
@@ -94,8 +103,7 @@ def _verify(args: argparse.Namespace) -> int:
         message = (
             f"{args.path}: CORRUPT: bad frame at byte offset {result.bad_offset}, valid frames "
             f"follow (next at {result.next_valid_offset}). The sidecar will refuse to open "
-            "it; `qssh-sidecar wal compact --salvage` keeps every valid record and sets the "
-            "damaged file aside"
+            f"it; {salvage_hint(f'wal compact --salvage {args.path}')}"
         )
         code = EXIT_CORRUPT
     elif result.torn_tail:
@@ -157,7 +165,8 @@ def _compact(args: argparse.Namespace) -> int:
         try:
             wal, rec = WriteAheadLog.open(args.path, salvage=args.salvage)
         except LogCorrupt as exc:
-            print(exc.message, file=sys.stderr)
+            command = f": `qssh-sidecar wal compact --salvage {args.path}`"
+            print(exc.message + command, file=sys.stderr)
             return EXIT_CORRUPT
         assert rec.replayed is not None
         before = wal.size

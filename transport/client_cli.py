@@ -14,6 +14,9 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import importlib.metadata
+import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,6 +43,7 @@ EXIT_CONNECT = 3
 EXIT_EMPTY = 4
 EXIT_PARTIAL = 5
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool cut off by `head`
 
 COMMANDS = ("submit", "pop", "lease", "ack", "release", "tail", "depth", "stats", "tier", "ping")
 
@@ -61,7 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--identity", help="private key file (like ssh -i)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="Option=value")
     p.add_argument("-F", "--config", type=Path, help="config file (default ~/.qssh/config)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--json", action="store_true", help="machine-readable output (anywhere on the line)"
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more to stderr (-vv: debug)"
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="print results only: no notes, no progress"
+    )
     p.add_argument("destination", metavar="[user@]host")
     p.add_argument("command", choices=COMMANDS)
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -133,11 +146,20 @@ def message_from_args(message: str, fields: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+NO_TTY_WIDTH = 10_000  # piped output: tables as wide as their content, never wrapped
+
+
+def _width(stream: Any) -> int | None:
+    """None (the terminal's width) on a tty; otherwise wide enough never to wrap."""
+    return None if stream.isatty() else NO_TTY_WIDTH
+
+
 class Output:
-    def __init__(self, as_json: bool) -> None:
+    def __init__(self, as_json: bool, *, quiet: bool = False) -> None:
         self.as_json = as_json
-        self.console = Console(highlight=False)
-        self.err = Console(stderr=True, highlight=False)
+        self.quiet = quiet
+        self.console = Console(highlight=False, width=_width(sys.stdout))
+        self.err = Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
     def data(self, value: Any, title: str = "") -> None:
         if self.as_json:
@@ -153,6 +175,11 @@ class Output:
             self.console.print(table)
         else:
             self.console.print(value)
+
+    def note(self, text: str) -> None:
+        """A remark for people on stderr (not with --json or -q)."""
+        if not self.as_json and not self.quiet:
+            self.err.print(text, markup=False)
 
     def error(self, exc: BaseException) -> None:
         if isinstance(exc, SidecarError):
@@ -186,7 +213,7 @@ async def _bulk_submit(
     ok = failed = 0
     errors: dict[str, int] = {}
     first_ids: list[Any] = []
-    show = progress and not out.as_json and out.err.is_terminal
+    show = progress and not out.as_json and not out.quiet and out.err.is_terminal
     columns = (TextColumn("submitting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=out.err, disable=not show) as bar:
         task = bar.add_task("submit", total=len(lines))
@@ -317,7 +344,7 @@ async def _run_connected(
         if command == "pop":
             item = await client.pop()
             if item is None:
-                out.data(None) if out.as_json else out.err.print("queue is empty")
+                out.data(None) if out.as_json else out.note("queue is empty")
                 return EXIT_EMPTY
             out.data(item, "message")
             return EXIT_OK
@@ -325,7 +352,7 @@ async def _run_connected(
             # detached: this process exits now, the ack comes from a later one
             lease = await client.lease(timeout=sub.timeout, wait=sub.wait, detach=True)
             if lease is None:
-                out.data(None) if out.as_json else out.err.print("queue is empty")
+                out.data(None) if out.as_json else out.note("queue is empty")
                 return EXIT_EMPTY
             out.data(lease, "leased")
             return EXIT_OK
@@ -413,10 +440,34 @@ def print_tier(out: Output, view: dict[str, Any]) -> None:
     out.console.print(", ".join(f"{k}={v}" for k, v in facts.items()), markup=False)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("qssh-sidecar")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a closed stdout (``| head``) ends quietly, as in other tools."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    out = Output(args.json)
+    words = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in words  # accepted anywhere, also after the command
+    args = parser.parse_args([w for w in words if w != "--json"])
+    args.json = as_json
+    logging.basicConfig(
+        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    out = Output(args.json, quiet=args.quiet)
     try:
         sub = command_parser(args.command).parse_args(args.args)
         if args.command == "submit" and sub.message not in (None, "-"):

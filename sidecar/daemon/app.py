@@ -29,7 +29,13 @@ from sidecar.errors import SidecarError
 from transport.entropy import EntropyMixer
 
 from . import keys
-from .config import ConfigError, DaemonConfig, check_readable, prepare_data_dir
+from .config import (
+    ConfigError,
+    DaemonConfig,
+    check_readable,
+    check_socket_group,
+    prepare_data_dir,
+)
 from .entropy import EntropyPublisher
 from .metrics import SidecarMetrics
 from .node_rpc import NodeEndpointServer, NodeRpc
@@ -209,6 +215,7 @@ class Sidecar:
             check_readable(cfg.host_key_path, "host_key")
         if cfg.authorized_keys is not None:
             check_readable(cfg.authorized_keys_path, "authorized_keys")
+        check_socket_group(cfg.node.socket_group)
         kme = cfg.hardware.kme
         if kme is not None:
             for setting, path in (("cert", kme.cert), ("key", kme.key), ("ca", kme.ca)):

@@ -8,6 +8,7 @@ setting and says what to do. The reference of every key is ``docs/operations.md`
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
 import re
@@ -33,6 +34,7 @@ from transport.tiers import DEFAULT_POLICY, TierPolicy
 
 DEFAULT_INSTANCE = "alice"
 DEFAULT_HOST = "127.0.0.1"
+DEFAULT_METRICS_PORT = 9615  # Prometheus, on by default (as Substrate's own exporter)
 _INSTANCE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -117,7 +119,7 @@ class DaemonConfig:
     durability: Durability = Durability()
     # [hardware] as hardware.HardwareConfig reads it: sources, KME, tier floor/ceiling.
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
-    metrics: Endpoint | None = None
+    metrics: Endpoint | None = Endpoint(DEFAULT_HOST, DEFAULT_METRICS_PORT)  # None: off
     node: NodeEndpoint = NodeEndpoint(socket=None)
     tiers: Tiers = Tiers()
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
@@ -327,7 +329,7 @@ def from_dict(data: dict[str, Any], base: Path) -> DaemonConfig:
         raise ConfigError(f"hardware: {e.detail}") from None
 
     mt = _Table(top.get("metrics", dict, {}), "metrics", {"listen"})
-    metrics_addr = mt.get("listen", str, "127.0.0.1:9615")
+    metrics_addr = mt.get("listen", str, f"{DEFAULT_HOST}:{DEFAULT_METRICS_PORT}")
     metrics = (
         None
         if metrics_addr == ""
@@ -512,6 +514,23 @@ def check_values(cfg: DaemonConfig) -> None:
 
 
 # ---- checks against the machine (still before listening) ------------------------
+
+
+def check_socket_group(group: str | None) -> int | None:
+    """The gid of ``node.socket_group``; the group must exist and, unless we are root,
+    be one of ours (only then may we give the socket to it)."""
+    if group is None:
+        return None
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"node.socket_group: no group named {group!r}") from None
+    if os.geteuid() != 0 and gid != os.getegid() and gid not in os.getgroups():
+        raise ConfigError(
+            f"node.socket_group: this user is not in group {group!r}, so it cannot give "
+            "the socket to it (add the group: SupplementaryGroups= in a drop-in)"
+        )
+    return gid
 
 
 def check_readable(path: Path, setting: str) -> bytes:

@@ -16,6 +16,7 @@ from . import config as config_mod
 from .config import ConfigError
 
 EXIT_CONFIG = 2
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 EXIT_FAILURE = 1
 
 
@@ -32,7 +33,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--listen", metavar="ADDR:PORT", help="SSH listen address")
     parser.add_argument("--port", type=int, help="SSH listen port (keeps the address)")
-    parser.add_argument("--host-key", type=Path, help="host private key (generated if missing)")
+    parser.add_argument(
+        "--host-key",
+        type=Path,
+        help="host private key file; must exist (without this flag: <data-dir>/host_key, "
+        "generated on first start)",
+    )
     parser.add_argument("--authorized-keys", type=Path, help="authorized_keys with roles=")
     parser.add_argument(
         "--metrics", metavar="ADDR:PORT", help="Prometheus exporter (loopback only; '' = off)"
@@ -72,7 +78,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="start even if the log is corrupt mid-file: keep the bad file aside, "
         "keep every valid record",
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
+    )
 
 
 def load_config(args: argparse.Namespace) -> config_mod.DaemonConfig:
@@ -103,7 +115,7 @@ def admission_flags(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
+    level = logging.getLevelNamesMapping()[args.log_level]
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

@@ -26,7 +26,7 @@ from sidecar import (
     QueueMessage,
     Submitted,
 )
-from sidecar.errors import Unavailable
+from sidecar.errors import LogCorrupt, Unavailable
 from transport.auth import AuthorizedKey, AuthorizedKeys
 from transport.entropy import EntropyMixer
 from transport.protocol.sealing import RekeyPolicy
@@ -58,20 +58,28 @@ class QueuePart:
     async def open(self, *, salvage: bool = False) -> str:
         """Open and recover the log; a one-line account of what recovery found."""
         limits = self.cfg.limits
-        self.q = await QppValidatorQueue.open(
-            self.cfg.instance,
-            self.wal_dir,
-            salvage=salvage,
-            limits=QueueLimits(
-                max_messages=limits.max_queue_messages, max_bytes=limits.max_queue_bytes
-            ),
-            observer=MetricsObserver(self.metrics),
-            compact_bytes=self.cfg.durability.compact_bytes,
-            dedup=DedupLimits(
-                window=self.cfg.durability.dedup_window,
-                max_entries=self.cfg.durability.dedup_max_entries,
-            ),
-        )
+        try:
+            self.q = await QppValidatorQueue.open(
+                self.cfg.instance,
+                self.wal_dir,
+                salvage=salvage,
+                limits=QueueLimits(
+                    max_messages=limits.max_queue_messages, max_bytes=limits.max_queue_bytes
+                ),
+                observer=MetricsObserver(self.metrics),
+                compact_bytes=self.cfg.durability.compact_bytes,
+                dedup=DedupLimits(
+                    window=self.cfg.durability.dedup_window,
+                    max_entries=self.cfg.durability.dedup_max_entries,
+                ),
+            )
+        except LogCorrupt as e:
+            raise LogCorrupt(
+                e.message + ": `qssh-sidecar serve --salvage`",
+                path=e.path,
+                offset=e.offset,
+                next_valid_offset=e.next_valid_offset,
+            ) from None
         return describe_recovery(self.q)
 
     def _queue(self) -> QppValidatorQueue:

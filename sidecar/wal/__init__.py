@@ -22,6 +22,7 @@ from sidecar.wal._log import (
     Recovery,
     WriteAheadLog,
     WriteFailed,
+    salvage_hint,
 )
 from sidecar.wal._records import (
     CHECKPOINT,
@@ -71,6 +72,7 @@ __all__ = [
     "record_to_dict",
     "replay",
     "reserve_record",
+    "salvage_hint",
     "scan",
     "submit_record",
 ]

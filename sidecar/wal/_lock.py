@@ -27,6 +27,21 @@ class LogLock:
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
 
+    def holder(self) -> str | None:
+        """Who holds the lock now ("pid N"), without taking it or creating the file."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode("ascii", "replace").strip()
+            return f"pid {pid}" if pid else "another process"
+        finally:
+            os.close(fd)
+        return None
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

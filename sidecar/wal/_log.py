@@ -98,8 +98,8 @@ class WriteAheadLog:
             result = scan(b"\0" * FILE_HEADER_SIZE + data, salvage=True) if salvage else None
             if result is None:
                 raise LogCorrupt(
-                    f"{path}: {problem}; refusing to open. Move the file away, or open with "
-                    "salvage to set it aside and keep any valid records",
+                    f"{path}: {problem}; refusing to open. Move the file away, or: "
+                    + salvage_hint(),
                     path=path,
                     offset=0,
                     next_valid_offset=None,
@@ -112,9 +112,7 @@ class WriteAheadLog:
                 raise LogCorrupt(
                     f"{path}: corrupt record at byte offset {result.bad_offset}, followed by "
                     f"valid records (next at offset {result.next_valid_offset}); refusing to "
-                    "open. Run `qssh-sidecar wal verify` to inspect; open with salvage "
-                    "(serve --salvage) to keep every valid record and set the damaged "
-                    "file aside",
+                    f"open. Run `qssh-sidecar wal verify` to inspect; {salvage_hint()}",
                     path=path,
                     offset=result.bad_offset or 0,
                     next_valid_offset=result.next_valid_offset,
@@ -265,3 +263,9 @@ def _write_new_log(layer: FileLayer, path: str, records: list[bytes]) -> None:
     _write_file(layer, temp, records)
     layer.rename(temp, path)
     layer.fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def salvage_hint(command: str | None = None) -> str:
+    """What salvage does, and (for a command-line tool) the command that runs it."""
+    hint = "salvage keeps every valid record and sets the damaged file aside"
+    return hint if command is None else f"{hint}: `qssh-sidecar {command}`"

@@ -113,6 +113,20 @@ async def test_compact_refuses_a_log_in_use(tmp_path: Path) -> None:
         await q.close()
 
 
+async def test_verify_of_a_log_in_use_exits_3_and_leaves_no_lock_file_when_idle(
+    tmp_path: Path,
+) -> None:
+    path = await _make_log(tmp_path)
+    q = await QppValidatorQueue.open("v", tmp_path)
+    try:
+        res = _cli("verify", str(path))
+        assert res.returncode == 3, res.stdout
+        assert "in use by pid" in res.stderr
+    finally:
+        await q.close()
+    assert _cli("verify", str(path)).returncode == 0
+
+
 async def test_compact_salvage_sets_a_corrupt_log_aside(tmp_path: Path) -> None:
     path = await _make_log(tmp_path)
     data = bytearray(path.read_bytes())
@@ -120,7 +134,9 @@ async def test_compact_salvage_sets_a_corrupt_log_aside(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     refused = _cli("compact", str(path))
     assert refused.returncode == 2
-    assert "salvage" in refused.stderr
+    hint = f"sets the damaged file aside: `qssh-sidecar wal compact --salvage {path}`"
+    assert hint in refused.stderr
+    assert "serve --salvage" not in refused.stderr
     res = _cli("compact", "--salvage", str(path))
     assert res.returncode == 0, res.stderr
     assert "kept as" in res.stdout

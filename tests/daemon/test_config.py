@@ -31,6 +31,15 @@ def test_embedded_defaults() -> None:
     assert cfg.embedded_defaults
 
 
+def test_metrics_are_on_at_9615_with_embedded_defaults_and_in_a_config_file(
+    tmp_path: Path,
+) -> None:
+    embedded, from_file = config.load(None), _load(tmp_path, 'instance = "bob"\n')
+    assert str(embedded.metrics) == str(from_file.metrics) == "127.0.0.1:9615"
+    assert _load(tmp_path, '[metrics]\nlisten = ""\n').metrics is None
+    assert config.override(embedded, metrics="").metrics is None
+
+
 def test_instance_flag_moves_the_default_data_dir() -> None:
     cfg = config.override(config.load(None), instance="bob", port=22223)
     assert (cfg.data_dir, cfg.listen.port) == (Path("data/bob"), 22223)
@@ -242,3 +251,22 @@ def test_admission_flags_override_the_file(tmp_path: Path) -> None:
     args = parser.parse_args(["--config", str(cfg_path), "--max-startups", "1:2"])
     with pytest.raises(ConfigError, match=r"admission\.max_startups"):
         serve_cli.load_config(args)
+
+
+def test_serve_unknown_socket_group_exits_2_before_listening(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "c.toml").write_text(
+        f'listen = "127.0.0.1:{port}"\ndata_dir = "d"\n[metrics]\nlisten = ""\n'
+        '[node]\nsocket_group = "no-such-group-qssh"\n'
+    )
+    _assert_one_line_failure(
+        tmp_path, ["--config", "c.toml"], "node.socket_group: no group named", port
+    )
+
+
+def test_serve_unknown_log_level_exits_2_before_listening(tmp_path: Path) -> None:
+    port = free_port()
+    r = run_serve(["--port", str(port), "--data-dir", "d", "--log-level", "LOUD"], cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "--log-level: invalid choice: 'LOUD'" in r.stderr
+    assert not (tmp_path / "d").exists()

@@ -8,7 +8,9 @@ from pathlib import Path
 from hardware.simulators.kme_server import KMESimulator
 from hardware.simulators.serial_qrng import SerialQRNGSimulator
 from hardware.simulators.tls import ThrowawayPKI
+from hardware.tier import Tier
 from tests.subprocesses import REPO, child_env
+from transport.tiers import TIER_NAMES
 
 ENV = child_env(COLUMNS="200")
 
@@ -54,7 +56,7 @@ def test_json_report_lists_devices_kme_and_tier(tmp_path: Path, pki: ThrowawayPK
     assert proc.returncode == 0, proc.stderr.decode()
     out = json.loads(proc.stdout)
     assert out["tier"] == 4
-    assert out["tier_name"] == "QUANTUM_SECURED"
+    assert out["tier_name"] == "QuantumSecured"
     assert out["simulated"] is True
     good, bad = out["devices"]
     for field in ("kind", "vendor_id", "product_id", "path", "driver", "readable",
@@ -74,7 +76,7 @@ def test_table_report_for_people(tmp_path: Path, pki: ThrowawayPKI) -> None:
         proc = hardware("report", "--config", write_config(tmp_path, kme_toml(pki, kme.url)))
     assert proc.returncode == 0, proc.stderr.decode()
     text = proc.stdout.decode()
-    assert "Tier 2 HARDENED_PQ" in text
+    assert "Tier 2 HardenedPQ" in text
     assert "no stored keys" in text
     assert "no entropy hardware found" in text
 
@@ -92,3 +94,7 @@ def test_bad_config_is_exit_2_with_a_message(tmp_path: Path) -> None:
     proc = hardware("report", "--config", write_config(tmp_path, "floor = 9\n"))
     assert proc.returncode == 2
     assert b"bad config" in proc.stderr
+
+
+def test_tier_labels_are_the_names_the_queue_service_prints() -> None:
+    assert {int(t): t.label for t in Tier} == TIER_NAMES
