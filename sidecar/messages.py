@@ -409,6 +409,8 @@ class QueueMessageWithProvenance:
         "message",
         "message_id",
         "mode",
+        "origin",
+        "origin_id",
         "persisted",
         "priority",
         "submitted_by",
@@ -427,6 +429,8 @@ class QueueMessageWithProvenance:
         mode: Mode = Mode.SYNC,
         upgraded: bool = False,
         delivery_count: int = 0,
+        origin: str | None = None,
+        origin_id: int | None = None,
     ) -> None:
         self.message = message
         self.message_id = message_id
@@ -438,13 +442,16 @@ class QueueMessageWithProvenance:
         self.mode = mode
         self.upgraded = upgraded
         self.delivery_count = delivery_count
+        # set on a message a peer relayed: the sidecar it was submitted to, and its id there
+        self.origin = origin
+        self.origin_id = origin_id
 
     @property
     def kind(self) -> Kind:
         return self.message.kind
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        view = {
             "message_id": self.message_id,
             "message": self.message.to_json(),
             "created_at": self.created_at,
@@ -456,6 +463,10 @@ class QueueMessageWithProvenance:
             "upgraded": self.upgraded,
             "delivery_count": self.delivery_count,
         }
+        if self.origin is not None:
+            view["origin"] = self.origin
+            view["origin_id"] = self.origin_id
+        return view
 
     def to_json_bytes(self) -> bytes:
         return orjson.dumps(self.to_json())
@@ -474,6 +485,8 @@ class QueueMessageWithProvenance:
                 mode=Mode(obj.get("mode", Mode.SYNC)),
                 upgraded=bool(obj.get("upgraded", False)),
                 delivery_count=int(obj.get("delivery_count", 0)),
+                origin=None if obj.get("origin") is None else str(obj["origin"]),
+                origin_id=None if obj.get("origin_id") is None else int(obj["origin_id"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidMessage(f"bad provenance record: {exc}") from None

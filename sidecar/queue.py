@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sidecar.commit import GroupCommitter, Op
@@ -27,6 +28,7 @@ from sidecar.errors import InvalidMessage, LogFailed, Unavailable
 from sidecar.handles import NoClone
 from sidecar.messages import Mode, QueueMessage, QueueMessageWithProvenance, resolve_mode
 from sidecar.observer import NULL_OBSERVER, QueueObserver
+from sidecar.relay_backlog import PeerBacklog, RelayBacklog
 from sidecar.state import Lease, QueueLimits, QueueState
 from sidecar.wal import (
     FileLayer,
@@ -39,6 +41,7 @@ from sidecar.wal import (
     dedup_record,
     encode_frame,
     item_from_submit,
+    relayed_record,
     reserve_record,
     submit_record,
 )
@@ -58,7 +61,9 @@ _CLOSE_FRAME_BYTES = 8 * 1024 * 1024
 _FREEZE_AT = 50_000  # recovered messages from which gc.freeze() pays off
 
 # op codes for the group committer
-_SUBMIT, _CONSUME_POP, _CONSUME_ACK, _RESERVE, _SUBMIT_ONCE = range(5)
+Origin = tuple[str, int]  # (the sidecar a relayed message was submitted to, its id there)
+
+_SUBMIT, _CONSUME_POP, _CONSUME_ACK, _RESERVE, _SUBMIT_ONCE, _RELAYED = range(6)
 
 
 class QppValidatorQueue:
@@ -75,6 +80,7 @@ class QppValidatorQueue:
         compact_bytes: int = DEFAULT_COMPACT_BYTES,
         inline_lone_sync: bool = True,
         dedup: DedupLimits | None = None,
+        peers: Sequence[str] = (),
     ) -> None:
         if not _NAME.fullmatch(name):
             raise InvalidMessage(f"queue name {name!r} must be 1-64 of [A-Za-z0-9_.-]")
@@ -86,6 +92,9 @@ class QppValidatorQueue:
         self._state = QueueState(limits)
         self._dedup = DedupIndex(dedup)
         self._dedup_waits: dict[DedupKey, asyncio.Future[None]] = {}
+        self._relay = RelayBacklog(peers)
+        self._relay_news = {peer: asyncio.Event() for peer in peers}
+        self.relayed = dict.fromkeys(peers, 0)  # relays acknowledged since open, per peer
         self._compact_bytes = compact_bytes
         self._inline_lone_sync = inline_lone_sync
         self._committer: GroupCommitter | None = None
@@ -120,6 +129,7 @@ class QppValidatorQueue:
         compact_bytes: int = DEFAULT_COMPACT_BYTES,
         inline_lone_sync: bool = True,
         dedup: DedupLimits | None = None,
+        peers: Sequence[str] = (),
     ) -> QppValidatorQueue:
         """Open (creating if needed) and recover the queue `name` in `persist_dir`.
 
@@ -128,7 +138,8 @@ class QppValidatorQueue:
         `compact_bytes`: log size that triggers automatic compaction. `inline_lone_sync`:
         a lone record is fsync'd on the event loop thread (faster for a serial caller;
         blocks the loop for one fsync); batches of two or more always use the worker.
-        `dedup`: window and size of the `submit_once` index.
+        `dedup`: window and size of the `submit_once` index. `peers`: the names of the
+        peers broadcast messages are relayed to (docs/relay.md).
         """
         q = cls(
             name,
@@ -139,6 +150,7 @@ class QppValidatorQueue:
             compact_bytes=compact_bytes,
             inline_lone_sync=inline_lone_sync,
             dedup=dedup,
+            peers=peers,
         )
         if layer is None:
             make_dirs(q.persist_dir)  # the log's own name is durable only with these
@@ -191,6 +203,7 @@ class QppValidatorQueue:
             self._state.load(items, issued_below=self._next_id)
             self._durable_live = {item.message_id: item for item in items}
             self._restore_dedup(rec.replayed.dedup)
+            self._restore_relay(rec.replayed.broadcast, rec.replayed.relayed)
             if len(items) >= _FREEZE_AT:
                 gc.freeze()
             del items
@@ -216,6 +229,14 @@ class QppValidatorQueue:
             self._dedup.record(key, mid, at, durable=True)
         self._dedup.expire(time.time())
         found.clear()
+
+    def _restore_relay(self, broadcast: dict[int, list[Any]], relayed: dict[int, set[str]]) -> None:
+        live = self._durable_live
+        for mid in sorted(broadcast):
+            item = live.get(mid)
+            self._relay.add(item or item_from_submit(broadcast[mid]), relayed.get(mid, ()))
+        broadcast.clear()
+        relayed.clear()
 
     async def close(self) -> None:
         """Graceful shutdown: finish in-flight work, log async messages durably, close."""
@@ -342,9 +363,11 @@ class QppValidatorQueue:
         broadcast: bool = False,
         upgraded: bool = False,
         dedup_key: DedupKey | None = None,
+        origin: Origin | None = None,
     ) -> int:
         """SyncOp: returns the message id once its record is fsync'd. `dedup_key` (from
-        `submit_once`) is logged with the message and recorded once it is durable."""
+        `submit_once`) is logged with the message and recorded once it is durable;
+        `origin` is (sidecar, id there) of a message a peer relayed."""
         committer = self._live()
         size = msg.encoded_size
         self._state.admit(size)
@@ -362,6 +385,8 @@ class QppValidatorQueue:
             broadcast=broadcast,
             mode=Mode.SYNC,
             upgraded=upgraded,
+            origin=None if origin is None else origin[0],
+            origin_id=None if origin is None else origin[1],
         )
         if dedup_key is None:
             await self._durable(committer, _SUBMIT, submit_record(item), item)
@@ -378,6 +403,7 @@ class QppValidatorQueue:
         submitted_by: str,
         broadcast: bool = False,
         dedup_key: DedupKey | None = None,
+        origin: Origin | None = None,
     ) -> int:
         """AsyncOp: memory only (lost on a crash, logged by a graceful close)."""
         committer = self._live()
@@ -391,9 +417,18 @@ class QppValidatorQueue:
                 self._state.forget(size)
                 raise
         item = QueueMessageWithProvenance(
-            msg, mid, time.time(), submitted_by, broadcast=broadcast, mode=Mode.ASYNC
+            msg,
+            mid,
+            time.time(),
+            submitted_by,
+            broadcast=broadcast,
+            mode=Mode.ASYNC,
+            origin=None if origin is None else origin[0],
+            origin_id=None if origin is None else origin[1],
         )
         self._state.push(item)
+        if broadcast:
+            self._retain_for_peers(item)
         if dedup_key is not None:
             self._dedup.record(dedup_key, mid, item.created_at, durable=False)
         if self._waiters:
@@ -426,6 +461,7 @@ class QppValidatorQueue:
         mode: Mode | str | None = None,
         broadcast: bool = False,
         upgraded: bool = False,
+        origin: Origin | None = None,
     ) -> Submitted:
         """Submit unless `(submitted_by, dedup_id)` was submitted within the dedup window;
         then store nothing and answer the first submit's id with ``duplicate=True``.
@@ -456,16 +492,73 @@ class QppValidatorQueue:
                     broadcast=broadcast,
                     upgraded=upgraded,
                     dedup_key=key,
+                    origin=origin,
                 )
             else:
                 mid = await self.submit_async(
-                    msg, submitted_by=submitted_by, broadcast=broadcast, dedup_key=key
+                    msg,
+                    submitted_by=submitted_by,
+                    broadcast=broadcast,
+                    dedup_key=key,
+                    origin=origin,
                 )
         finally:
             self._dedup.unreserve(key)  # a no-op once recorded
             del self._dedup_waits[key]
             done.set_result(None)
         return Submitted(mid, False)
+
+    # -- relay to peers (the daemon's links drive this; docs/relay.md) --------------------
+    def _retain_for_peers(self, item: QueueMessageWithProvenance) -> None:
+        if not self._relay_news:
+            return
+        self._relay.add(item)
+        for news in self._relay_news.values():
+            news.set()
+
+    def relay_take(
+        self,
+        peer: str,
+        limit: int,
+        why_held: Callable[[QueueMessageWithProvenance], str | None] | None = None,
+    ) -> list[QueueMessageWithProvenance]:
+        """The next broadcast messages `peer` lacks, in id order, now in flight to it;
+        one `why_held` gives a reason for waits in the backlog, held, with that reason."""
+        news = self._relay_news[peer]
+        news.clear()
+        return self._relay.take(peer, limit, why_held)
+
+    def relay_give_back(self, peer: str, items: Sequence[QueueMessageWithProvenance]) -> None:
+        """The link to `peer` failed: its in-flight messages wait again."""
+        self._relay.give_back(peer, items)
+        self._relay_news[peer].set()
+
+    def relay_unhold(self, peer: str) -> None:
+        """The link's tier changed: try the held messages again."""
+        if self._relay.unhold(peer):
+            self._relay_news[peer].set()
+
+    async def relay_done(self, peer: str, items: Sequence[QueueMessageWithProvenance]) -> None:
+        """`peer` acknowledged `items`: log that durably, then they leave its backlog."""
+        committer = self._live()
+        await asyncio.gather(
+            *(
+                self._durable(
+                    committer, _RELAYED, relayed_record(peer, i.message_id), (peer, i.message_id)
+                )
+                for i in items
+            )
+        )
+        self.relayed[peer] += len(items)
+
+    async def relay_wait(self, peer: str, timeout: float) -> None:  # noqa: ASYNC109
+        """Return when `peer`'s backlog may have changed, or after `timeout` s."""
+        self._live()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._relay_news[peer].wait(), timeout)
+
+    def relay_backlog(self, peer: str) -> PeerBacklog:
+        return self._relay.backlog(peer, time.time())
 
     # -- consume -------------------------------------------------------------------------
     async def pop(self) -> NoClone[QueueMessageWithProvenance] | None:
@@ -600,12 +693,18 @@ class QppValidatorQueue:
                 live[payload.message_id] = payload
                 state.push(payload)
                 pushed = True
+                if payload.broadcast:
+                    self._retain_for_peers(payload)
             elif code == _SUBMIT_ONCE:
                 item, key = payload
                 live[item.message_id] = item
                 state.push(item)
                 self._dedup.record(key, item.message_id, item.created_at, durable=True)
                 pushed = True
+                if item.broadcast:
+                    self._retain_for_peers(item)
+            elif code == _RELAYED:
+                self._relay.mark(*payload)
             elif code == _CONSUME_POP:
                 live.pop(payload.message_id, None)
                 state.forget(payload.message.encoded_size)
@@ -630,6 +729,8 @@ class QppValidatorQueue:
                 state.forget(payload.message.encoded_size)
             elif code == _SUBMIT_ONCE:
                 state.forget(payload[0].message.encoded_size)
+            elif code == _RELAYED:
+                pass  # the message stays in the peer's backlog (in flight until given back)
             elif code == _CONSUME_POP:
                 state.push(payload)
             elif code == _CONSUME_ACK:
@@ -650,7 +751,7 @@ class QppValidatorQueue:
         if committer is None or self._compacting or self._closing:
             return
         size = committer.wal.size
-        live = len(self._durable_live)
+        live = len(self._durable_live) + len(self._relay) * (2 + len(self._relay_news))
         too_big = size >= self._compact_bytes and live * 2 < self._log_records
         mostly_consumed = size >= _MIN_COMPACT_BYTES and live * 4 < self._log_records
         if too_big or mostly_consumed:
@@ -676,6 +777,7 @@ class QppValidatorQueue:
                 for (principal, dedup_id), e in self._dedup.entries().items()
                 if e.durable
             ]
+            records += self._relay_records(items)
             wal.rewrite(records)
             self._log_records = len(records)
             seconds = time.perf_counter() - started
@@ -696,6 +798,28 @@ class QppValidatorQueue:
         )
         self._observer.on_log_bytes(result["bytes_after"])
         return result
+
+    def _relay_records(self, live: list[QueueMessageWithProvenance]) -> list[bytes]:
+        """What compaction keeps of the relay: each broadcast message some peer lacks
+        (submitted and consumed again if it was consumed here) and who has it already;
+        and for a live broadcast message every peer has, that they do."""
+        peers = tuple(self._relay_news)
+        if not peers:
+            return []
+        records: list[bytes] = []
+        retained = set()
+        for item, have in self._relay.retained():
+            if not item.persisted:
+                continue  # an async message: relayed from memory only
+            mid = item.message_id
+            retained.add(mid)
+            if mid not in self._durable_live:
+                records += [submit_record(item), consume_record(mid)]
+            records += [relayed_record(peer, mid) for peer in have]
+        for item in live:
+            if item.broadcast and item.message_id not in retained:
+                records += [relayed_record(peer, item.message_id) for peer in peers]
+        return records
 
     # -- introspection -------------------------------------------------------------------
     def depth(self) -> dict[str, int]:

@@ -14,10 +14,12 @@ gives the named form that `wal dump` prints. The first element is the type:
   are not logged, so ids are reserved in blocks ahead of use and never reused.
 * ``["K", next_id, created_at]``: checkpoint, the first record of a compacted log.
 
-A submit made with a ``dedup_id`` has a twelfth element, ``[principal, dedup_id]``:
-the key is durable in the same fsync as the message. ``["D", principal, dedup_id, id,
-at]`` keeps a key once its submit record is gone (compaction) or was never logged (an
-async submit, written by a graceful close).
+A submit may have a twelfth element, an object of extras: ``"dedup": [principal,
+dedup_id]`` (the key is durable in the same fsync as the message), ``"origin"`` and
+``"origin_id"`` (a message a peer relayed). ``["D", principal, dedup_id, id, at]``
+keeps a dedup key once its submit record is gone (compaction) or was never logged (an
+async submit, written by a graceful close). ``["P", peer, id]``: the peer has
+broadcast message ``id`` (it acknowledged the relay).
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ CONSUME = "C"
 RESERVE = "R"
 CHECKPOINT = "K"
 DEDUP = "D"
+RELAYED = "P"
 
 _MODES = {m.value: m for m in Mode}
 _PRIORITIES = {int(p): p for p in Priority}
 
 Record = list[Any]
+_NO_EXTRAS: dict[str, Any] = {}
 
 
 def submit_record(item: QueueMessageWithProvenance, dedup: tuple[str, str] | None = None) -> bytes:
@@ -56,8 +60,14 @@ def submit_record(item: QueueMessageWithProvenance, dedup: tuple[str, str] | Non
         item.delivery_count,
         item.message.to_json_bytes().decode(),
     ]
+    extras: dict[str, Any] = {}
     if dedup is not None:
-        rec.append(list(dedup))
+        extras["dedup"] = list(dedup)
+    if item.origin is not None:
+        extras["origin"] = item.origin
+        extras["origin_id"] = item.origin_id
+    if extras:
+        rec.append(extras)
     return orjson.dumps(rec)
 
 
@@ -71,6 +81,10 @@ def reserve_record(next_id: int) -> bytes:
 
 def dedup_record(principal: str, dedup_id: str, message_id: int, at: float) -> bytes:
     return orjson.dumps([DEDUP, principal, dedup_id, message_id, at])
+
+
+def relayed_record(peer: str, message_id: int) -> bytes:
+    return orjson.dumps([RELAYED, peer, message_id])
 
 
 def checkpoint_record(next_id: int, created_at: float) -> bytes:
@@ -89,6 +103,9 @@ def item_from_submit(rec: Record) -> QueueMessageWithProvenance:
     item.broadcast = rec[7]
     item.upgraded = rec[8]
     item.delivery_count = rec[9]
+    extras = rec[11] if len(rec) > 11 else _NO_EXTRAS
+    item.origin = extras.get("origin")
+    item.origin_id = extras.get("origin_id")
     return item
 
 
@@ -108,7 +125,7 @@ def record_to_dict(rec: Record) -> dict[str, Any]:
             "upgraded": rec[8],
             "delivery_count": rec[9],
             "message": orjson.loads(rec[10]),
-            **({"dedup": rec[11]} if len(rec) > 11 else {}),
+            **(rec[11] if len(rec) > 11 else {}),
         }
     if kind == CONSUME:
         return {"type": "consume", "message_id": rec[1]}
@@ -116,6 +133,8 @@ def record_to_dict(rec: Record) -> dict[str, Any]:
         return {"type": "reserve", "next_id": rec[1]}
     if kind == CHECKPOINT:
         return {"type": "checkpoint", "next_id": rec[1], "created_at": rec[2]}
+    if kind == RELAYED:
+        return {"type": "relayed", "peer": rec[1], "message_id": rec[2]}
     if kind == DEDUP:
         return {
             "type": "dedup",
@@ -134,6 +153,9 @@ class Replayed:
     live: dict[int, Record] = field(default_factory=dict)  # id -> submit record
     # (principal, dedup_id) -> (message id, wall-clock time of the first submit)
     dedup: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    # broadcast submits, kept when consumed (a peer may lack them), and who has each
+    broadcast: dict[int, Record] = field(default_factory=dict)
+    relayed: dict[int, set[str]] = field(default_factory=dict)
     next_id: int = 1
     submits: int = 0
     consumes: int = 0
@@ -150,6 +172,8 @@ def replay(records: list[Record], *, path: str = "<log>") -> Replayed:
     out = Replayed()
     live = out.live
     dedup = out.dedup
+    broadcast = out.broadcast
+    relayed = out.relayed
     next_id = 1
     submits = consumes = 0
     try:
@@ -160,8 +184,10 @@ def replay(records: list[Record], *, path: str = "<log>") -> Replayed:
                 if len(rec) not in (11, 12) or rec[2] not in _PRIORITIES:
                     raise _corrupt(path, f"malformed submit record for id {mid!r}")
                 live[mid] = rec
-                if len(rec) == 12:
-                    principal, dedup_id = rec[11]
+                if rec[7]:
+                    broadcast[mid] = rec
+                if len(rec) == 12 and "dedup" in rec[11]:
+                    principal, dedup_id = rec[11]["dedup"]
                     dedup.setdefault((principal, dedup_id), (mid, rec[3]))
                 submits += 1
                 if mid >= next_id:
@@ -169,6 +195,8 @@ def replay(records: list[Record], *, path: str = "<log>") -> Replayed:
             elif kind == CONSUME:
                 live.pop(rec[1], None)
                 consumes += 1
+            elif kind == RELAYED:
+                relayed.setdefault(rec[2], set()).add(rec[1])
             elif kind == DEDUP:
                 if len(rec) != 5:
                     raise _corrupt(path, "malformed dedup record")

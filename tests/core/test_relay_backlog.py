@@ -1,0 +1,146 @@
+"""The queue's relay backlog: what each peer lacks, durably, through crashes,
+restarts, local consumption and compaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sidecar import QppValidatorQueue
+from sidecar.messages import QueueMessageWithProvenance
+from tests.core.helpers import block, gossip, tx
+from tests.core.simfs import SimDisk
+
+PEERS = ("bob", "charlie")
+
+
+def _ids(items: list[QueueMessageWithProvenance]) -> list[int]:
+    return [i.message_id for i in items]
+
+
+def _crash_image(disk: SimDisk) -> SimDisk:
+    return SimDisk({p: bytes(i.durable) for p, i in disk.names.items()})
+
+
+async def test_a_broadcast_message_waits_for_each_peer_and_nothing_else_does(
+    tmp_path: Path,
+) -> None:
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q:
+        plain = await q.submit(block(1), submitted_by="t")
+        wide = await q.submit(block(2), submitted_by="t", broadcast=True)
+        relayed_in = await q.submit_sync(block(3), submitted_by="peer:x")  # broadcast=False
+        assert {plain, relayed_in}.isdisjoint(_ids(q.relay_take("bob", 10)))
+        assert _ids(q.relay_take("charlie", 10)) == [wide]
+
+
+async def test_local_consumption_and_relay_are_independent(tmp_path: Path) -> None:
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q:
+        mid = await q.submit(block(1), submitted_by="t", broadcast=True)
+        popped = await q.pop()
+        assert popped is not None
+        assert popped.consume().message_id == mid
+        (item,) = q.relay_take("bob", 10)
+        await q.relay_done("bob", [item])
+        assert q.relay_backlog("bob").count == 0
+        assert q.relay_backlog("charlie").count == 1
+        assert q.relayed == {"bob": 1, "charlie": 0}
+
+
+async def test_relay_marks_are_durable_and_unmarked_messages_come_back_after_a_crash() -> None:
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk, peers=PEERS)
+    first = await q.submit(block(1), submitted_by="t", broadcast=True)
+    second = await q.submit(block(2), submitted_by="t", broadcast=True)
+    taken = q.relay_take("bob", 10)
+    await q.relay_done("bob", taken[:1])  # the link died before the second ack
+    q2 = await QppValidatorQueue.open("v", "/d", layer=_crash_image(disk), peers=PEERS)
+    assert _ids(q2.relay_take("bob", 10)) == [second]
+    assert _ids(q2.relay_take("charlie", 10)) == [first, second]
+    await q2.close()
+
+
+async def test_compaction_keeps_what_some_peer_still_lacks(tmp_path: Path) -> None:
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q:
+        mids = [await q.submit(block(n), submitted_by="t", broadcast=True) for n in range(3)]
+        await q.submit(gossip(9), submitted_by="t", mode="sync")
+        await q.relay_done("bob", q.relay_take("bob", 10))
+        await q.relay_done("charlie", q.relay_take("charlie", 1))
+        while (h := await q.pop()) is not None:
+            h.consume()
+        await q.compact_wal()
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q2:
+        assert q2.depth()["total"] == 0  # consumed here stays consumed
+        assert q2.relay_take("bob", 10) == []
+        assert _ids(q2.relay_take("charlie", 10)) == mids[1:]
+        await q2.compact_wal()  # a second compaction keeps the same
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q3:
+        taken = q3.relay_take("charlie", 10)
+        assert _ids(taken) == mids[1:]
+        await q3.relay_done("charlie", taken)
+        await q3.compact_wal()
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q4:
+        assert q4.relay_backlog("charlie").count == 0
+        assert q4.relay_backlog("bob").count == 0
+
+
+async def test_a_live_message_every_peer_has_is_not_relayed_again_after_compaction(
+    tmp_path: Path,
+) -> None:
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q:
+        await q.submit(block(1), submitted_by="t", broadcast=True)
+        for peer in PEERS:
+            await q.relay_done(peer, q.relay_take(peer, 10))
+        await q.compact_wal()
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q2:
+        assert q2.depth()["total"] == 1
+        assert all(q2.relay_take(peer, 10) == [] for peer in PEERS)
+
+
+async def test_id_order_and_a_broken_link_gives_its_messages_back_in_front(
+    tmp_path: Path,
+) -> None:
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q:
+        mids = [await q.submit(tx(n), submitted_by="t", broadcast=True) for n in range(5)]
+        first = q.relay_take("bob", 2)
+        assert _ids(first) == mids[:2]
+        assert _ids(q.relay_take("bob", 1)) == mids[2:3]
+        q.relay_give_back("bob", first)
+        assert _ids(q.relay_take("bob", 10)) == [*mids[:2], *mids[3:]]
+
+
+async def test_a_held_message_stays_in_the_backlog_with_its_reason(tmp_path: Path) -> None:
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q:
+        big = await q.submit(tx(1), submitted_by="t", broadcast=True)
+        small = await q.submit(tx(2), submitted_by="t", broadcast=True)
+
+        def too_valuable(item: QueueMessageWithProvenance) -> str | None:
+            return "needs tier 4, the session gives 3" if item.message_id == big else None
+
+        assert _ids(q.relay_take("bob", 10, too_valuable)) == [small]
+        backlog = q.relay_backlog("bob")
+        assert backlog.count == 2
+        assert backlog.held == {big: "needs tier 4, the session gives 3"}
+        q.relay_unhold("bob")
+        assert _ids(q.relay_take("bob", 10)) == [big]
+
+
+async def test_async_broadcast_is_relayed_from_memory_and_lost_with_a_crash() -> None:
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk, peers=PEERS)
+    mid = await q.submit(gossip(1), submitted_by="t", mode="async", broadcast=True)
+    assert _ids(q.relay_take("bob", 10)) == [mid]
+    q2 = await QppValidatorQueue.open("v", "/d", layer=_crash_image(disk), peers=PEERS)
+    assert q2.relay_take("charlie", 10) == []
+    await q2.close()
+
+
+async def test_relayed_in_provenance_survives_restart(tmp_path: Path) -> None:
+    async with await QppValidatorQueue.open("v", tmp_path) as q:
+        await q.submit_once(
+            block(1), submitted_by="peer:alice", dedup_id="alice/7", origin=("alice", 7)
+        )
+    async with await QppValidatorQueue.open("v", tmp_path) as q2:
+        h = await q2.pop()
+        assert h is not None
+        item = h.consume()
+        assert (item.submitted_by, item.origin, item.origin_id) == ("peer:alice", "alice", 7)
+        assert item.to_json()["origin"] == "alice"
