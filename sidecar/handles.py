@@ -9,11 +9,13 @@ rejects e.g. `consume()` on a `TypeStateMessage[Queued]` (tests/core/test_typest
 
 from __future__ import annotations
 
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from sidecar.errors import AlreadyConsumed
 from sidecar.messages import QueueMessageWithProvenance
-from sidecar.wal import WriteAheadLog, encode_frame, submit_record
+
+if TYPE_CHECKING:
+    from sidecar.wal import WriteAheadLog
 
 T = TypeVar("T")
 
@@ -98,6 +100,8 @@ class TypeStateMessage(Generic[S]):
 
     def persist(self: TypeStateMessage[Queued], wal: WriteAheadLog) -> TypeStateMessage[Persisted]:
         """Write the submit record and fsync it; then the message is Persisted."""
+        from sidecar.wal import encode_frame, submit_record  # noqa: PLC0415 - NoClone alone stays light
+
         item = self._advance(Queued, Persisted)
         item.persisted = True
         try:
