@@ -38,7 +38,8 @@ from .config import (
 )
 from .entropy import EntropyPublisher
 from .metrics import SidecarMetrics
-from .node_rpc import NodeEndpointServer, NodeRpc
+from .node_endpoint import NodeEndpointServer
+from .node_rpc import NodeLease
 from .notify import SystemdNotifier
 from .wiring import HardwarePart, QueuePart, ServerPart
 
@@ -79,12 +80,13 @@ class Sidecar:
             on_failure=self.hardware.trigger,
             evaluations=self.hardware.evaluations,
         )
-        self.node = NodeEndpointServer(NodeRpc(self, self._count_node_call))
+        self.node = NodeEndpointServer(self, cfg.node, self._count_node_call)
         self._stop = asyncio.Event()
         self._lock_fd: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_status = ""
         self.node_http_port: int | None = None
+        self.ready = False
 
     # ---- what the node endpoint needs (node_rpc.NodeBackend) ----------------------
 
@@ -93,12 +95,45 @@ class Sidecar:
         return self.cfg.instance
 
     async def node_submit(
-        self, message: object, *, dedup_id: str | None = None, broadcast: bool = False
+        self,
+        message: object,
+        *,
+        mode: str = "default",
+        dedup_id: str | None = None,
+        broadcast: bool = False,
     ) -> Submitted:
-        return await self.queue.submit_from_node(message, dedup_id=dedup_id, broadcast=broadcast)
+        return await self.queue.submit_from_node(
+            message, mode=mode, dedup_id=dedup_id, broadcast=broadcast
+        )
 
     async def node_pop(self) -> dict[str, Any] | None:
         return await self.queue.pop_for_node()
+
+    async def node_lease(self, timeout: float) -> NodeLease | None:  # noqa: ASYNC109
+        return await self.queue.lease_for_node(timeout)
+
+    async def node_ack(self, lease_id: int) -> None:
+        await self.queue.ack(lease_id)
+
+    async def node_release(self, lease_id: int) -> None:
+        await self.queue.release(lease_id)
+
+    async def node_wait_available(self, timeout: float) -> bool:  # noqa: ASYNC109
+        return await self.queue.wait_available(timeout)
+
+    def node_tier(self) -> dict[str, Any]:
+        return self.hardware.tier_info().to_wire()
+
+    def node_health(self) -> dict[str, Any]:
+        failed = self.queue.failed()
+        return {
+            "instance": self.cfg.instance,
+            "tier": self.hardware.level(),
+            "depth": self.queue.total_depth(),
+            "log": "ok" if failed is None and self.queue.q is not None else "failed",
+            "log_error": failed,
+            "ready": self.ready,
+        }
 
     def node_depth(self) -> int:
         return self.queue.total_depth()
@@ -200,6 +235,7 @@ class Sidecar:
         self._tasks.append(asyncio.create_task(self.entropy.run()))
         self._tasks.append(asyncio.create_task(self.notifier.watchdog_pings()))
         self._tasks.append(asyncio.create_task(self._status_loop()))
+        self.ready = True
         self.notifier.ready(self._status_line())
         self.say(f"ready in {time.monotonic() - started:.2f}s")
 
@@ -242,6 +278,7 @@ class Sidecar:
         began = time.monotonic()
         self.notifier.stopping(f"stopping; depth {self.queue.total_depth()}")
         self.say("stopping: no new connections, finishing in-flight requests")
+        self.ready = False
         code = EXIT_OK
         for task in self._tasks:
             task.cancel()
@@ -328,4 +365,5 @@ class Sidecar:
         self.say(f"tier changed {old} -> {new}: {reason}")
         self.server.tier_changed()
         self.entropy.tier_changed()
+        self.node.tier_changed({**self.hardware.tier_info().to_wire(), "previous": old})
         self.notifier.status(self._status_line())

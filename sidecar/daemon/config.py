@@ -101,11 +101,36 @@ class Tiers:
     sealing: Sealing = Sealing()
 
 
+DEFAULT_NODE_HTTP = "127.0.0.1:9955"  # beside the node's 9944/9933, clear of metrics' 9615
+
+
 @dataclass(frozen=True)
 class NodeEndpoint:
+    """``[node]``: the node's JSON-RPC endpoint and its bounds (docs/operations.md)."""
+
     socket: Path | None
     socket_group: str | None = None
     http: Endpoint | None = None
+    max_connections: int = 64
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_ws_message_bytes: int = 4 * 1024 * 1024
+    max_batch: int = 256
+    max_in_flight: int = 16  # requests answered at once on one connection
+    max_subscriptions: int = 16  # per connection
+    max_unacked: int = 1024  # the most a subscription may ask for
+    ws_send_buffer_bytes: int = 64 * 1024
+
+
+_NODE_LIMITS = (
+    "max_connections",
+    "max_body_bytes",
+    "max_ws_message_bytes",
+    "max_batch",
+    "max_in_flight",
+    "max_subscriptions",
+    "max_unacked",
+    "ws_send_buffer_bytes",
+)
 
 
 @dataclass(frozen=True)
@@ -336,13 +361,18 @@ def from_dict(data: dict[str, Any], base: Path) -> DaemonConfig:
         else parse_endpoint(metrics_addr, "metrics.listen", loopback_only=True)
     )
 
-    nt = _Table(top.get("node", dict, {}), "node", {"socket", "socket_group", "http"})
+    nt = _Table(
+        top.get("node", dict, {}), "node", {"socket", "socket_group", "http", *_NODE_LIMITS}
+    )
     sock = nt.get("socket", str, None)
-    http = nt.get("http", str, "")
+    http = nt.get("http", (str, bool), "")
+    if http is True:
+        http = DEFAULT_NODE_HTTP
     node = NodeEndpoint(
         socket=_path(base, sock) if sock else None,
         socket_group=nt.get("socket_group", str, None),
         http=parse_endpoint(http, "node.http", loopback_only=True) if http else None,
+        **{k: nt.positive(k, getattr(NodeEndpoint(None), k)) for k in _NODE_LIMITS},
     )
 
     tiers = parse_tiers(top.get("tiers", dict, {}))

@@ -1,30 +1,23 @@
-"""The validator node's JSON-RPC 2.0 endpoint.
+"""The validator node's JSON-RPC 2.0 methods, in the jsonrpsee style Substrate uses.
 
-The node already talks to its queue with five methods; we serve exactly those so it
-works unchanged. Dispatch (:class:`NodeRpc`) is pure: a request body in, a reply body
-out. The transports are thin: HTTP/1.1 ``POST`` on a unix socket and optionally on
-127.0.0.1, and, on the unix socket only, newline-delimited JSON-RPC (detected from
-the first byte), for nodes that speak raw JSON over the socket.
+Dispatch (:class:`NodeRpc`) is pure: a request body in, a reply body out; it touches
+no socket. What a method needs from the daemon is :class:`NodeBackend`; what a
+subscription needs from the connection it lives on is :class:`NodeSession` (only a
+WebSocket or a unix newline-JSON connection has one; plain HTTP has none). The
+transports are in ``node_endpoint``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
-import grp
 import logging
-import os
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
 from sidecar.dedup import Submitted, check_dedup_id
-from sidecar.errors import InvalidMessage, SidecarError
-
-from .config import Endpoint
+from sidecar.errors import AlreadyConsumed, InvalidMessage, NotFound, SidecarError
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +28,28 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 SERVER_ERROR = -32000  # a queue error (queue_full, tier_required, unavailable...)
 
-MAX_BODY = 4 * 1024 * 1024
-MAX_HEADER_LINES = 64
-MAX_BATCH = 256
+MESSAGE_NOTIFICATION = "qssh_message"
+TIER_NOTIFICATION = "qssh_tier"
+SUBMIT_MODES = ("sync", "async", "default")
+
+
+@dataclass(frozen=True)
+class SubscriptionLimits:
+    """Bounds on what one subscription may ask for (``[node]`` in the config)."""
+
+    max_unacked: int = 1024
+    default_unacked: int = 16
+    max_lease_seconds: float = 3600.0
+    default_lease_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLease:
+    """A message leased for the node: its id, its deadline (monotonic) and its wire view."""
+
+    lease_id: int
+    deadline: float
+    view: dict[str, Any]
 
 
 class NodeBackend(Protocol):
@@ -47,14 +59,37 @@ class NodeBackend(Protocol):
     def instance(self) -> str: ...
 
     async def node_submit(
-        self, message: object, *, dedup_id: str | None = None, broadcast: bool = False
+        self,
+        message: object,
+        *,
+        mode: str = "default",
+        dedup_id: str | None = None,
+        broadcast: bool = False,
     ) -> Submitted: ...
 
     async def node_pop(self) -> dict[str, Any] | None: ...
 
+    async def node_lease(self, timeout: float) -> NodeLease | None: ...  # noqa: ASYNC109
+
+    async def node_ack(self, lease_id: int) -> None: ...
+
+    async def node_release(self, lease_id: int) -> None: ...
+
     def node_depth(self) -> int: ...
 
     def node_metrics(self) -> dict[str, Any]: ...
+
+
+class NodeSession(Protocol):
+    """The connection a subscription lives on (WebSocket or unix newline JSON)."""
+
+    def subscribe_messages(self, max_unacked: int, lease_timeout: float) -> str: ...
+
+    def unsubscribe_messages(self, sub_id: str) -> bool: ...
+
+    def subscribe_tier(self) -> str: ...
+
+    def unsubscribe_tier(self, sub_id: str) -> bool: ...
 
 
 class RpcError(Exception):
@@ -71,84 +106,127 @@ class RpcError(Exception):
         return err
 
 
-def _reply_error(req_id: object, err: RpcError) -> dict[str, Any]:
+def error_reply(req_id: object, err: RpcError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "error": err.to_json(), "id": req_id}
+
+
+def error_body(code: int, message: str, data: object = None) -> bytes:
+    """A JSON-RPC error object with a null id: the body of every transport-level refusal."""
+    return orjson.dumps(error_reply(None, RpcError(code, message, data)))
+
+
+def notification(method: str, subscription: str, result: object) -> bytes:
+    """A subscription notification as jsonrpsee sends it (and polkadot-js matches it)."""
+    return orjson.dumps(
+        {
+            "jsonrpc": "2.0",
+            "method": method,
+            "params": {"subscription": subscription, "result": result},
+        }
+    )
 
 
 class NodeRpc:
     METHODS = (
+        "rpc_methods",
         "qssh_submitMessage",
         "qssh_popMessage",
         "qssh_getQueueDepth",
         "qssh_getMetrics",
         "qssh_getValidatorName",
+        "qssh_leaseMessage",
+        "qssh_ackMessage",
+        "qssh_releaseMessage",
+        "qssh_subscribeMessages",
+        "qssh_unsubscribeMessages",
+        "qssh_subscribeTier",
+        "qssh_unsubscribeTier",
     )
 
-    def __init__(self, backend: NodeBackend, on_call: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        backend: NodeBackend,
+        on_call: Callable[[str], None] | None = None,
+        *,
+        max_batch: int = 256,
+        limits: SubscriptionLimits = SubscriptionLimits(),
+        on_settled: Callable[[int], None] | None = None,
+    ) -> None:
         self._backend = backend
         self._on_call = on_call
+        self.max_batch = max_batch
+        self.limits = limits
+        # Told of every lease acked or released here, so the subscription that
+        # delivered it (on whichever connection) gets its slot back.
+        self.on_settled = on_settled
 
-    async def handle_body(self, body: bytes) -> bytes | None:
-        """One HTTP body or line: a request or a batch. None when nothing is to be sent."""
+    async def handle_body(self, body: bytes, session: NodeSession | None = None) -> bytes | None:
+        """One HTTP body, WebSocket message or line: a request or a batch.
+        None when nothing is to be sent (only notifications)."""
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as e:
-            return orjson.dumps(_reply_error(None, RpcError(PARSE_ERROR, f"Parse error: {e}")))
+            return orjson.dumps(error_reply(None, RpcError(PARSE_ERROR, f"Parse error: {e}")))
         if isinstance(doc, list):
             if not doc:
                 return orjson.dumps(
-                    _reply_error(None, RpcError(INVALID_REQUEST, "Invalid Request: empty batch"))
+                    error_reply(None, RpcError(INVALID_REQUEST, "Invalid Request: empty batch"))
                 )
-            if len(doc) > MAX_BATCH:
+            if len(doc) > self.max_batch:
                 return orjson.dumps(
-                    _reply_error(
-                        None, RpcError(INVALID_REQUEST, f"Invalid Request: batch over {MAX_BATCH}")
+                    error_reply(
+                        None,
+                        RpcError(INVALID_REQUEST, f"Invalid Request: batch over {self.max_batch}"),
                     )
                 )
-            replies = [r for r in [await self.handle(item) for item in doc] if r is not None]
+            replies = [r for r in [await self.handle(item, session) for item in doc] if r]
             return orjson.dumps(replies) if replies else None
-        reply = await self.handle(doc)
+        reply = await self.handle(doc, session)
         return None if reply is None else orjson.dumps(reply)
 
-    async def handle(self, req: object) -> dict[str, Any] | None:
+    async def handle(
+        self, req: object, session: NodeSession | None = None
+    ) -> dict[str, Any] | None:
         if not isinstance(req, dict):
-            return _reply_error(None, RpcError(INVALID_REQUEST, "Invalid Request: not an object"))
+            return error_reply(None, RpcError(INVALID_REQUEST, "Invalid Request: not an object"))
         req_id = req.get("id")
         is_notification = "id" not in req
         if req.get("jsonrpc") != "2.0":
-            return _reply_error(
+            return error_reply(
                 _safe_id(req_id),
                 RpcError(INVALID_REQUEST, "Invalid Request: jsonrpc must be '2.0'"),
             )
         if not (req_id is None or isinstance(req_id, int | str)) or isinstance(req_id, bool):
-            return _reply_error(None, RpcError(INVALID_REQUEST, "Invalid Request: bad id"))
+            return error_reply(None, RpcError(INVALID_REQUEST, "Invalid Request: bad id"))
         method = req.get("method")
         if not isinstance(method, str):
-            return _reply_error(req_id, RpcError(INVALID_REQUEST, "Invalid Request: no method"))
+            return error_reply(req_id, RpcError(INVALID_REQUEST, "Invalid Request: no method"))
         params = req.get("params", [])
         if not isinstance(params, list | dict):
-            return _reply_error(
+            return error_reply(
                 req_id, RpcError(INVALID_REQUEST, "Invalid Request: params must be array or object")
             )
         try:
-            result = await self._call(method, params)
+            result = await self._call(method, params, session)
         except RpcError as e:
-            return None if is_notification else _reply_error(req_id, e)
+            return None if is_notification else error_reply(req_id, e)
         except InvalidMessage as e:
             err = RpcError(INVALID_PARAMS, f"Invalid params: {e.message}", {"code": e.code.value})
-            return None if is_notification else _reply_error(req_id, err)
+            return None if is_notification else error_reply(req_id, err)
         except SidecarError as e:
             err = RpcError(SERVER_ERROR, e.message, {"code": e.code.value})
-            return None if is_notification else _reply_error(req_id, err)
+            return None if is_notification else error_reply(req_id, err)
         except Exception:
             log.exception("node RPC %s failed", method)
             err = RpcError(INTERNAL_ERROR, "Internal error")
-            return None if is_notification else _reply_error(req_id, err)
+            return None if is_notification else error_reply(req_id, err)
         if is_notification:
             return None
         return {"jsonrpc": "2.0", "result": result, "id": req_id}
 
-    async def _call(self, method: str, params: list[Any] | dict[str, Any]) -> Any:
+    async def _call(
+        self, method: str, params: list[Any] | dict[str, Any], session: NodeSession | None
+    ) -> Any:
         if method not in self.METHODS:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
         if self._on_call is not None:
@@ -159,13 +237,24 @@ class NodeRpc:
             dedup_id = options.get("dedup_id")
             done = await b.node_submit(
                 message,
+                mode=_mode(options),
                 dedup_id=None if dedup_id is None else check_dedup_id(dedup_id),
                 broadcast=_flag(options, "broadcast"),
             )
             if dedup_id is None:
                 return done.message_id  # what the node has always been answered
             return {"message_id": done.message_id, "duplicate": done.duplicate}
+        if method == "qssh_leaseMessage":
+            (timeout,) = _named(method, params, ("lease_timeout",))
+            lease = await b.node_lease(self._lease_seconds(timeout))
+            return None if lease is None else lease.view
+        if method in ("qssh_ackMessage", "qssh_releaseMessage"):
+            return await self._settle(method, params)
+        if method.startswith(("qssh_subscribe", "qssh_unsubscribe")):
+            return self._subscription_call(method, params, _needs_session(method, session))
         _no_params(method, params)
+        if method == "rpc_methods":
+            return {"version": 1, "methods": sorted(self.METHODS)}
         if method == "qssh_popMessage":
             return await b.node_pop()
         if method == "qssh_getQueueDepth":
@@ -174,27 +263,128 @@ class NodeRpc:
             return b.node_metrics()
         return b.instance
 
+    async def _settle(self, method: str, params: list[Any] | dict[str, Any]) -> bool:
+        (lease_id,) = _named(method, params, ("lease_id",), required=1)
+        if not isinstance(lease_id, int) or isinstance(lease_id, bool):
+            raise RpcError(INVALID_PARAMS, f"Invalid params: {method} takes an integer lease_id")
+        how = self._backend.node_ack if method == "qssh_ackMessage" else self._backend.node_release
+        try:
+            await how(lease_id)
+        except (AlreadyConsumed, NotFound):
+            self._settled(lease_id)  # expired or ended elsewhere: the slot is free either way
+            raise
+        self._settled(lease_id)
+        return True
+
+    def _settled(self, lease_id: int) -> None:
+        if self.on_settled is not None:
+            self.on_settled(lease_id)
+
+    def _subscription_call(
+        self, method: str, params: list[Any] | dict[str, Any], session: NodeSession
+    ) -> Any:
+        if method == "qssh_subscribeMessages":
+            unacked, timeout, kinds = _named(
+                method, params, ("max_unacked", "lease_timeout", "kinds")
+            )
+            if kinds is not None:
+                raise RpcError(INVALID_PARAMS, "Invalid params: kinds is not supported")
+            return session.subscribe_messages(self._unacked(unacked), self._lease_seconds(timeout))
+        if method == "qssh_subscribeTier":
+            _no_params(method, params)
+            return session.subscribe_tier()
+        (sub_id,) = _named(method, params, ("subscription",), required=1)
+        if not isinstance(sub_id, str):
+            raise RpcError(INVALID_PARAMS, f"Invalid params: {method} takes a subscription id")
+        if method == "qssh_unsubscribeMessages":
+            return session.unsubscribe_messages(sub_id)
+        return session.unsubscribe_tier(sub_id)
+
+    def _unacked(self, value: object) -> int:
+        lim = self.limits
+        if value is None:
+            return lim.default_unacked
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or not 1 <= value <= lim.max_unacked
+        ):
+            raise RpcError(
+                INVALID_PARAMS, f"Invalid params: max_unacked must be 1-{lim.max_unacked}"
+            )
+        return value
+
+    def _lease_seconds(self, value: object) -> float:
+        lim = self.limits
+        if value is None:
+            return lim.default_lease_seconds
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not 0.001 <= value <= lim.max_lease_seconds
+        ):
+            raise RpcError(
+                INVALID_PARAMS,
+                f"Invalid params: lease_timeout must be 0.001-{lim.max_lease_seconds:g} seconds",
+            )
+        return float(value)
+
 
 def _safe_id(req_id: object) -> object:
     return req_id if isinstance(req_id, int | str) and not isinstance(req_id, bool) else None
 
 
-_SUBMIT_OPTIONS = frozenset({"dedup_id", "broadcast"})
+def _needs_session(method: str, session: NodeSession | None) -> NodeSession:
+    if session is None:
+        raise RpcError(
+            INVALID_REQUEST,
+            f"Invalid Request: {method} needs a WebSocket or the unix socket's newline JSON "
+            "(plain HTTP cannot carry notifications; use qssh_leaseMessage there)",
+        )
+    return session
+
+
+def _named(
+    method: str, params: list[Any] | dict[str, Any], names: tuple[str, ...], required: int = 0
+) -> list[Any]:
+    """Params by position (as polkadot-js sends them) or by name; missing ones are None.
+    A single object in the array stands for the named form: ``[{"max_unacked": 4}]``."""
+    if isinstance(params, list) and len(params) == 1 and isinstance(params[0], dict):
+        params = params[0]
+    if isinstance(params, dict):
+        extra = sorted(set(params) - set(names))
+        if extra:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: {method} does not take {extra[0]!r}")
+        values = [params.get(n) for n in names]
+    else:
+        if len(params) > len(names):
+            raise RpcError(
+                INVALID_PARAMS, f"Invalid params: {method} takes at most {len(names)} params"
+            )
+        values = [*params, *[None] * (len(names) - len(params))]
+    if any(v is None for v in values[:required]):
+        raise RpcError(INVALID_PARAMS, f"Invalid params: {method} needs {', '.join(names)}")
+    return values
+
+
+_SUBMIT_OPTIONS = frozenset({"mode", "dedup_id", "broadcast"})
 
 
 def _submit_params(params: list[Any] | dict[str, Any]) -> tuple[object, dict[str, Any]]:
-    """The message and the submit options.
+    """The message and the submit options (``mode``, ``dedup_id``, ``broadcast``).
 
-    ``[message]`` or ``[message, {options}]`` (positional, as jsonrpsee sends),
-    ``{"message": m, ...options}``, or the bare message. Options: ``dedup_id``,
-    ``broadcast``.
+    ``[message]``, ``[message, mode]`` or ``[message, {options}]`` (positional, as
+    jsonrpsee sends), ``{"message": m, ...options}``, or the bare message.
     """
     if isinstance(params, list):
         if len(params) == 2 and isinstance(params[1], dict):
             return params[0], _options(params[1])
+        if len(params) == 2:
+            return params[0], {"mode": params[1]}
         if len(params) != 1:
             raise RpcError(
-                INVALID_PARAMS, "Invalid params: expected [message] or [message, {options}]"
+                INVALID_PARAMS,
+                "Invalid params: expected [message], [message, mode] or [message, {options}]",
             )
         return params[0], {}
     if "message" in params:
@@ -211,9 +401,16 @@ def _options(raw: dict[str, Any]) -> dict[str, Any]:
         raise RpcError(
             INVALID_PARAMS,
             f"Invalid params: unknown option(s) {', '.join(map(str, unknown))} "
-            "(known: broadcast, dedup_id)",
+            "(known: broadcast, dedup_id, mode)",
         )
     return raw
+
+
+def _mode(options: dict[str, Any]) -> str:
+    mode = options.get("mode", "default")
+    if mode not in SUBMIT_MODES:
+        raise RpcError(INVALID_PARAMS, "Invalid params: mode must be sync, async or default")
+    return str(mode)
 
 
 def _flag(options: dict[str, Any], name: str) -> bool:
@@ -226,242 +423,3 @@ def _flag(options: dict[str, Any], name: str) -> bool:
 def _no_params(method: str, params: list[Any] | dict[str, Any]) -> None:
     if params:
         raise RpcError(INVALID_PARAMS, f"Invalid params: {method} takes no parameters")
-
-
-# ---- the Rust node's serde form ---------------------------------------------------
-
-_SERDE_NAMES = {
-    "block_import": "BlockImport",
-    "vote": "Vote",
-    "transaction": "Transaction",
-    "entropy_share": "EntropyShare",
-    "gossip": "Gossip",
-    "peer_discovery": "PeerDiscovery",
-    "telemetry": "Telemetry",
-}
-_HEX_FIELDS = {"block_hash", "tx_hash"}
-_B64_FIELDS = {"signature", "tx_data", "entropy", "data"}
-
-
-def to_serde(canonical: dict[str, Any]) -> dict[str, Any]:
-    """Canonical JSON → ``{"BlockImport": {"block_hash": [1, 2, …], …}}``."""
-    fields = {k: v for k, v in canonical.items() if k != "kind"}
-    for k in _HEX_FIELDS & fields.keys():
-        fields[k] = list(bytes.fromhex(fields[k]))
-    for k in _B64_FIELDS & fields.keys():
-        fields[k] = list(base64.b64decode(fields[k]))
-    return {_SERDE_NAMES.get(canonical["kind"], canonical["kind"]): fields}
-
-
-# ---- transports --------------------------------------------------------------------
-
-
-class NodeEndpointServer:
-    """Serves :class:`NodeRpc` on a unix socket and optionally 127.0.0.1 HTTP."""
-
-    def __init__(self, rpc: NodeRpc) -> None:
-        self._rpc = rpc
-        self._servers: list[asyncio.Server] = []
-        self._socket_path: Path | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._busy: set[asyncio.Task[Any]] = set()  # answering a request right now
-        self._closing = False
-
-    async def start_unix(self, path: Path, group: str | None) -> None:
-        gid = None
-        if group is not None:
-            try:
-                gid = grp.getgrnam(group).gr_gid
-            except KeyError:
-                raise OSError(f"node.socket_group: no group named {group!r}") from None
-        _remove_stale_socket(path)
-        old_umask = os.umask(0o117)  # the socket is born 0660, never briefly wider
-        try:
-            server = await asyncio.start_unix_server(
-                self._serve_unix, path=str(path), limit=MAX_BODY + 1024
-            )
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o660)
-        if gid is not None:
-            os.chown(path, -1, gid)
-        self._servers.append(server)
-        self._socket_path = path
-
-    async def start_http(self, endpoint: Endpoint) -> int:
-        """Listen on a loopback address (checked by the config); the bound port."""
-        server = await asyncio.start_server(
-            self._serve_http, endpoint.host, endpoint.port, limit=MAX_BODY + 1024
-        )
-        self._servers.append(server)
-        return int(server.sockets[0].getsockname()[1])
-
-    async def close(self, drain: float = 5.0) -> None:
-        """Stop accepting; let requests being answered finish (up to ``drain`` s)."""
-        self._closing = True
-        for s in self._servers:
-            s.close()
-        idle = self._tasks - self._busy
-        for t in idle:
-            t.cancel()  # idle keep-alive connections: nothing in flight
-        busy = set(self._busy)
-        if busy:
-            _done, late = await asyncio.wait(busy, timeout=drain)
-            for t in late:
-                log.warning("node RPC request still running after %.1fs; cancelling", drain)
-                t.cancel()
-            idle |= late
-        if idle:  # let the cancelled connections close their sockets
-            await asyncio.wait(idle, timeout=2.0)
-        for s in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(s.wait_closed(), 2.0)
-        self._servers.clear()
-        if self._socket_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._socket_path.unlink()
-            self._socket_path = None
-
-    def _track(self, fn: Callable[[], Awaitable[None]]) -> Awaitable[None]:
-        async def run() -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._tasks.add(task)
-            try:
-                await fn()
-            except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                pass
-            finally:
-                self._tasks.discard(task)
-
-        return run()
-
-    async def _answer(self, body: bytes) -> bytes | None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._busy.add(task)
-        try:
-            return await self._rpc.handle_body(body)
-        finally:
-            self._busy.discard(task)
-
-    async def _serve_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await self._track(lambda: self._unix_conn(reader, writer))
-        finally:
-            writer.close()  # also when close() cancelled it: the peer sees EOF now
-
-    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await self._track(lambda: self._http_conn(reader, writer, b""))
-        finally:
-            writer.close()
-
-    async def _unix_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        first = await reader.read(1)
-        if not first:
-            return
-        if first in (b"{", b"[", b" ", b"\n"):
-            await self._line_conn(first, reader, writer)
-        else:
-            await self._http_conn(reader, writer, first)
-
-    async def _line_conn(
-        self, first: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        pending = first
-        while True:
-            line = pending + await reader.readuntil(b"\n")
-            pending = b""
-            if len(line) > MAX_BODY:
-                return
-            if not line.strip():
-                continue
-            reply = await self._answer(line)
-            if reply is not None:
-                writer.write(reply + b"\n")
-                await writer.drain()
-            if self._closing:
-                return
-
-    async def _http_conn(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes
-    ) -> None:
-        while True:
-            request_line = first + await reader.readline()
-            first = b""
-            if not request_line:
-                return
-            parts = request_line.decode("latin-1").split()
-            if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-                await _http_reply(writer, 400, b'{"error":"malformed HTTP request"}', close=True)
-                return
-            method, _target, version = parts
-            headers: dict[str, str] = {}
-            for _ in range(MAX_HEADER_LINES + 1):
-                line = await reader.readline()
-                if line in (b"\r\n", b"\n", b""):
-                    break
-                name, _, value = line.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
-            else:
-                await _http_reply(writer, 431, b"", close=True)
-                return
-            keep_alive = version == "HTTP/1.1" and headers.get("connection", "") != "close"
-            if method != "POST":
-                await _http_reply(writer, 405, b"", close=True, extra="Allow: POST\r\n")
-                return
-            # application/json only: a web page cannot send it cross-origin without a
-            # CORS preflight, which we never answer, so browsers cannot reach the queue.
-            if headers.get("content-type", "").split(";")[0].strip() != "application/json":
-                await _http_reply(writer, 415, b"", close=True)
-                return
-            try:
-                length = int(headers.get("content-length", "-1"))
-            except ValueError:
-                length = -1
-            if not 0 <= length <= MAX_BODY:
-                await _http_reply(writer, 411 if length < 0 else 413, b"", close=True)
-                return
-            body = await reader.readexactly(length)
-            reply = await self._answer(body)
-            keep_alive = keep_alive and not self._closing
-            if reply is None:
-                await _http_reply(writer, 204, b"", close=not keep_alive)
-            else:
-                await _http_reply(writer, 200, reply, close=not keep_alive)
-            if not keep_alive:
-                return
-
-
-def _remove_stale_socket(path: Path) -> None:
-    """A socket left by a previous run; safe, a live daemon holds the data dir lock."""
-    with contextlib.suppress(FileNotFoundError):
-        if path.is_socket():
-            path.unlink()
-
-
-_REASONS = {
-    200: "OK",
-    204: "No Content",
-    400: "Bad Request",
-    405: "Method Not Allowed",
-    411: "Length Required",
-    413: "Payload Too Large",
-    415: "Unsupported Media Type",
-    431: "Request Header Fields Too Large",
-}
-
-
-async def _http_reply(
-    writer: asyncio.StreamWriter, status: int, body: bytes, *, close: bool, extra: str = ""
-) -> None:
-    head = (
-        f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"{extra}"
-        f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n"
-    )
-    writer.write(head.encode() + body)
-    await writer.drain()

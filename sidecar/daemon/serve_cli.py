@@ -44,7 +44,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--metrics", metavar="ADDR:PORT", help="Prometheus exporter (loopback only; '' = off)"
     )
     parser.add_argument(
-        "--node-http", metavar="ADDR:PORT", help="node JSON-RPC over HTTP (loopback only)"
+        "--node-http",
+        metavar="ADDR:PORT",
+        nargs="?",
+        const=config_mod.DEFAULT_NODE_HTTP,
+        help="node JSON-RPC over HTTP and WebSocket, loopback only "
+        f"(alone: {config_mod.DEFAULT_NODE_HTTP}; '' = off)",
     )
     admission = parser.add_argument_group(
         "connection admission (as OpenSSH's sshd_config; docs/operations.md)"

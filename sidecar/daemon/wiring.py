@@ -7,6 +7,7 @@ daemon (metrics, notify, node endpoint), so ``app.py`` reads as the start/stop o
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from transport.tiers import TierInfo, admit, message_from_wire, tier_name
 
 from .config import DaemonConfig, Endpoint, service_limits
 from .metrics import MetricsObserver, SidecarMetrics
+from .node_rpc import NodeLease
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +156,16 @@ class QueuePart:
     # ---- the node endpoint ------------------------------------------------------------
 
     async def submit_from_node(
-        self, raw: object, *, dedup_id: str | None = None, broadcast: bool = False
+        self,
+        raw: object,
+        *,
+        mode: str = "default",
+        dedup_id: str | None = None,
+        broadcast: bool = False,
     ) -> Submitted:
         policy = self.cfg.submit_policy
         msg = message_from_wire(raw, policy)
-        admission = admit(msg, None, self.tier(), policy)
+        admission = admit(msg, mode, self.tier(), policy)
         return await store(
             self,
             msg,
@@ -168,6 +175,18 @@ class QueuePart:
             dedup_id=dedup_id,
             broadcast=broadcast,
         )
+
+    async def lease_for_node(self, timeout: float) -> NodeLease | None:  # noqa: ASYNC109
+        """The next message, leased, as the node sees it: serde form, provenance and
+        ``lease_id``."""
+        lease = await self.lease(timeout)
+        if lease is None:
+            return None
+        view: dict[str, Any] = lease.item.to_json()
+        view["message"] = lease.item.message.to_serde()
+        view["lease_id"] = lease.lease_id
+        view["lease_expires_at"] = time.time() + (lease.deadline - time.monotonic())
+        return NodeLease(lease.lease_id, lease.deadline, view)
 
     async def submit_entropy(self, msg: QueueMessage, submitted_by: str) -> int:
         return await self._queue().submit(msg, mode=Mode.SYNC, submitted_by=submitted_by)

@@ -19,7 +19,8 @@ import pytest
 
 from sidecar.daemon.app import Sidecar
 from sidecar.daemon.config import DaemonConfig
-from sidecar.daemon.node_rpc import NodeEndpointServer, NodeRpc
+from sidecar.daemon.node_endpoint import NodeEndpointServer
+from sidecar.daemon.node_rpc import NodeLease
 
 GOSSIP = {"Gossip": {"topic": "drain", "data": [1, 2, 3]}}
 WAIT = 20.0  # bound on every await below; none is expected to come near it
@@ -37,10 +38,28 @@ class GatedSidecar:
     def instance(self) -> str:
         return self.sidecar.instance
 
-    async def node_submit(self, message: object) -> int:
+    async def node_submit(self, message: object, mode: str = "default") -> int:
         self.entered.set()
         await self.gate.wait()
-        return await self.sidecar.node_submit(message)
+        return await self.sidecar.node_submit(message, mode)
+
+    async def node_lease(self, timeout: float) -> NodeLease | None:
+        return await self.sidecar.node_lease(timeout)
+
+    async def node_ack(self, lease_id: int) -> None:
+        await self.sidecar.node_ack(lease_id)
+
+    async def node_release(self, lease_id: int) -> None:
+        await self.sidecar.node_release(lease_id)
+
+    async def node_wait_available(self, timeout: float) -> bool:
+        return await self.sidecar.node_wait_available(timeout)
+
+    def node_tier(self) -> dict[str, Any]:
+        return self.sidecar.node_tier()
+
+    def node_health(self) -> dict[str, Any]:
+        return self.sidecar.node_health()
 
     async def node_pop(self) -> dict[str, Any] | None:
         return await self.sidecar.node_pop()
@@ -60,7 +79,7 @@ async def endpoint(
     sidecar = Sidecar(DaemonConfig(data_dir=tmp_path, metrics=None), out=out)
     await sidecar.queue.open()
     backend = GatedSidecar(sidecar)
-    server = NodeEndpointServer(NodeRpc(backend))
+    server = NodeEndpointServer(backend)
     sock = tmp_path / "node.sock"
     await server.start_unix(sock, None)
     try:
