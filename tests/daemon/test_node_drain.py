@@ -21,6 +21,7 @@ from sidecar.daemon.app import Sidecar
 from sidecar.daemon.config import DaemonConfig
 from sidecar.daemon.node_endpoint import NodeEndpointServer
 from sidecar.daemon.node_rpc import NodeLease
+from sidecar.dedup import Submitted
 
 GOSSIP = {"Gossip": {"topic": "drain", "data": [1, 2, 3]}}
 WAIT = 20.0  # bound on every await below; none is expected to come near it
@@ -38,10 +39,10 @@ class GatedSidecar:
     def instance(self) -> str:
         return self.sidecar.instance
 
-    async def node_submit(self, message: object, mode: str = "default") -> int:
+    async def node_submit(self, message: object, **options: Any) -> Submitted:
         self.entered.set()
         await self.gate.wait()
-        return await self.sidecar.node_submit(message, mode)
+        return await self.sidecar.node_submit(message, **options)
 
     async def node_lease(self, timeout: float) -> NodeLease | None:
         return await self.sidecar.node_lease(timeout)
