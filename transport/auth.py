@@ -20,6 +20,7 @@ from pathlib import Path
 import asyncssh
 
 from sidecar.errors import Forbidden
+from transport.keys import unsupported_algorithm
 from transport.ssh_algorithms import PQSSHKey
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,12 @@ class AuthorizedKeys:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._signature: tuple[int, int, int] | None = None
-        self._by_key: dict[bytes, AuthorizedKey] = {}
+        self._by_key: dict[tuple[str, bytes], AuthorizedKey] = {}
         self.reload()
 
     @staticmethod
-    def parse(text: str, where: str = "authorized_keys") -> dict[bytes, AuthorizedKey]:
-        entries: dict[bytes, AuthorizedKey] = {}
+    def parse(text: str, where: str = "authorized_keys") -> dict[tuple[str, bytes], AuthorizedKey]:
+        entries: dict[tuple[str, bytes], AuthorizedKey] = {}
         for lineno, raw_line in enumerate(text.splitlines(), 1):
             line = raw_line.strip()
             if not line or line.startswith("#"):
@@ -100,7 +101,13 @@ class AuthorizedKeys:
             try:
                 parsed = asyncssh.import_authorized_keys(line)
             except (ValueError, asyncssh.KeyImportError) as exc:
-                log.warning("%s: skipped, not a usable key line (%s)", here, exc)
+                unsupported = unsupported_algorithm(line.split())
+                if unsupported is not None:
+                    log.warning(
+                        "%s: skipped, key algorithm %s is not supported here", here, unsupported
+                    )
+                else:
+                    log.warning("%s: skipped, not a usable key line (%s)", here, exc)
                 continue
             # One line gives one entry; asyncssh keeps no public accessor for it.
             entry = parsed._user_entries[0] if parsed._user_entries else None
@@ -114,7 +121,7 @@ class AuthorizedKeys:
                 log.warning("%s: skipped, %s is not a post-quantum key algorithm", here, alg)
                 continue
             roles = parse_roles(entry.options.get("roles"), here)
-            entries[key.public_data] = AuthorizedKey(
+            entries[key.identity] = AuthorizedKey(
                 key, key.get_fingerprint("sha256"), roles, key.get_comment() or ""
             )
         return entries
@@ -133,7 +140,9 @@ class AuthorizedKeys:
         except (OSError, ValueError) as exc:
             # Keep the last good set rather than locking everyone out mid-edit.
             log.error("cannot reload %s, keeping previous keys: %s", self.path, exc)
-        return self._by_key.get(key.public_data)
+        if not isinstance(key, PQSSHKey):
+            return None
+        return self._by_key.get(key.identity)
 
     def __len__(self) -> int:
         return len(self._by_key)

@@ -10,9 +10,15 @@ which file is wrong and how.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import itertools
+import logging
 import os
+import re
 import secrets
+import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +31,15 @@ from transport.crypto import Family
 from transport.crypto.seeded import public_from_seed
 from transport.crypto.seeded_keygen import seed_size
 from transport.entropy import EntropyMixer
-from transport.ssh_algorithms import PQSSHKey, key_class, registered_algorithms
+from transport.ssh_algorithms import (
+    PQSSHKey,
+    accepted_algorithms,
+    canonical_name,
+    key_class,
+    registered_algorithms,
+)
+
+log = logging.getLogger(__name__)
 
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -40,12 +54,41 @@ class KeyFileError(SidecarError):
 
 
 def canonical_algorithm(name: str) -> str:
-    """``falcon512`` or ``ssh-falcon512`` -> ``ssh-falcon512``; refuses unknown names."""
-    available = registered_algorithms()
+    """``falcon512``, ``ssh-falcon512`` -> ``ssh-falcon512``; an alias (``ssh-mldsa44``)
+    -> its standard name (``ssh-mldsa-44``); refuses unknown names."""
+    accepted = accepted_algorithms()
     for candidate in (name, f"ssh-{name}"):
-        if candidate in available:
-            return candidate
+        if candidate in accepted:
+            return canonical_name(candidate)
+    available = registered_algorithms()
     raise KeyFileError(f"unknown key algorithm {name!r}; available: {', '.join(available)}")
+
+
+_ALGORITHM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._+-]{0,63}")
+
+
+def _known_key_algorithms() -> set[str]:
+    known = {alg.decode() for alg in asyncssh.public_key.get_public_key_algs()}
+    known |= {alg.decode() for alg in asyncssh.public_key.get_certificate_algs()}
+    return known
+
+
+def unsupported_algorithm(fields: Sequence[str]) -> str | None:
+    """The algorithm of a well-formed key we do not support on this line
+    (``ssh-dilithium3 AAAA…``: the base64 key names that same algorithm), else None."""
+    known = _known_key_algorithms()
+    for name, encoded in itertools.pairwise(fields):
+        if name in known or not _ALGORITHM_NAME.fullmatch(name):
+            continue
+        try:
+            blob = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if len(blob) >= 4:
+            (length,) = struct.unpack_from(">I", blob)
+            if blob[4 : 4 + length] == name.encode():
+                return name
+    return None
 
 
 def qrng_mixed_algorithms() -> list[str]:
@@ -253,21 +296,37 @@ class PostQuantumAuthorizedKeys(asyncssh.SSHAuthorizedKeys):
 def parse_authorized_keys(
     text: str, source: str = "<authorized_keys>", *, require_pq: bool = True
 ) -> PostQuantumAuthorizedKeys:
-    """Parse ``authorized_keys`` text; any bad line is an error, never silently skipped."""
+    """Parse ``authorized_keys`` text; any bad line is an error, never silently skipped.
+
+    A well-formed key of an algorithm we do not support (``ssh-dilithium3`` from an
+    older OQS-OpenSSH) is skipped with a warning naming the algorithm: the line is
+    valid, another implementation may well read it."""
     what = "authorized_keys"
     path = Path(source)
-    known = {alg.decode() for alg in asyncssh.public_key.get_public_key_algs()}
-    known |= {alg.decode() for alg in asyncssh.public_key.get_certificate_algs()}
-    pq = set(registered_algorithms())
+    known = _known_key_algorithms()
+    pq = set(accepted_algorithms())
     lines = _key_lines(text)
     if not lines:
         raise KeyFileError(f"{what} {path} has no keys")
+    kept: list[str] = []
     for number, line in lines:
         fields = line.split()
         # Options (which may hold quoted spaces) come before the algorithm name.
         start = next((i for i, field in enumerate(fields) if field in known), None)
         if start is None:
-            raise KeyFileError(f"{what} {path} line {number}: no known key algorithm")
+            unsupported = unsupported_algorithm(fields)
+            if unsupported is None:
+                raise KeyFileError(f"{what} {path} line {number}: no known key algorithm")
+            log.warning(
+                "%s %s line %d: skipped, key algorithm %s is not supported here (supported: %s)",
+                what,
+                path,
+                number,
+                unsupported,
+                ", ".join(accepted_algorithms()),
+            )
+            continue
+        kept.append(line)
         _check_key_fields(path, what, number, fields[start:])
         if require_pq and fields[start] not in pq:
             raise KeyFileError(
@@ -279,7 +338,7 @@ def parse_authorized_keys(
         except ValueError as exc:
             raise KeyFileError(f"{what} {path} line {number}: {exc}") from None
     try:
-        return PostQuantumAuthorizedKeys(text)
+        return PostQuantumAuthorizedKeys("\n".join(kept) + "\n" if kept else None)
     except ValueError as exc:
         raise KeyFileError(f"{what} {path} is malformed: {exc}") from None
 

@@ -38,6 +38,7 @@ from transport.queue_port import QueuePort
 from transport.refusal_log import RefusalLog
 from transport.server_sealing import ServerSealing
 from transport.service import ChannelState, QueueService, TierInfo
+from transport.ssh_algorithms import canonical_name, under_every_name
 from transport.ssh_options import ssh_options_for_tier
 from transport.tiers import DEFAULT_POLICY, TierPolicy, effective_tier
 
@@ -139,7 +140,8 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         return {
             "cipher": conn.get_extra_info("send_cipher"),
             "recv_cipher": conn.get_extra_info("recv_cipher"),
-            "host_key": None if host is None else host.algorithm.decode(),
+            # the standard name, also when the client chose an alias (tier policy uses it)
+            "host_key": None if host is None else canonical_name(host.algorithm.decode()),
             "user_key": self._principal.key_algorithm,
         }
 
@@ -577,7 +579,8 @@ class QueueServer:
 
     async def start(self) -> None:
         s = self.settings
-        host_keys = [*s.host_keys, *(asyncssh.read_private_key(p) for p in s.host_key_paths)]
+        loaded = [*s.host_keys, *(asyncssh.read_private_key(p) for p in s.host_key_paths)]
+        host_keys = under_every_name(loaded)
         if not host_keys:
             raise ValueError("the queue server needs at least one host key")
         options: dict[str, Any] = {

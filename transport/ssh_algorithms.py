@@ -10,6 +10,11 @@ draft-sfluhrer-ssh-mldsa::
     signature   string(name) || string(raw signature)
     private     string(raw public key) || string(raw secret key)   (openssh-key-v1)
 
+Names other implementations use for the same wire format (``ssh-mldsa44`` for
+``ssh-mldsa-44``, see ``SignatureSpec.aliases``) are registered too, as subclasses of
+the standard class; a key is the same key under either name (equal, and matched in
+``authorized_keys``), and lists put the standard name first.
+
 It also makes the server sign the key-exchange hash with slow signers (SPHINCS+,
 SLH-DSA) in a worker thread: asyncssh 2.24 signs it inline on the event loop,
 which would stall every other connection for the tens of milliseconds a SPHINCS+
@@ -19,7 +24,7 @@ signature takes. The C signers release the GIL, so the loop keeps running.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 import asyncssh.kex as _asyncssh_kex
@@ -56,14 +61,31 @@ class PQSSHKey(SSHKey):
         self.secret_key_bytes = secret_key
 
     def __eq__(self, other: object) -> bool:
+        # the same key material of the same algorithm, under any of its SSH names
         return (
-            isinstance(other, type(self))
+            isinstance(other, PQSSHKey)
+            and other.spec is self.spec
             and self.public_key_bytes == other.public_key_bytes
             and self.secret_key_bytes == other.secret_key_bytes
         )
 
     def __hash__(self) -> int:
-        return hash((self.algorithm, self.public_key_bytes, self.secret_key_bytes))
+        return hash((self.spec.ssh_name, self.public_key_bytes, self.secret_key_bytes))
+
+    @property
+    def identity(self) -> tuple[str, bytes]:
+        """The key under any of its names: standard algorithm name and raw public key."""
+        return self.spec.ssh_name, self.public_key_bytes
+
+    def renamed(self, ssh_name: str) -> PQSSHKey:
+        """This key under another SSH name of its algorithm (e.g. an alias)."""
+        key = key_class(ssh_name)(self.public_key_bytes, self.secret_key_bytes)
+        if key.spec is not self.spec:
+            raise ValueError(f"{ssh_name} is not a name of {self.spec.ssh_name}")
+        comment = self.get_comment()
+        if comment:
+            key.set_comment(comment)
+        return key
 
     @classmethod
     def generate(cls, algorithm: bytes, **kwargs: object) -> PQSSHKey:
@@ -155,9 +177,11 @@ class PQSSHKey(SSHKey):
         return self.scheme.verify(self.public_key_bytes, data, signature)
 
 
-def _key_class(scheme: SignatureScheme) -> type[PQSSHKey]:
+def _key_class(
+    scheme: SignatureScheme, ssh_name: str, base: type[PQSSHKey] = PQSSHKey
+) -> type[PQSSHKey]:
     spec = scheme.spec
-    algorithm = spec.ssh_name.encode()
+    algorithm = ssh_name.encode()
     attrs: dict[str, Any] = {
         "algorithm": algorithm,
         "sig_algorithms": (algorithm,),
@@ -167,8 +191,9 @@ def _key_class(scheme: SignatureScheme) -> type[PQSSHKey]:
         # asyncssh signs user-auth requests in an executor when this is set.
         "use_executor": spec.slow_signer,
     }
-    name = "SSH" + "".join(ch for ch in spec.name.title() if ch.isalnum()) + "Key"
-    return cast(type[PQSSHKey], type(name, (PQSSHKey,), attrs))
+    label = spec.name if ssh_name == spec.ssh_name else f"{spec.name} as {ssh_name}"
+    name = "SSH" + "".join(ch for ch in label.title() if ch.isalnum()) + "Key"
+    return cast(type[PQSSHKey], type(name, (base,), attrs))
 
 
 class _OffloadedSigningHybridKex(_KexHybridECDH):
@@ -207,6 +232,7 @@ class _OffloadedSigningHybridKex(_KexHybridECDH):
 
 
 _registered: dict[str, type[PQSSHKey]] = {}
+_aliases: dict[str, type[PQSSHKey]] = {}
 
 
 def _offload_kex_signing() -> None:
@@ -227,23 +253,65 @@ def register() -> dict[str, type[PQSSHKey]]:
     for status in statuses():
         if status.scheme is None:
             continue
-        key_class = _key_class(status.scheme)
-        register_public_key_alg(key_class.algorithm, key_class, True)
-        _registered[status.spec.ssh_name] = key_class
+        standard = _key_class(status.scheme, status.spec.ssh_name)
+        register_public_key_alg(standard.algorithm, standard, True)
+        _registered[status.spec.ssh_name] = standard
+        for alias in status.spec.aliases:
+            alias_class = _key_class(status.scheme, alias, standard)
+            register_public_key_alg(alias_class.algorithm, alias_class, True)
+            _aliases[alias] = alias_class
     _offload_kex_signing()
     return _registered
 
 
 def registered_algorithms() -> list[str]:
-    """SSH names of the registered PQ public-key algorithms, in preference order."""
+    """Standard SSH names of the registered PQ public-key algorithms, in preference order."""
     return list(register())
 
 
+def with_aliases(ssh_names: Iterable[str]) -> list[str]:
+    """``ssh_names``, each followed by the other names of the same wire format."""
+    register()
+    result: list[str] = []
+    for name in ssh_names:
+        result.append(name)
+        standard = _registered.get(name)
+        if standard is not None:
+            result.extend(a for a in standard.spec.aliases if a in _aliases)
+    return result
+
+
+def accepted_algorithms() -> list[str]:
+    """Every SSH name we accept: each standard name, then its aliases, in preference order."""
+    return with_aliases(registered_algorithms())
+
+
+def canonical_name(ssh_name: str) -> str:
+    """The standard name for ``ssh_name`` (itself unless it is a registered alias)."""
+    register()
+    alias = _aliases.get(ssh_name)
+    return alias.spec.ssh_name if alias is not None else ssh_name
+
+
 def key_class(ssh_name: str) -> type[PQSSHKey]:
-    try:
-        return register()[ssh_name]
-    except KeyError:
-        raise KeyImportError(f"post-quantum algorithm {ssh_name!r} is not available") from None
+    """The key class for a standard name or an alias."""
+    found = register().get(ssh_name) or _aliases.get(ssh_name)
+    if found is None:
+        raise KeyImportError(f"post-quantum algorithm {ssh_name!r} is not available")
+    return found
+
+
+def under_every_name(keys: Iterable[SSHKey]) -> list[SSHKey]:
+    """Host keys as a server presents them: each PQ key under its standard name, then
+    under each alias (a client that knows only ``ssh-mldsa44`` can pick it)."""
+    presented: list[SSHKey] = []
+    for key in keys:
+        if not isinstance(key, PQSSHKey):
+            presented.append(key)
+            continue
+        for name in with_aliases([key.spec.ssh_name]):
+            presented.append(key if name == key.get_algorithm() else key.renamed(name))
+    return presented
 
 
 register()

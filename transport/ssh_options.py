@@ -24,7 +24,7 @@ import asyncssh
 
 from sidecar.errors import ErrorCode, SidecarError
 from transport.crypto import DEFAULT_KEX, available_kex
-from transport.ssh_algorithms import registered_algorithms
+from transport.ssh_algorithms import canonical_name, registered_algorithms, with_aliases
 
 MIN_TIER = 1
 MAX_TIER = 4
@@ -60,9 +60,9 @@ class ConnectionPolicy:
     tier: int
     kex_algs: tuple[str, ...]
     host_key_algs: tuple[str, ...]
-    """Accepted server host-key algorithms, preferred first."""
+    """Accepted server host-key algorithms, preferred first, each followed by its aliases."""
     user_key_algs: tuple[str, ...]
-    """Accepted client (user) key signature algorithms, preferred first."""
+    """Accepted client (user) key signature algorithms, preferred first, with aliases."""
     encryption_algs: tuple[str, ...]
     mac_algs: tuple[str, ...]
     compression_algs: tuple[str, ...] = ("none",)
@@ -97,12 +97,14 @@ class ConnectionPolicy:
 
 
 def _restrict(available: list[str], allowed: Sequence[str] | None, what: str) -> tuple[str, ...]:
+    """The allowed algorithms (standard names or aliases), each with its aliases."""
     if allowed is None:
-        return tuple(available)
-    chosen = tuple(a for a in allowed if a in available)
+        return tuple(with_aliases(available))
+    wanted = dict.fromkeys(canonical_name(a) for a in allowed)
+    chosen = [a for a in wanted if a in available]
     if not chosen:
         raise PolicyError(f"none of the allowed {what} algorithms is available here: {allowed}")
-    return chosen
+    return tuple(with_aliases(chosen))
 
 
 def connection_policy(

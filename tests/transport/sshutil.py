@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncssh
 
 from transport.keys import parse_authorized_keys
+from transport.ssh_algorithms import under_every_name
 from transport.ssh_options import ssh_options_for_tier
 
 
@@ -57,7 +58,7 @@ async def pq_server(
         lambda: _Server(connections),
         "127.0.0.1",
         0,
-        server_host_keys=[host_key],
+        server_host_keys=under_every_name([host_key]),  # as transport.server presents them
         authorized_client_keys=authorized,
         process_factory=_echo_command,
         **options,

@@ -35,6 +35,9 @@ class SignatureSpec:
     """Module under ``pqcrypto.sign`` (PQClean); None when PQClean lacks it."""
     slow_signer: bool = False
     """Signing takes tens of milliseconds or more: run it off the event loop."""
+    aliases: tuple[str, ...] = ()
+    """Other SSH names for exactly this wire format (same public key and signature
+    blobs, only the name string differs), accepted after ``ssh_name``."""
 
 
 SIGNATURE_SPECS: tuple[SignatureSpec, ...] = (
@@ -70,6 +73,8 @@ SIGNATURE_SPECS: tuple[SignatureSpec, ...] = (
         False,
         "ML-DSA-44",
         "ml_dsa_44",
+        # OQS-OpenSSH OQS-v9, DigiCert NanoSSH, draft-rpe-ssh-mldsa
+        aliases=("ssh-mldsa44",),
     ),
     SignatureSpec(
         "ML-DSA-65",
@@ -81,6 +86,8 @@ SIGNATURE_SPECS: tuple[SignatureSpec, ...] = (
         False,
         "ML-DSA-65",
         "ml_dsa_65",
+        # OQS-OpenSSH OQS-v9, DigiCert NanoSSH, draft-rpe-ssh-mldsa
+        aliases=("ssh-mldsa65",),
     ),
     SignatureSpec(
         "ML-DSA-87",
@@ -92,6 +99,8 @@ SIGNATURE_SPECS: tuple[SignatureSpec, ...] = (
         False,
         "ML-DSA-87",
         "ml_dsa_87",
+        # OQS-OpenSSH OQS-v9, DigiCert NanoSSH, draft-rpe-ssh-mldsa
+        aliases=("ssh-mldsa87",),
     ),
     SignatureSpec(
         "SPHINCS+-SHA2-128f-simple",
