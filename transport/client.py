@@ -26,6 +26,7 @@ from transport.host_pinning import HostKeyError, HostKeyPinning, StrictHostKeyCh
 from transport.limits import ServiceLimits
 from transport.protocol import (
     DEFAULT_PORT,
+    EventName,
     FrameDecoder,
     ProtocolError,
     Reply,
@@ -33,7 +34,7 @@ from transport.protocol import (
     parse_reply,
 )
 from transport.protocol.sealing import SealError
-from transport.qkd import CONFIRM_EVENT, HELLO_ID, REKEY_ID_PREFIX, QKDFailed, QKDSettings
+from transport.qkd import HELLO_ID, REKEY_ID_PREFIX, QKDFailed, QKDSettings
 from transport.ssh_config import HostConfig, qssh_home
 from transport.ssh_options import ssh_options_for_tier
 
@@ -373,14 +374,14 @@ class QueueClient:
                     error_from_wire(frame.error_code or "", frame.error_message or "")
                 )
             return
-        if frame.name == "tier_changed":
+        if frame.name == EventName.TIER_CHANGED:
             self.tier_notices.append(frame.data)
             return
-        if frame.name == CONFIRM_EVENT and self.sealing is not None:
+        if frame.name == EventName.QKD_SEALED and self.sealing is not None:
             if not self.sealing.confirmed.done():
                 self.sealing.confirmed.set_result(int(frame.data.get("epoch", 0)))
             return
-        if frame.name == "session_closed":
+        if frame.name == EventName.SESSION_CLOSED:
             self.closed_reason = str(frame.data.get("message"))
             self._fail_all(
                 error_from_wire(str(frame.data.get("code")), str(frame.data.get("message")))
@@ -390,12 +391,12 @@ class QueueClient:
         if not isinstance(sub_id, int):
             return
         sub = self._subscriptions.get(sub_id)
-        if frame.name == "delivery":
+        if frame.name == EventName.DELIVERY:
             if sub is None:
                 self._early.setdefault(sub_id, []).append(frame.data)
             else:
                 sub.queue.put_nowait(frame.data)
-        elif frame.name == "subscription_ended" and sub is not None:
+        elif frame.name == EventName.SUBSCRIPTION_ENDED and sub is not None:
             sub.queue.put_nowait(
                 error_from_wire(str(frame.data.get("code")), str(frame.data.get("message")))
             )

@@ -34,7 +34,6 @@ HELLO_METHOD = "qkd_hello"
 REKEY_METHOD = "qkd_rekey"
 HELLO_ID = "qkd-hello"
 REKEY_ID_PREFIX = "qkd-rekey-"
-CONFIRM_EVENT = "qkd_sealed"
 PROTOCOL_VERSION = 1
 NONCE_BYTES = 32
 MAX_KEY_IDS = 8

@@ -24,6 +24,7 @@ from transport.admission import Admission, Ending, Refusal
 from transport.auth import AuthorizedKeys, Principal, Role
 from transport.limits import ServiceLimits, SubmitBucket
 from transport.protocol import (
+    EventName,
     FrameDecoder,
     FrameTooLarge,
     ProtocolError,
@@ -177,7 +178,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
             return
         self._notified_level = effective.level
         self._push(
-            "tier_changed",
+            EventName.TIER_CHANGED,
             {
                 "tier": effective.level,
                 "previous": before,

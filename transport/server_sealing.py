@@ -19,10 +19,9 @@ from typing import Any
 import orjson
 
 from sidecar.errors import ErrorCode
-from transport.protocol import HEADER, encode_error, encode_event, encode_result
+from transport.protocol import HEADER, EventName, encode_error, encode_event, encode_result
 from transport.protocol.sealing import SealedStream, SealError
 from transport.qkd import (
-    CONFIRM_EVENT,
     HELLO_ID,
     HELLO_METHOD,
     NONCE_BYTES,
@@ -199,7 +198,7 @@ class ServerSealing:
         self._write(encode_result(HELLO_ID, reply))  # the last plain frame
         self.stream = SealedStream("server", hello.aead, keys)
         self.state = SealState.SEALED
-        self._write(encode_event(CONFIRM_EVENT, {"epoch": 0}))  # the first sealed one
+        self._write(encode_event(EventName.QKD_SEALED, {"epoch": 0}))  # the first sealed one
         self._changed()
         self._release_held()
 
@@ -258,7 +257,9 @@ class ServerSealing:
         log.warning("closing a tier-4 channel: %s", reason)
         self.failure = reason
         self._write(
-            encode_event("session_closed", {"code": ErrorCode.FORBIDDEN.value, "message": reason})
+            encode_event(
+                EventName.SESSION_CLOSED, {"code": ErrorCode.FORBIDDEN.value, "message": reason}
+            )
         )
         self.state = SealState.CLOSED
         self._held = None

@@ -29,7 +29,7 @@ from sidecar.messages import Mode
 from sidecar.state import Lease
 from transport.auth import Principal, Role
 from transport.limits import ServiceLimits, SubmitBucket
-from transport.protocol import Params, ProtocolError, Request
+from transport.protocol import EventName, Params, ProtocolError, Request
 from transport.queue_port import QueuePort, store
 from transport.tiers import (
     DEFAULT_POLICY,
@@ -372,15 +372,17 @@ class ChannelSubscription:
                 if self.credit <= 0:
                     self._has_credit.clear()
                 self.service.counters.deliveries += 1
-                self.channel.push("delivery", {"subscription": self.id, **lease_view(lease)})
+                delivery = {"subscription": self.id, **lease_view(lease)}
+                self.channel.push(EventName.DELIVERY, delivery)
         except asyncio.CancelledError:
             raise
         except SidecarError as exc:
-            self.channel.push("subscription_ended", {"subscription": self.id, **exc.to_wire()})
+            ended = {"subscription": self.id, **exc.to_wire()}
+            self.channel.push(EventName.SUBSCRIPTION_ENDED, ended)
         except Exception:
             log.exception("subscription %s failed", self.id)
             self.channel.push(
-                "subscription_ended",
+                EventName.SUBSCRIPTION_ENDED,
                 {"subscription": self.id, "code": "internal", "message": "subscription failed"},
             )
 

@@ -21,10 +21,12 @@ from sidecar import (
     DedupLimits,
     Lease,
     Mode,
+    NoClone,
     Priority,
     QppValidatorQueue,
     QueueLimits,
     QueueMessage,
+    QueueMessageWithProvenance,
     Submitted,
 )
 from sidecar.errors import LogCorrupt, Unavailable
@@ -125,7 +127,7 @@ class QueuePart:
             upgraded=upgraded,
         )
 
-    async def pop(self) -> Any:
+    async def pop(self) -> NoClone[QueueMessageWithProvenance] | None:
         return await self._queue().pop()
 
     async def lease(self, timeout: float) -> Lease | None:  # noqa: ASYNC109
@@ -189,7 +191,8 @@ class QueuePart:
         return NodeLease(lease.lease_id, lease.deadline, view)
 
     async def submit_entropy(self, msg: QueueMessage, submitted_by: str) -> int:
-        return await self._queue().submit(msg, mode=Mode.SYNC, submitted_by=submitted_by)
+        admission = admit(msg, Mode.SYNC, self.tier(), self.cfg.submit_policy)
+        return await self._queue().submit(msg, mode=admission.mode, submitted_by=submitted_by)
 
     async def pop_for_node(self) -> dict[str, Any] | None:
         item = await self._queue().pop()

@@ -109,7 +109,7 @@ async def test_the_node_endpoint_applies_the_same_admission(tmp_path: Path) -> N
         sidecar = Sidecar(cfg, out=out)
         await sidecar.queue.open()
         try:
-            assert await sidecar.queue.submit_from_node(gossip(1)) == 1
+            assert (await sidecar.queue.submit_from_node(gossip(1))).message_id == 1
             with pytest.raises(MessageTooLarge, match=f"{limit}-byte limit"):
                 await sidecar.queue.submit_from_node({**gossip(2), "topic": "t" * limit})
             with pytest.raises(TierRequired, match="needs tier 4"):

@@ -7,6 +7,7 @@ to a :class:`FrameDecoder`, turns each frame into a :class:`Request` with
 """
 
 from transport.protocol._errors import FrameTooLarge, ProtocolError
+from transport.protocol._events import EventName
 from transport.protocol._frames import (
     DEFAULT_MAX_FRAME_BYTES,
     HEADER,
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_PORT",
     "HEADER",
     "Event",
+    "EventName",
     "FrameDecoder",
     "FrameTooLarge",
     "Params",
