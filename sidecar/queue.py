@@ -551,11 +551,14 @@ class QppValidatorQueue:
         )
         self.relayed[peer] += len(items)
 
-    async def relay_wait(self, peer: str, timeout: float) -> None:  # noqa: ASYNC109
-        """Return when `peer`'s backlog may have changed, or after `timeout` s."""
+    async def relay_wait(self, peer: str, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait until `peer`'s backlog may have changed (True) or `timeout` s (False)."""
         self._live()
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(self._relay_news[peer].wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def relay_backlog(self, peer: str) -> PeerBacklog:
         return self._relay.backlog(peer, time.time())

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 class Role(enum.StrEnum):
     PRODUCER = "producer"  # submit, submit_batch
     CONSUMER = "consumer"  # pop, lease, ack, release, subscribe
-    ADMIN = "admin"  # stats, tier
+    ADMIN = "admin"  # stats, tier, peers
+    PEER = "peer"  # relay: another sidecar relaying its broadcast messages (docs/relay.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class Principal:
     fingerprint: str  # "SHA256:..." of the user key, as OpenSSH prints it
     key_algorithm: str
     roles: frozenset[Role]
+    name: str = ""  # the comment of the key's authorized_keys line (a peer's name)
 
     @property
     def submitted_by(self) -> str:

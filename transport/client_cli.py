@@ -45,7 +45,19 @@ EXIT_PARTIAL = 5
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool cut off by `head`
 
-COMMANDS = ("submit", "pop", "lease", "ack", "release", "tail", "depth", "stats", "tier", "ping")
+COMMANDS = (
+    "submit",
+    "pop",
+    "lease",
+    "ack",
+    "release",
+    "tail",
+    "depth",
+    "stats",
+    "tier",
+    "peers",
+    "ping",
+)
 
 
 class UsageError(Exception):
@@ -372,6 +384,10 @@ async def _run_connected(
         if command == "stats":
             out.data(await client.stats(), "stats")
             return EXIT_OK
+        if command == "peers":
+            peers = (await client.call("peers"))["peers"]
+            out.data(peers, "peers") if out.as_json else print_peers(out, peers)
+            return EXIT_OK
         if command == "tier":
             view = await client.tier()
             if client.qkd_failure is not None:
@@ -418,6 +434,35 @@ def qkd_options(cfg: HostConfig) -> tuple[dict[str, Any], Callable[[], Awaitable
     settings = QKDSettings(kme=kme, sae_id=given["QKDSAEID"], peer_sae_id=given["QKDPeerSAEID"])
     required = cfg.extra.get("QKDRequired", "no").lower() in ("yes", "true")
     return {"qkd": settings, "require_qkd": required}, kme.aclose
+
+
+PEER_COLUMNS = (
+    "peer",
+    "connected",
+    "session_tier",
+    "backlog",
+    "backlog_bytes",
+    "oldest_age",
+    "relayed_total",
+    "last_error",
+)
+
+
+def print_peers(out: Output, peers: list[dict[str, Any]]) -> None:
+    """One row per relay link; held messages listed under the table with their reason."""
+    table = Table(title="peers", show_header=True)
+    for column in PEER_COLUMNS:
+        table.add_column(column.replace("_", " "))
+    for view in peers:
+        age = view.get("oldest_age")
+        cells = {**view, "oldest_age": "-" if age is None else f"{age:.1f}s"}
+        table.add_row(*("-" if cells.get(c) is None else str(cells.get(c)) for c in PEER_COLUMNS))
+    out.console.print(table)
+    for view in peers:
+        for held in view.get("held", []):
+            out.console.print(
+                f"{view['peer']}: message {held['message_id']} held: {held['reason']}"
+            )
 
 
 def print_tier(out: Output, view: dict[str, Any]) -> None:

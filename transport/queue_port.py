@@ -34,6 +34,7 @@ class QueuePort(Protocol):
         mode: Mode,
         broadcast: bool = False,
         upgraded: bool = False,
+        origin: tuple[str, int] | None = None,
     ) -> Submitted: ...
     async def pop(self) -> NoClone[QueueMessageWithProvenance] | None: ...
     async def lease(self, timeout: float) -> Lease | None: ...  # noqa: ASYNC109 (core's API)
@@ -53,10 +54,13 @@ async def store(
     upgraded: bool,
     dedup_id: str | None,
     broadcast: bool,
+    origin: tuple[str, int] | None = None,
 ) -> Submitted:
     """Hand an admitted message to the queue: every submit path ends here, so a
     ``dedup_id`` (idempotent submit) and ``broadcast`` mean the same on each."""
     if dedup_id is None:
+        if origin is not None:
+            raise ValueError("a relayed message is always stored with a dedup_id")
         message_id = await queue.submit(
             msg, submitted_by=submitted_by, mode=mode, broadcast=broadcast, upgraded=upgraded
         )
@@ -68,4 +72,5 @@ async def store(
         mode=mode,
         broadcast=broadcast,
         upgraded=upgraded,
+        origin=origin,
     )

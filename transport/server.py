@@ -90,6 +90,8 @@ class ServerSettings:
     server_version: str = "qssh-sidecar"
     policy: TierPolicy = DEFAULT_POLICY
     qkd: QKDSettings | None = None
+    # the daemon's links to its peers, for the admin ``peers`` method (docs/relay.md)
+    peers: Callable[[], list[dict[str, Any]]] = list
 
     def current_tier(self) -> TierInfo:
         if self.tier_provider is not None:
@@ -452,7 +454,7 @@ class _QueueSSHServer(asyncssh.SSHServer):
             )
             return False
         self._principal = Principal(
-            username, entry.fingerprint, key.algorithm.decode(), entry.roles
+            username, entry.fingerprint, key.algorithm.decode(), entry.roles, entry.comment
         )
         return True
 
@@ -513,7 +515,12 @@ class QueueServer:
         self.settings = settings
         self.authorized_keys = AuthorizedKeys(settings.authorized_keys_path)
         self.service = QueueService(
-            queue, settings.limits, settings.current_tier, self._server_stats, settings.policy
+            queue,
+            settings.limits,
+            settings.current_tier,
+            self._server_stats,
+            settings.policy,
+            peers=settings.peers,
         )
         self.admission = Admission(settings.limits.admission, settings.limits.max_connections)
         self.refusals = RefusalLog(settings.limits.admission.refusal_log_seconds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import orjson
 from sidecar.dedup import check_dedup_id
 from sidecar.errors import (
     AlreadyConsumed,
+    Forbidden,
     InvalidMessage,
     NotFound,
     QueueFull,
@@ -85,8 +87,11 @@ class QueueService:
         tier: Callable[[], TierInfo],
         server_stats: Callable[[], dict[str, Any]] = dict,
         policy: TierPolicy = DEFAULT_POLICY,
+        *,
+        peers: Callable[[], list[dict[str, Any]]] = list,
     ) -> None:
         self.queue = queue
+        self.peers = peers
         self.limits = limits
         self.tier = tier  # the node tier
         self.policy = policy
@@ -108,6 +113,8 @@ class QueueService:
             "unsubscribe": (Role.CONSUMER, self._unsubscribe),
             "stats": (Role.ADMIN, self._stats),
             "tier": (Role.ADMIN, self._tier),
+            "relay": (Role.PEER, self._relay),
+            "peers": (Role.ADMIN, self._peers),
         }
 
     @property
@@ -200,6 +207,59 @@ class QueueService:
         # Concurrently, so the sync ones share one group commit.
         results = await asyncio.gather(*(one(r, d) for r, d in zip(raws, dedup_ids, strict=True)))
         return {"results": results}
+
+    # ----- peer
+
+    async def _peers(self, channel: ChannelState, params: Params) -> MethodResult:
+        params.finish()
+        return {"peers": self.peers()}
+
+    async def _relay(self, channel: ChannelState, params: Params) -> MethodResult:
+        """Messages a peer relays (docs/relay.md): each is admitted like a submit at this
+        channel's tier, stored once per ``(peer, origin_id)`` and never relayed on."""
+        items = params.array("items", self.limits.max_batch)
+        params.finish()
+        peer = channel.principal.name
+        if not _PEER_NAME.fullmatch(peer):
+            raise Forbidden(
+                f"key {channel.principal.fingerprint} has the peer role but no usable name: "
+                "give its authorized_keys line a comment of 1-64 of [A-Za-z0-9_.-]"
+            )
+        self._take_rate(channel, max(1, len(items)))
+        have = self.effective(channel)
+
+        async def one(raw: Any) -> dict[str, Any]:
+            origin_id = raw.get("origin_id") if isinstance(raw, dict) else None
+            try:
+                if isinstance(origin_id, bool) or not isinstance(origin_id, int) or origin_id < 1:
+                    raise InvalidMessage("each relayed item needs an 'origin_id' (integer >= 1)")
+                mode = raw.get("mode", "default")
+                if mode not in ("sync", "async", "default"):
+                    raise InvalidMessage("'mode' must be sync, async or default")
+                message = message_from_wire(raw.get("message"), self.policy)
+                admission = admit(message, mode, have, self.policy)
+                done = await store(
+                    self.queue,
+                    message,
+                    submitted_by=f"peer:{peer}",
+                    mode=admission.mode,
+                    upgraded=admission.upgraded,
+                    dedup_id=f"relay:{origin_id}",
+                    broadcast=False,  # one hop: never relayed on
+                    origin=(peer, origin_id),
+                )
+            except SidecarError as exc:
+                return {"origin_id": origin_id, "error": exc.to_wire()}
+            self.counters.submits += 1
+            return {
+                "origin_id": origin_id,
+                "message_id": done.message_id,
+                "duplicate": done.duplicate,
+            }
+
+        # In order and concurrently: ids follow the order, sync ones share one fsync.
+        results = await asyncio.gather(*(one(raw) for raw in items))
+        return {"tier": have.to_wire(), "results": list(results)}
 
     # ----- consumer
 
@@ -332,6 +392,7 @@ def _batch_dedup_ids(raw: Any, count: int) -> list[str | None]:
     return [None if d is None else check_dedup_id(d) for d in raw]
 
 
+_PEER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _subscription_ids = itertools.count(1)
 
 

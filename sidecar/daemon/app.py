@@ -41,6 +41,7 @@ from .metrics import SidecarMetrics
 from .node_endpoint import NodeEndpointServer
 from .node_rpc import NodeLease
 from .notify import SystemdNotifier
+from .relay import Peers
 from .wiring import HardwarePart, QueuePart, ServerPart
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class Sidecar:
             on_failure=self.hardware.trigger,
             evaluations=self.hardware.evaluations,
         )
+        self.peers = Peers(cfg, self.queue.core, self.hardware.level)
+        self.server.peers_view = self.peers.views
         self.node = NodeEndpointServer(self, cfg.node, self._count_node_call)
         self._stop = asyncio.Event()
         self._lock_fd: int | None = None
@@ -228,6 +231,8 @@ class Sidecar:
             self.node_http_port = await self.node.start_http(cfg.node.http)
             self.say(f"node endpoint http://{cfg.node.http.host}:{self.node_http_port}/")
 
+        self.say(f"relay to {self.peers.start()}")
+
         if operator is not None:
             for line in keys.operator_howto(cfg, operator, bound.port):
                 self.say(line)
@@ -282,6 +287,7 @@ class Sidecar:
         code = EXIT_OK
         for task in self._tasks:
             task.cancel()
+        await self.peers.stop()
         try:
             async with asyncio.timeout(timeout):
                 await self.node.close(drain=timeout / 2)
@@ -302,6 +308,8 @@ class Sidecar:
         return code
 
     async def _abort_start(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.peers.stop()
         with contextlib.suppress(Exception):
             await self.node.close(drain=0)
         with contextlib.suppress(Exception):
@@ -355,6 +363,7 @@ class Sidecar:
                 self.queue.log_bytes(),
                 self.server.connections(),
             )
+            self.peers.observe(self.metrics)
             if ticks % int(STATUS_PERIOD / METRICS_PERIOD) == 0:
                 line = self._status_line()
                 if line != self._last_status:

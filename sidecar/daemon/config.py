@@ -32,6 +32,8 @@ from transport.protocol import DEFAULT_PORT
 from transport.protocol.sealing import Aead
 from transport.tiers import DEFAULT_POLICY, TierPolicy
 
+from .peers_config import PeerConfig, PeerQKD, RelaySettings
+
 DEFAULT_INSTANCE = "alice"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_METRICS_PORT = 9615  # Prometheus, on by default (as Substrate's own exporter)
@@ -147,6 +149,8 @@ class DaemonConfig:
     metrics: Endpoint | None = Endpoint(DEFAULT_HOST, DEFAULT_METRICS_PORT)  # None: off
     node: NodeEndpoint = NodeEndpoint(socket=None)
     tiers: Tiers = Tiers()
+    peers: tuple[PeerConfig, ...] = ()
+    relay: RelaySettings = field(default_factory=RelaySettings)
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     # True when nothing was configured: the daemon sets up a local operator key.
     embedded_defaults: bool = True
@@ -189,6 +193,8 @@ _TOP_KEYS = {
     "node",
     "tiers",
     "admission",
+    "peers",
+    "relay",
 }
 
 # [admission] keys, each beside the OpenSSH sshd_config option it mirrors
@@ -290,6 +296,82 @@ def _resolve_hw_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return {**raw, "kme": fixed}
 
 
+_PEER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def parse_peers(raw: object, base: Path) -> tuple[PeerConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("peers: expected [[peers]] tables")
+    peers: list[PeerConfig] = []
+    for n, entry in enumerate(raw):
+        where = f"peers[{n}]"
+        t = _Table(
+            entry,
+            where,
+            {"name", "address", "host_key", "known_hosts", "identity", "user", "qkd"},
+        )
+        name = t.get("name", str, "")
+        if not _PEER_NAME.fullmatch(name):
+            raise ConfigError(f"{where}.name: give 1-64 of [A-Za-z0-9_.-], got {name!r}")
+        if name in {p.name for p in peers}:
+            raise ConfigError(f"{where}.name: peer {name!r} is listed twice")
+        address = parse_endpoint(t.get("address", str, ""), f"{where}.address")
+        host_key = t.get("host_key", str, None)
+        known_hosts = t.get("known_hosts", str, None)
+        if (host_key is None) == (known_hosts is None):
+            raise ConfigError(
+                f"{where}: pin the peer's host key with exactly one of host_key "
+                "(a known_hosts line) or known_hosts (a file)"
+            )
+        identity = t.get("identity", str, None)
+        if identity is None:
+            raise ConfigError(f"{where}.identity: the private key this sidecar uses for {name}")
+        qkd_raw = t.get("qkd", dict, None)
+        peers.append(
+            PeerConfig(
+                name=name,
+                address=address,
+                identity=_path(base, identity),
+                host_key=host_key,
+                known_hosts=None if known_hosts is None else _path(base, known_hosts),
+                user=t.get("user", str, None),
+                qkd=None if qkd_raw is None else _parse_qkd(qkd_raw, f"{where}.qkd", base),
+            )
+        )
+    return tuple(peers)
+
+
+def _parse_qkd(raw: dict[str, Any], where: str, base: Path) -> PeerQKD:
+    fields = ("kme", "certificate", "key", "ca", "sae_id", "peer_sae_id")
+    t = _Table(raw, where, set(fields))
+    values = {k: t.get(k, str, None) for k in fields}
+    missing = [k for k, v in values.items() if v is None]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}")
+    return PeerQKD(
+        kme=values["kme"],
+        certificate=_path(base, values["certificate"]),
+        key=_path(base, values["key"]),
+        ca=_path(base, values["ca"]),
+        sae_id=values["sae_id"],
+        peer_sae_id=values["peer_sae_id"],
+    )
+
+
+def parse_relay(raw: object) -> RelaySettings:
+    t = _Table(raw, "relay", set(RelaySettings.__dataclass_fields__))
+    low = float(t.get("reconnect_min", (int, float), RelaySettings.reconnect_min))
+    high = float(t.get("reconnect_max", (int, float), RelaySettings.reconnect_max))
+    if not 0 < low <= high <= 3600:
+        raise ConfigError(
+            f"relay: need 0 < reconnect_min <= reconnect_max <= 3600, got {low} and {high}"
+        )
+    batch = t.positive("batch", RelaySettings.batch)
+    if batch > 1024:
+        raise ConfigError(f"relay.batch: at most 1024, got {batch}")
+    return RelaySettings(batch, low, high, t.positive("backlog_warning", 10_000))
+
+
 def _path(base: Path, value: str) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else base / p
@@ -376,6 +458,8 @@ def from_dict(data: dict[str, Any], base: Path) -> DaemonConfig:
     )
 
     tiers = parse_tiers(top.get("tiers", dict, {}))
+    peers = parse_peers(top.get("peers", list, []), base)
+    relay = parse_relay(top.get("relay", dict, {}))
     admission = parse_admission(top.get("admission", dict, {}))
 
     cfg = DaemonConfig(
@@ -391,6 +475,8 @@ def from_dict(data: dict[str, Any], base: Path) -> DaemonConfig:
         node=node,
         tiers=tiers,
         admission=admission,
+        peers=peers,
+        relay=relay,
         embedded_defaults=False,
     )
     check_values(cfg)

@@ -48,6 +48,22 @@ class SidecarMetrics:
             registry=r,
         )
         self.compactions = Counter("qssh_wal_compactions", "Log compactions", registry=r)
+        self.peer_connected = Gauge(
+            "qssh_peer_connected", "1 while the relay link to the peer is up", ["peer"], registry=r
+        )
+        self.peer_backlog = Gauge(
+            "qssh_peer_backlog", "Broadcast messages the peer still lacks", ["peer"], registry=r
+        )
+        self.peer_relayed = Counter(
+            "qssh_peer_relayed", "Messages the peer acknowledged since start", ["peer"], registry=r
+        )
+        self._peer_relayed_seen: dict[str, int] = {}
+        self.peer_lag = Gauge(
+            "qssh_peer_lag_seconds",
+            "Age of the oldest broadcast message the peer lacks (0 when it lacks none)",
+            ["peer"],
+            registry=r,
+        )
         self.submits = Counter("qssh_submits", "Accepted submits, by mode", ["mode"], registry=r)
         self.upgrades = Counter(
             "qssh_submit_upgrades", "Async submits made sync by policy or tier", registry=r
@@ -112,6 +128,18 @@ class SidecarMetrics:
             self.tier_changes.labels(direction="up" if new > old else "down").inc()
 
     # ---- state mirrored from the queue ------------------------------------------
+
+    def observe_peer(
+        self, peer: str, *, connected: bool, backlog: int, relayed: int, lag: float
+    ) -> None:
+        """One relay link's state (``relayed``: its running total since start)."""
+        self.peer_connected.labels(peer=peer).set(1 if connected else 0)
+        self.peer_backlog.labels(peer=peer).set(backlog)
+        self.peer_lag.labels(peer=peer).set(lag)
+        seen = self._peer_relayed_seen.get(peer, 0)
+        if relayed > seen:
+            self.peer_relayed.labels(peer=peer).inc(relayed - seen)
+            self._peer_relayed_seen[peer] = relayed
 
     def refresh(
         self,

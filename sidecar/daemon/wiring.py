@@ -72,6 +72,7 @@ class QueuePart:
                 ),
                 observer=MetricsObserver(self.metrics),
                 compact_bytes=self.cfg.durability.compact_bytes,
+                peers=[peer.name for peer in self.cfg.peers],
                 dedup=DedupLimits(
                     window=self.cfg.durability.dedup_window,
                     max_entries=self.cfg.durability.dedup_max_entries,
@@ -85,6 +86,10 @@ class QueuePart:
                 next_valid_offset=e.next_valid_offset,
             ) from None
         return describe_recovery(self.q)
+
+    def core(self) -> QppValidatorQueue:
+        """The queue core itself (the relay links drive its relay backlog)."""
+        return self._queue()
 
     def _queue(self) -> QppValidatorQueue:
         if self.q is None:
@@ -116,6 +121,7 @@ class QueuePart:
         mode: Mode,
         broadcast: bool = False,
         upgraded: bool = False,
+        origin: tuple[str, int] | None = None,
     ) -> Submitted:
         """An admitted submit with a dedup_id (``sidecar.queue.submit_once``)."""
         return await self._queue().submit_once(
@@ -125,6 +131,7 @@ class QueuePart:
             mode=mode,
             broadcast=broadcast,
             upgraded=upgraded,
+            origin=origin,
         )
 
     async def pop(self) -> NoClone[QueueMessageWithProvenance] | None:
@@ -344,6 +351,7 @@ class ServerPart:
         self.mixer = mixer
         self.server: QueueServer | None = None
         self._authorized: AuthorizedKeys | None = None
+        self.peers_view: Callable[[], list[dict[str, Any]]] = list
         self._kme: KMEClient | None = None
 
     def _qkd(self) -> QKDSettings | None:
@@ -378,6 +386,7 @@ class ServerPart:
             host_keys=(host_key.key,),
             policy=self.cfg.submit_policy,
             qkd=self._qkd(),
+            peers=self.peers_view,
         )
         self.server = await start_queue_server(self.queue, settings)
         if self._authorized is not None:

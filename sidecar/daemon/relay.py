@@ -1,0 +1,314 @@
+"""Links to the peers: each relays this sidecar's broadcast messages to one peer.
+
+One task per peer connects as an ordinary ``qssh-queue`` client (host key pinned, our
+identity key, the peer's ``authorized_keys`` grants us the ``peer`` role), then sends
+what the peer lacks in id order, a batch per ``relay`` request. The peer answers after
+its fsync; only then is the relay logged here (``relayed`` records) and the messages
+leave the peer's backlog. A broken link gives its in-flight messages back; the task
+reconnects with exponential backoff and jitter. Protocol and guarantees:
+docs/relay.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from hardware.kme import KMEClient
+from sidecar import QppValidatorQueue, QueueMessageWithProvenance, SidecarError
+from transport.client import QueueClient
+from transport.qkd import QKDSettings
+from transport.tiers import TierPolicy, tier_name
+
+from .config import DaemonConfig
+from .metrics import SidecarMetrics
+from .peers_config import PeerConfig, RelaySettings
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE = 5.0  # seconds between empty relay requests on an idle link (tier refresh)
+CONNECT_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 60.0
+
+
+@dataclass
+class LinkState:
+    connected: bool = False
+    session_tier: int | None = None
+    last_error: str | None = None
+    connects: int = 0
+    since: float | None = None  # wall-clock time the current session started
+
+
+class PeerLink:
+    def __init__(
+        self,
+        peer: PeerConfig,
+        settings: RelaySettings,
+        queue: Callable[[], QppValidatorQueue],
+        *,
+        instance: str,
+        node_tier: Callable[[], int],
+        policy: TierPolicy,
+        known_hosts: Path,
+    ) -> None:
+        self.peer = peer
+        self.settings = settings
+        self._queue = queue
+        self._instance = instance
+        self._node_tier = node_tier
+        self._policy = policy
+        self._known_hosts = known_hosts
+        self.state = LinkState()
+        self._task: asyncio.Task[None] | None = None
+        self._warned_backlog = False
+
+    @property
+    def name(self) -> str:
+        return self.peer.name
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"peer:{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- the link ------------------------------------------------------------------------
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncssh.Error, SidecarError, TimeoutError, ValueError) as exc:
+                self._failed(exc)
+            except Exception as exc:  # a bug must not end the relay for good
+                log.exception("peer %s: link failed", self.name)
+                self._failed(exc)
+            if time.monotonic() - started > self.settings.reconnect_max:
+                failures = 0  # a long session: start the backoff over
+            failures += 1
+            await asyncio.sleep(self._backoff(failures))
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(
+            self.settings.reconnect_max, self.settings.reconnect_min * 2 ** (failures - 1)
+        )
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not crypto)
+
+    def _failed(self, exc: BaseException) -> None:
+        text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        if self.state.connected or self.state.last_error != text:
+            log.warning("peer %s: link down: %s", self.name, text)
+        self.state.connected = False
+        self.state.session_tier = None
+        self.state.last_error = text
+
+    async def _session(self) -> None:
+        peer = self.peer
+        qkd, kme = self._qkd()
+        try:
+            async with QueueClient.connect(
+                peer.address.host,
+                peer.address.port,
+                username=peer.user or self._instance,
+                client_keys=[str(peer.identity)],
+                known_hosts=self._known_hosts,
+                connect_timeout=CONNECT_TIMEOUT,
+                qkd=qkd,
+            ) as client:
+                await self._relay_loop(client)
+        finally:
+            if kme is not None:
+                await kme.aclose()
+
+    def _qkd(self) -> tuple[QKDSettings | None, KMEClient | None]:
+        q = self.peer.qkd
+        if q is None:
+            return None, None
+        kme = KMEClient(q.kme, cert=str(q.certificate), key=str(q.key), ca=str(q.ca))
+        return QKDSettings(kme=kme, sae_id=q.sae_id, peer_sae_id=q.peer_sae_id), kme
+
+    async def _relay_loop(self, client: QueueClient) -> None:
+        queue = self._queue()
+        self._set_tier(await self._call(client, []))
+        self.state.connected = True
+        self.state.connects += 1
+        self.state.since = time.time()
+        self.state.last_error = None
+        log.info("peer %s: connected, session tier %s", self.name, self.state.session_tier)
+        while True:
+            items = queue.relay_take(self.name, self.settings.batch, self._why_held)
+            if not items:
+                if not await queue.relay_wait(self.name, KEEPALIVE):
+                    self._set_tier(await self._call(client, []))  # keepalive, tier refresh
+                continue
+            try:
+                reply = await self._call(client, items)
+            except BaseException:
+                queue.relay_give_back(self.name, items)
+                raise
+            self._set_tier(reply)
+            done, again = self._sort_results(items, reply)
+            if again:
+                queue.relay_give_back(self.name, again)
+            if done:
+                await queue.relay_done(self.name, done)
+            if again:
+                raise SidecarError(f"peer {self.name} refused {len(again)} relayed messages")
+
+    async def _call(
+        self, client: QueueClient, items: list[QueueMessageWithProvenance]
+    ) -> dict[str, Any]:
+        wire = [
+            {"origin_id": i.message_id, "mode": i.mode.value, "message": i.message.to_json()}
+            for i in items
+        ]
+        reply = await asyncio.wait_for(client.call("relay", {"items": wire}), REQUEST_TIMEOUT)
+        if not isinstance(reply, dict):
+            raise ValueError(f"peer {self.name} answered relay with {reply!r}")
+        return reply
+
+    def _set_tier(self, reply: dict[str, Any]) -> None:
+        tier = reply.get("tier", {}).get("tier") if isinstance(reply.get("tier"), dict) else None
+        if not isinstance(tier, int):
+            raise ValueError(f"peer {self.name} did not say the session tier")
+        if tier != self.state.session_tier:
+            self.state.session_tier = tier
+            self._queue().relay_unhold(self.name)
+
+    def _sort_results(
+        self, items: list[QueueMessageWithProvenance], reply: dict[str, Any]
+    ) -> tuple[list[QueueMessageWithProvenance], list[QueueMessageWithProvenance]]:
+        results = reply.get("results")
+        if not isinstance(results, list) or len(results) != len(items):
+            raise ValueError(f"peer {self.name} answered {results!r} for {len(items)} messages")
+        done, again = [], []
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, dict) and isinstance(result.get("message_id"), int):
+                done.append(item)
+            else:
+                error = result.get("error", {}) if isinstance(result, dict) else {}
+                self.state.last_error = f"message {item.message_id}: {error}"
+                again.append(item)
+        return done, again
+
+    def _why_held(self, item: QueueMessageWithProvenance) -> str | None:
+        need = self._policy.required_tier(item.message.canonical())
+        session = self.state.session_tier or 1
+        have = min(session, self._node_tier())
+        if need <= have:
+            return None
+        return (
+            f"needs tier {need} ({tier_name(need)}); the link to {self.name} runs at tier "
+            f"{have} (this node {self._node_tier()}, session {session})"
+        )
+
+    def check_backlog(self) -> None:
+        """Warn once when the peer's backlog passes ``relay.backlog_warning``."""
+        count = self._queue().relay_backlog(self.name).count
+        over = count > self.settings.backlog_warning
+        if over and not self._warned_backlog:
+            log.warning(
+                "peer %s lacks %d messages (relay.backlog_warning = %d); see docs/operations.md",
+                self.name,
+                count,
+                self.settings.backlog_warning,
+            )
+        self._warned_backlog = over
+
+    # -- observation ---------------------------------------------------------------------
+    def view(self) -> dict[str, Any]:
+        queue = self._queue()
+        backlog = queue.relay_backlog(self.name)
+        return {
+            "peer": self.name,
+            "address": str(self.peer.address),
+            "connected": self.state.connected,
+            "session_tier": self.state.session_tier,
+            "backlog": backlog.count,
+            "backlog_bytes": backlog.bytes,
+            "oldest_age": backlog.oldest_age,
+            "in_flight": backlog.in_flight,
+            "held": [{"message_id": k, "reason": v} for k, v in sorted(backlog.held.items())],
+            "relayed_total": queue.relayed.get(self.name, 0),
+            "connects": self.state.connects,
+            "last_error": self.state.last_error,
+        }
+
+
+class Peers:
+    """Every link of this sidecar, started after the listener and stopped before the log
+    closes; what ``peers`` and the metrics show."""
+
+    def __init__(
+        self,
+        cfg: DaemonConfig,
+        queue: Callable[[], QppValidatorQueue],
+        node_tier: Callable[[], int],
+    ) -> None:
+        self.cfg = cfg
+        pins = cfg.data_dir / "peers"
+        self.links = [
+            PeerLink(
+                peer,
+                cfg.relay,
+                queue,
+                instance=cfg.instance,
+                node_tier=node_tier,
+                policy=cfg.tiers.policy,
+                known_hosts=peer.known_hosts or pins / f"{peer.name}.known_hosts",
+            )
+            for peer in cfg.peers
+        ]
+
+    def start(self) -> str:
+        if not self.links:
+            return "no peers"
+        for link in self.links:
+            if link.peer.host_key is not None:
+                write_pin(link.peer, link._known_hosts)
+            link.start()
+        return ", ".join(f"{link.name} ({link.peer.address})" for link in self.links)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(link.stop() for link in self.links))
+
+    def views(self) -> list[dict[str, Any]]:
+        return [link.view() for link in self.links]
+
+    def observe(self, metrics: SidecarMetrics) -> None:
+        for link in self.links:
+            view = link.view()
+            metrics.observe_peer(
+                link.name,
+                connected=bool(view["connected"]),
+                backlog=int(view["backlog"]),
+                relayed=int(view["relayed_total"]),
+                lag=float(view["oldest_age"] or 0.0),
+            )
+            link.check_backlog()
+
+
+def write_pin(peer: PeerConfig, path: Path) -> None:
+    """The configured known_hosts line, as the file the client pins against."""
+    assert peer.host_key is not None
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    text = peer.host_key.strip() + "\n"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
