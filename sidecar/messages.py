@@ -3,6 +3,9 @@
 A `QueueMessage` keeps its canonical JSON form (hashes as lowercase hex, other bytes
 as base64) as its internal representation: the log and the wire carry exactly that
 form, so recovery rebuilds messages without re-validating or re-encoding them.
+It holds nothing else once validation is done: the bytes, copied out of orjson's
+output buffer at their exact size (orjson's result keeps its whole growth buffer, 4 KB
+for a 300-byte message), and the kind. Fields are parsed from the bytes when read.
 Input may also be the Rust node's serde form, ``{"BlockImport": {...}}`` with byte
 arrays as lists of ints.
 """
@@ -217,10 +220,9 @@ _BYTE_FIELDS: Final = {
 class QueueMessage:
     """One validated message; immutable. Build with `from_json` or `create`."""
 
-    __slots__ = ("_canon", "_encoded", "_kind")
+    __slots__ = ("_encoded", "_kind")
 
-    _kind: Kind | None
-    _canon: dict[str, Any] | None  # None until needed (messages read back from the log)
+    _kind: Kind | None  # None until needed (messages read back from the log)
     _encoded: bytes
 
     def __init__(self) -> None:
@@ -300,14 +302,9 @@ class QueueMessage:
             raise MessageTooLarge(
                 f"{kind.value} message of {len(encoded)} bytes exceeds the {max_size}-byte limit"
             )
-        return cls._trusted(kind, canon, encoded)
-
-    @classmethod
-    def _trusted(cls, kind: Kind, canon: dict[str, Any], encoded: bytes) -> QueueMessage:
         msg = object.__new__(cls)
         msg._kind = kind
-        msg._canon = canon
-        msg._encoded = encoded
+        msg._encoded = bytes(memoryview(encoded))  # exact size: see the module docstring
         return msg
 
     @classmethod
@@ -315,19 +312,16 @@ class QueueMessage:
         """A message whose canonical bytes came from our own (checksummed) log.
 
         Nothing is parsed until a field is needed: recovering a million messages
-        only keeps their bytes.
+        only keeps their bytes. `encoded` must be exactly sized (not orjson output).
         """
         msg = object.__new__(cls)
         msg._kind = None
-        msg._canon = None
         msg._encoded = encoded
         return msg
 
     def _parsed(self) -> dict[str, Any]:
-        canon = self._canon
-        if canon is None:
-            canon = self._canon = orjson.loads(self._encoded)
-        return canon
+        parsed: dict[str, Any] = orjson.loads(self._encoded)
+        return parsed
 
     @property
     def kind(self) -> Kind:
@@ -351,18 +345,20 @@ class QueueMessage:
 
     def to_json(self) -> dict[str, Any]:
         """Canonical form as a fresh dict (hashes hex, other bytes base64)."""
-        return dict(self._parsed())
+        return self._parsed()
 
     def to_json_bytes(self) -> bytes:
         return self._encoded
 
     def canonical(self) -> dict[str, Any]:
-        """The internal canonical dict; do not mutate (saves a copy on hot paths)."""
+        """The canonical dict, parsed from the bytes on each call (none is kept)."""
         return self._parsed()
 
     def get(self, name: str) -> Any:
         """A field as a Python value: bytes fields decoded to `bytes`, absent → None."""
-        value = self._parsed().get(name)
+        return self._field(name, self._parsed().get(name))
+
+    def _field(self, name: str, value: Any) -> Any:
         if value is None or (self.kind, name) not in _BYTE_FIELDS:
             return value
         if _SCHEMA[self.kind][name][0] is _hash32:
@@ -372,7 +368,7 @@ class QueueMessage:
     def to_serde(self) -> dict[str, Any]:
         """The Rust node's serde form (byte arrays as lists of ints)."""
         inner = {
-            k: list(self.get(k)) if (self.kind, k) in _BYTE_FIELDS else v
+            k: list(self._field(k, v)) if (self.kind, k) in _BYTE_FIELDS else v
             for k, v in self._parsed().items()
             if k != "kind"
         }

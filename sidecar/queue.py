@@ -25,6 +25,7 @@ from sidecar.commit import GroupCommitter, Op
 from sidecar.dedup import DedupIndex, DedupKey, DedupLimits, Submitted, check_dedup_id
 from sidecar.durable_fs import make_dirs
 from sidecar.errors import InvalidMessage, LogFailed, Unavailable
+from sidecar.gc_policy import GcFreezer
 from sidecar.handles import NoClone
 from sidecar.messages import Mode, QueueMessage, QueueMessageWithProvenance, resolve_mode
 from sidecar.observer import NULL_OBSERVER, QueueObserver
@@ -59,6 +60,7 @@ _MIN_COMPACT_BYTES = 1024 * 1024
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _CLOSE_FRAME_BYTES = 8 * 1024 * 1024
 _FREEZE_AT = 50_000  # recovered messages from which gc.freeze() pays off
+_GC = GcFreezer()  # gc.freeze is process-wide: one policy for every queue
 
 # op codes for the group committer
 Origin = tuple[str, int]  # (the sidecar a relayed message was submitted to, its id there)
@@ -173,7 +175,7 @@ class QppValidatorQueue:
         def recover() -> tuple[WriteAheadLog, Recovery, list[QueueMessageWithProvenance]]:
             wal, rec = WriteAheadLog.open(self.path, layer=self._layer, salvage=salvage)
             assert rec.replayed is not None
-            items = [item_from_submit(r) for r in rec.replayed.live.values()]
+            items = rec.replayed.items()
             rec.replayed.live.clear()
             upto = rec.replayed.next_id + self._block
             wal.append_and_sync(encode_frame([reserve_record(upto)]))
@@ -204,9 +206,9 @@ class QppValidatorQueue:
             self._durable_live = {item.message_id: item for item in items}
             self._restore_dedup(rec.replayed.dedup)
             self._restore_relay(rec.replayed.broadcast, rec.replayed.relayed)
-            if len(items) >= _FREEZE_AT:
-                gc.freeze()
             del items
+            if len(self._durable_live) >= _FREEZE_AT:
+                _GC.freeze(len(self._durable_live), collect=False)
         finally:
             if was_enabled:
                 gc.enable()
@@ -214,7 +216,7 @@ class QppValidatorQueue:
             wal,
             on_commit=self._apply_commit,
             on_rollback=self._apply_rollback,
-            on_idle=self._maybe_compact,
+            on_idle=self._on_idle,
             on_fatal=self._on_log_failed,
             observer=self._observer,
             inline_single=self._inline_lone_sync,
@@ -431,6 +433,8 @@ class QppValidatorQueue:
             self._retain_for_peers(item)
         if dedup_key is not None:
             self._dedup.record(dedup_key, mid, item.created_at, durable=False)
+        _GC.arrived()
+        _GC.check(self._state.count)
         if self._waiters:
             self._wake_waiters()
         self._observer.on_submit(Mode.ASYNC, False)
@@ -695,6 +699,7 @@ class QppValidatorQueue:
             if code == _SUBMIT:
                 live[payload.message_id] = payload
                 state.push(payload)
+                _GC.arrived()
                 pushed = True
                 if payload.broadcast:
                     self._retain_for_peers(payload)
@@ -749,6 +754,10 @@ class QppValidatorQueue:
         self._wake_waiters()
 
     # -- compaction ----------------------------------------------------------------------
+    def _on_idle(self) -> None:
+        _GC.check(self._state.count)
+        self._maybe_compact()
+
     def _maybe_compact(self) -> None:
         committer = self._committer
         if committer is None or self._compacting or self._closing:

@@ -1,8 +1,13 @@
 """Pure queue state: priority order, leases, limits. No I/O, no clock: callers pass `now`.
 
-Order: higher priority first, then lower message id (FIFO within a priority).
+Order: higher priority first, then lower message id (FIFO within a priority). The
+ready heap holds one int per message, its order key, and a dict maps the key to the
+message: a million waiting messages add no tuple each for the garbage collector to
+scan (ints are not tracked), and int comparisons are the cheapest heap order.
 Accounting (count and bytes against the limits) covers messages waiting, leased, being
 consumed, and submits reserved but not yet committed; a full queue raises `QueueFull`.
+A message is accounted at what it costs in memory, measured, not at its size on the
+wire: see `message_cost`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,19 @@ from sidecar.messages import Priority, QueueMessageWithProvenance
 
 DEFAULT_MAX_MESSAGES = 1_000_000
 DEFAULT_MAX_BYTES = 1 << 30
+
+
+# What a queued message costs in memory beyond its canonical bytes: its provenance
+# record and message object, its id and timestamp, its ready-heap key and dict entries,
+# its entry in the queue's index of logged messages. Measured with bench/depth.py (RSS
+# growth per message at 1M queued 300-byte messages, minus the 300 bytes), rounded up;
+# tests/core/test_memory.py checks that a queue filled to `max_bytes` stays within it.
+MESSAGE_OVERHEAD_BYTES = 352
+
+
+def message_cost(encoded_size: int) -> int:
+    """Bytes a message of `encoded_size` canonical bytes is accounted for."""
+    return encoded_size + MESSAGE_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +56,20 @@ class Lease:
     deadline: float
 
 
+_ID_BITS = 64  # message ids are u64
+_TOP_PRIORITY = max(Priority)
+
+
+def order_key(priority: int, message_id: int) -> int:
+    """Smaller first: higher priority, then lower id."""
+    return ((_TOP_PRIORITY - priority) << _ID_BITS) | message_id
+
+
 class QueueState:
     def __init__(self, limits: QueueLimits | None = None) -> None:
         self.limits = limits or QueueLimits()
-        self._ready: list[tuple[int, int, QueueMessageWithProvenance]] = []
+        self._ready: list[int] = []  # heap of order keys
+        self._items: dict[int, QueueMessageWithProvenance] = {}  # order key -> message
         self._leases: dict[int, Lease] = {}
         self._deadlines: list[tuple[float, int]] = []
         self._next_lease_id = 1
@@ -51,48 +79,54 @@ class QueueState:
 
     # -- admission -----------------------------------------------------------------------
     def admit(self, size: int) -> None:
-        """Account for one incoming message of `size` bytes or raise QueueFull."""
+        """Account for one incoming message of `size` canonical bytes or raise QueueFull."""
         if self.count >= self.limits.max_messages:
             raise QueueFull(
                 f"queue holds {self.count} messages (limit {self.limits.max_messages}); "
                 "consume some or raise the limit"
             )
-        if self.bytes + size > self.limits.max_bytes:
+        cost = message_cost(size)
+        if self.bytes + cost > self.limits.max_bytes:
             raise QueueFull(
-                f"queue holds {self.bytes} bytes; a {size}-byte message would pass the "
-                f"limit of {self.limits.max_bytes}"
+                f"queue holds {self.bytes} bytes; a {size}-byte message (accounted "
+                f"{cost} bytes in memory) would pass the limit of {self.limits.max_bytes}"
             )
         self.count += 1
-        self.bytes += size
+        self.bytes += cost
 
     def forget(self, size: int) -> None:
         """Undo `admit`: the message left the queue (consumed) or its submit failed."""
         self.count -= 1
-        self.bytes -= size
+        self.bytes -= message_cost(size)
 
     # -- ready heap ----------------------------------------------------------------------
     def push(self, item: QueueMessageWithProvenance) -> None:
         """Make an admitted message available."""
-        heapq.heappush(self._ready, (-item.priority, item.message_id, item))
+        key = order_key(item.priority, item.message_id)
+        self._items[key] = item
+        heapq.heappush(self._ready, key)
         self._ready_by_priority[item.priority] += 1
 
     def load(self, items: list[QueueMessageWithProvenance], *, issued_below: int = 1) -> None:
         """Bulk-load recovered messages (admitted without the limit check); ids below
         `issued_below` may have been leases before the restart, so they count as stale."""
         self._next_lease_id = max(self._next_lease_id, issued_below)
+        keys = [order_key(item.priority, item.message_id) for item in items]
+        self._items.update(zip(keys, items, strict=True))
         ready = self._ready
-        ready.extend([(-item.priority, item.message_id, item) for item in items])
+        ready.extend(keys)
+        del keys
         heapq.heapify(ready)
         for priority, n in Counter([item.priority for item in items]).items():
             self._ready_by_priority[priority] += n
         self.count += len(items)
-        self.bytes += sum([item.message.encoded_size for item in items])
+        self.bytes += sum([message_cost(item.message.encoded_size) for item in items])
 
     def take(self) -> QueueMessageWithProvenance | None:
         """Remove the next message (still accounted until `forget`)."""
         if not self._ready:
             return None
-        item = heapq.heappop(self._ready)[2]
+        item = self._items.pop(heapq.heappop(self._ready))
         self._ready_by_priority[item.priority] -= 1
         return item
 
@@ -168,7 +202,7 @@ class QueueState:
         return [lease.item for lease in self._leases.values()]
 
     def ready_items(self) -> list[QueueMessageWithProvenance]:
-        return [entry[2] for entry in self._ready]
+        return list(self._items.values())
 
     def depth_by_priority(self) -> dict[str, int]:
         return {Priority(p).name.lower(): n for p, n in self._ready_by_priority.items()}

@@ -362,6 +362,7 @@ class Sidecar:
                 self.queue.leased(),
                 self.queue.log_bytes(),
                 self.server.connections(),
+                self.queue.queue_bytes(),
             )
             self.peers.observe(self.metrics)
             if ticks % int(STATUS_PERIOD / METRICS_PERIOD) == 0:

@@ -1,7 +1,7 @@
 """Prometheus metrics of one sidecar, served on a loopback address.
 
 Counters and histograms are fed by events (queue observer, server hooks, tier
-changes); gauges that mirror state (depth per priority, log bytes) are refreshed
+changes); gauges that mirror state (depth per priority, log and queue bytes) are refreshed
 from the event loop by :meth:`SidecarMetrics.refresh`, so the exporter thread never
 reads queue state.
 """
@@ -16,6 +16,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
     start_http_server,
 )
@@ -38,6 +39,16 @@ class SidecarMetrics:
         )
         self.leased = Gauge("qssh_queue_leased", "Messages currently leased", registry=r)
         self.log_bytes = Gauge("qssh_wal_bytes", "Size of the write-ahead log", registry=r)
+        # the queue's own accounting beside the process's RSS (process_resident_memory_bytes)
+        self.queue_bytes = Gauge(
+            "qssh_queue_bytes",
+            "Memory the queued messages are accounted for (what max_queue_bytes limits)",
+            registry=r,
+        )
+        self.queue_bytes_limit = Gauge(
+            "qssh_queue_bytes_limit", "The max_queue_bytes limit", registry=r
+        )
+        ProcessCollector(registry=r)
         self.fsync_seconds = Histogram(
             "qssh_wal_fsync_seconds", "Latency of one log fsync", buckets=FSYNC_BUCKETS, registry=r
         )
@@ -147,6 +158,7 @@ class SidecarMetrics:
         leased: int,
         log_bytes: int | None,
         connections: int | None,
+        queue_bytes: int | None = None,
     ) -> None:
         for name in PRIORITIES.values():
             self.depth.labels(priority=name).set(depth_by_priority.get(name, 0))
@@ -155,6 +167,8 @@ class SidecarMetrics:
             self.log_bytes.set(log_bytes)
         if connections is not None:
             self.connections.set(connections)
+        if queue_bytes is not None:
+            self.queue_bytes.set(queue_bytes)
 
     # ---- exporter ----------------------------------------------------------------
 

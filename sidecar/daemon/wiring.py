@@ -55,6 +55,7 @@ class QueuePart:
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
+        metrics.queue_bytes_limit.set(cfg.limits.max_queue_bytes)
         self.tier = tier
         self.wal_dir = cfg.data_dir / "queue"
         self.q: QppValidatorQueue | None = None
@@ -231,6 +232,10 @@ class QueuePart:
 
     def log_bytes(self) -> int | None:
         return None if self.q is None else int(self.q.stats()["log_bytes"])
+
+    def queue_bytes(self) -> int | None:
+        """Memory accounted to queued messages (what `max_queue_bytes` limits)."""
+        return None if self.q is None else int(self.q.stats()["bytes"])
 
     async def close(self) -> str:
         if self.q is None:

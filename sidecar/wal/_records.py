@@ -91,13 +91,17 @@ def checkpoint_record(next_id: int, created_at: float) -> bytes:
     return orjson.dumps([CHECKPOINT, next_id, created_at])
 
 
-def item_from_submit(rec: Record) -> QueueMessageWithProvenance:
+def item_from_submit(
+    rec: Record, names: dict[str, str] | None = None
+) -> QueueMessageWithProvenance:
+    """The message of a submit record; `names` shares one string per distinct
+    `submitted_by` across a replay (a million records name a handful of keys)."""
     item = QueueMessageWithProvenance.__new__(QueueMessageWithProvenance)
     item.message = QueueMessage.from_logged(rec[10].encode())
     item.message_id = rec[1]
     item.priority = _PRIORITIES[rec[2]]
     item.created_at = rec[3]
-    item.submitted_by = rec[4]
+    item.submitted_by = rec[4] if names is None else names.setdefault(rec[4], rec[4])
     item.mode = _MODES[rec[5]]
     item.persisted = True
     item.broadcast = rec[7]
@@ -161,7 +165,8 @@ class Replayed:
     consumes: int = 0
 
     def items(self) -> list[QueueMessageWithProvenance]:
-        return [item_from_submit(rec) for rec in self.live.values()]
+        names: dict[str, str] = {}
+        return [item_from_submit(rec, names) for rec in self.live.values()]
 
 
 def _corrupt(path: str, what: str) -> LogCorrupt:

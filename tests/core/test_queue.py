@@ -23,6 +23,7 @@ from sidecar import (
     Unavailable,
 )
 from sidecar.queue import FIRST_ID_BLOCK, ID_BLOCK, _next_block
+from sidecar.state import message_cost
 from tests.core.helpers import block, gossip, telemetry, tx
 from tests.core.simfs import SimDisk
 
@@ -209,7 +210,8 @@ async def test_queue_full_on_count_and_bytes_changes_nothing(tmp_path: Path) -> 
         with pytest.raises(QueueFull):
             await q.submit_async(gossip(2), submitted_by="t")
         assert q.depth()["total"] == 2
-    async with await QppValidatorQueue.open("w", tmp_path, limits=QueueLimits(max_bytes=800)) as q:
+    room = message_cost(tx(1, 200).encoded_size) + message_cost(tx(2, 300).encoded_size) - 1
+    async with await QppValidatorQueue.open("w", tmp_path, limits=QueueLimits(max_bytes=room)) as q:
         await q.submit_sync(tx(1, 200), submitted_by="t")
         with pytest.raises(QueueFull, match="bytes"):
             await q.submit_sync(tx(2, 300), submitted_by="t")

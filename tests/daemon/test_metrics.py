@@ -12,7 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import transport.ssh_algorithms  # noqa: F401 - registers ssh-falcon512
+from sidecar import QueueMessage
 from sidecar.daemon.config import ConfigError, parse_endpoint
+from sidecar.state import message_cost
 from tests.subprocesses import Operator, free_port
 from transport.client import AuthRefused, QueueClient
 
@@ -20,6 +22,12 @@ from .harness import call_line
 
 GOSSIP = {"kind": "gossip", "topic": "t", "data": "aGk="}
 VOTE = {"kind": "vote", "validator": "bob", "block_hash": "ab" * 32, "signature": "c2ln"}
+
+
+def accounted_bytes(votes: int, gossips: int) -> int:
+    return votes * message_cost(QueueMessage.from_json(VOTE).encoded_size) + gossips * (
+        message_cost(QueueMessage.from_json(GOSSIP).encoded_size)
+    )
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -59,6 +67,13 @@ async def test_counters_move_under_load(tmp_path: Path, spawn: Any) -> None:
             await c.submit(GOSSIP)  # async
         assert await wait_metric(mport, "qssh_connections", 1) == 1
         assert await wait_metric(mport, "qssh_queue_depth{priority=critical}", 10) == 10
+        # the queue's own accounting beside the process's RSS: 15 messages, each at
+        # its canonical size plus the measured per-message overhead
+        queued = await wait_metric(mport, "qssh_queue_bytes", accounted_bytes(10, 5))
+        assert queued == accounted_bytes(10, 5)
+        now = scrape(mport)
+        assert now["qssh_queue_bytes_limit"] == 1024**3
+        assert now["process_resident_memory_bytes"] > queued
         assert (await c.pop()) is not None
         lease = await c.lease(timeout=30)
         assert lease is not None
