@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from sidecar.errors import Unavailable
 from transport.admission import AdmissionLimits
 
 
@@ -27,6 +30,8 @@ class ServiceLimits:
     submit_burst: int = 10_000
     max_batch: int = 1000
     max_subscription_credit: int = 10_000
+    max_subscriptions_per_channel: int = 16
+    max_waiting_leases_per_connection: int = 64
     max_lease_seconds: float = 3600.0
     max_wait_seconds: float = 300.0
     drain_seconds: float = 10.0
@@ -46,6 +51,8 @@ class ServiceLimits:
             "max_in_flight_per_channel": self.max_in_flight_per_channel,
             "max_batch": self.max_batch,
             "max_subscription_credit": self.max_subscription_credit,
+            "max_subscriptions_per_channel": self.max_subscriptions_per_channel,
+            "max_waiting_leases_per_connection": self.max_waiting_leases_per_connection,
             "submits_per_second": self.submits_per_second,
         }
 
@@ -69,3 +76,25 @@ class SubmitBucket:
             return False
         self._tokens -= n
         return True
+
+
+class WaitingLeases:
+    """``lease`` requests with ``wait`` > 0 now waiting on one connection, capped by
+    ``max_waiting_leases_per_connection`` (over it: ``unavailable`` at once)."""
+
+    def __init__(self, limits: ServiceLimits) -> None:
+        self.limit = limits.max_waiting_leases_per_connection
+        self.now = 0
+
+    @contextmanager
+    def one(self) -> Iterator[None]:
+        if self.now >= self.limit:
+            raise Unavailable(
+                f"too many lease requests waiting on this connection (limit {self.limit}); "
+                "subscribe with credit instead of many waiting leases"
+            )
+        self.now += 1
+        try:
+            yield
+        finally:
+            self.now -= 1

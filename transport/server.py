@@ -22,7 +22,7 @@ import orjson
 from sidecar.errors import ErrorCode, SidecarError, Unavailable
 from transport.admission import Admission, Ending, Refusal
 from transport.auth import AuthorizedKeys, Principal, Role
-from transport.limits import ServiceLimits, SubmitBucket
+from transport.limits import ServiceLimits, SubmitBucket, WaitingLeases
 from transport.protocol import (
     EventName,
     FrameDecoder,
@@ -109,6 +109,8 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         bucket: SubmitBucket,
         conn: asyncssh.SSHServerConnection,
         on_close: Callable[[], None],
+        *,
+        waiting: WaitingLeases,
     ) -> None:
         self._server = server
         self._on_close = on_close
@@ -131,7 +133,9 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
             changed=self._sealing_changed,
             max_held=server.settings.limits.max_in_flight_per_channel,
         )
-        self._state = ChannelState(principal, bucket, self._push, session_tier=self.session_tier)
+        self._state = ChannelState(
+            principal, bucket, self._push, session_tier=self.session_tier, waiting=waiting
+        )
         self._state.session_detail.update(self._algorithms())
         self._notified_level: int | None = None
 
@@ -240,12 +244,15 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         return True  # keep our side open until in-flight replies are written
 
     def pause_writing(self) -> None:
-        # A peer that sends requests but does not read replies: stop reading its
-        # requests until our replies drain, so the send buffer stays bounded.
+        # A peer that does not read what we send: stop reading its requests and stop
+        # its subscriptions' pushes until our output drains, so the send buffer (and
+        # what its subscriptions hold) stays bounded.
+        self._state.pause_pushes()
         if self._chan is not None and not self._closed:
             self._chan.pause_reading()
 
     def resume_writing(self) -> None:
+        self._state.resume_pushes()
         if self._chan is not None and not self._closed:
             self._chan.resume_reading()
 
@@ -396,6 +403,7 @@ class _QueueSSHServer(asyncssh.SSHServer):
         self._channels = 0
         limits = server.settings.limits
         self._bucket = SubmitBucket(limits.submits_per_second, limits.submit_burst)
+        self._waiting = WaitingLeases(limits)
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -492,7 +500,12 @@ class _QueueSSHServer(asyncssh.SSHServer):
         self._channels += 1
         assert self._conn is not None
         return _QueueSession(
-            self._server, self._principal, self._bucket, self._conn, self._channel_closed
+            self._server,
+            self._principal,
+            self._bucket,
+            self._conn,
+            self._channel_closed,
+            waiting=self._waiting,
         )
 
     def _channel_closed(self) -> None:

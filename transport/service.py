@@ -26,11 +26,13 @@ from sidecar.errors import (
     NotFound,
     QueueFull,
     SidecarError,
+    Unavailable,
 )
 from sidecar.messages import Mode
 from sidecar.state import Lease
 from transport.auth import Principal, Role
-from transport.limits import ServiceLimits, SubmitBucket
+from transport.lease_tokens import LeaseTokens
+from transport.limits import ServiceLimits, SubmitBucket, WaitingLeases
 from transport.protocol import EventName, Params, ProtocolError, Request
 from transport.queue_port import QueuePort, store
 from transport.tiers import (
@@ -55,10 +57,11 @@ PRUNE_HELD_LEASES_AT = 256
 MethodResult = dict[str, Any] | None
 
 
-def lease_view(lease: Lease) -> dict[str, Any]:
-    """A ``Lease`` as the wire shows it; its monotonic deadline as wall-clock time."""
+def lease_view(lease: Lease, lease_id: str) -> dict[str, Any]:
+    """A ``Lease`` as the wire shows it (``lease_id`` in its wire form, see
+    ``transport.lease_tokens``); its monotonic deadline as wall-clock time."""
     view = lease.item.to_json()
-    view["lease_id"] = lease.lease_id
+    view["lease_id"] = lease_id
     view["lease_expires_at"] = time.time() + (lease.deadline - time.monotonic())
     return view
 
@@ -97,6 +100,7 @@ class QueueService:
         self.policy = policy
         self.server_stats = server_stats
         self.counters = ServiceCounters()
+        self.lease_tokens = LeaseTokens()
         self._handlers: dict[
             str, tuple[Role | None, Callable[[ChannelState, Params], Awaitable[MethodResult]]]
         ] = {
@@ -285,7 +289,11 @@ class QueueService:
         wait = params.number("wait", 0.0, 0.0, self.limits.max_wait_seconds)
         detach = params.boolean("detach", False)
         params.finish()
-        lease = await self._lease_wait(timeout, wait)
+        if wait > 0:
+            with channel.waiting.one():
+                lease = await self._lease_wait(timeout, wait)
+        else:
+            lease = await self._lease_wait(timeout, 0.0)
         if lease is None:
             return None
         # A detached lease outlives the channel and ends only by ack, release or timeout.
@@ -293,24 +301,36 @@ class QueueService:
             await self.queue.release(lease)  # the channel went away meanwhile
             return None
         self.counters.deliveries += 1
-        return lease_view(lease)
+        return self.lease_view(channel, lease)
+
+    def lease_view(self, channel: ChannelState, lease: Lease) -> dict[str, Any]:
+        wire = self.lease_tokens.wire(lease.lease_id, channel.principal.fingerprint)
+        return lease_view(lease, wire)
 
     async def _ack(self, channel: ChannelState, params: Params) -> MethodResult:
         lease_id = params.raw("lease_id")
         params.finish()
-        await channel.end(lease_id, self.queue.ack)
+        n = self.lease_tokens.resolve(lease_id, channel.principal.fingerprint)
+        await channel.end(n, self.queue.ack)
         return {"acked": lease_id}
 
     async def _release(self, channel: ChannelState, params: Params) -> MethodResult:
         lease_id = params.raw("lease_id")
         params.finish()
-        await channel.end(lease_id, self.queue.release)
+        n = self.lease_tokens.resolve(lease_id, channel.principal.fingerprint)
+        await channel.end(n, self.queue.release)
         return {"released": lease_id}
 
     async def _subscribe(self, channel: ChannelState, params: Params) -> MethodResult:
         credit = params.integer("credit", 1, 0, self.limits.max_subscription_credit)
         timeout = params.number("lease_timeout", 30.0, 0.001, self.limits.max_lease_seconds)
         params.finish()
+        limit = self.limits.max_subscriptions_per_channel
+        if len(channel.subscriptions) >= limit:
+            raise Unavailable(
+                f"too many subscriptions on this channel (limit {limit}); "
+                "unsubscribe one or grant more credit instead"
+            )
         sub = channel.subscribe(self, credit, timeout)
         return {"subscription": sub.id, "credit": sub.credit}
 
@@ -422,6 +442,8 @@ class ChannelSubscription:
         try:
             while True:
                 await self._has_credit.wait()
+                # a peer that does not read its pushes gets no more (and leases no more)
+                await self.channel.writable()
                 lease = await queue.lease(timeout=self.lease_timeout)
                 if lease is None:
                     await wait_for_message(queue, 1.0)
@@ -433,8 +455,10 @@ class ChannelSubscription:
                 if self.credit <= 0:
                     self._has_credit.clear()
                 self.service.counters.deliveries += 1
-                delivery = {"subscription": self.id, **lease_view(lease)}
-                self.channel.push(EventName.DELIVERY, delivery)
+                view = self.service.lease_view(self.channel, lease)
+                self.channel.push(EventName.DELIVERY, {"subscription": self.id, **view})
+                # let the push be written (and the write buffer pause us) before the next
+                await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except SidecarError as exc:
@@ -460,7 +484,23 @@ class ChannelState:
     closed: bool = False
     session_tier: Callable[[], TierInfo] = lambda: TierInfo(MAX_UNSEALED_TIER)
     session_detail: dict[str, Any] = field(default_factory=dict)
+    # lease(wait > 0) requests waiting; shared by the channels of one connection
+    waiting: WaitingLeases = field(default_factory=lambda: WaitingLeases(ServiceLimits()))
     _prune_at: int = field(default=PRUNE_HELD_LEASES_AT, init=False, repr=False)
+    _writable: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._writable.set()
+
+    def pause_pushes(self) -> None:
+        """The peer's receive window is full: subscriptions stop leasing and pushing."""
+        self._writable.clear()
+
+    def resume_pushes(self) -> None:
+        self._writable.set()
+
+    async def writable(self) -> None:
+        await self._writable.wait()
 
     def hold(self, lease: Lease) -> bool:
         """Keep ``lease`` until ack/release; false once the channel is closed (then the
@@ -479,28 +519,18 @@ class ChannelState:
         self.leases = {k: v for k, v in self.leases.items() if v.deadline > now}
         self._prune_at = max(PRUNE_HELD_LEASES_AT, 2 * len(self.leases))
 
-    async def end(self, lease_id: object, how: Callable[[Lease | int], Awaitable[None]]) -> None:
-        """Ack or release (``how``) a lease; the channel stops holding it once the queue
-        has ended it or says it is no longer held (a late ack), but not when the queue
-        could not log the ack (it may be retried)."""
-        lease = self.held(lease_id)
-        key = lease if isinstance(lease, int) else lease.lease_id
+    async def end(self, n: int, how: Callable[[Lease | int], Awaitable[None]]) -> None:
+        """Ack or release (``how``) lease ``n`` (already checked to be this key's).
+        The channel stops holding it once the queue has ended it or says it is no
+        longer held (a late ack), but not when the queue could not log the ack (it may
+        be retried). One this channel does not hold (detached, or taken before a
+        reconnect) goes to the queue by number."""
         try:
-            await how(lease)
+            await how(self.leases.get(n, n))
         except (AlreadyConsumed, NotFound):
-            self.leases.pop(key, None)
+            self.leases.pop(n, None)
             raise
-        self.leases.pop(key, None)
-
-    def held(self, lease_id: object) -> Lease | int:
-        """The lease object when this channel holds it, else the id (the core decides)."""
-        if not isinstance(lease_id, int | str) or isinstance(lease_id, bool):
-            raise ProtocolError("'lease_id' must be an integer or a string")
-        if isinstance(lease_id, str):
-            if not lease_id.isdecimal():
-                raise NotFound(f"no lease {lease_id!r}")
-            lease_id = int(lease_id)
-        return self.leases.get(lease_id, lease_id)
+        self.leases.pop(n, None)
 
     def subscribe(self, service: QueueService, credit: int, timeout: float) -> ChannelSubscription:
         sub = ChannelSubscription(self, service, credit, timeout)

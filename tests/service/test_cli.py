@@ -225,9 +225,20 @@ async def test_value_usd_as_an_integer_is_accepted_and_a_float_refused_with_a_hi
 
 
 async def test_ack_of_a_lease_id_never_issued_is_not_found(qssh_home: Path) -> None:
-    code, _, err = await qssh_queue(qssh_home, "--json", "validator", "ack", "999999")
+    forged = "999999." + "A" * 22
+    code, _, err = await qssh_queue(qssh_home, "--json", "validator", "ack", forged)
     assert code == 1
-    assert orjson.loads(err)["error"]["code"] == "not_found"
+    assert orjson.loads(err)["error"] == {"code": "not_found", "message": "no lease 999999"}
+
+
+@pytest.mark.parametrize("lease_id", ["abc", "999999", "1.short", "0." + "A" * 22])
+async def test_ack_or_release_of_a_malformed_lease_id_is_bad_request(
+    qssh_home: Path, lease_id: str
+) -> None:
+    for command in ("ack", "release"):
+        code, _, err = await qssh_queue(qssh_home, "--json", "validator", command, lease_id)
+        assert code == 1
+        assert orjson.loads(err)["error"]["code"] == "bad_request", err
 
 
 async def test_a_missing_identity_file_is_warned_about_like_openssh(

@@ -45,6 +45,8 @@ def test_protocol_limits_table_is_service_limits_defaults() -> None:
         "submit_burst",
         "max_batch",
         "max_subscription_credit",
+        "max_subscriptions_per_channel",
+        "max_waiting_leases_per_connection",
         "max_lease_seconds",
         "max_wait_seconds",
     }
