@@ -62,9 +62,10 @@ _CLOSE_FRAME_BYTES = 8 * 1024 * 1024
 _FREEZE_AT = 50_000  # recovered messages from which gc.freeze() pays off
 _GC = GcFreezer()  # gc.freeze is process-wide: one policy for every queue
 
-# op codes for the group committer
 Origin = tuple[str, int]  # (the sidecar a relayed message was submitted to, its id there)
+Clock = Callable[[], float]  # seconds; time.monotonic and time.time unless a test gives one
 
+# op codes for the group committer
 _SUBMIT, _CONSUME_POP, _CONSUME_ACK, _RESERVE, _SUBMIT_ONCE, _RELAYED = range(6)
 
 
@@ -83,6 +84,8 @@ class QppValidatorQueue:
         inline_lone_sync: bool = True,
         dedup: DedupLimits | None = None,
         peers: Sequence[str] = (),
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise InvalidMessage(f"queue name {name!r} must be 1-64 of [A-Za-z0-9_.-]")
@@ -91,6 +94,8 @@ class QppValidatorQueue:
         self.path = os.path.join(self.persist_dir, f"{name}.wal")
         self._layer = layer or OsFileLayer()
         self._observer = observer or NULL_OBSERVER
+        self._clock = clock
+        self._wall_clock = wall_clock
         self._state = QueueState(limits)
         self._dedup = DedupIndex(dedup)
         self._dedup_waits: dict[DedupKey, asyncio.Future[None]] = {}
@@ -106,7 +111,7 @@ class QppValidatorQueue:
         self._reserve_pending = False
         self._reserve_waiters: list[asyncio.Future[None]] = []
         self._block = _first_block()
-        self._block_since = time.monotonic()
+        self._block_since = self._clock()
         self._waiters: list[asyncio.Future[None]] = []
         self._closing = False
         self._closed = False
@@ -132,6 +137,8 @@ class QppValidatorQueue:
         inline_lone_sync: bool = True,
         dedup: DedupLimits | None = None,
         peers: Sequence[str] = (),
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
     ) -> QppValidatorQueue:
         """Open (creating if needed) and recover the queue `name` in `persist_dir`.
 
@@ -141,7 +148,8 @@ class QppValidatorQueue:
         a lone record is fsync'd on the event loop thread (faster for a serial caller;
         blocks the loop for one fsync); batches of two or more always use the worker.
         `dedup`: window and size of the `submit_once` index. `peers`: the names of the
-        peers broadcast messages are relayed to (docs/relay.md).
+        peers broadcast messages are relayed to (docs/relay.md). `clock` (lease deadlines,
+        waits) and `wall_clock` (created_at, the dedup window): tests pass their own.
         """
         q = cls(
             name,
@@ -153,6 +161,8 @@ class QppValidatorQueue:
             inline_lone_sync=inline_lone_sync,
             dedup=dedup,
             peers=peers,
+            clock=clock,
+            wall_clock=wall_clock,
         )
         if layer is None:
             make_dirs(q.persist_dir)  # the log's own name is durable only with these
@@ -200,7 +210,7 @@ class QppValidatorQueue:
             self.recovery = rec
             self._next_id = rec.replayed.next_id
             self._reserved_upto = self._next_id + self._block
-            self._block_since = time.monotonic()
+            self._block_since = self._clock()
             self._log_records = rec.records + 1
             self._state.load(items, issued_below=self._next_id)
             self._durable_live = {item.message_id: item for item in items}
@@ -229,7 +239,7 @@ class QppValidatorQueue:
     def _restore_dedup(self, found: dict[DedupKey, tuple[int, float]]) -> None:
         for key, (mid, at) in sorted(found.items(), key=lambda kv: kv[1][1]):
             self._dedup.record(key, mid, at, durable=True)
-        self._dedup.expire(time.time())
+        self._dedup.expire(self._wall_clock())
         found.clear()
 
     def _restore_relay(self, broadcast: dict[int, list[Any]], relayed: dict[int, set[str]]) -> None:
@@ -348,7 +358,7 @@ class QppValidatorQueue:
         if self._reserve_pending:
             return
         self._reserve_pending = True
-        now = time.monotonic()
+        now = self._clock()
         self._block = _next_block(self._block, now - self._block_since)
         self._block_since = now
         upto = self._reserved_upto + self._block
@@ -381,7 +391,7 @@ class QppValidatorQueue:
         item = QueueMessageWithProvenance(
             msg,
             mid,
-            time.time(),
+            self._wall_clock(),
             submitted_by,
             persisted=True,
             broadcast=broadcast,
@@ -421,7 +431,7 @@ class QppValidatorQueue:
         item = QueueMessageWithProvenance(
             msg,
             mid,
-            time.time(),
+            self._wall_clock(),
             submitted_by,
             broadcast=broadcast,
             mode=Mode.ASYNC,
@@ -478,14 +488,14 @@ class QppValidatorQueue:
         chosen = resolve_mode(msg, mode)
         while True:
             self._live()
-            entry = self._dedup.find(key, time.time())
+            entry = self._dedup.find(key, self._wall_clock())
             if entry is not None:
                 return Submitted(entry.message_id, True)
             in_flight = self._dedup_waits.get(key)
             if in_flight is None:
                 break
             await asyncio.shield(in_flight)  # the first submit with this key decides
-        self._dedup.reserve(key, time.time())
+        self._dedup.reserve(key, self._wall_clock())
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._dedup_waits[key] = done
         try:
@@ -565,7 +575,7 @@ class QppValidatorQueue:
         return True
 
     def relay_backlog(self, peer: str) -> PeerBacklog:
-        return self._relay.backlog(peer, time.time())
+        return self._relay.backlog(peer, self._wall_clock())
 
     # -- consume -------------------------------------------------------------------------
     async def pop(self) -> NoClone[QueueMessageWithProvenance] | None:
@@ -595,7 +605,7 @@ class QppValidatorQueue:
         if not self._state.ready:
             return None
         lease_id = await self._alloc_id(committer)
-        return self._state.lease(time.monotonic(), timeout, lease_id)
+        return self._state.lease(self._clock(), timeout, lease_id)
 
     async def ack(self, lease: Lease | int) -> None:
         """Consume a leased message for good; a second ack or a stale lease raises
@@ -626,10 +636,10 @@ class QppValidatorQueue:
         so a subscriber loop ends instead of waiting forever.
         """
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else self._clock() + timeout
         while True:
             self._live()
-            now = time.monotonic()
+            now = self._clock()
             self._expire(now)
             if self._state.ready:
                 return True
@@ -666,7 +676,7 @@ class QppValidatorQueue:
                 fut.set_result(None)
 
     def _expire(self, now: float | None = None) -> None:
-        n = self._state.expire(time.monotonic() if now is None else now)
+        n = self._state.expire(self._clock() if now is None else now)
         if n:
             self.redeliveries += n
             self._observer.on_redelivery(n)
@@ -782,7 +792,7 @@ class QppValidatorQueue:
             wal = committer.wal
             before = wal.size
             items = list(self._durable_live.values())
-            records = [checkpoint_record(self._reserved_upto, time.time())]
+            records = [checkpoint_record(self._reserved_upto, self._wall_clock())]
             records += [submit_record(item) for item in items]
             records += [
                 dedup_record(principal, dedup_id, e.message_id, e.at)

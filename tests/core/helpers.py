@@ -21,3 +21,17 @@ def gossip(n: int) -> QueueMessage:
 
 def telemetry(n: int) -> QueueMessage:
     return QueueMessage.create("telemetry", name="cpu", value=n)
+
+
+class ManualClock:
+    """A clock for the queue shell (``clock=`` / ``wall_clock=``) that moves only when
+    told to, so lease expiry and dedup windows are tested without sleeping."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -10,7 +10,7 @@ import pytest
 
 from sidecar import DedupLimits, QppValidatorQueue, QueueFull, QueueLimits, Submitted
 from sidecar.wal import WriteAheadLog, record_to_dict
-from tests.core.helpers import block, gossip, tx
+from tests.core.helpers import ManualClock, block, gossip, tx
 from tests.core.simfs import SimDisk
 
 
@@ -98,16 +98,17 @@ async def test_keys_survive_compaction_after_their_messages_are_consumed(tmp_pat
 
 async def test_an_expired_key_is_a_new_submit(tmp_path: Path) -> None:
     limits = DedupLimits(window=0.2)
-    async with await QppValidatorQueue.open("v", tmp_path, dedup=limits) as q:
+    wall = ManualClock()
+    async with await QppValidatorQueue.open("v", tmp_path, dedup=limits, wall_clock=wall) as q:
         first = await q.submit_once(block(1), submitted_by="a", dedup_id="k")
-        await asyncio.sleep(0.3)
+        wall.advance(0.3)
         later = await q.submit_once(block(1), submitted_by="a", dedup_id="k")
         assert not later.duplicate
         assert later.message_id > first.message_id
         await q.compact_wal()
     # a restart with the window over drops the key from the log as well
-    async with await QppValidatorQueue.open("v", tmp_path, dedup=limits) as q2:
-        await asyncio.sleep(0.3)
+    async with await QppValidatorQueue.open("v", tmp_path, dedup=limits, wall_clock=wall) as q2:
+        wall.advance(0.3)
         assert not (await q2.submit_once(block(1), submitted_by="a", dedup_id="k")).duplicate
 
 

@@ -24,7 +24,7 @@ from sidecar import (
 )
 from sidecar.queue import FIRST_ID_BLOCK, ID_BLOCK, _next_block
 from sidecar.state import message_cost
-from tests.core.helpers import block, gossip, telemetry, tx
+from tests.core.helpers import ManualClock, block, gossip, telemetry, tx
 from tests.core.simfs import SimDisk
 
 
@@ -136,7 +136,8 @@ async def test_pop_returns_a_noclone_handle(tmp_path: Path) -> None:
 
 
 async def test_lease_ack_release_and_expiry(tmp_path: Path) -> None:
-    async with await QppValidatorQueue.open("v", tmp_path) as q:
+    clock = ManualClock()
+    async with await QppValidatorQueue.open("v", tmp_path, clock=clock) as q:
         a = await q.submit_sync(block(1), submitted_by="t")
         lease = await q.lease(timeout=30)
         assert lease is not None
@@ -148,7 +149,7 @@ async def test_lease_ack_release_and_expiry(tmp_path: Path) -> None:
         assert again is not None
         assert again.message_id == a
         assert again.item.delivery_count == 1
-        await asyncio.sleep(0.03)
+        clock.advance(0.03)
         third = await q.lease(timeout=30)
         assert third is not None
         assert third.item.delivery_count == 2
