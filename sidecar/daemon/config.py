@@ -369,7 +369,10 @@ def parse_relay(raw: object) -> RelaySettings:
     batch = t.positive("batch", RelaySettings.batch)
     if batch > 1024:
         raise ConfigError(f"relay.batch: at most 1024, got {batch}")
-    return RelaySettings(batch, low, high, t.positive("backlog_warning", 10_000))
+    timeout = float(t.get("request_timeout", (int, float), RelaySettings.request_timeout))
+    if not 0 < timeout <= 3600:
+        raise ConfigError(f"relay.request_timeout: must be 0-3600 seconds, got {timeout}")
+    return RelaySettings(batch, low, high, t.positive("backlog_warning", 10_000), timeout)
 
 
 def _path(base: Path, value: str) -> Path:

@@ -17,6 +17,7 @@
     reconnect_min = 0.5         # seconds; doubled per failed attempt, with jitter
     reconnect_max = 30
     backlog_warning = 10000     # warn when a peer lacks more than this many messages
+    request_timeout = 30        # seconds a relay request may take before the link is cut
 
 Reference: docs/relay.md; parsed by ``config.py``. Paths are relative to the config file.
 """
@@ -58,3 +59,4 @@ class RelaySettings:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     backlog_warning: int = 10_000
+    request_timeout: float = 30.0

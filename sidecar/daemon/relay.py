@@ -36,8 +36,6 @@ from .peers_config import PeerConfig, RelaySettings
 log = logging.getLogger(__name__)
 
 KEEPALIVE = 5.0  # seconds between empty relay requests on an idle link (tier refresh)
-CONNECT_TIMEOUT = 10.0
-REQUEST_TIMEOUT = 60.0
 
 
 @dataclass
@@ -129,7 +127,7 @@ class PeerLink:
                 username=peer.user or self._instance,
                 client_keys=[str(peer.identity)],
                 known_hosts=self._known_hosts,
-                connect_timeout=CONNECT_TIMEOUT,
+                connect_timeout=self.settings.request_timeout,
                 qkd=qkd,
             ) as client:
                 await self._relay_loop(client)
@@ -179,7 +177,8 @@ class PeerLink:
             {"origin_id": i.message_id, "mode": i.mode.value, "message": i.message.to_json()}
             for i in items
         ]
-        reply = await asyncio.wait_for(client.call("relay", {"items": wire}), REQUEST_TIMEOUT)
+        timeout = self.settings.request_timeout
+        reply = await asyncio.wait_for(client.call("relay", {"items": wire}), timeout)
         if not isinstance(reply, dict):
             raise ValueError(f"peer {self.name} answered relay with {reply!r}")
         return reply
