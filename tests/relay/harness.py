@@ -76,10 +76,11 @@ def make_mesh(
     *,
     config: dict[str, str] | None = None,
     ports: dict[str, int] | None = None,
+    link_config: dict[tuple[str, str], str] | None = None,
 ) -> dict[str, Node]:
     """Nodes named `names`; `links` (default: every ordered pair) are (from, to) relays.
-    `config` adds TOML per node (top-level keys first, then tables); `ports` overrides
-    where a node's peers reach it (a proxy in front of it)."""
+    `config` adds TOML tables per node; `ports` overrides where a node's peers reach it
+    (a proxy in front of it); `link_config` adds sub-tables to one link's [[peers]]."""
     links = links or [(a, b) for a in names for b in names if a != b]
     nodes: dict[str, Node] = {}
     for name in names:
@@ -128,6 +129,7 @@ def make_mesh(
                 f'address = "127.0.0.1:{port}"',
                 f'host_key = "{pin}"',
                 f'identity = "{identity.name}"',
+                (link_config or {}).get((src, dst), ""),
             ]
             node.peers.append(dst)
         node.config.write_text("\n".join(toml) + "\n")
