@@ -23,6 +23,7 @@ from sidecar.errors import ErrorCode, SidecarError, Unavailable
 from transport.admission import Admission, Ending, Refusal
 from transport.auth import AuthorizedKeys, Principal, Role
 from transport.limits import ServiceLimits, SubmitBucket, WaitingLeases
+from transport.negotiation_log import describe, mismatch, parse_kexinit
 from transport.protocol import (
     EventName,
     FrameDecoder,
@@ -44,6 +45,8 @@ from transport.ssh_options import ssh_options_for_tier
 from transport.tiers import DEFAULT_POLICY, TierPolicy, effective_tier
 
 log = logging.getLogger(__name__)
+
+NEGOTIATION = "negotiation failed"  # the reason a failed algorithm negotiation is counted as
 
 SUBSYSTEM = "qssh-queue"
 # exit-status of a qssh-queue channel (OpenSSH-family clients exit with it; sysexits.h)
@@ -395,6 +398,7 @@ class _QueueSSHServer(asyncssh.SSHServer):
         self._server = server
         self._conn: asyncssh.SSHServerConnection | None = None
         self._source = ""
+        self._peer = ""  # address:port
         self._phase = _Phase.REFUSED
         self._ending = Ending.NOAUTH
         self._auth_refusal: tuple[Refusal, str] | None = None
@@ -410,6 +414,7 @@ class _QueueSSHServer(asyncssh.SSHServer):
         server = self._server
         peer = conn.get_extra_info("peername")
         self._source = str(peer[0]) if peer else "unknown"
+        self._peer = f"{peer[0]}:{peer[1]}" if peer else "unknown"
         refusal = server.admission.arrive(self._source)
         if refusal is not None:
             server.refused(refusal, source=self._source)
@@ -432,6 +437,7 @@ class _QueueSSHServer(asyncssh.SSHServer):
             self._grace = None
         if self._conn is not None:
             self._server._connections.discard(self._conn)
+            self._negotiation_ended(self._conn, exc)
         if self._phase is _Phase.STARTUP:
             self._server.admission.gone(self._source, self._ending)
             if self._auth_refusal is not None:  # only if it never got in with another key
@@ -439,6 +445,20 @@ class _QueueSSHServer(asyncssh.SSHServer):
         elif self._phase is _Phase.SESSION:
             self._server.admission.gone(self._source, Ending.AUTHENTICATED)
         self._phase = _Phase.ENDED
+
+    def _negotiation_ended(self, conn: asyncssh.SSHServerConnection, exc: Exception | None) -> None:
+        """Report a failed algorithm negotiation: asyncssh's own verdict, or ours when
+        the peer hung up first (OpenSSH closes as soon as it sees no match)."""
+        if self._phase is not _Phase.STARTUP:
+            return
+        # asyncssh keeps both KEXINIT payloads (it hashes them into the session)
+        theirs = parse_kexinit(getattr(conn, "_client_kexinit", None))
+        ours = parse_kexinit(getattr(conn, "_server_kexinit", None))
+        reason = str(exc) if isinstance(exc, asyncssh.KeyExchangeFailed) else mismatch(theirs, ours)
+        if reason is not None:
+            self._server.negotiation_failed(
+                describe(self._peer, reason, theirs, ours), source=self._source
+            )
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -539,6 +559,9 @@ class QueueServer:
         self.refusals = RefusalLog(settings.limits.admission.refusal_log_seconds)
         self.refused_by_reason: Counter[str] = Counter()
         self._refusal_timer: asyncio.TimerHandle | None = None
+        # failed algorithm negotiations: INFO, at the same bounded rate as refusals
+        self.negotiation_failures = RefusalLog(settings.limits.admission.refusal_log_seconds)
+        self._negotiation_timer: asyncio.TimerHandle | None = None
         self.closing = False
         self._listener: asyncssh.SSHAcceptor | None = None
         self._connections: set[asyncssh.SSHServerConnection] = set()
@@ -571,6 +594,28 @@ class QueueServer:
         if self.refusals.open:
             self._refusal_timer = asyncio.get_running_loop().call_later(
                 self.refusals.interval, self._flush_refusals
+            )
+
+    def negotiation_failed(self, detail: str, *, source: str) -> None:
+        """A client shared no algorithm with us: log who, why and both lists (INFO),
+        one line then one summary per interval (``RefusalLog``)."""
+        self.refused_by_reason[NEGOTIATION] += 1
+        line = self.negotiation_failures.note(NEGOTIATION, source, detail)
+        if line is not None:
+            log.info(line)
+        if self.negotiation_failures.open and self._negotiation_timer is None:
+            self._negotiation_timer = asyncio.get_running_loop().call_later(
+                self.negotiation_failures.interval, self._flush_negotiation_failures
+            )
+
+    def _flush_negotiation_failures(self) -> None:
+        self._negotiation_timer = None
+        line = self.negotiation_failures.flush()
+        if line is not None:
+            log.info(line)
+        if self.negotiation_failures.open:
+            self._negotiation_timer = asyncio.get_running_loop().call_later(
+                self.negotiation_failures.interval, self._flush_negotiation_failures
             )
 
     def _server_stats(self) -> dict[str, Any]:
@@ -640,6 +685,12 @@ class QueueServer:
             if self._refusal_timer is not None:
                 self._refusal_timer.cancel()
                 self._refusal_timer = None
+        if self._negotiation_timer is not None:
+            self._negotiation_timer.cancel()
+            self._negotiation_timer = None
+            line = self.negotiation_failures.flush()
+            if line is not None:
+                log.info(line)
         sessions = list(self._sessions)
         if sessions:
             drain = asyncio.gather(*(s.drain() for s in sessions))

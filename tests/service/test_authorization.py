@@ -15,6 +15,7 @@ from tests.service.conftest import Service, pin_host_key, telemetry
 from transport.client import AuthRefused, ConnectFailed
 from transport.crypto import available_kex
 from transport.host_pinning import HostKeyError
+from transport.server import NEGOTIATION
 from transport.ssh_options import ssh_options_for_tier
 
 
@@ -117,6 +118,12 @@ async def test_stock_openssh_client_is_refused_in_the_handshake(service: Service
     assert proc.returncode == 255
     assert stdout == b""
     assert expected in stderr, stderr
+    # the daemon log names it (tests/service/test_negotiation_log.py checks the line)
+    for _ in range(200):
+        if service.server.refused_by_reason[NEGOTIATION]:
+            break
+        await asyncio.sleep(0.05)
+    assert service.server.refused_by_reason[NEGOTIATION] == 1
 
 
 async def test_changed_host_key_is_refused_with_clear_message(
