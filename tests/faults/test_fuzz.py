@@ -33,9 +33,7 @@ from transport.protocol import (
     parse_reply,
     parse_request,
 )
-from transport.protocol import (
-    encode_frame as encode_wire_frame,
-)
+from transport.protocol import encode_wire_frame
 
 NIGHTLY = os.environ.get("QSSH_NIGHTLY") == "1"
 pytestmark = pytest.mark.timeout(7200 if NIGHTLY else 300)
