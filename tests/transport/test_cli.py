@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.subprocesses import child_env
+from transport.crypto import liboqs as liboqs_provider
 from transport.keys import read_private_key, read_public_key
 
 
@@ -121,3 +123,65 @@ def test_doctor_never_imports_oqs_without_the_library(
     if not args:
         assert "ssh-falcon512" in result.stdout
         assert "mlkem768x25519-sha256" in result.stdout
+
+
+def _liboqs_file_on_ld_library_path() -> Path | None:
+    """The liboqs this test run sees through LD_LIBRARY_PATH, if that is how it sees one."""
+    for directory in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep):
+        candidate = Path(directory) / "liboqs.so"
+        if directory and candidate.exists():
+            return candidate
+    return None
+
+
+def _doctor_json(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "sidecar.cli", "doctor", "--json"]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+
+
+def test_doctor_says_neither_found_liboqs_and_how_to_install_it(tmp_path: Path) -> None:
+    env = child_env(HOME=str(tmp_path), OQS_INSTALL_PATH=str(tmp_path / "nothing"))
+    env.pop("LD_LIBRARY_PATH", None)
+    if liboqs_provider.status().library is not None and not os.environ.get("LD_LIBRARY_PATH"):
+        pytest.skip("liboqs is installed system-wide here: it cannot be hidden from a child")
+    result = _doctor_json(env)
+    assert result.returncode == 0, result.stderr
+    oqs = json.loads(result.stdout)["liboqs"]
+    assert oqs["found_by"]["liboqs-python"]["found"] is False
+    assert oqs["found_by"]["asyncssh"]["found"] is False
+    (fix,) = oqs["fixes"]
+    assert "neither liboqs-python nor asyncssh found liboqs" in fix
+    assert "-DBUILD_SHARED_LIBS=ON" in fix
+    assert "ldconfig" in fix
+
+
+def test_doctor_says_asyncssh_missed_a_liboqs_only_oqs_install_path_shows(tmp_path: Path) -> None:
+    """OQS_INSTALL_PATH alone is enough for liboqs-python but not for asyncssh."""
+    library = _liboqs_file_on_ld_library_path()
+    if library is None:
+        pytest.skip("needs a liboqs made visible through LD_LIBRARY_PATH (docs/crypto.md)")
+    env = child_env(HOME=str(tmp_path), OQS_INSTALL_PATH=str(library.parent.parent))
+    env.pop("LD_LIBRARY_PATH")
+    result = _doctor_json(env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    oqs = report["liboqs"]
+    assert oqs["found_by"]["liboqs-python"]["found"] is True
+    assert oqs["found_by"]["liboqs-python"]["via"].startswith("OQS_INSTALL_PATH")
+    assert oqs["found_by"]["asyncssh"]["found"] is False
+    (fix,) = oqs["fixes"]
+    assert "asyncssh did not find liboqs" in fix
+    assert f"LD_LIBRARY_PATH={library.parent}" in fix
+    assert "ldconfig" in fix
+    kex = {k["algorithm"]: k for k in report["kex"]}
+    for name in ("sntrup761x25519-sha512", "sntrup761x25519-sha512@openssh.com"):
+        assert kex[name]["available"] is False
+        assert "asyncssh did not find liboqs" in kex[name]["reason"]
+    # and made visible to both, nothing is left to fix
+    both = qssh("doctor", "--json", home=tmp_path)
+    oqs = json.loads(both.stdout)["liboqs"]
+    assert oqs["found_by"]["asyncssh"]["found"] is True
+    assert oqs["found_by"]["asyncssh"]["sntrup761"] is True
+    assert oqs["fixes"] == []

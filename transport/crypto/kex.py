@@ -47,6 +47,10 @@ def kex_statuses() -> list[KexStatus]:
         if name.startswith("sntrup") and not liboqs.available():
             reason = liboqs.status().error or liboqs.ABSENT_REASON
             result.append(KexStatus(name, False, _KEX_PROVIDER[name], reason))
+        elif name.startswith("sntrup") and liboqs.asyncssh_view().library is None:
+            # liboqs-python found it through OQS_INSTALL_PATH; asyncssh looks only here
+            reason = f"asyncssh did not find liboqs on {liboqs.LOADER_PATH}"
+            result.append(KexStatus(name, False, _KEX_PROVIDER[name], reason))
         elif name not in registered:
             result.append(KexStatus(name, False, _KEX_PROVIDER[name], "not offered by asyncssh"))
         else:

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import importlib.metadata
 import io
 import logging
 import os
@@ -74,6 +75,41 @@ def status() -> LiboqsStatus:
 
 def available() -> bool:
     return status().library is not None
+
+
+LOADER_PATH = "the loader path (ctypes.util.find_library)"
+
+
+def found_via(library: Path) -> str:
+    """How a library from :func:`status` was found: a bare soname came from the loader
+    path, an absolute path from ``$OQS_INSTALL_PATH`` (or ``~/_oqs``)."""
+    if not library.is_absolute():
+        return LOADER_PATH
+    return f"OQS_INSTALL_PATH ({library.parent.parent})"
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncsshView:
+    """What asyncssh found: it looks only on the loader path, once, at import."""
+
+    library: str | None
+    sntrup761: bool
+
+
+def asyncssh_view() -> AsyncsshView:
+    from asyncssh.crypto import pq  # noqa: PLC0415 - asyncssh's own search, already done
+
+    library = getattr(pq, "_oqs_lib", None)
+    return AsyncsshView(library if isinstance(library, str) else None, pq.sntrup_available)
+
+
+def expected_version() -> str | None:
+    """The liboqs major.minor the installed liboqs-python expects (its own version's)."""
+    try:
+        version = importlib.metadata.version("liboqs-python")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return ".".join(version.split(".")[:2])
 
 
 @functools.cache
