@@ -45,6 +45,7 @@ class LinkState:
     last_error: str | None = None
     connects: int = 0
     since: float | None = None  # wall-clock time the current session started
+    qkd_failure: str | None = None  # why a link configured for tier 4 is not sealed
 
 
 class PeerLink:
@@ -130,6 +131,9 @@ class PeerLink:
                 connect_timeout=self.settings.request_timeout,
                 qkd=qkd,
             ) as client:
+                self.state.qkd_failure = client.qkd_failure
+                if client.qkd_failure is not None:
+                    log.warning("peer %s: link not sealed: %s", self.name, client.qkd_failure)
                 await self._relay_loop(client)
         finally:
             if kme is not None:
@@ -248,6 +252,7 @@ class PeerLink:
             "relayed_total": queue.relayed.get(self.name, 0),
             "connects": self.state.connects,
             "last_error": self.state.last_error,
+            "qkd_failure": self.state.qkd_failure,
         }
 
 

@@ -1,4 +1,5 @@
-"""examples/testnet: three sidecars at tiers 2, 3, 4 start, answer `tier`, stop cleanly."""
+"""examples/testnet: three sidecars at tiers 2, 3, 4 start, answer `tier`, relay a
+broadcast block from alice to bob and charlie (a full mesh), and stop cleanly."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import json
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,6 +52,47 @@ def testnet(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], str]]:
         (tmp_path / "down.rc").write_text(f"{testnet_down.returncode}\n{down.stdout}{down.stderr}")
 
 
+def qssh_queue(run: Path, env: dict[str, str], *args: str) -> Any:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "transport.client_cli",
+            "-F",
+            str(run / "qssh_config"),
+            "--json",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode in (0, 4), r.stderr
+    return json.loads(r.stdout)
+
+
+def broadcast_block_reaches_bob_and_charlie(run: Path, env: dict[str, str]) -> None:
+    """The README's example: a broadcast block submitted on alice, popped on bob and
+    charlie, attributed to alice with alice's id."""
+    block = ["block_import", f"block_hash={'ab' * 32}", "block_number=7", "timestamp=7"]
+    sent = qssh_queue(run, env, "alice", "submit", *block, "--broadcast")
+    deadline = time.monotonic() + 60
+    while True:
+        views = {v["peer"]: v for v in qssh_queue(run, env, "alice", "peers")}
+        if all(views[p]["relayed_total"] == 1 for p in ("bob", "charlie")):
+            break
+        assert time.monotonic() < deadline, views
+        time.sleep(0.2)
+    assert views["charlie"]["session_tier"] == 4, str(views["charlie"])  # sealed too
+    for name in ("bob", "charlie"):
+        got = qssh_queue(run, env, name, "pop")  # block_import comes before entropy shares
+        assert got["message"]["block_number"] == 7
+        assert (got["origin"], got["origin_id"]) == ("alice", sent["message_id"])
+        assert got["submitted_by"] == "peer:alice"
+
+
 def test_three_validators_answer_tier_and_stop_cleanly(
     testnet: tuple[Path, dict[str, str], str],
 ) -> None:
@@ -84,6 +128,7 @@ def test_three_validators_answer_tier_and_stop_cleanly(
         assert f"listening 127.0.0.1:{base + offset} " in log
     # qssh-queue seals its channel to charlie with QKD keys: a tier-4 session
     assert effective == {"alice": 2, "bob": 3, "charlie": 4}
+    broadcast_block_reaches_bob_and_charlie(run, env)
 
     down = subprocess.run([DOWN], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert down.returncode == 0, down.stdout + down.stderr
