@@ -4,8 +4,9 @@
   ``transport/``, ``hardware/`` or ``sidecar.daemon``;
 - ``hardware/`` imports neither ``sidecar/`` nor ``transport/``;
 - ``transport/`` imports only the core's public-type modules (``CORE_TYPES``), never the
-  queue, the log, group commit or the daemon; only its command-line entry points
-  (``*_cli.py``) import ``hardware/``;
+  queue, the log, group commit or the daemon; of ``hardware/`` its library modules
+  read only the tier (``hardware.tier``), its command-line entry points (``*_cli.py``)
+  may wire in more;
 - nothing below the daemon imports ``sidecar.daemon``.
 
 Every import counts, also ones inside functions or under ``TYPE_CHECKING``.
@@ -105,11 +106,11 @@ def test_transport_uses_only_the_core_public_types() -> None:
     assert bad == []
 
 
-def test_only_transport_entry_points_import_hardware() -> None:
+def test_transport_reads_only_the_tier_from_hardware_outside_its_entry_points() -> None:
     bad = [
         (mod, name)
         for mod, name in imports_of("transport")
-        if under(name, "hardware") and not mod.endswith("_cli")
+        if under(name, "hardware") and name != "hardware.tier" and not mod.endswith("_cli")
     ]
     assert bad == []
 
@@ -144,3 +145,12 @@ def test_importing_the_protocol_does_not_load_the_queue() -> None:
     assert "sidecar.queue" not in loaded
     assert not {m for m in loaded if under(m, "sidecar.wal", "sidecar.commit", "hardware")}
     assert loaded <= CORE_TYPES | {"sidecar"}
+
+
+def test_reading_the_tier_does_not_load_device_or_network_libraries() -> None:
+    code = "import sys, transport.tiers\nprint(sorted(sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    loaded = set(ast.literal_eval(out))
+    assert loaded & {"serial", "pyudev", "httpx", "hardware.monitor", "sidecar.queue"} == set()

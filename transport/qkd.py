@@ -14,8 +14,8 @@ the first key exchange, which both ends hold as ``conn._session_id`` (RFC 4253 Â
 is never used unbound.
 
 Anything that can answer ``enc_keys`` / ``dec_keys`` like :class:`hardware.kme.KMEClient`
-is a :class:`KeyManager`; the transport's library modules do not import ``hardware``
-(only its ``*_cli`` entry points and the daemon wire a KME client in).
+is a :class:`KeyManager`; of ``hardware`` the transport's library modules read only the
+tier (only its ``*_cli`` entry points and the daemon wire a KME client in).
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from hardware.tier import Tier
 from sidecar.errors import InvalidMessage, MessageTooLarge, TierRequired
 from sidecar.messages import DEFAULT_MAX_MESSAGE_BYTES, Kind, Mode, QueueMessage, resolve_mode
 
-# The one spelling of the tier names (hardware.tier.Tier numbers the same four levels).
-TIER_NAMES = {1: "BasicPQ", 2: "HardenedPQ", 3: "EntropyEnhanced", 4: "QuantumSecured"}
+TIER_NAMES = {int(t): t.label for t in Tier}  # "BasicPQ" ... "QuantumSecured"
 HARDENED_CIPHERS = frozenset({"aes256-gcm@openssh.com"})
 FORCED_SYNC_TIER = 3
 SEALED_TIER = 4

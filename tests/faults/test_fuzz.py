@@ -30,10 +30,10 @@ from transport.protocol import (
     FrameTooLarge,
     ProtocolError,
     Request,
+    encode_wire_frame,
     parse_reply,
     parse_request,
 )
-from transport.protocol import encode_wire_frame
 
 NIGHTLY = os.environ.get("QSSH_NIGHTLY") == "1"
 pytestmark = pytest.mark.timeout(7200 if NIGHTLY else 300)
