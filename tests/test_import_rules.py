@@ -15,6 +15,7 @@ Every import counts, also ones inside functions or under ``TYPE_CHECKING``.
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -154,3 +155,15 @@ def test_reading_the_tier_does_not_load_device_or_network_libraries() -> None:
     ).stdout
     loaded = set(ast.literal_eval(out))
     assert loaded & {"serial", "pyudev", "httpx", "hardware.monitor", "sidecar.queue"} == set()
+
+
+@pytest.mark.parametrize("package", ["sidecar", "hardware"])
+def test_every_lazy_re_export_resolves_to_its_home(package: str) -> None:
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        value = getattr(module, name)
+        home = module._HOME_OF[name]
+        assert value is getattr(importlib.import_module(home), name)
+    assert set(module.__all__) == set(module._HOME_OF)
+    with pytest.raises(AttributeError):
+        _ = module.NoSuchName
