@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pyudev
 
 from hardware.config import HardwareConfig
-from hardware.errors import HealthTestFailure, SourceError
+from hardware.errors import HardwareError, HealthTestFailure, SourceError
 from hardware.health import HealthTest
 from hardware.probe import Found, evaluate_found
 from hardware.reports import DeviceReport, HealthVerdict, SourceKind
@@ -21,6 +22,7 @@ from hardware.tier import TierDecision
 log = logging.getLogger(__name__)
 
 TierListener = Callable[[TierDecision | None, TierDecision], Awaitable[None] | None]
+CHECK_BYTES = 64  # read by each evaluation from a device in use, to prove it still answers
 HOTPLUG_SUBSYSTEMS = ("usb", "tty", "usbmisc", "qrandom", "misc", "pci")
 
 
@@ -46,12 +48,20 @@ class HealthCheckedSource:
         self.on_failure = on_failure  # called from the reading thread
         self.startup = startup
         self.failed = False
+        self.error: str | None = None  # why it failed, when not a health test failure
         self.closed = False
         self._opened = False
+        self._lock = threading.Lock()  # one reader at a time: the tests see one stream
 
     def read(self, n: int) -> bytes:
+        with self._lock:
+            return self._read(n)
+
+    def _read(self, n: int) -> bytes:
         if self.failed:
-            raise HealthTestFailure(f"{self.source.path}: health test failed earlier")
+            raise HealthTestFailure(
+                f"{self.source.path}: {self.error or 'health test failed'} earlier"
+            )
         if self.closed:
             raise SourceError(f"{self.source.path}: reader was closed")
         if not self._opened:
@@ -68,6 +78,19 @@ class HealthCheckedSource:
                 f"adaptive proportion {c.apt_failures})"
             )
         return data
+
+    def check(self, n: int = CHECK_BYTES) -> None:
+        """A short read through the continuous tests, at each evaluation: a device that
+        was unplugged, stalls or goes bad fails here even if nobody else reads it."""
+        if self.failed or self.closed:
+            return
+        try:
+            self.read(n)
+        except HealthTestFailure:
+            pass  # already marked failed by the read
+        except HardwareError as exc:
+            self.error = str(exc)
+            self.failed = True
 
     def close(self) -> None:
         if self._opened:
@@ -86,7 +109,7 @@ class HealthCheckedSource:
         report.readable = True
         report.bytes_sampled = counts.samples
         report.health_counts = counts.as_dict()
-        report.error = None
+        report.error = self.error
         if self.failed:
             report.health = HealthVerdict.FAIL
         elif counts.samples >= self.test.params.startup_samples:
@@ -217,6 +240,8 @@ class HardwareMonitor:
 
     async def _evaluate(self, cause: str) -> None:
         self._live = [s for s in self._live if not s.closed]
+        for reader in self._live:
+            await asyncio.to_thread(reader.check)
         # a device being read is judged by its continuous tests; opening it again
         # would split its stream between two readers
         in_use = {s.source.path: s.describe_into for s in self._live}
@@ -227,7 +252,7 @@ class HardwareMonitor:
         if self._on_evaluated is not None:
             self._on_evaluated(decision)
         if old is None or old.tier != decision.tier:
-            log.info(
+            log.debug(  # the daemon says it (tier changed ...); here with the cause
                 "tier %s -> %d (%s): %s",
                 "-" if old is None else int(old.tier),
                 decision.tier,

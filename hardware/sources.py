@@ -116,8 +116,8 @@ class SerialSource:
             raise SourceError(f"{self.path} is not open")
 
         def read_some(want: int, wait: float) -> bytes:
-            port.timeout = wait
-            try:
+            try:  # setting the timeout reconfigures the port: it fails once unplugged
+                port.timeout = wait
                 return bytes(port.read(want))
             except (serial.SerialException, OSError) as exc:
                 raise SourceDisconnected(f"{self.path}: disconnected mid-read: {exc}") from exc

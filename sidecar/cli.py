@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
+import os
 import sys
 from collections.abc import Sequence
 from typing import Protocol, cast
+
+from sidecar import logs
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool cut off by `head`
 
 
 class Subcommand(Protocol):
@@ -36,8 +42,28 @@ def _load(name: str) -> Subcommand:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; a closed stdout (``| head``) ends quietly, as in other tools."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # here, not at exit: a closed pipe is caught below
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("qssh-sidecar")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="qssh-sidecar")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -47,8 +73,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     command = _load(argv[0])
     cmd_parser = argparse.ArgumentParser(prog=f"qssh-sidecar {argv[0]}")
+    cmd_parser.add_argument("--version", action="version", version=f"qssh-sidecar {_version()}")
+    cmd_parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (repeat for more)"
+    )
+    cmd_parser.add_argument(
+        "-q", "--quiet", action="count", default=0, help="log less (repeat for less)"
+    )
     command.configure(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
+    if argv[0] != "serve":  # serve has its own --log-level and --log-format
+        logs.configure(logs.level_from_flags("WARNING", args.verbose, args.quiet))
     return command.run(args)
 
 

@@ -233,7 +233,7 @@ class QppValidatorQueue:
         )
         restored = len(self._durable_live)
         self._observer.on_log_bytes(wal.size)
-        log.info("[%s] restored %d messages from %s", self.name, restored, self.path)
+        log.debug("[%s] restored %d messages from %s", self.name, restored, self.path)
         return restored
 
     def _restore_dedup(self, found: dict[DedupKey, tuple[int, float]]) -> None:

@@ -4,7 +4,9 @@ operator key a first ``qssh-sidecar serve`` makes under its data dir."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,27 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+# sidecar/logs.py's text format: time, level, logger, then the message
+_LOG_PREFIX = re.compile(
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: "
+)
+
+
+def log_message(line: str) -> str:
+    """The message of one log line (text or JSON format); other lines unchanged."""
+    if line.startswith('{"ts": '):
+        try:
+            return str(json.loads(line)["msg"])
+        except (ValueError, KeyError):
+            return line
+    return _LOG_PREFIX.sub("", line, count=1)
+
+
+def log_messages(text: str) -> str:
+    """``log_message`` of every line of ``text``."""
+    return "\n".join(log_message(line) for line in text.split("\n"))
 
 
 def free_port() -> int:

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib.metadata
-import logging
 import os
 import signal
 import sys
@@ -29,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hardware.kme import KMEClient
+from sidecar import logs
 from sidecar.errors import ErrorCode, SidecarError
 from transport.client import AuthRefused, ConnectFailed, QueueClient
 from transport.host_pinning import HostKeyError
@@ -495,7 +495,10 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a closed stdout (``| head``) ends quietly, as in other tools."""
     try:
-        return _main(argv)
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # here, not at exit: a closed pipe is caught below
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
@@ -507,11 +510,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     as_json = "--json" in words  # accepted anywhere, also after the command
     args = parser.parse_args([w for w in words if w != "--json"])
     args.json = as_json
-    logging.basicConfig(
-        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(logs.level_from_flags("WARNING", args.verbose, 0))
     out = Output(args.json, quiet=args.quiet)
     try:
         sub = command_parser(args.command).parse_args(args.args)

@@ -669,7 +669,7 @@ class QueueServer:
             server_version=s.server_version,
             **options,
         )
-        log.info("queue service listening on %s:%d", s.host, self.port)
+        log.debug("queue service listening on %s:%d", s.host, self.port)
 
     async def close(self) -> None:
         """Stop accepting, answer what is in flight, release leases, disconnect."""

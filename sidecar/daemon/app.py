@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from sidecar.dedup import Submitted
 from sidecar.errors import SidecarError
@@ -45,6 +45,7 @@ from .relay import Peers
 from .wiring import HardwarePart, QueuePart, ServerPart
 
 log = logging.getLogger(__name__)
+status = logging.getLogger("sidecar.daemon")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 STATUS_PERIOD = 2.0
@@ -56,13 +57,11 @@ class Sidecar:
         self,
         cfg: DaemonConfig,
         *,
-        out: IO[str] | None = None,
         notifier: SystemdNotifier | None = None,
         salvage: bool = False,
     ) -> None:
         self.cfg = cfg
         self.salvage = salvage
-        self.out = out or sys.stdout
         self.notifier = notifier or SystemdNotifier()
         self.metrics = SidecarMetrics(cfg.instance)
         self.hardware = HardwarePart(cfg, self.metrics, self._on_tier_change)
@@ -155,7 +154,8 @@ class Sidecar:
     # ---- lifecycle -------------------------------------------------------------------
 
     def say(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        """A status line for the operator (INFO, logger ``sidecar.daemon``)."""
+        status.info(line)
 
     async def main(self) -> int:
         """Run until SIGTERM/SIGINT; the process exit code."""

@@ -159,8 +159,7 @@ class EntropyPublisher:
         self.metrics.entropy_publishing.set(0)
         if error is not None:
             self.metrics.entropy_failures.inc()
-            log.error("QRNG %s failed (%s); entropy_share publishing stopped", path, error)
-            self.say(f"entropy: QRNG {path} failed ({error}); entropy_share publishing stopped")
+            log.error("entropy: QRNG %s failed (%s); entropy_share publishing stopped", path, error)
         else:
             self.say(f"entropy: tier below {ENTROPY_TIER}; entropy_share publishing stopped")
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
+
+from sidecar import logs
 
 from . import config as config_mod
 from .config import ConfigError
 
 EXIT_CONFIG = 2
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 EXIT_FAILURE = 1
 
 
@@ -87,8 +87,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--log-level",
         default="INFO",
         type=str.upper,
-        choices=LOG_LEVELS,
-        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
+        choices=logs.LEVELS,
+        help="DEBUG, INFO, WARNING or ERROR (default INFO; -v / -q move it one step)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=logs.FORMATS,
+        help="text (default) or json: one JSON object per line, for journald and Loki",
     )
 
 
@@ -120,12 +126,9 @@ def admission_flags(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    level = logging.getLevelNamesMapping()[args.log_level]
-    logging.basicConfig(
-        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # asyncssh logs several INFO lines per connection; keep them for --log-level DEBUG.
-    logging.getLogger("asyncssh").setLevel(max(level, logging.WARNING))
+    level = logs.level_from_flags(args.log_level, args.verbose, args.quiet)
+    # status lines (INFO and below) on stdout, warnings and errors on stderr
+    logs.configure(level, args.log_format, split=True)
     try:
         cfg = load_config(args)
     except ConfigError as e:

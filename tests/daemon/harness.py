@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.subprocesses import START_TIMEOUT, child_env
+from tests.subprocesses import START_TIMEOUT, child_env, log_message
 
 STOP_TIMEOUT = 30.0
 
@@ -80,7 +80,7 @@ class Daemon:
     def _pump(self, stream: object, into: list[str]) -> None:
         for line in stream:  # type: ignore[attr-defined]
             with self._seen:
-                into.append(line.rstrip("\n"))
+                into.append(log_message(line.rstrip("\n")))
                 self._seen.notify_all()
 
     def wait_line(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
@@ -88,7 +88,7 @@ class Daemon:
         deadline = time.monotonic() + timeout
         with self._seen:
             while True:
-                for line in self.lines:
+                for line in self.lines + self.errors:  # status lines, then warnings
                     m = rx.search(line)
                     if m:
                         return m

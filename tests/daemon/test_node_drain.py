@@ -76,8 +76,7 @@ class GatedSidecar:
 async def endpoint(
     tmp_path: Path,
 ) -> AsyncIterator[tuple[NodeEndpointServer, GatedSidecar, Path]]:
-    out = (tmp_path / "out.txt").open("w")
-    sidecar = Sidecar(DaemonConfig(data_dir=tmp_path, metrics=None), out=out)
+    sidecar = Sidecar(DaemonConfig(data_dir=tmp_path, metrics=None))
     await sidecar.queue.open()
     backend = GatedSidecar(sidecar)
     server = NodeEndpointServer(backend)
@@ -89,7 +88,6 @@ async def endpoint(
         backend.gate.set()
         await server.close(drain=1.0)
         await sidecar.queue.close()
-        out.close()
 
 
 async def send_submit(sock: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.subprocesses import REPO, START_TIMEOUT, Operator, child_env
+from tests.subprocesses import REPO, START_TIMEOUT, Operator, child_env, log_messages
 
 NIGHTLY = os.environ.get("QSSH_NIGHTLY") == "1"
 
@@ -77,9 +77,10 @@ class Serve:
         return self.proc.pid
 
     def output(self) -> str:
+        """What this run printed, each log line reduced to its message."""
         with self.log.open("rb") as f:
             f.seek(self.offset)
-            return f.read().decode(errors="replace")
+            return log_messages(f.read().decode(errors="replace"))
 
     def wait_line(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
         rx = re.compile(pattern, re.MULTILINE)

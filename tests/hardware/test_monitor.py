@@ -7,7 +7,7 @@ import pytest
 
 from hardware.errors import HealthTestFailure
 from hardware.health import HealthTest
-from hardware.monitor import HardwareMonitor, HealthCheckedSource
+from hardware.monitor import CHECK_BYTES, HardwareMonitor, HealthCheckedSource
 from hardware.simulators.serial_qrng import Behaviour, SerialQRNGSimulator
 from hardware.sources import SerialSource
 from hardware.tier import Tier, TierDecision
@@ -142,7 +142,10 @@ async def test_a_device_in_use_is_judged_by_its_live_tests_not_reopened() -> Non
             src.close()
     assert decision is not None
     assert decision.tier is Tier.ENTROPY_ENHANCED
-    assert decision.devices[0].bytes_sampled == 3000  # the live count, not a fresh sample
+    # the live count (3000 read, plus the short check each evaluation makes), not a
+    # fresh 2048-byte sample
+    assert (decision.devices[0].bytes_sampled - 3000) % CHECK_BYTES == 0
+    assert decision.devices[0].bytes_sampled > 3000
 
 
 async def test_a_source_in_use_that_read_little_keeps_tier_3_through_periodic_checks() -> None:
@@ -167,3 +170,26 @@ async def test_a_source_in_use_that_read_little_keeps_tier_3_through_periodic_ch
             src.close()
     assert [int(d.tier) for d in seen[:6]] == [3] * 6, [d.reasons for d in seen]
     assert src.test.counts.samples < src.test.params.startup_samples
+
+
+async def test_a_device_in_use_that_is_unplugged_drops_the_tier_at_the_next_check() -> None:
+    sim = SerialQRNGSimulator("good")
+    sim.start()
+    seen: list[TierDecision] = []
+    monitor = HardwareMonitor(
+        config_for(serial_ports=[qrng(sim.path)], check_interval=0.1),
+        hotplug=False,
+        on_evaluated=seen.append,
+    )
+    await monitor.start()
+    src = monitor.best_quantum_source()
+    assert src is not None
+    try:
+        await asyncio.to_thread(src.read, 64)
+        sim.stop()  # unplugged while the reader holds it; nobody reads it any more
+        await wait_until(lambda: seen[-1].tier is Tier.HARDENED_PQ)
+    finally:
+        await monitor.stop()
+        src.close()
+    assert src.failed
+    assert any("tier 3 unavailable" in r for r in seen[-1].reasons), seen[-1].reasons

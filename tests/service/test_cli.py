@@ -258,3 +258,31 @@ async def test_strict_host_key_checking_ask_is_refused_clearly(qssh_home: Path) 
     )
     assert code == 2
     assert b"StrictHostKeyChecking=ask is not supported" in err
+
+
+async def test_json_is_accepted_after_the_command(qssh_home: Path) -> None:
+    code, out, err = await qssh_queue(qssh_home, "validator", "ping", "--json")
+    assert code == 0, err
+    assert "user" in orjson.loads(out)
+    code, out, err = await qssh_queue(qssh_home, "validator", "depth", "--json")
+    assert code == 0, err
+    assert orjson.loads(out)["total"] == 0
+
+
+async def test_quiet_drops_notes_but_keeps_the_exit_code(qssh_home: Path) -> None:
+    code, _, err = await qssh_queue(qssh_home, "-q", "validator", "pop")
+    assert code == 4
+    assert err == b""
+    code, _, err = await qssh_queue(qssh_home, "validator", "pop")
+    assert code == 4
+    assert b"queue is empty" in err
+
+
+async def test_tables_for_a_pipe_are_as_wide_as_their_content(
+    qssh_home: Path, service: Service
+) -> None:
+    code, out, err = await qssh_queue(qssh_home, "validator", "tier")
+    assert code == 0, err
+    lines = out.decode().splitlines()
+    assert max(len(line) for line in lines) > 80, lines  # one row per tier, not wrapped
+    assert sum("unavailable" in line for line in lines) <= 2

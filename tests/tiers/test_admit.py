@@ -105,17 +105,16 @@ async def test_the_node_endpoint_applies_the_same_admission(tmp_path: Path) -> N
         limits=Limits(max_message_bytes=limit),
         durability=Durability(policy="sync"),
     )
-    with open(tmp_path / "out.txt", "w") as out:
-        sidecar = Sidecar(cfg, out=out)
-        await sidecar.queue.open()
-        try:
-            assert (await sidecar.queue.submit_from_node(gossip(1))).message_id == 1
-            with pytest.raises(MessageTooLarge, match=f"{limit}-byte limit"):
-                await sidecar.queue.submit_from_node({**gossip(2), "topic": "t" * limit})
-            with pytest.raises(TierRequired, match="needs tier 4"):
-                await sidecar.queue.submit_from_node(transaction("2000000"))
-            item = await sidecar.queue.pop_for_node()
-            assert item is not None
-            assert (item["mode"], item["upgraded"], item["persisted"]) == ("sync", True, True)
-        finally:
-            await sidecar.queue.close()
+    sidecar = Sidecar(cfg)
+    await sidecar.queue.open()
+    try:
+        assert (await sidecar.queue.submit_from_node(gossip(1))).message_id == 1
+        with pytest.raises(MessageTooLarge, match=f"{limit}-byte limit"):
+            await sidecar.queue.submit_from_node({**gossip(2), "topic": "t" * limit})
+        with pytest.raises(TierRequired, match="needs tier 4"):
+            await sidecar.queue.submit_from_node(transaction("2000000"))
+        item = await sidecar.queue.pop_for_node()
+        assert item is not None
+        assert (item["mode"], item["upgraded"], item["persisted"]) == ("sync", True, True)
+    finally:
+        await sidecar.queue.close()

@@ -1,0 +1,66 @@
+"""Conventions both commands follow: --version, -v/-q, --json anywhere, a closed pipe
+ends quietly, tables for a pipe are not cut at 80 columns."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from tests.subprocesses import REPO, child_env
+
+VERSION = importlib.metadata.version("qssh-sidecar")
+COMMANDS = {"qssh-sidecar": "sidecar.cli", "qssh-queue": "transport.client_cli"}
+
+
+def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_version(name: str) -> None:
+    r = run(COMMANDS[name], "--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"{name} {VERSION}"
+
+
+def test_subcommands_take_version_and_verbosity_flags() -> None:
+    assert run("sidecar.cli", "doctor", "--version").stdout.strip() == f"qssh-sidecar {VERSION}"
+    quiet = run("sidecar.cli", "doctor", "-q", "--json")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
+    verbose = run("sidecar.cli", "doctor", "-vv", "--json")
+    assert verbose.returncode == 0, verbose.stderr
+    assert orjson.loads(quiet.stdout) == orjson.loads(verbose.stdout)
+
+
+@pytest.mark.parametrize(
+    "argv", [["sidecar.cli", "doctor"], ["sidecar.cli", "--help"], ["transport.client_cli", "-h"]]
+)
+def test_a_closed_pipe_ends_quietly_without_a_traceback(argv: list[str]) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+        cwd=REPO,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()  # like `| head -0`: nobody reads
+    err = proc.stderr.read().decode()
+    rc = proc.wait(60)
+    assert "Traceback" not in err
+    assert "BrokenPipeError" not in err
+    assert rc in (0, 141), (rc, err)
