@@ -47,7 +47,7 @@ def rpc(
 ) -> Iterator[tuple[asyncio.AbstractEventLoop, NodeRpc]]:
     d: Path = tmp_path_factory.mktemp("model")
     loop = asyncio.new_event_loop()
-    sidecar = Sidecar(DaemonConfig(data_dir=d, metrics=None), out=open(d / "out.txt", "w"))  # noqa: SIM115
+    sidecar = Sidecar(DaemonConfig(data_dir=d, metrics=None))
     loop.run_until_complete(sidecar.queue.open())
     try:
         yield loop, NodeRpc(sidecar)
