@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.subprocesses import REPO, child_env, is_listening
+from tests.subprocesses import REPO, child_env, is_listening, log_message
 
 UP = REPO / "examples" / "testnet" / "up"
 DOWN = REPO / "examples" / "testnet" / "down"
@@ -134,5 +135,39 @@ def test_three_validators_answer_tier_and_stop_cleanly(
     assert down.returncode == 0, down.stdout + down.stderr
     for name in ("alice", "bob", "charlie"):
         log = (run / "logs" / f"{name}.log").read_text().splitlines()
-        assert log[-1].startswith("stopped in "), log[-5:]
+        assert log_message(log[-1]).startswith("stopped in "), log[-5:]
         assert not (run / f"{name}.pid").exists()
+
+
+def test_up_prints_whole_tier_lines_and_the_real_client_path(
+    testnet: tuple[Path, dict[str, str], str],
+) -> None:
+    run, _env, up_out = testnet
+    client = Path(sys.executable).parent / "qssh-queue"
+    assert f"{client} -F {run}/qssh_config alice tier" in up_out
+    for name in ("alice", "bob", "charlie"):
+        log = (run / "logs" / f"{name}.log").read_text().splitlines()
+        tier = next(m for m in map(log_message, log) if m.startswith("tier "))
+        assert f"  {tier}\n" in up_out  # whole, not cut mid-word
+
+
+def test_a_port_clash_at_up_stops_everything_and_down_succeeds(tmp_path: Path) -> None:
+    ssh_base, metrics_base = idle_port_bases()
+    env = child_env(
+        TESTNET_DIR=str(tmp_path / "run"),
+        PYTHON=sys.executable,
+        TESTNET_PORT_BASE=str(ssh_base),
+        TESTNET_METRICS_BASE=str(metrics_base),
+    )
+    with socket.socket() as taken:  # charlie's SSH port is someone else's
+        taken.bind(("127.0.0.1", ssh_base + 2))
+        taken.listen()
+        up = subprocess.run([UP], env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert "charlie exited" in up.stderr
+    run = tmp_path / "run"
+    assert not list(run.glob("*.pid")), up.stderr  # bob, alice, simulators stopped too
+    for port in (ssh_base, ssh_base + 1):
+        assert not is_listening(port)
+    down = subprocess.run([DOWN], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert down.returncode == 0, down.stdout + down.stderr
