@@ -1,9 +1,20 @@
 """Group commit: every record queued while a write+fsync is in flight goes into the
 next batch, which is written as ONE frame and made durable with ONE fsync.
 
-The fsync runs in a worker thread, so the event loop keeps accepting requests while
-the disk works. A caller's future completes only after the fsync of its record.
-A failed write is rolled back and fails just that batch; a failed fsync is fatal.
+A batch has one future, shared by every caller in it, resolved after its fsync.
+There is no writer task and no extra loop turn: the first record of a batch schedules
+the flush with `call_soon`, so every caller that runs in the same loop iteration
+joins that batch. The flush writes and fsyncs on the event loop thread when nothing
+else is ready to run (a thread hop would cost a large part of the fsync, and the
+loop would only wait anyway); otherwise the fsync runs in the worker thread while
+the loop goes on, and the records queued meanwhile form the next batch, flushed the
+moment this one is durable. A failed write is rolled back and fails just that batch;
+a failed fsync is fatal.
+
+Cancelling a caller never cancels the shared future (see `_BatchFuture`): a caller
+cancelled before its batch is written is left out of the batch and rolled back
+(nothing happened); once the batch is written its operation stands, and the caller
+sees the cancellation when it resumes.
 """
 
 from __future__ import annotations
@@ -20,9 +31,19 @@ from sidecar.wal import WriteAheadLog, WriteFailed, encode_frame
 
 R = TypeVar("R")
 
-# (op code, record bytes, future or None, payload) — tuples keep the hot path lean
+# (op code, record bytes, the batch's future or None, payload)
 Op = tuple[int, bytes, "asyncio.Future[None] | None", Any]
 BatchHandler = Callable[[list[Op]], None]
+
+
+class _BatchFuture(asyncio.Future[None]):
+    """The one future of a batch. Its callers are tasks awaiting it: cancelling one
+    of them calls `cancel()` here, which must not cancel the batch for all others.
+    Refused, the task is cancelled when the batch completes (asyncio's rule for a
+    future that will not cancel), and the committer leaves it out if not yet written."""
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
 
 
 class GroupCommitter:
@@ -38,6 +59,7 @@ class GroupCommitter:
         inline_single: bool = True,
     ) -> None:
         self.wal = wal
+        # fsync on the loop thread when nothing else is ready (False: always the worker)
         self.inline_single = inline_single
         self._on_commit = on_commit
         self._on_rollback = on_rollback
@@ -46,7 +68,8 @@ class GroupCommitter:
         self._observer = observer
         self._loop = asyncio.get_running_loop()
         self._pending: list[Op] = []
-        self._wake = asyncio.Event()
+        self._callers: list[asyncio.Task[Any] | None] = []  # beside _pending
+        self._batch: _BatchFuture | None = None  # the future of the pending records
         self._executor = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal-io")
             if wal.layer.blocking
@@ -55,19 +78,29 @@ class GroupCommitter:
         self._jobs: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self.fatal: LogFailed | None = None
         self._busy = False  # a batch or job is being written
+        self._scheduled = False  # a flush is scheduled with call_soon
         self._stopping = False
+        self._stopped: asyncio.Future[None] | None = None
         self.batches = 0
         self.records = 0
-        self._task = self._loop.create_task(self._run(), name=f"wal-commit:{wal.path}")
 
     # -- entry points --------------------------------------------------------------------
-    def enqueue(self, code: int, record: bytes, payload: Any) -> asyncio.Future[None]:
-        """Queue a record for the next batch; the future resolves once it is durable."""
+    def commit(self, code: int, record: bytes, payload: Any) -> asyncio.Future[None]:
+        """Queue a record for the next batch; await the returned (shared) future: it
+        resolves once the record is durable, or fails with the batch."""
         self._check_accepting()
-        fut: asyncio.Future[None] = self._loop.create_future()
-        self._pending.append((code, record, fut, payload))
-        self._wake.set()
-        return fut
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = _BatchFuture(loop=self._loop)
+            batch.add_done_callback(_retrieve)
+        self._pending.append((code, record, batch, payload))
+        self._callers.append(asyncio.current_task(self._loop))
+        self._schedule()
+        return batch
+
+    def enqueue(self, code: int, record: bytes, payload: Any) -> asyncio.Future[None]:
+        """`commit` for a record nobody awaits (its failure reaches `on_rollback`)."""
+        return self.commit(code, record, payload)
 
     def _check_accepting(self) -> None:
         if self.fatal is not None:
@@ -75,19 +108,11 @@ class GroupCommitter:
         if self._stopping:
             raise Unavailable(f"{self.wal.path}: the log is shutting down")
 
-    def withdraw(self, fut: asyncio.Future[None]) -> Op | None:
-        """Take a record back out if its batch has not been started (a cancelled caller)."""
-        for i, op in enumerate(self._pending):
-            if op[2] is fut:
-                del self._pending[i]
-                return op
-        return None
-
     async def run_exclusive(self, job: Callable[[], R]) -> R:
         """Run `job` (blocking log work, e.g. compaction) between two batches."""
         fut: asyncio.Future[R] = self._loop.create_future()
         self._jobs.append((job, fut))
-        self._wake.set()
+        self._schedule()
         return await fut
 
     async def io(self, fn: Callable[..., R], *args: Any) -> R:
@@ -98,8 +123,10 @@ class GroupCommitter:
     async def stop(self) -> None:
         """Finish every queued batch and job, then stop."""
         self._stopping = True
-        self._wake.set()
-        await self._task
+        if self._stopped is None:
+            self._stopped = self._loop.create_future()
+        self._schedule()
+        await self._stopped
 
     def detach(self) -> None:
         """Drop the callbacks into the queue (breaks the reference cycle at close)."""
@@ -111,122 +138,126 @@ class GroupCommitter:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    async def commit(self, code: int, record: bytes, payload: Any) -> asyncio.Future[None]:
-        """Queue a record and return its future, once it is durable or has failed.
+    # -- the flush -----------------------------------------------------------------------
+    def _schedule(self) -> None:
+        if not self._scheduled and not self._busy:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
 
-        The fast path for a lone caller: give concurrent callers one loop turn to join;
-        if nobody did and no batch is in flight, write and fsync right here (a thread
-        hop would cost a large part of the fsync it waits for, and the loop would only
-        wait for it anyway). Otherwise the writer task takes the whole batch and runs
-        its fsync in the worker thread while the loop accepts the next batch.
-        """
-        self._check_accepting()
-        fut: asyncio.Future[None] = self._loop.create_future()
-        op: Op = (code, record, fut, payload)
-        self._pending.append(op)
-        if self._busy or self._jobs or not self.inline_single:
-            self._wake.set()
-            return fut
-        try:
-            await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            if self.withdraw(fut) is not None:
-                self._on_rollback([op])
-            raise
-        pending = self._pending
-        if not fut.done() and not self._busy and len(pending) == 1 and pending[0] is op:
-            self._pending = []
-            self._busy = True
-            try:
-                self._write_inline(pending)
-            finally:
-                self._busy = False
-            if not self._pending and not self._jobs and self.fatal is None:
-                self._on_idle()
-        elif not fut.done():
-            self._wake.set()
-        return fut
-
-    # -- the writer ----------------------------------------------------------------------
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while (self._pending or self._jobs) and self.fatal is None:
-                self._busy = True
-                try:
-                    if self._pending:
-                        await self._commit_batch()
-                    elif self._jobs:
-                        await self._run_job()
-                finally:
-                    self._busy = False
-                if not self._pending and not self._jobs:
-                    self._on_idle()
-            if self.fatal is not None:
-                self._fail_all(self.fatal)
-            if self._stopping and not self._pending and not self._jobs:
+    def _flush(self) -> None:
+        """Write what is queued (a batch, else one job), or report idle."""
+        self._scheduled = False
+        if self._busy:
+            return
+        if self.fatal is not None:
+            self._fail_all(self.fatal)
+        elif self._pending:
+            self._start_batch()
+            return
+        elif self._jobs:
+            self._start_job()
+            return
+        if self.fatal is None:
+            self._on_idle()
+            if self._pending or self._jobs:  # the idle hook may queue work
+                self._schedule()
                 return
+        if self._stopping and self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
-    async def _commit_batch(self) -> None:
-        batch, self._pending = self._pending, []
-        if len(batch) == 1 and self.inline_single:
-            self._write_inline(batch)
+    def _take_batch(self) -> tuple[list[Op], _BatchFuture]:
+        """The pending records minus those whose caller was cancelled (rolled back)."""
+        pending, callers = self._pending, self._callers
+        batch = self._batch
+        assert batch is not None
+        self._pending, self._callers, self._batch = [], [], None
+        if not any(t is not None and t.cancelling() for t in callers):
+            return pending, batch
+        kept = [op for op, t in zip(pending, callers, strict=True) if not (t and t.cancelling())]
+        dropped = [op for op, t in zip(pending, callers, strict=True) if t and t.cancelling()]
+        self._on_rollback(dropped)
+        return kept, batch
+
+    def _start_batch(self) -> None:
+        ops, fut = self._take_batch()
+        if not ops:
+            fut.set_result(None)  # only cancelled callers: they wake to their cancellation
+            self._schedule()
             return
-        frame = encode_frame([op[1] for op in batch])
+        frame = encode_frame([op[1] for op in ops])
         started = time.perf_counter()
-        try:
-            await self.io(self.wal.append_and_sync, frame)
-        except BaseException as exc:
-            self._failed(batch, exc)
+        if self._executor is None or (self.inline_single and not _others_ready(self._loop)):
+            try:
+                self.wal.append_and_sync(frame)
+            except BaseException as exc:
+                self._failed(ops, fut, exc)
+            else:
+                self._committed(ops, fut, started)
+            self._schedule()
             return
-        self._committed(batch, started)
+        self._busy = True
+        work = self._loop.run_in_executor(self._executor, self.wal.append_and_sync, frame)
+        work.add_done_callback(lambda w: self._batch_written(w, ops, fut, started))
 
-    def _write_inline(self, batch: list[Op]) -> None:
-        frame = encode_frame([op[1] for op in batch])
-        started = time.perf_counter()
-        try:
-            self.wal.append_and_sync(frame)
-        except BaseException as exc:
-            self._failed(batch, exc)
-            return
-        self._committed(batch, started)
+    def _batch_written(
+        self, work: asyncio.Future[None], ops: list[Op], fut: _BatchFuture, started: float
+    ) -> None:
+        self._busy = False
+        exc = work.exception()
+        if exc is not None:
+            self._failed(ops, fut, exc)
+        else:
+            self._committed(ops, fut, started)
+        self._flush()  # the records queued meanwhile: at once, they all had their turn
 
-    def _failed(self, batch: list[Op], exc: BaseException) -> None:
+    def _failed(self, ops: list[Op], fut: _BatchFuture, exc: BaseException) -> None:
         if not isinstance(exc, WriteFailed):
-            self._die(exc, batch)
+            self._die(exc, ops, fut)
             return
-        self._on_rollback(batch)
-        for op in batch:
-            if op[2] is not None and not op[2].done():
-                op[2].set_exception(exc)
+        self._on_rollback(ops)
+        if not fut.done():
+            fut.set_exception(exc)
 
-    def _committed(self, batch: list[Op], started: float) -> None:
+    def _committed(self, ops: list[Op], fut: _BatchFuture, started: float) -> None:
         self.batches += 1
-        self.records += len(batch)
-        self._observer.on_fsync(time.perf_counter() - started, len(batch))
+        self.records += len(ops)
+        self._observer.on_fsync(time.perf_counter() - started, len(ops))
         self._observer.on_log_bytes(self.wal.size)
-        self._on_commit(batch)
-        for op in batch:
-            if op[2] is not None and not op[2].done():
-                op[2].set_result(None)
+        self._on_commit(ops)
+        if not fut.done():
+            fut.set_result(None)
 
-    async def _run_job(self) -> None:
+    def _start_job(self) -> None:
         job, fut = self._jobs.pop(0)
+        self._busy = True
+        if self._executor is None:
+            self._job_done(fut, job, None)
+            return
+        work = self._loop.run_in_executor(self._executor, job)
+        work.add_done_callback(lambda w: self._job_done(fut, None, w))
+
+    def _job_done(
+        self,
+        fut: asyncio.Future[Any],
+        job: Callable[[], Any] | None,
+        work: asyncio.Future[Any] | None,
+    ) -> None:
+        self._busy = False
         try:
-            result = await self.io(job)
+            result = job() if job is not None else work.result() if work is not None else None
         except WriteFailed as exc:
             if not fut.done():
                 fut.set_exception(exc)
         except BaseException as exc:
             if not fut.done():
                 fut.set_exception(exc if isinstance(exc, LogFailed) else LogFailed(str(exc)))
-            self._die(exc, [])
+            self._die(exc, [], None)
         else:
             if not fut.done():
                 fut.set_result(result)
+        self._flush()
 
-    def _die(self, exc: BaseException, batch: list[Op]) -> None:
+    def _die(self, exc: BaseException, ops: list[Op], fut: _BatchFuture | None) -> None:
         if isinstance(exc, LogFailed):
             self.fatal = exc
         else:
@@ -234,19 +265,33 @@ class GroupCommitter:
                 f"{self.wal.path}: log I/O failed ({exc!r}); the queue has stopped, "
                 "restart to recover from what is on disk"
             )
-        self._pending = batch + self._pending
+        if fut is not None and not fut.done():
+            fut.set_exception(self.fatal)
         self._fail_all(self.fatal)
         self._on_fatal()
 
     def _fail_all(self, exc: LogFailed) -> None:
-        pending, self._pending = self._pending, []
-        for op in pending:
-            if op[2] is not None and not op[2].done():
-                op[2].set_exception(exc)
+        batch, self._batch = self._batch, None
+        self._pending, self._callers = [], []
+        if batch is not None and not batch.done():
+            batch.set_exception(exc)
         jobs, self._jobs = self._jobs, []
         for _, fut in jobs:
             if not fut.done():
                 fut.set_exception(exc)
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+
+def _others_ready(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether other callbacks wait to run in this loop iteration (asyncio's default
+    loops keep them in `_ready`; a loop without it counts as idle)."""
+    return bool(getattr(loop, "_ready", ()))
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _noop(*_: Any) -> None:

@@ -145,8 +145,8 @@ class QppValidatorQueue:
         `salvage`: open a log with mid-log corruption by keeping every valid record and
         setting the damaged file aside. `limits`: count and byte limits (`QueueFull`).
         `compact_bytes`: log size that triggers automatic compaction. `inline_lone_sync`:
-        a lone record is fsync'd on the event loop thread (faster for a serial caller;
-        blocks the loop for one fsync); batches of two or more always use the worker.
+        a batch is fsync'd on the event loop thread when nothing else is ready to run
+        (a thread hop would cost a large part of the fsync); False: always the worker.
         `dedup`: window and size of the `submit_once` index. `peers`: the names of the
         peers broadcast messages are relayed to (docs/relay.md). `clock` (lease deadlines,
         waits) and `wall_clock` (created_at, the dedup window): tests pass their own.
@@ -687,30 +687,23 @@ class QppValidatorQueue:
     ) -> None:
         """Queue `record` for the next batch and wait until it is fsync'd.
 
-        A caller cancelled before its batch started takes its record back (nothing
-        happened). Once the batch is being written the operation completes anyway:
-        a cancelled pop then loses that message to its caller (at most once).
+        A caller cancelled before its batch is written is left out of it and rolled
+        back (nothing happened). Once the batch is being written the operation
+        completes anyway: a cancelled pop then loses that message to its caller (at
+        most once). Either way the caller sees its cancellation when the batch is done.
         """
-        fut = await committer.commit(code, record, payload)
-        try:
-            await fut  # cancelling the caller cancels `fut`; the committer skips it
-        except asyncio.CancelledError:
-            op = committer.withdraw(fut)
-            if op is not None:
-                self._apply_rollback([op])
-            raise
+        await committer.commit(code, record, payload)
 
     # -- group commit callbacks ------------------------------------------------------------
     def _apply_commit(self, batch: list[Op]) -> None:
         state = self._state
         live = self._durable_live
-        pushed = False
+        arrived = 0
         for code, _rec, _fut, payload in batch:
             if code == _SUBMIT:
                 live[payload.message_id] = payload
                 state.push(payload)
-                _GC.arrived()
-                pushed = True
+                arrived += 1
                 if payload.broadcast:
                     self._retain_for_peers(payload)
             elif code == _SUBMIT_ONCE:
@@ -718,7 +711,7 @@ class QppValidatorQueue:
                 live[item.message_id] = item
                 state.push(item)
                 self._dedup.record(key, item.message_id, item.created_at, durable=True)
-                pushed = True
+                arrived += 1
                 if item.broadcast:
                     self._retain_for_peers(item)
             elif code == _RELAYED:
@@ -737,7 +730,9 @@ class QppValidatorQueue:
                     if not fut.done():
                         fut.set_result(None)
         self._log_records += len(batch)
-        if pushed and self._waiters:
+        _GC.arrived(arrived)
+        _GC.check(state.count)  # here, not only when idle: a busy committer is never idle
+        if arrived and self._waiters:
             self._wake_waiters()
 
     def _apply_rollback(self, batch: list[Op]) -> None:

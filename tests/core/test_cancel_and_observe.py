@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from sidecar import LogFailed, Mode, QppValidatorQueue, QueueObserver
+from sidecar.state import message_cost
 from tests.core.helpers import block, gossip
 from tests.core.simfs import SimDisk, SimHandle
 
@@ -45,11 +46,13 @@ async def test_pop_cancelled_before_its_batch_started_leaves_the_message() -> No
     await asyncio.sleep(0.05)  # the writer took that batch and waits at the gate
     popper = asyncio.create_task(q.pop())
     await asyncio.sleep(0.01)
-    popper.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await popper
+    popper.cancel()  # its consume record waits for the next batch
+    await asyncio.sleep(0.01)
+    assert not popper.done()  # a batch's callers share one future: it ends with its batch
     disk.gate.set()
     await in_flight
+    with pytest.raises(asyncio.CancelledError):
+        await popper
     h = await q.pop()
     assert h is not None
     assert h.consume().message_id == first  # still there: the cancelled pop took nothing
@@ -120,3 +123,26 @@ async def test_observer_sees_fsyncs_submits_acks_redeliveries_and_compactions() 
     assert ("release", None) in rec.events
     assert ("compaction", True) in rec.events
     assert ("log_bytes", True) in rec.events
+
+
+async def test_a_cancelled_caller_leaves_its_batch_and_the_others_in_it_commit() -> None:
+    disk = _GatedDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk)
+    assert q._committer is not None
+    q._committer.inline_single = False
+    disk.gate.clear()
+    first = asyncio.create_task(q.submit_sync(block(1), submitted_by="t"))
+    await asyncio.sleep(0.05)  # that batch waits at the gate
+    cancelled = asyncio.create_task(q.submit_sync(block(2), submitted_by="t"))
+    kept = asyncio.create_task(q.submit_sync(block(3), submitted_by="t"))
+    await asyncio.sleep(0.01)  # both queued for the next batch, one future
+    cancelled.cancel()
+    disk.gate.set()
+    ids = [await first, await kept]
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await q.close()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk)
+    assert sorted(i.message_id for i in q._state.ready_items()) == sorted(ids)
+    assert q.stats()["bytes"] == sum(message_cost(block(n).encoded_size) for n in (1, 3))
+    await q.close()

@@ -96,3 +96,21 @@ async def test_every_fsync_can_go_to_the_worker_thread(tmp_path: Path) -> None:
     q = await QppValidatorQueue.open("v", tmp_path)
     assert {i.message_id for i in q._state.ready_items()} == {*serial, *together}
     await q.close()
+
+
+async def test_callers_of_one_batch_share_one_future_and_no_writer_task_runs(
+    tmp_path: Path,
+) -> None:
+    q = await QppValidatorQueue.open("v", tmp_path)
+    committer = q._committer
+    assert committer is not None
+    tasks_before = asyncio.all_tasks()
+    futures = [committer.enqueue(3, b'["R",%d]' % (n + 5000000), n + 5000000) for n in range(3)]
+    assert futures[0] is futures[1] is futures[2]
+    assert asyncio.all_tasks() == tasks_before  # the flush is a callback, not a task
+    await futures[0]
+    assert committer.batches >= 1
+    later = committer.enqueue(3, b'["R",5000010]', 5000010)
+    assert later is not futures[0]  # the next batch has its own
+    await later
+    await q.close()
