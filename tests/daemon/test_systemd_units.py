@@ -21,18 +21,75 @@ pytestmark = pytest.mark.skipif(
 
 
 def _instance_units(tmp_path: Path) -> Path:
-    """The template as `alice`, with ExecStart pointing at this checkout's interpreter.
+    """The units as the documented `make install` writes them, as instance `alice`.
 
-    verify checks that the ExecStart binary exists; the packaged path /usr/bin/qssh-sidecar
-    does not exist in a source checkout, so it is the only line rewritten.
+    PREFIX is this test run's own venv (its bin/qssh-sidecar exists, as verify demands);
+    the unit, target, snippets and docs go under ``tmp_path``.
     """
-    text = UNIT.read_text()
-    assert "ExecStart=/usr/bin/qssh-sidecar serve " in text
-    text = text.replace("/usr/bin/qssh-sidecar", f"{sys.executable} -m sidecar.cli")
+    dirs = {
+        "UNITDIR": tmp_path / "units",
+        "SYSUSERSDIR": tmp_path / "sysusers.d",
+        "TMPFILESDIR": tmp_path / "tmpfiles.d",
+        "DOCDIR": tmp_path / "doc",
+    }
+    r = subprocess.run(
+        ["make", "-s", "install-units", f"PREFIX={sys.prefix}"]
+        + [f"{k}={v}" for k, v in dirs.items()],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    installed = dirs["UNITDIR"] / "qssh-sidecar@.service"
+    text = installed.read_text()
+    assert f"ExecStart={sys.prefix}/bin/qssh-sidecar serve " in text
+    doc = re.search(r"^Documentation=file:(\S+)$", text, re.MULTILINE)
+    assert doc, text
+    assert Path(doc.group(1)).is_file(), doc.group(1)  # the docs were installed there
     unit = tmp_path / "qssh-sidecar@alice.service"
     unit.write_text(text)
-    shutil.copy(TARGET, tmp_path / TARGET.name)
+    shutil.copy(dirs["UNITDIR"] / TARGET.name, tmp_path / TARGET.name)
     return unit
+
+
+def test_the_shipped_unit_names_the_documented_install_paths() -> None:
+    text = UNIT.read_text()
+    makefile = (REPO / "Makefile").read_text()
+    assert "PREFIX ?= /opt/qssh-sidecar" in makefile
+    assert "DOCDIR ?= /usr/share/doc/qssh-sidecar" in makefile
+    assert "ExecStart=/opt/qssh-sidecar/bin/qssh-sidecar serve " in text
+    assert "Documentation=file:/usr/share/doc/qssh-sidecar/operations.md" in text
+    operations = (REPO / "docs" / "operations.md").read_text()
+    assert "make install" in operations
+    assert "/opt/qssh-sidecar/bin/qssh-sidecar" in operations
+
+
+def test_make_run_installs_runtime_dependencies_only(tmp_path: Path) -> None:
+    def planned(target: str) -> str:
+        r = subprocess.run(
+            ["make", "-n", "-B", target, f"VENV={tmp_path / 'venv'}"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    run = planned("run")
+    assert "pip install -q -e .\n" in run
+    assert "[test" not in run
+    assert "pip install -q -e '.[test,bench,faults]'" in planned("test")
+
+
+def test_license_file_matches_pyproject() -> None:
+    assert 'license = { text = "Apache-2.0" }' in (REPO / "pyproject.toml").read_text()
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in text
+    assert "Version 2.0, January 2004" in text
 
 
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
