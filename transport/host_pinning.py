@@ -15,6 +15,7 @@ import asyncssh
 
 from sidecar.durable_fs import append_text, make_dirs
 from sidecar.errors import ErrorCode, SidecarError
+from transport.ssh_algorithms import PQSSHKey
 
 
 class StrictHostKeyChecking(enum.StrEnum):
@@ -45,6 +46,14 @@ class HostKeyError(SidecarError):
     code = ErrorCode.FORBIDDEN
 
 
+def _same_key(pinned: asyncssh.SSHKey, offered: asyncssh.SSHKey) -> bool:
+    """The same key, also when pinned under another name of its algorithm
+    (``ssh-mldsa44`` as OQS-OpenSSH writes it, ``ssh-mldsa-44`` as we do)."""
+    if isinstance(pinned, PQSSHKey) and isinstance(offered, PQSSHKey):
+        return pinned.identity == offered.identity
+    return bool(pinned.public_data == offered.public_data)
+
+
 def host_pattern(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
@@ -71,7 +80,7 @@ class HostKeyPinning:
     def check(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         pinned = self._pinned(host, addr, port)
         fingerprint = key.get_fingerprint("sha256")
-        if any(k.public_data == key.public_data for k in pinned):
+        if any(_same_key(k, key) for k in pinned):
             return True
         if pinned:
             self.refusal = HostKeyError(

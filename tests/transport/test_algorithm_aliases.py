@@ -20,10 +20,12 @@ from asyncssh.packet import SSHPacket, String
 
 from tests.transport.sshutil import client_options, pq_server
 from transport.auth import AuthorizedKeys
+from transport.host_pinning import HostKeyPinning, StrictHostKeyChecking
 from transport.keys import (
     KeyFileError,
     canonical_algorithm,
     generate_key,
+    known_hosts_line,
     public_line,
     read_authorized_keys,
     read_private_key,
@@ -228,3 +230,15 @@ def test_alias_classes_are_registered_with_asyncssh() -> None:
     for standard, alias in ML_DSA.items():
         assert key_class(alias).spec is key_class(standard).spec
         assert alias.encode() in asyncssh.public_key.get_public_key_algs()
+
+
+def test_a_host_key_pinned_under_the_alias_is_the_same_host_key(tmp_path: Path) -> None:
+    host = generate_key("ssh-mldsa-87")
+    known = tmp_path / "known_hosts"
+    known.write_text(known_hosts_line("127.0.0.1", 2222, host.renamed("ssh-mldsa87")) + "\n")
+    pinning = HostKeyPinning(known, StrictHostKeyChecking.YES)
+    assert pinning.check("127.0.0.1", "127.0.0.1", 2222, host.convert_to_public())
+    other = generate_key("ssh-mldsa-87")
+    assert not pinning.check("127.0.0.1", "127.0.0.1", 2222, other.convert_to_public())
+    assert pinning.refusal is not None
+    assert "HAS CHANGED" in str(pinning.refusal)
