@@ -154,25 +154,35 @@ class PeerLink:
         self.state.since = time.time()
         self.state.last_error = None
         log.info("peer %s: connected, session tier %s", self.name, self.state.session_tier)
-        while True:
-            items = queue.relay_take(self.name, self.settings.batch, self._why_held)
-            if not items:
-                if not await queue.relay_wait(self.name, KEEPALIVE):
-                    self._set_tier(await self._call(client, []))  # keepalive, tier refresh
-                continue
-            try:
-                reply = await self._call(client, items)
-            except BaseException:
-                queue.relay_give_back(self.name, items)
-                raise
-            self._set_tier(reply)
-            done, again = self._sort_results(items, reply)
-            if again:
-                queue.relay_give_back(self.name, again)
-            if done:
-                await queue.relay_done(self.name, done)
-            if again:
-                raise SidecarError(f"peer {self.name} refused {len(again)} relayed messages")
+        # The relayed records of one batch are logged while the next batch travels:
+        # one request in flight keeps the peer's order, the two fsyncs overlap.
+        marking: asyncio.Future[None] | None = None
+        try:
+            while True:
+                items = queue.relay_take(self.name, self.settings.batch, self._why_held)
+                if not items:
+                    if not await queue.relay_wait(self.name, KEEPALIVE):
+                        self._set_tier(await self._call(client, []))  # keepalive, tier refresh
+                    continue
+                try:
+                    reply = await self._call(client, items)
+                except BaseException:
+                    queue.relay_give_back(self.name, items)
+                    raise
+                self._set_tier(reply)
+                done, again = self._sort_results(items, reply)
+                if again:
+                    queue.relay_give_back(self.name, again)
+                if marking is not None:
+                    await marking
+                    marking = None
+                if done:
+                    marking = asyncio.ensure_future(queue.relay_done(self.name, done))
+                if again:
+                    raise SidecarError(f"peer {self.name} refused {len(again)} relayed messages")
+        finally:
+            if marking is not None and not marking.done():
+                marking.add_done_callback(_retrieve)
 
     async def _call(
         self, client: QueueClient, items: list[QueueMessageWithProvenance]
@@ -307,6 +317,13 @@ class Peers:
                 lag=float(view["oldest_age"] or 0.0),
             )
             link.check_backlog()
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    """A relayed-records write left running when the link ended: its outcome is the
+    queue's (a failed log stops the daemon); only keep asyncio from warning."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def write_pin(peer: PeerConfig, path: Path) -> None:

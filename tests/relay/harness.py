@@ -37,6 +37,10 @@ class Node:
     daemon: Daemon | None = None
     extra_config: str = ""
     peers: list[str] = field(default_factory=list)
+    metrics_port: int = 0
+
+    def stderr_has(self, text: str) -> bool:
+        return self.daemon is not None and any(text in line for line in self.daemon.errors)
 
     @property
     def config(self) -> Path:
@@ -77,6 +81,7 @@ def make_mesh(
     config: dict[str, str] | None = None,
     ports: dict[str, int] | None = None,
     link_config: dict[tuple[str, str], str] | None = None,
+    metrics: bool = False,
 ) -> dict[str, Node]:
     """Nodes named `names`; `links` (default: every ordered pair) are (from, to) relays.
     `config` adds TOML tables per node; `ports` overrides where a node's peers reach it
@@ -93,6 +98,7 @@ def make_mesh(
             asyncssh.generate_private_key(KEY_ALG),
             asyncssh.generate_private_key(KEY_ALG),
             extra_config=(config or {}).get(name, ""),
+            metrics_port=free_port() if metrics else 0,
         )
     peer_keys = {link: asyncssh.generate_private_key(KEY_ALG) for link in links}
     for name, node in nodes.items():
@@ -114,7 +120,7 @@ def make_mesh(
             'authorized_keys = "authorized_keys"',
             node.extra_config,
             "[metrics]",
-            'listen = ""',
+            f'listen = "127.0.0.1:{node.metrics_port}"' if node.metrics_port else 'listen = ""',
         ]
         for (src, dst), key in peer_keys.items():
             if src != name:

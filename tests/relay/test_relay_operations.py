@@ -1,0 +1,104 @@
+"""Operating the relay: a peer that is down, the backlog warning and the metrics, the
+reconnect, and what the `peer` role may and may not do."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sidecar.errors import Forbidden
+from tests.relay.harness import Node, block, make_mesh, mesh_nodes, pop_all
+from tests.relay.test_relay import wait_relayed
+from transport.client import QueueClient
+
+__all__ = ["mesh_nodes"]
+
+RELAY = "[relay]\nreconnect_min = 0.1\nreconnect_max = 0.5\nbacklog_warning = 2\n"
+
+
+def metrics(node: Node) -> dict[str, float]:
+    url = f"http://127.0.0.1:{node.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        lines = r.read().decode().splitlines()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith("qssh_peer_")
+    }
+
+
+async def test_a_peer_that_is_down_accumulates_a_visible_backlog_then_drains(
+    tmp_path: Path, mesh_nodes: list[Node]
+) -> None:
+    nodes = make_mesh(
+        tmp_path, ["alice", "bob"], [("alice", "bob")], config={"alice": RELAY}, metrics=True
+    )
+    alice, bob = nodes["alice"], nodes["bob"]
+    alice.start()
+    mesh_nodes.extend([alice, bob])
+    async with alice.connect() as client:
+        for n in range(3):
+            await client.submit(block(n), "sync", broadcast=True)
+        deadline = time.monotonic() + 30
+        while not alice.stderr_has("peer bob lacks 3 messages (relay.backlog_warning = 2)"):
+            assert time.monotonic() < deadline, alice.daemon.errors if alice.daemon else None
+            await asyncio.sleep(0.1)
+        (view,) = (await client.call("peers"))["peers"]
+    assert view["connected"] is False
+    assert view["backlog"] == 3
+    assert view["backlog_bytes"] > 0
+    assert view["oldest_age"] >= 0
+    assert view["last_error"]  # why: the connection is refused
+    seen = metrics(alice)
+    assert seen['qssh_peer_connected{peer="bob"}'] == 0
+    assert seen['qssh_peer_backlog{peer="bob"}'] == 3
+    assert seen['qssh_peer_lag_seconds{peer="bob"}'] >= 0
+
+    bob.start()  # the link reconnects on its own and drains the backlog
+    view = await wait_relayed(alice, "bob", 3)
+    assert view["connected"] is True
+    assert view["last_error"] is None
+    assert len(await pop_all(bob)) == 3
+    deadline = time.monotonic() + 30
+    while metrics(alice).get('qssh_peer_relayed_total{peer="bob"}') != 3:
+        assert time.monotonic() < deadline, metrics(alice)
+        await asyncio.sleep(0.2)
+    seen = metrics(alice)
+    assert seen['qssh_peer_connected{peer="bob"}'] == 1
+    assert seen['qssh_peer_backlog{peer="bob"}'] == 0
+
+
+async def test_a_peer_key_may_only_relay_and_only_admins_see_peers(
+    tmp_path: Path, mesh_nodes: list[Node]
+) -> None:
+    nodes = make_mesh(tmp_path, ["alice", "bob"], [("alice", "bob")])
+    alice, bob = nodes["alice"], nodes["bob"]
+    bob.start()
+    mesh_nodes.append(bob)
+    async with QueueClient.connect(
+        "127.0.0.1",
+        bob.port,
+        username="alice",
+        client_keys=[str(alice.root / "to_bob")],
+        known_hosts=bob.root / "known_hosts",
+    ) as as_peer:
+        for method, params in (("submit", {"message": block(1)}), ("pop", {}), ("peers", {})):
+            with pytest.raises(Forbidden):
+                await as_peer.call(method, params)
+        item = {"origin_id": 41, "mode": "sync", "message": block(41)}
+        first = await as_peer.call("relay", {"items": [item]})
+        again = await as_peer.call(
+            "relay", {"items": [item, {"origin_id": 0, "message": block(2)}]}
+        )
+    assert first["results"][0]["duplicate"] is False
+    assert again["results"][0] == {**first["results"][0], "duplicate": True}
+    assert again["results"][1]["error"]["code"] == "bad_request"
+    async with bob.connect() as operator:
+        with pytest.raises(Forbidden, match="peer role"):
+            await operator.call("relay", {"items": []})
+    (got,) = await pop_all(bob)
+    assert (got["submitted_by"], got["origin"], got["origin_id"]) == ("peer:alice", "alice", 41)
