@@ -810,6 +810,15 @@ class QppValidatorQueue:
         finally:
             self._compacting = False
         self.compactions += 1
+        log.info(
+            "[%s] compacted %s: %d -> %d bytes, %d live messages kept, %.3fs",
+            self.name,
+            self.path,
+            result["bytes_before"],
+            result["bytes_after"],
+            result["live"],
+            result["seconds"],
+        )
         self._observer.on_compaction(
             result["seconds"], result["bytes_before"], result["bytes_after"]
         )

@@ -369,3 +369,18 @@ def test_id_blocks_grow_while_ids_go_fast_and_shrink_while_they_go_slowly() -> N
     for _ in range(40):
         size = _next_block(size, 60.0)
     assert size == FIRST_ID_BLOCK
+
+
+async def test_compaction_is_logged_with_sizes_and_live_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    q = await QppValidatorQueue.open("v", tmp_path)
+    for i in range(5):
+        await q.submit_sync(tx(i, 100), submitted_by="t")
+    (await q.pop()).consume()  # type: ignore[union-attr]
+    with caplog.at_level("INFO", logger="sidecar.queue"):
+        result = await q.compact_wal()
+    await q.close()
+    line = f"[v] compacted {tmp_path / 'v.wal'}: {result['bytes_before']} -> "
+    assert any(r.getMessage().startswith(line) for r in caplog.records), caplog.text
+    assert "4 live messages kept" in caplog.text
