@@ -209,6 +209,25 @@ _SCHEMA: Final[dict[Kind, dict[str, tuple[_Conv, bool]]]] = {
     Kind.PEER_DISCOVERY: {"peer_id": (_str, True), "addresses": (_str_list, True)},
     Kind.TELEMETRY: {"name": (_str, True), "value": (_number, True), "labels": (_str_map, False)},
 }
+# what each converter accepts, as docs/messages.md names it
+_TYPE_NAMES: Final[dict[_Conv, str]] = {
+    _hash32: "hash32",
+    _bytes: "bytes",
+    _u64: "u64",
+    _str: "string",
+    _decimal: "decimal",
+    _number: "number",
+    _percent: "percent",
+    _str_list: "string list",
+    _str_map: "string map",
+}
+
+
+def field_types(kind: Kind) -> dict[str, tuple[str, bool]]:
+    """Each field of ``kind``: its type name (docs/messages.md) and whether required."""
+    return {name: (_TYPE_NAMES[conv], req) for name, (conv, req) in _SCHEMA[kind].items()}
+
+
 _BYTE_FIELDS: Final = {
     (kind, name)
     for kind, fields in _SCHEMA.items()
