@@ -237,11 +237,8 @@ class QueueService:
             try:
                 if isinstance(origin_id, bool) or not isinstance(origin_id, int) or origin_id < 1:
                     raise InvalidMessage("each relayed item needs an 'origin_id' (integer >= 1)")
-                mode = raw.get("mode", "default")
-                if mode not in ("sync", "async", "default"):
-                    raise InvalidMessage("'mode' must be sync, async or default")
                 message = message_from_wire(raw.get("message"), self.policy)
-                admission = admit(message, mode, have, self.policy)
+                admission = admit(message, raw.get("mode"), have, self.policy)
                 done = await store(
                     self.queue,
                     message,
