@@ -102,6 +102,8 @@ class QppValidatorQueue:
         self._relay = RelayBacklog(peers)
         self._relay_news = {peer: asyncio.Event() for peer in peers}
         self.relayed = dict.fromkeys(peers, 0)  # relays acknowledged since open, per peer
+        # consumed here, still lacked by a peer: id -> size, counted against the limits
+        self._kept_for_peers: dict[int, int] = {}
         self._compact_bytes = compact_bytes
         self._inline_lone_sync = inline_lone_sync
         self._committer: GroupCommitter | None = None
@@ -245,8 +247,11 @@ class QppValidatorQueue:
     def _restore_relay(self, broadcast: dict[int, list[Any]], relayed: dict[int, set[str]]) -> None:
         live = self._durable_live
         for mid in sorted(broadcast):
-            item = live.get(mid)
-            self._relay.add(item or item_from_submit(broadcast[mid]), relayed.get(mid, ()))
+            item = live.get(mid) or item_from_submit(broadcast[mid])
+            self._relay.add(item, relayed.get(mid, ()))
+            if mid not in live and self._relay.retains(mid):
+                self._kept_for_peers[mid] = item.message.encoded_size
+                self._state.keep(item.message.encoded_size)
         broadcast.clear()
         relayed.clear()
 
@@ -522,6 +527,21 @@ class QppValidatorQueue:
             done.set_result(None)
         return Submitted(mid, False)
 
+    def _consumed(self, item: QueueMessageWithProvenance) -> None:
+        """A message left the queue: it stops counting against the limits, unless a
+        peer still lacks it (then it counts until the last peer has it)."""
+        if self._relay.retains(item.message_id):
+            self._kept_for_peers[item.message_id] = item.message.encoded_size
+        else:
+            self._state.forget(item.message.encoded_size)
+
+    def _relay_marked(self, peer: str, mid: int) -> None:
+        self._relay.mark(peer, mid)
+        if not self._relay.retains(mid):
+            size = self._kept_for_peers.pop(mid, None)
+            if size is not None:
+                self._state.forget(size)
+
     # -- relay to peers (the daemon's links drive this; docs/relay.md) --------------------
     def _retain_for_peers(self, item: QueueMessageWithProvenance) -> None:
         if not self._relay_news:
@@ -588,7 +608,7 @@ class QppValidatorQueue:
         if item.persisted:
             await self._durable(committer, _CONSUME_POP, consume_record(item.message_id), item)
         else:
-            self._state.forget(item.message.encoded_size)
+            self._consumed(item)
         self._observer.on_consume("pop")
         return NoClone(item)
 
@@ -617,7 +637,7 @@ class QppValidatorQueue:
         if held.item.persisted:
             await self._durable(committer, _CONSUME_ACK, consume_record(held.message_id), held)
         else:
-            self._state.forget(held.item.message.encoded_size)
+            self._consumed(held.item)
         self._observer.on_consume("ack")
 
     async def release(self, lease: Lease | int) -> None:
@@ -715,13 +735,13 @@ class QppValidatorQueue:
                 if item.broadcast:
                     self._retain_for_peers(item)
             elif code == _RELAYED:
-                self._relay.mark(*payload)
+                self._relay_marked(*payload)
             elif code == _CONSUME_POP:
                 live.pop(payload.message_id, None)
-                state.forget(payload.message.encoded_size)
+                self._consumed(payload)
             elif code == _CONSUME_ACK:
                 live.pop(payload.message_id, None)
-                state.forget(payload.item.message.encoded_size)
+                self._consumed(payload.item)
             else:
                 self._reserved_upto = max(self._reserved_upto, payload)
                 self._reserve_pending = False

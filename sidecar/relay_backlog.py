@@ -129,6 +129,10 @@ class RelayBacklog:
             del self._missing[mid]
             del self._items[mid]
 
+    def retains(self, mid: int) -> bool:
+        """Some peer still lacks message `mid`."""
+        return mid in self._items
+
     def lacks(self, peer: str, mid: int) -> bool:
         line = self._lines.get(peer)
         return line is not None and mid in line.lacking

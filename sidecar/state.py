@@ -94,6 +94,12 @@ class QueueState:
         self.count += 1
         self.bytes += cost
 
+    def keep(self, size: int) -> None:
+        """Account a recovered message held outside the queue (a broadcast message
+        consumed here that a peer still lacks), without the limit check, like `load`."""
+        self.count += 1
+        self.bytes += message_cost(size)
+
     def forget(self, size: int) -> None:
         """Undo `admit`: the message left the queue (consumed) or its submit failed."""
         self.count -= 1

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sidecar import QppValidatorQueue
+import pytest
+
+from sidecar import QppValidatorQueue, QueueFull, QueueLimits
 from sidecar.messages import QueueMessageWithProvenance
 from tests.core.helpers import block, gossip, tx
 from tests.core.simfs import SimDisk
@@ -144,3 +146,24 @@ async def test_relayed_in_provenance_survives_restart(tmp_path: Path) -> None:
         item = h.consume()
         assert (item.submitted_by, item.origin, item.origin_id) == ("peer:alice", "alice", 7)
         assert item.to_json()["origin"] == "alice"
+
+
+async def test_a_consumed_message_a_peer_lacks_counts_against_the_limits(
+    tmp_path: Path,
+) -> None:
+    limits = QueueLimits(max_messages=2)
+    async with await QppValidatorQueue.open("v", tmp_path, peers=("bob",), limits=limits) as q:
+        first = await q.submit(block(1), submitted_by="t", broadcast=True)
+        popped = await q.pop()
+        assert popped is not None
+        popped.consume()
+        await q.submit(block(2), submitted_by="t")
+        with pytest.raises(QueueFull):  # bob still lacks the first: it is held here
+            await q.submit(block(3), submitted_by="t")
+    async with await QppValidatorQueue.open("v", tmp_path, peers=("bob",), limits=limits) as q2:
+        with pytest.raises(QueueFull):  # the same after a restart
+            await q2.submit(block(3), submitted_by="t")
+        (item,) = q2.relay_take("bob", 10)
+        assert item.message_id == first
+        await q2.relay_done("bob", [item])
+        await q2.submit(block(3), submitted_by="t")  # bob has it: the room is back

@@ -56,3 +56,12 @@ def test_bad_options_are_invalid_params_and_store_nothing(
     assert reply["error"]["code"] == -32602
     assert says in reply["error"]["message"]
     assert call_line(sock, "qssh_getQueueDepth")["result"] == before
+
+
+def test_broadcast_marks_the_message_for_the_peers(sock: Path) -> None:
+    mid = call_line(sock, "qssh_submitMessage", [BLOCK, {"broadcast": True}])["result"]
+    while (popped := call_line(sock, "qssh_popMessage")["result"]) is not None:
+        if popped["message_id"] == mid:
+            break
+    assert popped is not None
+    assert popped["broadcast"] is True
