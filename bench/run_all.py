@@ -4,7 +4,8 @@
     python bench/run_all.py --show bench/results.json [--markdown]
 
 Runs the queue core (bench/queue_core.py), the queue service over SSH
-(bench/service.py) and the SSH handshake (bench/handshake.py); each interleaves its
+(bench/service.py), the node endpoint over WebSocket, HTTP and newline JSON beside SSH
+(bench/node_endpoint.py) and the SSH handshake (bench/handshake.py); each interleaves its
 baselines with what they are compared to and reports medians over rounds. Writes
 ``results.json`` (ratios first, then the comparisons, the raw figures and the
 machine) and ``results.png`` into --out (default: bench/), and prints a table.
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench import handshake, queue_core, service
+from bench import handshake, node_endpoint, queue_core, service
 from bench.plot import plot_comparisons
 from bench.stats import dumps, machine_info
 from transport.crypto import DEFAULT_KEX
@@ -41,9 +42,12 @@ class Mode:
     service_seconds: float
     service_c_client_requests: int
     handshake_rounds: int
+    node_rounds: int = 3
+    node_seconds: float = 3.0
+    node_latency_messages: int = 200
 
 
-QUICK = Mode(1, True, 1, 0.5, 5_000, 3)
+QUICK = Mode(1, True, 1, 0.5, 5_000, 3, 1, 0.5, 20)
 DEFAULT = Mode(5, False, 5, 3.0, 200_000, 30)
 
 SPEEDUP = "baseline time / our time (> 1: ours faster)"
@@ -118,6 +122,8 @@ def comparisons(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
         results["qssh_sync_16"]["ops_per_s"], results["fdatasync"]["ops_per_s"],
         sr["qssh_16_vs_fdatasync_loop"], THROUGHPUT,
     )  # fmt: skip
+    if "node_endpoint" in figures:  # results.json files from before it lack it
+        rows.update(node_rows(figures["node_endpoint"]))
     classical = h["handshake"][h["baseline"]]["median_ms"]
     for alg, fig in h["handshake"].items():
         if alg == h["baseline"]:
@@ -126,6 +132,26 @@ def comparisons(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "handshake", alg, "ssh-ed25519 + curve25519-sha256", "ms",
             fig["median_ms"], classical, fig["ratio_vs_classical"], COST,
         )  # fmt: skip
+    return rows
+
+
+def node_rows(n: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = {}
+    names = {"ws": "WebSocket", "unix_line": "unix newline JSON", "http": "HTTP POST"}
+    for transport, name in names.items():
+        for conns in (1, 16):
+            rows[f"node_{transport}_{conns}_vs_ssh_{conns}"] = _row(
+                "node", f"sync submit, {name}, {conns} conn", f"sync submit over SSH, {conns}",
+                "ops/s", n["results"][f"{transport}_{conns}"]["ops_per_s"],
+                n["results"][f"ssh_{conns}"]["ops_per_s"],
+                n["ratios"][f"{transport}_{conns}_vs_ssh_{conns}"], THROUGHPUT,
+            )  # fmt: skip
+    lat = n["delivery_latency"]
+    rows["node_subscription_vs_poll_10ms_latency"] = _row(
+        "node", "submit -> WS notification", "submit -> pop every 10 ms", "ms",
+        lat["subscription"]["median_ms"], lat["poll_10ms"]["median_ms"],
+        n["ratios"]["poll_10ms_vs_subscription_latency"], SPEEDUP,
+    )  # fmt: skip
     return rows
 
 
@@ -180,6 +206,13 @@ def run(mode: Mode, data_dir: str | None) -> dict[str, Any]:
         )
     )
     seconds["service"] = time.perf_counter() - t
+    t = time.perf_counter()
+    figures["node_endpoint"] = asyncio.run(
+        node_endpoint.run(
+            mode.node_rounds, mode.node_seconds, 16, data_dir, mode.node_latency_messages
+        )
+    )
+    seconds["node_endpoint"] = time.perf_counter() - t
     t = time.perf_counter()
     figures["handshake"] = asyncio.run(handshake.run(mode.handshake_rounds, None, DEFAULT_KEX))
     seconds["handshake"] = time.perf_counter() - t

@@ -44,7 +44,7 @@ RECORD = b"x" * 200
 class SidecarServer:
     """A real ``qssh-sidecar serve`` subprocess with fresh keys."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, extra_args: list[str] | None = None) -> None:
         self.dir = directory / "sidecar"
         self.dir.mkdir()
         self.port = free_port()
@@ -68,6 +68,7 @@ class SidecarServer:
                 "--authorized-keys", str(self.dir / "authorized_keys"),
                 "--metrics", "",
                 "--log-level", "WARNING",
+                *(extra_args or []),
             ],
             cwd=self.dir,
             env={**os.environ, "PYTHONPATH": str(REPO)},

@@ -28,7 +28,7 @@ def test_run_all_quick_writes_ratios_figures_and_machine(tmp_path: Path) -> None
         [sys.executable, str(REPO / "bench" / "run_all.py"), "--quick",
          "--out", str(out), "--dir", str(tmp_path)],
         cwd=REPO, env=child_env(),
-        capture_output=True, text=True, timeout=180, check=False,
+        capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -36,17 +36,19 @@ def test_run_all_quick_writes_ratios_figures_and_machine(tmp_path: Path) -> None
     assert next(iter(result)) == "ratios"
     assert {"ratios", "comparisons", "figures", "machine", "mode"} <= set(result)
     assert result["mode"] == "quick"
-    assert set(result["figures"]) == {"queue_core", "service", "handshake"}
+    assert set(result["figures"]) == {"queue_core", "service", "node_endpoint", "handshake"}
     assert {"nproc", "kernel", "python", "packages", "date"} <= set(result["machine"])
     assert result["machine"]["packages"]["persist-queue"] is not None
 
     ratios = result["ratios"]
     assert set(ratios) == set(result["comparisons"])
-    for prefix in ("queue_", "service_", "handshake_"):
+    for prefix in ("queue_", "service_", "node_", "handshake_"):
         assert any(name.startswith(prefix) for name in ratios), prefix
     assert "queue_serial_sync_submit_vs_persistqueue_put" in ratios
     assert "service_sync_16_vs_redis_always_16" in ratios
     assert "handshake_ssh-falcon512_vs_classical" in ratios
+    assert "node_ws_16_vs_ssh_16" in ratios
+    assert "node_subscription_vs_poll_10ms_latency" in ratios
     for name, value in ratios.items():
         assert isinstance(value, int | float), name
         assert math.isfinite(value), name
