@@ -80,7 +80,7 @@ class SidecarServer:
         client: QueueClient = await QueueClient.connect(
             "127.0.0.1",
             self.port,
-            username="bench",
+            username=None,
             client_keys=[self.user_key],
             known_hosts=self.known_hosts,
         )

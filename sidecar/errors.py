@@ -90,6 +90,15 @@ class LogFailed(Unavailable):
     """
 
 
+class AsyncMessagesLost(LogFailed):
+    """Graceful shutdown could not write the async messages it still held (the disk
+    stayed full, or an fsync failed): ``lost`` of them are gone."""
+
+    def __init__(self, message: str, lost: int) -> None:
+        super().__init__(message)
+        self.lost = lost
+
+
 class LogCorrupt(Unavailable):
     """The log is damaged in the middle: valid records follow a bad one.
 

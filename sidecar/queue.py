@@ -24,7 +24,7 @@ from typing import Any
 from sidecar.commit import GroupCommitter, Op
 from sidecar.dedup import DedupIndex, DedupKey, DedupLimits, Submitted, check_dedup_id
 from sidecar.durable_fs import make_dirs
-from sidecar.errors import InvalidMessage, LogFailed, Unavailable
+from sidecar.errors import AsyncMessagesLost, InvalidMessage, LogFailed, Unavailable
 from sidecar.gc_policy import GcFreezer
 from sidecar.handles import NoClone
 from sidecar.messages import Mode, QueueMessage, QueueMessageWithProvenance, resolve_mode
@@ -37,6 +37,7 @@ from sidecar.wal import (
     OsFileLayer,
     Recovery,
     WriteAheadLog,
+    WriteFailed,
     checkpoint_record,
     consume_record,
     dedup_record,
@@ -59,6 +60,8 @@ DEFAULT_COMPACT_BYTES = 10 * 1024 * 1024
 _MIN_COMPACT_BYTES = 1024 * 1024
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _CLOSE_FRAME_BYTES = 8 * 1024 * 1024
+# how often a close that found the disk full tries its write again
+_SPACE_RETRY_SECONDS = 0.1
 _FREEZE_AT = 50_000  # recovered messages from which gc.freeze() pays off
 _GC = GcFreezer()  # gc.freeze is process-wide: one policy for every queue
 
@@ -255,8 +258,12 @@ class QppValidatorQueue:
         broadcast.clear()
         relayed.clear()
 
-    async def close(self) -> None:
-        """Graceful shutdown: finish in-flight work, log async messages durably, close."""
+    async def close(self, *, wait_for_space: float = 0.0) -> None:
+        """Graceful shutdown: finish in-flight work, log async messages durably, close.
+
+        A write of the async messages that fails and is rolled back (a full disk) is
+        tried again until ``wait_for_space`` seconds have passed; then, or on a failed
+        fsync, :class:`AsyncMessagesLost` says how many of them were not written."""
         if self._closed or self._closing:
             return
         self._closing = True
@@ -271,11 +278,11 @@ class QppValidatorQueue:
             items += [i for i in self._state.leased_items() if not i.persisted]
             items.sort(key=lambda i: i.message_id)
             records = self._async_records(items)
-            if records:
-                try:
-                    await committer.io(self._write_async_records, committer.wal, records)
-                except LogFailed as exc:
-                    error = exc
+            frames = self._close_frames(records, messages_from=len(records) - len(items))
+            try:
+                await self._write_close_frames(committer, frames, wait_for_space)
+            except LogFailed as exc:
+                error = exc
         with contextlib.suppress(OSError):
             committer.wal.close()
         committer.shutdown_io()
@@ -310,18 +317,43 @@ class QppValidatorQueue:
         return records
 
     @staticmethod
-    def _write_async_records(wal: WriteAheadLog, records: list[bytes]) -> None:
-        # one frame per fsync keeps "only the last frame can be torn" true
+    def _close_frames(records: list[bytes], messages_from: int) -> list[tuple[bytes, int]]:
+        """The close records as frames of at most about 8 MiB, each with the number of
+        messages it holds (records from index ``messages_from`` on are one each)."""
+        frames: list[tuple[bytes, int]] = []
         chunk: list[bytes] = []
-        size = 0
-        for rec in records:
+        size = messages = 0
+        for i, rec in enumerate(records):
             chunk.append(rec)
             size += len(rec)
+            messages += i >= messages_from
             if size >= _CLOSE_FRAME_BYTES:
-                wal.append_and_sync(encode_frame(chunk))
-                chunk, size = [], 0
+                frames.append((encode_frame(chunk), messages))
+                chunk, size, messages = [], 0, 0
         if chunk:
-            wal.append_and_sync(encode_frame(chunk))
+            frames.append((encode_frame(chunk), messages))
+        return frames
+
+    @staticmethod
+    async def _write_close_frames(
+        committer: GroupCommitter, frames: list[tuple[bytes, int]], wait_for_space: float
+    ) -> None:
+        # one frame per fsync keeps "only the last frame can be torn" true
+        deadline = time.monotonic() + wait_for_space
+        for i, (frame, _) in enumerate(frames):
+            while True:
+                try:
+                    await committer.io(committer.wal.append_and_sync, frame)
+                    break
+                except WriteFailed as exc:  # rolled back: nothing of it is in the log
+                    if time.monotonic() < deadline:
+                        await asyncio.sleep(_SPACE_RETRY_SECONDS)
+                        continue
+                    lost = sum(n for _, n in frames[i:])
+                    raise AsyncMessagesLost(exc.message, lost) from exc
+                except LogFailed as exc:  # a failed fsync: never retried
+                    lost = sum(n for _, n in frames[i:])
+                    raise AsyncMessagesLost(exc.message, lost) from exc
 
     async def __aenter__(self) -> QppValidatorQueue:
         return self

@@ -1,12 +1,19 @@
 """Who may do what on the queue service: authorized keys with roles (SPEC §5.3).
 
-The file is OpenSSH ``authorized_keys`` with one extra option, ``roles``::
+The file is OpenSSH ``authorized_keys`` with two extra options, ``roles`` and
+``principal``::
 
-    roles="producer" ssh-falcon512 AAAA... node-alice
+    roles="producer",principal="indexer" ssh-falcon512 AAAA... indexer@host
     roles="consumer,admin" ssh-falcon512 AAAA... ops
 
-A key listed without ``roles`` may authenticate and ``ping`` but nothing else. The file
-is re-read when it changes (modification time, size or inode), so revoking a key needs no restart.
+A key listed without ``roles`` may authenticate and ``ping`` but nothing else. The
+**principal** (who the key is, recorded as ``submitted_by``) is the ``principal``
+option, else the key's comment, else ``unnamed``: 1-64 of ``A-Z a-z 0-9 _ . @ + -``, so
+never a ``node:`` or ``peer:`` provenance. A line whose option is not such a name is
+skipped with a warning. The SSH
+username a client sends must be empty, the principal, or :data:`DEFAULT_USERNAME`.
+The file is re-read when it changes (modification time, size or inode), so revoking
+a key needs no restart.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +32,13 @@ from transport.keys import unsupported_algorithm
 from transport.ssh_algorithms import PQSSHKey
 
 log = logging.getLogger(__name__)
+
+# What a client that does not know its principal sends as its SSH username.
+DEFAULT_USERNAME = "qssh"
+# No ':' anywhere, so no SSH client can hold a "node:"/"peer:" (or any future) prefix.
+PRINCIPAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}")
+# The principal of a key whose line has no principal option and no comment that is a name.
+UNNAMED = "unnamed"
 
 
 class Role(enum.StrEnum):
@@ -37,16 +52,16 @@ class Role(enum.StrEnum):
 class Principal:
     """The authenticated peer of one connection."""
 
-    username: str
+    username: str  # what the client sent (checked by :func:`username_allowed`)
     fingerprint: str  # "SHA256:..." of the user key, as OpenSSH prints it
     key_algorithm: str
     roles: frozenset[Role]
-    name: str = ""  # the comment of the key's authorized_keys line (a peer's name)
+    name: str  # the key's principal in authorized_keys (a peer's name)
 
     @property
     def submitted_by(self) -> str:
-        """Provenance recorded with every message this peer submits."""
-        return f"{self.username} {self.fingerprint}"
+        """Provenance recorded with every message this peer submits: from the key."""
+        return f"{self.name} {self.fingerprint}"
 
     def require(self, role: Role, method: str) -> None:
         if role not in self.roles:
@@ -80,7 +95,39 @@ class AuthorizedKey:
     key: asyncssh.SSHKey
     fingerprint: str
     roles: frozenset[Role]
-    comment: str
+    principal: str
+
+
+def username_allowed(username: str, principal: str) -> bool:
+    """The SSH username is not provenance: it may only be empty, the key's principal
+    or the documented default, so it can never claim to be someone else."""
+    return username in ("", principal, DEFAULT_USERNAME)
+
+
+def principal_of(options: dict[str, object], comment: str, where: str) -> str | None:
+    """The ``principal="…"`` option, else the comment, else :data:`UNNAMED` (with a
+    warning); None (the line is skipped, with a warning) if the option is not a name."""
+    given = options.get("principal")
+    if given is not None:
+        names = given if isinstance(given, list) else [given]
+        if len(names) == 1 and PRINCIPAL_NAME.fullmatch(str(names[0])):
+            return str(names[0])
+        log.warning(
+            '%s: skipped, principal="%s" is not a name (1-64 of A-Z a-z 0-9 _ . @ + -)',
+            where,
+            ",".join(str(n) for n in names),
+        )
+        return None
+    if PRINCIPAL_NAME.fullmatch(comment):
+        return comment
+    log.warning(
+        '%s: the key\'s comment %r is not a name: its principal is "%s" (set principal="name"; '
+        "a name is 1-64 of A-Z a-z 0-9 _ . @ + -, first a letter or digit)",
+        where,
+        comment,
+        UNNAMED,
+    )
+    return UNNAMED
 
 
 class AuthorizedKeys:
@@ -123,8 +170,11 @@ class AuthorizedKeys:
                 log.warning("%s: skipped, %s is not a post-quantum key algorithm", here, alg)
                 continue
             roles = parse_roles(entry.options.get("roles"), here)
+            principal = principal_of(entry.options, key.get_comment() or "", here)
+            if principal is None:
+                continue
             entries[key.identity] = AuthorizedKey(
-                key, key.get_fingerprint("sha256"), roles, key.get_comment() or ""
+                key, key.get_fingerprint("sha256"), roles, principal
             )
         return entries
 

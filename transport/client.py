@@ -21,6 +21,7 @@ import asyncssh
 
 from sidecar import errors
 from sidecar.errors import ErrorCode, SidecarError, Unavailable
+from transport.auth import DEFAULT_USERNAME
 from transport.client_sealing import ClientSealing
 from transport.host_pinning import HostKeyError, HostKeyPinning, StrictHostKeyChecking
 from transport.limits import ServiceLimits
@@ -264,7 +265,9 @@ class QueueClient:
                 lambda: ssh_client,
                 host,
                 port,
-                username=username,
+                # not the local login name: the server takes only empty, the key's
+                # principal or this default (docs/operations.md)
+                username=DEFAULT_USERNAME if username is None else username,
                 client_keys=list(client_keys) if client_keys is not None else None,
                 known_hosts=([], [], []) if pinning is not None else None,
                 agent_path=None,
@@ -281,8 +284,9 @@ class QueueClient:
             raise HostKeyError(f"host key of {host}:{port} could not be verified") from None
         except asyncssh.PermissionDenied as exc:
             raise AuthRefused(
-                f"{host}:{port} refused our key(s): {exc.reason} "
-                "(is the public key in the server's authorized_keys?)"
+                f"{host}:{port} refused our key(s): {exc.reason} (is the public key in "
+                "the server's authorized_keys, and the user empty, the key's principal "
+                f"or {DEFAULT_USERNAME!r}?)"
             ) from None
         except asyncssh.KeyExchangeFailed as exc:
             raise ConnectFailed(

@@ -21,7 +21,7 @@ import orjson
 
 from sidecar.errors import ErrorCode, SidecarError, Unavailable
 from transport.admission import Admission, Ending, Refusal
-from transport.auth import AuthorizedKeys, Principal, Role
+from transport.auth import DEFAULT_USERNAME, AuthorizedKeys, Principal, Role, username_allowed
 from transport.limits import ServiceLimits, SubmitBucket, WaitingLeases
 from transport.negotiation_log import describe, mismatch, parse_kexinit
 from transport.protocol import (
@@ -481,8 +481,16 @@ class _QueueSSHServer(asyncssh.SSHServer):
                 f"key {key.get_fingerprint()} as user {username!r} is not authorized",
             )
             return False
+        if not username_allowed(username, entry.principal):
+            self._ending = Ending.AUTHFAIL
+            self._auth_refusal = (
+                Refusal.USERNAME,
+                f"user {username!r} with key {entry.fingerprint} of {entry.principal!r}: "
+                f"the SSH username must be empty, {entry.principal!r} or {DEFAULT_USERNAME!r}",
+            )
+            return False
         self._principal = Principal(
-            username, entry.fingerprint, key.algorithm.decode(), entry.roles, entry.comment
+            username, entry.fingerprint, key.algorithm.decode(), entry.roles, entry.principal
         )
         return True
 

@@ -355,6 +355,7 @@ class QueueService:
             "pong": True,
             "time": time.time(),
             "user": p.username,
+            "principal": p.name,
             "fingerprint": p.fingerprint,
             "roles": sorted(r.value for r in p.roles),
             "limits": self.limits.to_wire(),

@@ -9,12 +9,12 @@ first) override the file, and specific ``Host`` blocks go before ``Host *``.
 from __future__ import annotations
 
 import fnmatch
-import getpass
 import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transport.auth import DEFAULT_USERNAME
 from transport.host_pinning import StrictHostKeyChecking
 from transport.protocol import DEFAULT_PORT
 
@@ -177,7 +177,7 @@ def resolve(
         alias=alias,
         hostname=hostname,
         port=port_value,
-        user=user or one("User", getpass.getuser()),
+        user=user or one("User", DEFAULT_USERNAME),
         identity_files=tuple(Path(p).expanduser() for p in found.get("IdentityFile", [])),
         known_hosts=Path(one("UserKnownHostsFile", str(home / "known_hosts"))).expanduser(),
         strict_host_key_checking=strict,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -25,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.dedup import Submitted
-from sidecar.errors import SidecarError
+from sidecar.errors import AsyncMessagesLost, SidecarError
 from transport.entropy import EntropyMixer
 
 from . import keys
 from .config import (
     ConfigError,
     DaemonConfig,
+    DiskFull,
     check_readable,
     check_socket_group,
     prepare_data_dir,
@@ -47,7 +49,12 @@ from .wiring import HardwarePart, QueuePart, ServerPart
 log = logging.getLogger(__name__)
 status = logging.getLogger("sidecar.daemon")
 
+# docs/operations.md lists every exit code
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+EXIT_NO_SPACE = 3  # the data dir's filesystem is full at start
+EXIT_ASYNC_LOST = 4  # stopped, but async messages could not be written
+# after the flush has waited shutdown_timeout for space, this long for the write itself
+CLOSE_GRACE_SECONDS = 5.0
 STATUS_PERIOD = 2.0
 METRICS_PERIOD = 1.0
 
@@ -166,14 +173,20 @@ class Sidecar:
         try:
             try:
                 await self.start()
+            except DiskFull as e:
+                print(f"qssh-sidecar: cannot start: {e}", file=sys.stderr, flush=True)
+                await self._abort_start()
+                return EXIT_NO_SPACE
             except ConfigError as e:
                 print(f"qssh-sidecar: {e}", file=sys.stderr, flush=True)
                 await self._abort_start()
                 return EXIT_CONFIG
             except (OSError, SidecarError) as e:
-                print(f"qssh-sidecar: cannot start: {e}", file=sys.stderr, flush=True)
+                full = no_space(e)
+                why = "no space left on the device: " if full else ""
+                print(f"qssh-sidecar: cannot start: {why}{e}", file=sys.stderr, flush=True)
                 await self._abort_start()
-                return EXIT_FAILURE
+                return EXIT_NO_SPACE if full else EXIT_FAILURE
             except Exception as e:
                 log.exception("unexpected error while starting")
                 print(f"qssh-sidecar: cannot start: {e!r}", file=sys.stderr, flush=True)
@@ -295,9 +308,17 @@ class Sidecar:
         except TimeoutError:
             log.warning("in-flight requests did not finish within %.1fs; closing anyway", timeout)
         try:
-            async with asyncio.timeout(timeout):
-                flushed = await self.queue.close()
+            async with asyncio.timeout(timeout + CLOSE_GRACE_SECONDS):
+                flushed = await self.queue.close(wait_for_space=timeout)
             self.say(f"log closed: {flushed}")
+        except AsyncMessagesLost as e:
+            print(
+                f"qssh-sidecar: {e.lost} async messages lost: the log could not be written "
+                f"(waited {timeout:g}s for space): {e.message}",
+                file=sys.stderr,
+                flush=True,
+            )
+            code = EXIT_ASYNC_LOST
         except (TimeoutError, OSError, SidecarError) as e:
             print(f"qssh-sidecar: closing the log failed: {e}", file=sys.stderr, flush=True)
             code = EXIT_FAILURE
@@ -377,3 +398,15 @@ class Sidecar:
         self.entropy.tier_changed()
         self.node.tier_changed({**self.hardware.tier_info().to_wire(), "previous": old})
         self.notifier.status(self._status_line())
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` or what caused it is a full filesystem (ENOSPC, EDQUOT)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -8,6 +8,7 @@ setting and says what to do. The reference of every key is ``docs/operations.md`
 
 from __future__ import annotations
 
+import errno
 import grp
 import ipaddress
 import os
@@ -42,6 +43,14 @@ _INSTANCE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 class ConfigError(Exception):
     """A configuration problem, reported as one line before the daemon listens."""
+
+
+class DiskFull(Exception):
+    """The data dir's filesystem has no space left: not a configuration problem."""
+
+
+def _full(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -670,6 +679,8 @@ def prepare_data_dir(path: Path) -> None:
     try:
         make_dirs(path)
     except OSError as e:
+        if _full(e):
+            raise DiskFull(f"data_dir: {path}: no space left on the device") from None
         raise ConfigError(f"data_dir: cannot create {path} ({e.strerror or e})") from None
     probe = path / f".write-test.{os.getpid()}"
     try:
@@ -681,4 +692,8 @@ def prepare_data_dir(path: Path) -> None:
             os.close(fd)
         probe.unlink()
     except OSError as e:
+        if _full(e):
+            raise DiskFull(
+                f"data_dir: {path}: no space left on the device (free some and start again)"
+            ) from None
         raise ConfigError(f"data_dir: {path} is not writable ({e.strerror})") from None

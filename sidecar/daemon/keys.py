@@ -30,6 +30,7 @@ from .config import ConfigError, DaemonConfig
 
 HOST_KEY_ALG = "ssh-falcon512"
 OPERATOR_ROLES = "producer,consumer,admin"
+OPERATOR_PRINCIPAL = "operator"  # so `qssh-queue operator@127.0.0.1` is this key's own name
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ def ensure_local_operator(
         lead = "" if not existing or existing.endswith("\n") else "\n"
         if not existing:
             lead = "# qssh-sidecar authorized keys: roles=producer,consumer,admin\n"
-        append_text(auth, f'{lead}roles="{OPERATOR_ROLES}" {op.public_line}\n')
+        options = f'roles="{OPERATOR_ROLES}",principal="{OPERATOR_PRINCIPAL}"'
+        append_text(auth, f"{lead}{options} {op.public_line}\n")
     known = d / "known_hosts"
     replace_file(known, (known_hosts_line("127.0.0.1", cfg.listen.port, host.key) + "\n").encode())
     return LocalOperator(op.path, known, op.fingerprint, op.origin)

@@ -1,7 +1,9 @@
 """``qssh-sidecar serve``: run one sidecar until SIGTERM/SIGINT.
 
-Exit codes: 0 after a clean shutdown, 2 for a configuration problem (one line on
-stderr, nothing listened), 1 for a failure while running or shutting down.
+Exit codes (docs/operations.md): 0 after a clean shutdown, 1 for a failure while
+starting, running or shutting down, 2 for a configuration problem (one line on stderr,
+nothing listened), 3 for a full disk at start, 4 when a shutdown could not write the
+async messages it held (one line gives how many were lost).
 """
 
 from __future__ import annotations

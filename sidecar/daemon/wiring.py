@@ -237,12 +237,14 @@ class QueuePart:
         """Memory accounted to queued messages (what `max_queue_bytes` limits)."""
         return None if self.q is None else int(self.q.stats()["bytes"])
 
-    async def close(self) -> str:
+    async def close(self, wait_for_space: float = 0.0) -> str:
+        """Close the queue, writing its async messages (``AsyncMessagesLost`` if that
+        still fails after ``wait_for_space`` seconds)."""
         if self.q is None:
             return "not open"
         depth = self.total_depth()
         q, self.q = self.q, None
-        await q.close()
+        await q.close(wait_for_space=wait_for_space)
         return f"{depth} messages kept on disk"
 
 

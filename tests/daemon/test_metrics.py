@@ -88,7 +88,7 @@ async def test_counters_move_under_load(tmp_path: Path, spawn: Any) -> None:
         async with QueueClient.connect(
             "127.0.0.1",
             ssh_port,
-            username="x",
+            username="",
             client_keys=[stranger],
             known_hosts=op.known_hosts,
         ):

@@ -60,7 +60,7 @@ async def connect(port: int, key: str) -> asyncssh.SSHClientConnection:
     return await asyncssh.connect(
         "127.0.0.1",
         port,
-        username="hostile",
+        username="operator",
         client_keys=[key],
         known_hosts=None,
         agent_path=None,

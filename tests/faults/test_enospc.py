@@ -114,7 +114,7 @@ async def run_enospc(tmp_path: Path, data: Path, how: str) -> None:
         op = Operator.of(data)
         workers.append(Worker("producer", 1, port, op, tmp_path, stop))
         client = await QueueClient.connect(
-            "127.0.0.1", port, username="op", client_keys=[op.key], known_hosts=op.known_hosts
+            "127.0.0.1", port, username="operator", client_keys=[op.key], known_hosts=op.known_hosts
         )
         try:
             own[await submit_ok(client, OWN)] = OWN

@@ -55,7 +55,7 @@ async def test_fsync_failure_fails_pending_acks_refuses_work_and_restart_keeps_a
         ]
         await wait_for(lambda: all(w.count("ACK") >= 100 for w in workers), "load")
         client = await QueueClient.connect(
-            "127.0.0.1", port, username="op", client_keys=[op.key], known_hosts=op.known_hosts
+            "127.0.0.1", port, username="operator", client_keys=[op.key], known_hosts=op.known_hosts
         )
         try:
             mine = (await client.submit(block(OWN), "sync"))["message_id"]

@@ -105,7 +105,7 @@ async def test_hostile_clients_do_not_starve_a_good_one_and_memory_stays_bounded
         good = 0
         deadline = time.monotonic() + TIMEOUT
         async with QueueClient.connect(
-            "127.0.0.1", port, username="good", client_keys=[op.key], known_hosts=op.known_hosts
+            "127.0.0.1", port, username="operator", client_keys=[op.key], known_hosts=op.known_hosts
         ) as client:
             while good < GOOD_ROUNDS or not misbehaving_enough():
                 assert time.monotonic() < deadline, (

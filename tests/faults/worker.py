@@ -96,7 +96,7 @@ class Worker:
                 client = await QueueClient.connect(
                     "127.0.0.1",
                     self.port,
-                    username=f"{self.role}{self.tag}",
+                    username="operator",
                     client_keys=[self.key],
                     known_hosts=self.known_hosts,
                     connect_timeout=10,

@@ -65,7 +65,7 @@ class Service:
         return QueueClient.connect(
             "127.0.0.1",
             self.port,
-            username=kwargs.pop("username", "tester"),
+            username=kwargs.pop("username", None),
             client_keys=[key or self.keys.everything],
             known_hosts=kwargs.pop("known_hosts", self.known_hosts),
             **kwargs,

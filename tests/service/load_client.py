@@ -56,7 +56,7 @@ async def main() -> int:
         async with QueueClient.connect(
             "127.0.0.1",
             int(port),
-            username=f"{role}{tag}",
+            username=None,
             client_keys=[key],
             known_hosts=Path(known_hosts),
         ) as client:

@@ -43,7 +43,7 @@ class RawChannel:
         conn = await asyncssh.connect(
             "127.0.0.1",
             port,
-            username="raw",
+            username="",
             client_keys=[key],
             known_hosts=known_hosts,
             agent_path=None,

@@ -158,7 +158,7 @@ async def test_accept_new_pins_first_key_then_it_is_trusted(
 def _exec_options(service: Service, key: asyncssh.SSHKey) -> dict[str, object]:
     options = ssh_options_for_tier(2, "client")
     options.update(
-        username="ops",
+        username="",
         client_keys=[key],
         known_hosts=str(service.known_hosts),
         agent_path=None,

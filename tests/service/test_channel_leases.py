@@ -32,7 +32,7 @@ async def queue(tmp_path: Path) -> AsyncIterator[QppValidatorQueue]:
 
 
 def consumer_channel() -> ChannelState:
-    principal = Principal("c", "SHA256:test", "ssh-falcon512", frozenset(Role))
+    principal = Principal("c", "SHA256:test", "ssh-falcon512", frozenset(Role), "c")
     return ChannelState(principal, SubmitBucket(0.0, 10), lambda *_: None)
 
 

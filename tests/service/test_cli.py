@@ -23,7 +23,7 @@ def qssh_home(tmp_path: Path, service: Service) -> Path:
     key.write_bytes(service.keys.everything.export_private_key())
     key.chmod(0o600)
     (home / "config").write_text(
-        f"Host validator\n  HostName 127.0.0.1\n  Port {service.port}\n  User ops\n"
+        f"Host validator\n  HostName 127.0.0.1\n  Port {service.port}\n  User qssh\n"
         f"  IdentityFile {key}\n"
     )
     pin_host_key(home / "known_hosts", service.port, service.keys.host)
@@ -73,7 +73,7 @@ async def test_submit_fields_as_flags_then_pop_as_json(qssh_home: Path) -> None:
     item = orjson.loads(out)
     assert item["message"] == {"kind": "telemetry", "name": "cpu", "value": 1.5}
     assert item["message_id"] == result["message_id"]
-    assert item["submitted_by"].startswith("ops SHA256:")
+    assert item["submitted_by"].startswith("everything SHA256:")
 
 
 async def test_pop_on_empty_queue_exits_4(qssh_home: Path) -> None:
@@ -189,10 +189,10 @@ async def test_changed_host_key_exits_3_with_clear_message(
 async def test_flags_override_config_and_user_at_host(qssh_home: Path, service: Service) -> None:
     key = qssh_home / "id_falcon512"
     code, out, err = await qssh_queue(
-        qssh_home, "--json", "-p", str(service.port), "-i", str(key), "carol@127.0.0.1", "ping"
+        qssh_home, "--json", "-p", str(service.port), "-i", str(key), "everything@127.0.0.1", "ping"
     )
     assert code == 0, err
-    assert orjson.loads(out)["user"] == "carol"
+    assert orjson.loads(out)["user"] == "everything"
 
 
 async def test_forbidden_is_exit_1_and_usage_is_exit_2(qssh_home: Path, service: Service) -> None:
@@ -245,7 +245,7 @@ async def test_a_missing_identity_file_is_warned_about_like_openssh(
     qssh_home: Path, service: Service
 ) -> None:
     code, _, err = await qssh_queue(
-        qssh_home, "-i", "/nonexistent", "-p", str(service.port), "ops@127.0.0.1", "ping"
+        qssh_home, "-i", "/nonexistent", "-p", str(service.port), "everything@127.0.0.1", "ping"
     )
     assert b"Warning: Identity file /nonexistent not accessible: No such file or directory." in err
     assert b"cannot reach" not in err

@@ -79,7 +79,8 @@ def test_unknown_role_names_the_line(tmp_path: Path, keys: Keys) -> None:
 
 def test_principal_without_role_is_forbidden_and_says_which() -> None:
     key = asyncssh.generate_private_key("ssh-falcon512")
-    p = Principal("ops", key.get_fingerprint("sha256"), "ssh-falcon512", frozenset({Role.CONSUMER}))
-    assert p.submitted_by == f"ops {key.get_fingerprint('sha256')}"
+    fp = key.get_fingerprint("sha256")
+    p = Principal("qssh", fp, "ssh-falcon512", frozenset({Role.CONSUMER}), "ops")
+    assert p.submitted_by == f"ops {fp}"  # the key's principal, never the SSH username
     with pytest.raises(Forbidden, match="producer role"):
         p.require(Role.PRODUCER, "submit")

@@ -30,9 +30,7 @@ def _dedup_id(number: int) -> str:
 
 
 async def _connect(port: int, key: Path, known_hosts: Path) -> Any:
-    return QueueClient.connect(
-        "127.0.0.1", port, username="producer", client_keys=[str(key)], known_hosts=known_hosts
-    )
+    return QueueClient.connect("127.0.0.1", port, client_keys=[str(key)], known_hosts=known_hosts)
 
 
 async def test_a_retried_sync_submit_is_stored_once_across_daemon_kills(

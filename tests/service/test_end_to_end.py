@@ -11,7 +11,7 @@ from tests.service.conftest import Service, block_import, gossip, telemetry
 
 
 async def test_sync_submit_is_persisted_and_attributed_to_the_key(service: Service) -> None:
-    async with service.connect(username="alice") as client:
+    async with service.connect(username="everything") as client:
         result = await client.submit(block_import(1), "sync")
         assert result["mode"] == "sync"
         assert result["persisted"] is True
@@ -20,7 +20,7 @@ async def test_sync_submit_is_persisted_and_attributed_to_the_key(service: Servi
     assert item["message_id"] == result["message_id"]
     assert item["message"] == block_import(1)
     fingerprint = service.keys.everything.get_fingerprint("sha256")
-    assert item["submitted_by"] == f"alice {fingerprint}"
+    assert item["submitted_by"] == f"everything {fingerprint}"
 
 
 async def test_async_submit_is_not_persisted_but_served(service: Service) -> None:

@@ -76,7 +76,7 @@ class TierService:
         return QueueClient.connect(
             "127.0.0.1",
             self.port,
-            username="tester",
+            username=None,
             client_keys=[self.keys.everything],
             known_hosts=self.known_hosts,
             **kwargs,

@@ -21,7 +21,7 @@ def qssh_config(tmp_path: Path, svc: TierService, qkd_lines: str = "") -> Path:
     identity, _ = write_key_pair(svc.keys.everything, tmp_path / "id_falcon512", force=True)
     path = tmp_path / "qssh_config"
     path.write_text(
-        f"Host node\n  HostName 127.0.0.1\n  Port {svc.port}\n  User tester\n"
+        f"Host node\n  HostName 127.0.0.1\n  Port {svc.port}\n  User qssh\n"
         f"  IdentityFile {identity}\n  UserKnownHostsFile {svc.known_hosts}\n" + qkd_lines
     )
     return path
