@@ -434,6 +434,12 @@ class NodeEndpointServer:
     # ---- HTTP and WebSocket ------------------------------------------------------
 
     async def _handle_http(self, request: web.BaseRequest) -> web.StreamResponse:
+        resp = await self._route(request)
+        if self._closing and not isinstance(resp, web.WebSocketResponse):
+            resp.force_close()  # a kept-alive connection ends with this reply
+        return resp
+
+    async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.protocol in self._refused:
             self._refused.discard(request.protocol)
             resp = _json_error(
@@ -474,10 +480,7 @@ class NodeEndpointServer:
             self.busy.discard(task)
         if reply is None:
             return web.Response(status=204)
-        resp = web.Response(body=reply, content_type=JSON)
-        if self._closing:
-            resp.force_close()
-        return resp
+        return web.Response(body=reply, content_type=JSON)
 
     def _health(self, *, readiness: bool) -> web.Response:
         health = self.backend.node_health()

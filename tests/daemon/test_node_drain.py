@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -136,3 +137,45 @@ async def test_a_request_outliving_the_drain_is_cancelled_unanswered(
     assert await asyncio.wait_for(reader.read(), WAIT) == b""  # no reply: never a false ack
     assert backend.node_depth() == 0
     writer.close()
+
+
+async def _health(s: aiohttp.ClientSession, path: str) -> tuple[int, dict[str, Any]]:
+    async with s.get(f"http://localhost{path}") as r:
+        assert r.content_type == "application/json"
+        return r.status, await r.json()
+
+
+async def test_health_follows_readiness_draining_and_the_log(
+    endpoint: tuple[NodeEndpointServer, GatedSidecar, Path],
+) -> None:
+    server, backend, sock = endpoint
+    connector = aiohttp.UnixConnector(path=str(sock), limit=1)  # one keep-alive connection
+    async with aiohttp.ClientSession(connector=connector) as s:
+        status, health = await _health(s, "/health")
+        assert (status, health["log"], health["ready"]) == (200, "ok", False)
+        assert (await _health(s, "/health/readiness"))[0] == 503  # start not finished
+        backend.sidecar.ready = True
+        assert (await _health(s, "/health/readiness"))[0] == 200
+
+        _reader, writer = await send_submit(sock)  # a request in flight holds the drain
+        await asyncio.wait_for(backend.entered.wait(), WAIT)
+        closing = asyncio.create_task(server.close(drain=WAIT))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        async with s.get("http://localhost/health") as r:  # the kept-alive connection
+            assert r.status == 503
+            assert (await r.json())["draining"] is True
+            assert r.headers["Connection"] == "close"  # and it ends with this reply
+        backend.gate.set()
+        await asyncio.wait_for(closing, WAIT)
+        writer.close()
+
+
+async def test_health_is_503_once_the_log_is_not_serving(
+    endpoint: tuple[NodeEndpointServer, GatedSidecar, Path],
+) -> None:
+    _, backend, sock = endpoint
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s:
+        await backend.sidecar.queue.close()
+        status, health = await _health(s, "/health")
+        assert (status, health["log"]) == (503, "failed")
