@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 JSON = "application/json"
 LINE_START = frozenset(b"{[ \t\r\n")
-SNIFF_SECONDS = 10.0  # a unix client that sends nothing is closed after this
+SNIFF_SECONDS = 10.0  # a client that sends nothing is closed after this
 IDLE_WAIT = 1.0  # re-check for a message this often while the queue looks empty
 
 
@@ -628,11 +628,8 @@ class _Sniffer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        if self.lines:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(SNIFF_SECONDS, transport.close)
-        else:
-            self._hand_over(b"")
+        # A connection that never sends a byte holds no slot for long.
+        self._timer = asyncio.get_running_loop().call_later(SNIFF_SECONDS, transport.close)
 
     def data_received(self, data: bytes) -> None:
         if self._timer is not None:

@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 import pytest
 
+from sidecar.daemon import node_endpoint
 from sidecar.daemon.app import Sidecar
 from sidecar.daemon.config import DaemonConfig
 from sidecar.daemon.node_endpoint import NodeEndpointServer
@@ -179,3 +180,13 @@ async def test_health_is_503_once_the_log_is_not_serving(
         await backend.sidecar.queue.close()
         status, health = await _health(s, "/health")
         assert (status, health["log"]) == (503, "failed")
+
+
+async def test_a_connection_that_sends_nothing_is_closed(
+    endpoint: tuple[NodeEndpointServer, GatedSidecar, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, sock = endpoint
+    monkeypatch.setattr(node_endpoint, "SNIFF_SECONDS", 0.2)
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    assert await asyncio.wait_for(reader.read(), WAIT) == b""  # closed, its slot freed
+    writer.close()
