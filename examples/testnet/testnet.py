@@ -68,8 +68,8 @@ def setup(run: Path) -> None:
     node = _key(keys / "node", "testnet node")
     authorized = (
         "# testnet: the operator may do everything, the node key may only submit\n"
-        f'roles="producer,consumer,admin" {_pub(operator)}\n'
-        f'roles="producer" {_pub(node)}\n'
+        f'roles="producer,consumer,admin",principal="operator" {_pub(operator)}\n'
+        f'roles="producer",principal="node" {_pub(node)}\n'
         "# each validator's relay key: it may only relay, under its name\n"
     )
     for name in NAMES:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from sidecar.errors import InvalidMessage, NotFound, Unavailable
 from tests.service.conftest import Keys, Service, gossip, start_service, stop_service
 from tests.service.rawchannel import RawChannel
 from transport.limits import ServiceLimits
+from transport.tiers import DEFAULT_POLICY
 
 
 async def leased_one(svc: Service) -> dict[str, Any]:
@@ -130,6 +132,7 @@ async def test_a_subscriber_that_does_not_read_stops_receiving_and_its_leases_ex
             await asyncio.sleep(0.25)
             held.append(svc.queue.depth()["leased"])
         stalled_at = max(held)
+        print(f"a subscriber with credit 10000 that never reads stalled at {stalled_at} leases")
         assert 0 < stalled_at < total // 2, held
         # the leases it holds but cannot read expire; another consumer gets them
         async with svc.connect(keys.everything) as other:
@@ -141,6 +144,31 @@ async def test_a_subscriber_that_does_not_read_stops_receiving_and_its_leases_ex
                     await other.ack(lease["lease_id"])
                     got += 1
             assert got == total - stalled_at + 1
+        await raw.close()
+    finally:
+        await stop_service(svc)
+
+
+async def test_max_message_bytes_holds_for_relayed_messages_too(tmp_path: Path, keys: Keys) -> None:
+    limit = 200
+    policy = replace(DEFAULT_POLICY, max_message_bytes=limit)
+    svc = await start_service(tmp_path, keys, policy=policy)
+    alg, b64 = keys.unknown.export_public_key().decode().split()[:2]
+    with svc.server.authorized_keys.path.open("a") as f:
+        f.write(f'roles="peer" {alg} {b64} bob\n')
+    try:
+        raw = await RawChannel.open(svc.port, keys.unknown)
+        small = {"kind": "gossip", "topic": "t", "data": "aGk="}
+        big = {"kind": "gossip", "topic": "t" * 300, "data": "aGk="}
+        items = [{"origin_id": 1, "message": small}, {"origin_id": 2, "message": big}]
+        raw.send({"id": 1, "method": "relay", "params": {"items": items}})
+        reply = await raw.recv()
+        assert reply is not None
+        ok, refused = reply["result"]["results"]
+        assert "message_id" in ok
+        assert refused["error"]["code"] == "too_large"
+        assert f"{limit}-byte limit" in refused["error"]["message"]
+        assert svc.queue.depth()["total"] == 1
         await raw.close()
     finally:
         await stop_service(svc)
