@@ -171,10 +171,12 @@ class GroupCommitter:
         batch = self._batch
         assert batch is not None
         self._pending, self._callers, self._batch = [], [], None
-        if not any(t is not None and t.cancelling() for t in callers):
+        if not any(_cancelled_waiter(t, batch) for t in callers):
             return pending, batch
-        kept = [op for op, t in zip(pending, callers, strict=True) if not (t and t.cancelling())]
-        dropped = [op for op, t in zip(pending, callers, strict=True) if t and t.cancelling()]
+        kept: list[Op] = []
+        dropped: list[Op] = []
+        for op, task in zip(pending, callers, strict=True):
+            (dropped if _cancelled_waiter(task, batch) else kept).append(op)
         self._on_rollback(dropped)
         return kept, batch
 
@@ -281,6 +283,17 @@ class GroupCommitter:
                 fut.set_exception(exc)
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)
+
+
+def _cancelled_waiter(task: asyncio.Task[Any] | None, batch: _BatchFuture) -> bool:
+    """Whether `task` (current when the record was queued) is being cancelled while it
+    waits on this batch. A record queued outside the task that awaits it (a request
+    run eagerly before its task exists) is never left out: its operation stands."""
+    return (
+        task is not None
+        and task.cancelling() > 0
+        and getattr(task, "_fut_waiter", None) is batch  # asyncio's Task keeps it there
+    )
 
 
 def _others_ready(loop: asyncio.AbstractEventLoop) -> bool:

@@ -11,7 +11,7 @@ import asyncio
 import enum
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,9 @@ class ServerSettings:
 
     ``host_keys`` are already loaded keys (e.g. Falcon keys from the pq key module)
     and are used in addition to ``host_key_paths``. ``tier`` is a fixed tier, or
-    ``tier_provider`` gives the live one (the daemon wires the hardware tier there).
+    ``tier_provider`` gives the live one (the daemon wires the hardware tier there);
+    when it changes, call ``QueueServer.tier_changed()`` (channels keep their effective
+    tier until then).
     ``ssh_options`` overrides/extends the per-tier algorithm options. ``policy`` holds
     the value thresholds and per-tier host-key sets; ``qkd`` (a KME client and this
     server's SAE id) lets clients seal their channel at tier 4.
@@ -116,6 +118,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         waiting: WaitingLeases,
     ) -> None:
         self._server = server
+        self._loop = asyncio.get_running_loop()
         self._on_close = on_close
         self._principal = principal
         self._conn = conn
@@ -167,6 +170,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
 
     def _sealing_changed(self) -> None:
         s = self._sealing
+        self._state.tier_moved()
         self._state.session_detail.update(
             {"sealed": s.sealed, "epoch": s.epoch, "rekeys": s.rekeys, "qkd_failure": s.failure}
         )
@@ -178,6 +182,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
 
     def tier_changed(self, node: TierInfo) -> None:
         """Push a ``tier_changed`` notice when this channel's effective tier moved."""
+        self._state.tier_moved()
         if self._exec is not None or self._closed:
             return
         before = self._notified_level
@@ -285,10 +290,24 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
                 Unavailable(f"too many requests in flight on this channel (limit {limit})"),
             )
             return
-        self._spawn(self._handle(request))
+        self._dispatch(self._handle(request))
 
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+    def _dispatch(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a request at once; only one that has to wait (a sync submit's fsync, a
+        lease wait) goes on as a task. Most requests never wait, and a task per
+        request was a large part of the server's CPU."""
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return  # answered without waiting
+        if waiting_on is not None:
+            # taken, as a task takes what it waits on: the next request that awaits
+            # the same future (a batch's) must find it free
+            waiting_on._asyncio_future_blocking = False
+        self._spawn(_resume(coro, waiting_on))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = self._loop.create_task(coro)
         self._in_flight.add(task)
         task.add_done_callback(self._task_done)
 
@@ -354,7 +373,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
             return
         self._outbox.append(self._sealing.outgoing(frame))
         if len(self._outbox) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         chan = self._chan
@@ -389,6 +408,41 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
 
     def close(self) -> None:
         self._close_after_flush(EXIT_SHUTDOWN)
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+    """Go on with `coro`, started outside a task, from where it suspended."""
+    await _Resumed(coro, waiting_on)
+
+
+class _Resumed:
+    """Awaiting this continues a coroutine that already ran up to its first wait:
+    what `await coro` would do, minus the first step. The task running it waits on
+    what the coroutine yielded (an asyncio future, or None for a bare yield)."""
+
+    __slots__ = ("_coro", "_waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+        self._coro = coro
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, waiting_on = self._coro, self._waiting_on
+        if waiting_on is not None:
+            waiting_on._asyncio_future_blocking = True  # as Future.__await__ yields it
+        while True:
+            try:
+                sent = yield waiting_on
+            except BaseException as exc:  # a cancellation: hand it to the coroutine
+                try:
+                    waiting_on = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting_on = coro.send(sent)
+                except StopIteration:
+                    return
 
 
 class _QueueSSHServer(asyncssh.SSHServer):

@@ -142,8 +142,12 @@ class QueueService:
     # ----- producer
 
     def effective(self, channel: ChannelState) -> TierInfo:
-        """The tier a request on ``channel`` runs at: min(node, session)."""
-        return effective_tier(self.tier(), channel.session_tier())
+        """The tier a request on ``channel`` runs at: min(node, session). Kept per
+        channel and recomputed only after a tier event (`ChannelState.tier_moved`)."""
+        cached = channel.tier_cache
+        if cached is None:
+            cached = channel.tier_cache = effective_tier(self.tier(), channel.session_tier())
+        return cached
 
     async def _submit_one(
         self,
@@ -484,11 +488,17 @@ class ChannelState:
     session_detail: dict[str, Any] = field(default_factory=dict)
     # lease(wait > 0) requests waiting; shared by the channels of one connection
     waiting: WaitingLeases = field(default_factory=lambda: WaitingLeases(ServiceLimits()))
+    # the effective tier, until the node or session tier moves (see QueueService.effective)
+    tier_cache: TierInfo | None = field(default=None, init=False, repr=False)
     _prune_at: int = field(default=PRUNE_HELD_LEASES_AT, init=False, repr=False)
     _writable: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._writable.set()
+
+    def tier_moved(self) -> None:
+        """The node tier or this session's changed: recompute the effective tier."""
+        self.tier_cache = None
 
     def pause_pushes(self) -> None:
         """The peer's receive window is full: subscriptions stop leasing and pushing."""

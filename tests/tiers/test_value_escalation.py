@@ -71,10 +71,12 @@ async def test_edges_over_the_wire_follow_the_effective_tier(tmp_path: Path, key
         async with svc.connect() as c:
             for node, ok, refused in ((1, "99.99", "100"), (2, "9999.99", "10000")):
                 svc.node.level = node
+                svc.server.tier_changed()  # the daemon announces every tier event
                 assert (await c.submit(transaction(ok, node)))["persisted"] is True
                 with pytest.raises(TierRequired, match=f"needs tier {node + 1}"):
                     await c.submit(transaction(refused, node))
             svc.node.level = 4  # node 4, but an unsealed session gives 3
+            svc.server.tier_changed()  # the daemon announces every tier event
             assert (await c.submit(transaction("999999.99", 9)))["persisted"] is True
             with pytest.raises(TierRequired, match="needs tier 4"):
                 await c.submit(transaction("1000000", 9))
@@ -137,6 +139,7 @@ async def test_a_chacha20_session_is_tier_1_whatever_the_node_gives(
         chacha = {"encryption_algs": ["chacha20-poly1305@openssh.com"]}
         async with svc.connect(tier=1, ssh_options=chacha) as c:
             svc.node.level = 3
+            svc.server.tier_changed()  # the daemon announces every tier event
             tier = await c.tier()
             assert (tier["tier"], tier["session"]["cipher"]) == (1, "chacha20-poly1305@openssh.com")
             assert "AES-256-GCM" in tier["session"]["reasons"][0]
