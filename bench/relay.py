@@ -80,18 +80,20 @@ class Sidecar:
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar.cli", "serve", "--config", "sidecar.toml"],
-            cwd=self.root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith(b"ready in "):
-                return
-        raise SystemExit(f"{self.name} did not start")
+        log = self.root / "serve.log"
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sidecar.cli", "serve", "--config", "sidecar.toml"],
+                cwd=self.root,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 120
+        while b"ready in " not in log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{self.name} did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc is not None:
