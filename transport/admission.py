@@ -10,9 +10,10 @@
   connection never counts against it, and one that authenticates when it is full is
   refused.
 
-The server calls :meth:`Admission.arrive` on accept, :meth:`Admission.authenticated`
-on a successful login and :meth:`Admission.gone` when the connection ends; the clock
-and the random source are injected so the rules are testable without a network.
+The server calls :meth:`ConnectionAdmission.arrive` on accept,
+:meth:`ConnectionAdmission.authenticated` on a successful login and
+:meth:`ConnectionAdmission.gone` when the connection ends; the clock and the random
+source are injected so the rules are testable without a network.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
-    "Admission",
     "AdmissionLimits",
+    "ConnectionAdmission",
     "Ending",
     "Penalties",
     "Refusal",
@@ -188,7 +189,7 @@ class _Penalty:
     enforced: bool = False  # reached ``min`` once: refused until ``until``
 
 
-class Admission:
+class ConnectionAdmission:
     """The admission state of one listener: counts per address, penalties, sessions."""
 
     def __init__(

@@ -20,7 +20,7 @@ import asyncssh
 import orjson
 
 from sidecar.errors import ErrorCode, SidecarError, Unavailable
-from transport.admission import Admission, Ending, Refusal
+from transport.admission import ConnectionAdmission, Ending, Refusal
 from transport.auth import DEFAULT_USERNAME, AuthorizedKeys, Principal, Role, username_allowed
 from transport.limits import ServiceLimits, SubmitBucket, WaitingLeases
 from transport.negotiation_log import describe, mismatch, parse_kexinit
@@ -617,7 +617,9 @@ class QueueServer:
             settings.policy,
             peers=settings.peers,
         )
-        self.admission = Admission(settings.limits.admission, settings.limits.max_connections)
+        self.admission = ConnectionAdmission(
+            settings.limits.admission, settings.limits.max_connections
+        )
         self.refusals = RefusalLog(settings.limits.admission.refusal_log_seconds)
         self.refused_by_reason: Counter[str] = Counter()
         self._refusal_timer: asyncio.TimerHandle | None = None

@@ -386,6 +386,7 @@ class Sidecar:
                 self.queue.queue_bytes(),
             )
             self.peers.observe(self.metrics)
+            self.server.observe(self.metrics)
             if ticks % int(STATUS_PERIOD / METRICS_PERIOD) == 0:
                 line = self._status_line()
                 if line != self._last_status:

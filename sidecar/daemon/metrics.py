@@ -89,6 +89,16 @@ class SidecarMetrics:
         self.auth_failures = Counter(
             "qssh_auth_failures", "Rejected SSH authentication attempts", registry=r
         )
+        self.unauthenticated = Gauge(
+            "qssh_ssh_unauthenticated", "SSH connections not yet authenticated", registry=r
+        )
+        self.penalized_sources = Gauge(
+            "qssh_ssh_penalized_sources", "Addresses refused now for a penalty", registry=r
+        )
+        self.refused = Counter(
+            "qssh_ssh_refused", "SSH connections refused, by reason", ["reason"], registry=r
+        )
+        self._refused_seen: dict[str, int] = {}
         self.node_requests = Counter(
             "qssh_node_rpc_requests", "JSON-RPC requests from the node", ["method"], registry=r
         )
@@ -169,6 +179,18 @@ class SidecarMetrics:
             self.connections.set(connections)
         if queue_bytes is not None:
             self.queue_bytes.set(queue_bytes)
+
+    def observe_admission(
+        self, unauthenticated: int, penalized_sources: int, refused: Mapping[str, int]
+    ) -> None:
+        """The SSH server's admission state; ``refused`` are its running totals."""
+        self.unauthenticated.set(unauthenticated)
+        self.penalized_sources.set(penalized_sources)
+        for reason, total in refused.items():
+            new = total - self._refused_seen.get(reason, 0)
+            if new > 0:
+                self.refused.labels(reason=reason).inc(new)
+            self._refused_seen[reason] = total
 
     # ---- exporter ----------------------------------------------------------------
 

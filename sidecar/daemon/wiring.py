@@ -408,6 +408,13 @@ class ServerPart:
             return None
         return int(self.server.service.server_stats().get("connections", 0))
 
+    def observe(self, metrics: SidecarMetrics) -> None:
+        """Connection admission (strangers, penalties, refusals) into the metrics."""
+        if self.server is not None:
+            a = self.server.admission
+            refused = self.server.refused_by_reason
+            metrics.observe_admission(a.unauthenticated, a.penalized_sources(), refused)
+
     async def stop(self, drain: float) -> None:
         """Stop accepting and drain (bounded by ``limits.drain_seconds``, set from config)."""
         if self.server is not None:

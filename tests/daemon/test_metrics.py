@@ -104,6 +104,9 @@ async def test_counters_move_under_load(tmp_path: Path, spawn: Any) -> None:
     assert after["qssh_acks_total"] == 1
     assert after["qssh_redeliveries_total"] == 1
     assert after["qssh_auth_failures_total"] >= 1
+    assert await wait_metric(mport, "qssh_ssh_refused_total{reason=key}", 1) == 1
+    assert after["qssh_ssh_unauthenticated"] == 0
+    assert after["qssh_ssh_penalized_sources"] == 0
     assert after["qssh_node_rpc_requests_total{method=qssh_getValidatorName}"] == 1
     assert after["qssh_wal_bytes"] > before["qssh_wal_bytes"]
     assert await wait_metric(mport, "qssh_connections", 0) == 0

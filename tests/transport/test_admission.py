@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transport.admission import (
-    Admission,
     AdmissionLimits,
+    ConnectionAdmission,
     Ending,
     Penalties,
     Refusal,
@@ -29,9 +29,9 @@ class Clock:
         return self.now
 
 
-def admission(clock: Clock | None = None, rand: float = 0.5, **kw: object) -> Admission:
+def admission(clock: Clock | None = None, rand: float = 0.5, **kw: object) -> ConnectionAdmission:
     limits = AdmissionLimits(**kw)  # type: ignore[arg-type]
-    return Admission(limits, max_sessions=3, clock=clock or Clock(), rand=lambda: rand)
+    return ConnectionAdmission(limits, max_sessions=3, clock=clock or Clock(), rand=lambda: rand)
 
 
 def test_max_startups_drops_with_rising_probability_and_all_at_full() -> None:
