@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sidecar import LogFailed, QppValidatorQueue, QueueMessage, Unavailable
+from sidecar.errors import AsyncMessagesLost
 from sidecar.wal import LogHandle, OsFileLayer, scan
 from tests.core.helpers import block, tx
 from tests.core.simfs import SimDisk
@@ -196,3 +197,61 @@ async def test_real_enospc_on_a_full_tmpfs_loses_nothing_acked(tmp_path: Path) -
         await q2.close()
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+async def test_close_on_a_full_disk_waits_for_space_then_counts_the_async_messages_lost() -> None:
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk)
+    for i in range(7):
+        await q.submit_async(block(i), submitted_by="t")
+    disk.fail_write = lambda data: 0  # ENOSPC, and it stays so
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(AsyncMessagesLost, match="ENOSPC") as info:
+        await q.close(wait_for_space=0.3)
+    assert info.value.lost == 7
+    assert loop.time() - began >= 0.3  # it waited before giving up
+    q2 = await QppValidatorQueue.open("v", "/d", layer=SimDisk(_durable(disk)))
+    assert q2.depth()["total"] == 0
+    await q2.close()
+
+
+async def test_close_on_a_full_disk_keeps_everything_when_space_returns_in_time() -> None:
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk)
+    ids = [await q.submit_async(block(i), submitted_by="t") for i in range(7)]
+    disk.fail_write = lambda data: 0
+
+    async def free_space_later() -> None:
+        await asyncio.sleep(0.3)
+        disk.fail_write = None
+
+    freeing = asyncio.create_task(free_space_later())
+    await q.close(wait_for_space=30)
+    await freeing
+    q2 = await QppValidatorQueue.open("v", "/d", layer=SimDisk(_durable(disk)))
+    assert {i.message_id for i in q2._state.ready_items()} == set(ids)
+    await q2.close()
+
+
+async def test_close_counts_only_the_frames_it_could_not_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sidecar.queue._CLOSE_FRAME_BYTES", 1)  # one record per frame
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk)
+    ids = [await q.submit_async(block(i), submitted_by="t") for i in range(5)]
+    writes = 0
+
+    def third_write_fails(data: bytes) -> int | None:
+        nonlocal writes
+        writes += 1
+        return 0 if writes >= 3 else None
+
+    disk.fail_write = third_write_fails
+    with pytest.raises(AsyncMessagesLost) as info:
+        await q.close()
+    assert info.value.lost == 3
+    q2 = await QppValidatorQueue.open("v", "/d", layer=SimDisk(_durable(disk)))
+    assert {i.message_id for i in q2._state.ready_items()} == set(ids[:2])
+    await q2.close()
