@@ -8,6 +8,7 @@ MODE is one of:
   bigframe  send a 4 GiB length prefix (then more bytes), again on new channels
   garbage   complete the SSH handshake, then send random bytes on a channel, repeatedly
   tcpjunk   send random bytes to the TCP port before any SSH handshake, repeatedly
+            (from 127.0.0.2: a stranger's address)
 
 Progress goes to JOURNAL (one ``WORD value`` line per event, written as it happens).
 It runs until killed, or a bound on rounds/time is reached.
@@ -32,6 +33,7 @@ from transport.ssh_options import ssh_options_for_tier
 
 MAX_SECONDS = 600.0
 SUBSYSTEM = "qssh-queue"
+STRANGER = "127.0.0.2"
 
 
 class Journal:
@@ -147,7 +149,9 @@ async def garbage(port: int, key: str, journal: Journal, deadline: float) -> Non
 async def tcpjunk(port: int, journal: Journal, deadline: float) -> None:
     rng = random.Random(os.getpid())
     while time.monotonic() < deadline:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # from a stranger's address: the server penalizes the address (PerSourcePenalties),
+        # which must not be the one the good client and the other hostiles use
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(STRANGER, 0))
         try:
             writer.write(rng.randbytes(rng.randrange(1, 65536)))
             await writer.drain()
