@@ -83,7 +83,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     command.configure(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
     if argv[0] != "serve":  # serve has its own --log-level and --log-format
-        logs.configure(logs.level_from_flags("WARNING", args.verbose, args.quiet))
+        # wal shows the progress of long reads as INFO lines; the others only warnings
+        default = "INFO" if argv[0] == "wal" else "WARNING"
+        logs.configure(logs.level_from_flags(default, args.verbose, args.quiet))
     return command.run(args)
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
-from typing import IO
+from collections.abc import Callable
+from typing import IO, Any
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 FORMATS = ("text", "json")
@@ -99,3 +101,63 @@ def level_from_flags(default: str, verbose: int, quiet: int) -> str:
     """``-v`` one level more, ``-q`` one level less, from ``default``."""
     index = LEVELS.index(default) - verbose + quiet
     return LEVELS[max(0, min(len(LEVELS) - 1, index))]
+
+
+PROGRESS_EVERY = 2.0  # seconds between two progress log lines
+
+
+class ProgressReport:
+    """Progress of a long job (recovering a large log, `wal compact`): a rich progress
+    bar on a terminal, otherwise one log line with the percentage every
+    ``PROGRESS_EVERY`` seconds. Callable as ``report(done, total)`` from any thread."""
+
+    def __init__(
+        self,
+        what: str,
+        logger: logging.Logger,
+        *,
+        tty: bool | None = None,
+        every: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.what = what
+        self.logger = logger
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.every = PROGRESS_EVERY if every is None else every
+        self.clock = clock
+        self._started = clock()
+        self._last_line = self._started
+        self._lock = threading.Lock()
+        self._bar: Any = None
+        self._task: Any = None
+        self.lines = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        with self._lock:
+            if self.tty:
+                self._show_bar(done, total)
+                return
+            now = self.clock()
+            if now - self._last_line < self.every and done < total:
+                return
+            if done >= total and self.lines == 0:
+                return  # a short job: nothing to report
+            self._last_line = now
+            self.lines += 1
+            percent = 100 * done // max(total, 1)
+            self.logger.info("%s: %d%% (%d of %d bytes)", self.what, percent, done, total)
+
+    def _show_bar(self, done: int, total: int) -> None:
+        if self._bar is None:
+            from rich.progress import Progress  # noqa: PLC0415 - only on a terminal
+
+            self._bar = Progress(transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(self.what, total=total)
+        self._bar.update(self._task, completed=done, total=total)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._bar is not None:
+                self._bar.stop()
+                self._bar = None

@@ -144,6 +144,7 @@ class QppValidatorQueue:
         peers: Sequence[str] = (),
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
+        progress: Callable[[int, int], None] | None = None,
     ) -> QppValidatorQueue:
         """Open (creating if needed) and recover the queue `name` in `persist_dir`.
 
@@ -155,6 +156,8 @@ class QppValidatorQueue:
         `dedup`: window and size of the `submit_once` index. `peers`: the names of the
         peers broadcast messages are relayed to (docs/relay.md). `clock` (lease deadlines,
         waits) and `wall_clock` (created_at, the dedup window): tests pass their own.
+        `progress(bytes_read, total)`: called while a large log is read back (from the
+        recovery thread).
         """
         q = cls(
             name,
@@ -174,21 +177,25 @@ class QppValidatorQueue:
             q._lock = LogLock(q.path)
             q._lock.acquire()
         try:
-            await q.restore_from_wal(salvage=salvage)
+            await q.restore_from_wal(salvage=salvage, progress=progress)
         except BaseException:
             if q._lock is not None:
                 q._lock.release()
             raise
         return q
 
-    async def restore_from_wal(self, *, salvage: bool = False) -> int:
+    async def restore_from_wal(
+        self, *, salvage: bool = False, progress: Callable[[int, int], None] | None = None
+    ) -> int:
         """Recover from the log (the open path); returns how many messages came back."""
         if self._committer is not None:
             raise Unavailable("the queue is already open")
         loop = asyncio.get_running_loop()
 
         def recover() -> tuple[WriteAheadLog, Recovery, list[QueueMessageWithProvenance]]:
-            wal, rec = WriteAheadLog.open(self.path, layer=self._layer, salvage=salvage)
+            wal, rec = WriteAheadLog.open(
+                self.path, layer=self._layer, salvage=salvage, progress=progress
+            )
             assert rec.replayed is not None
             items = rec.replayed.items()
             rec.replayed.live.clear()

@@ -7,12 +7,14 @@ it); 2 corruption, unreadable file or not a log; 3 the log is in use.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
 
 import orjson
 
+from sidecar import logs
 from sidecar.errors import LogCorrupt, Unavailable
 from sidecar.wal import (
     TEMP_SUFFIX,
@@ -27,6 +29,7 @@ from sidecar.wal import (
 )
 
 EXIT_CLEAN, EXIT_TORN, EXIT_CORRUPT, EXIT_BUSY = 0, 1, 2, 3
+log = logging.getLogger("sidecar.wal_cli")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +80,11 @@ def _verify(args: argparse.Namespace) -> int:
     data = _read_log(args.path)
     if data is None:
         return EXIT_CORRUPT
-    result = scan(data)
+    progress = logs.ProgressReport(f"verifying {os.path.basename(args.path)}", log)
+    try:
+        result = scan(data, progress=progress)
+    finally:
+        progress.close()
     report: dict[str, object] = {
         "path": args.path,
         "bytes": len(data),
@@ -162,12 +169,15 @@ def _compact(args: argparse.Namespace) -> int:
         print(exc.message, file=sys.stderr)
         return EXIT_BUSY
     try:
+        report = logs.ProgressReport(f"reading {os.path.basename(args.path)}", log)
         try:
-            wal, rec = WriteAheadLog.open(args.path, salvage=args.salvage)
+            wal, rec = WriteAheadLog.open(args.path, salvage=args.salvage, progress=report)
         except LogCorrupt as exc:
             command = f": `qssh-sidecar wal compact --salvage {args.path}`"
             print(exc.message + command, file=sys.stderr)
             return EXIT_CORRUPT
+        finally:
+            report.close()
         assert rec.replayed is not None
         before = wal.size
         started = time.perf_counter()

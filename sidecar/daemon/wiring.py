@@ -7,6 +7,7 @@ daemon (metrics, notify, node endpoint), so ``app.py`` reads as the start/stop o
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from sidecar import (
     QueueMessage,
     QueueMessageWithProvenance,
     Submitted,
+    logs,
 )
 from sidecar.errors import LogCorrupt, Unavailable
 from transport.auth import AuthorizedKey, AuthorizedKeys
@@ -43,6 +45,7 @@ from .metrics import MetricsObserver, SidecarMetrics
 from .node_rpc import NodeLease
 
 log = logging.getLogger(__name__)
+status = logging.getLogger("sidecar.daemon")  # the daemon's status lines (app.say)
 
 NODE_PREFIX = "node:"
 
@@ -63,6 +66,7 @@ class QueuePart:
     async def open(self, *, salvage: bool = False) -> str:
         """Open and recover the log; a one-line account of what recovery found."""
         limits = self.cfg.limits
+        report = logs.ProgressReport("recovering the log", status, tty=sys.stdout.isatty())
         try:
             self.q = await QppValidatorQueue.open(
                 self.cfg.instance,
@@ -78,6 +82,7 @@ class QueuePart:
                     window=self.cfg.durability.dedup_window,
                     max_entries=self.cfg.durability.dedup_max_entries,
                 ),
+                progress=report,
             )
         except LogCorrupt as e:
             raise LogCorrupt(
@@ -86,6 +91,8 @@ class QueuePart:
                 offset=e.offset,
                 next_valid_offset=e.next_valid_offset,
             ) from None
+        finally:
+            report.close()
         return describe_recovery(self.q)
 
     def core(self) -> QppValidatorQueue:

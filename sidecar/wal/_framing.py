@@ -14,6 +14,7 @@ This is the one place that decides what a torn write is and what corruption is
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -116,10 +117,16 @@ def _next_valid_frame(data: bytes, start: int) -> int | None:
     return None
 
 
-def scan(data: bytes, *, salvage: bool = False) -> Scan:
+PROGRESS_FRAMES = 4096  # frames between two calls of scan's `progress`
+
+
+def scan(
+    data: bytes, *, salvage: bool = False, progress: Callable[[int, int], None] | None = None
+) -> Scan:
     """Read every frame of a log whose header was already checked.
 
     With `salvage`, keep going past damage and collect every valid frame after it.
+    `progress(bytes_read, total)` is called every `PROGRESS_FRAMES` frames.
     """
     result = Scan(file_size=len(data))
     offset = FILE_HEADER_SIZE
@@ -131,6 +138,8 @@ def scan(data: bytes, *, salvage: bool = False) -> Scan:
         offset, batch = frame
         records.extend(batch)
         result.frames += 1
+        if progress is not None and result.frames % PROGRESS_FRAMES == 0:
+            progress(offset, len(data))
     result.valid_end = offset
     if offset >= len(data):
         return result

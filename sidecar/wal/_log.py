@@ -11,7 +11,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
@@ -74,8 +74,14 @@ class WriteAheadLog:
     # -- open and recover ----------------------------------------------------------------
     @classmethod
     def open(
-        cls, path: str, *, layer: FileLayer | None = None, salvage: bool = False
+        cls,
+        path: str,
+        *,
+        layer: FileLayer | None = None,
+        salvage: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> tuple[WriteAheadLog, Recovery]:
+        """Open and recover ``path``; ``progress(bytes_read, total)`` while reading it."""
         layer = layer or OsFileLayer()
         rec = Recovery(path=path)
         directory = os.path.dirname(os.path.abspath(path))
@@ -106,7 +112,9 @@ class WriteAheadLog:
                 )
             return cls._salvage(layer, path, data, result, rec)
 
-        result = scan(data, salvage=salvage)
+        result = scan(data, salvage=salvage, progress=progress)
+        if progress is not None:
+            progress(len(data), len(data))
         if result.corrupt:
             if not salvage:
                 raise LogCorrupt(
