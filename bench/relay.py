@@ -3,8 +3,8 @@
 Prints one JSON object. Two real ``qssh-sidecar serve`` processes on 127.0.0.1; alice
 has bob as a peer (docs/relay.md). In each round, interleaved:
   - relay: ``--messages`` sync submits with ``broadcast`` to alice (``--callers``
-    concurrent, one SSH connection); a consumer on bob (as many concurrent lease+ack
-    loops on one connection) leases and acks each one as it arrives;
+    concurrent, one SSH connection); a consumer on bob (16 concurrent lease+ack loops
+    on one connection) leases and acks each one as it arrives;
   - direct: the same submits (without ``broadcast``) straight to bob, the same consumer.
 Reported per case, medians over rounds: msgs/s poppable at bob (count / time from the
 first submit to the last lease at bob), and p50/p99 ms from the ack of the submit
@@ -37,6 +37,7 @@ from transport.client import QueueClient
 from transport.keys import known_hosts_line, public_line
 
 ALG = "ssh-falcon512"
+CONSUMERS = 16  # lease+ack loops at bob: enough that consuming is never the bottleneck
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -142,7 +143,9 @@ async def one_round(
             await consumer.ack(lease["lease_id"])
 
     started = time.perf_counter()
-    await asyncio.gather(*(consume() for _ in range(callers)), *(produce() for _ in range(callers)))
+    await asyncio.gather(
+        *(consume() for _ in range(CONSUMERS)), *(produce() for _ in range(callers))
+    )
     elapsed = max(seen.values()) - started
     lag = [max(0.0, seen[n] - acked[n]) for n in acked]
     return {
