@@ -144,7 +144,7 @@ def _ssh(
 
 @pytest.mark.parametrize("command", ["depth", "stats", "tier"])
 async def test_one_shot_commands(setup: Setup, command: str) -> None:
-    result = await asyncio.to_thread(_ssh, setup, "tester@127.0.0.1", command)
+    result = await asyncio.to_thread(_ssh, setup, "qssh@127.0.0.1", command)
     assert result.returncode == 0, result.stderr.decode()
     answer = orjson.loads(result.stdout)
     assert isinstance(answer, dict)
@@ -160,7 +160,7 @@ async def test_the_subsystem_from_stdin_ends_with_exit_status_0(setup: Setup) ->
     ]
     stdin = b"".join(HEADER.pack(len(b)) + b for b in map(orjson.dumps, requests))
     result = await asyncio.to_thread(
-        _ssh, setup, "-s", "tester@127.0.0.1", "qssh-queue", stdin=stdin
+        _ssh, setup, "-s", "qssh@127.0.0.1", "qssh-queue", stdin=stdin
     )
     assert result.returncode == 0, result.stderr.decode()
     replies = {r["id"]: r for r in map(orjson.loads, FrameDecoder(1 << 20).feed(result.stdout))}
@@ -186,5 +186,5 @@ async def test_their_key_in_our_authorized_keys_and_fingerprints_agree(
     assert fingerprint(public) in listed
     with (tmp_path / "authorized_keys").open("a") as f:
         f.write(f'roles="admin" {Path(f"{theirs}.pub").read_text().strip()}\n')
-    result = await asyncio.to_thread(_ssh, setup, "them@127.0.0.1", "stats", identity=theirs)
+    result = await asyncio.to_thread(_ssh, setup, "qssh@127.0.0.1", "stats", identity=theirs)
     assert result.returncode == 0, result.stderr.decode()
