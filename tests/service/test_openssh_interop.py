@@ -159,9 +159,7 @@ async def test_the_subsystem_from_stdin_ends_with_exit_status_0(setup: Setup) ->
         {"id": 3, "method": "pop"},
     ]
     stdin = b"".join(HEADER.pack(len(b)) + b for b in map(orjson.dumps, requests))
-    result = await asyncio.to_thread(
-        _ssh, setup, "-s", "qssh@127.0.0.1", "qssh-queue", stdin=stdin
-    )
+    result = await asyncio.to_thread(_ssh, setup, "-s", "qssh@127.0.0.1", "qssh-queue", stdin=stdin)
     assert result.returncode == 0, result.stderr.decode()
     replies = {r["id"]: r for r in map(orjson.loads, FrameDecoder(1 << 20).feed(result.stdout))}
     assert replies[1]["result"]["pong"] is True
