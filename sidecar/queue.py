@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import re
@@ -32,6 +33,7 @@ from sidecar.observer import NULL_OBSERVER, QueueObserver
 from sidecar.relay_backlog import PeerBacklog, RelayBacklog
 from sidecar.state import Lease, QueueLimits, QueueState
 from sidecar.wal import (
+    Compaction,
     FileLayer,
     LogLock,
     OsFileLayer,
@@ -121,6 +123,7 @@ class QppValidatorQueue:
         self._closing = False
         self._closed = False
         self._compacting = False
+        self._compaction_lock = asyncio.Lock()
         self._log_records = 0  # records in the current log file
         self._lock: LogLock | None = None
         self.recovery: Recovery | None = None
@@ -278,6 +281,8 @@ class QppValidatorQueue:
         if committer is None:
             self._closed = True
             return
+        async with self._compaction_lock:
+            pass  # a compaction under way finishes (or fails) before the log closes
         error: LogFailed | None = None
         await committer.stop()
         if committer.fatal is None:
@@ -840,34 +845,65 @@ class QppValidatorQueue:
         return await self._compact(self._live())
 
     async def _compact(self, committer: GroupCommitter) -> dict[str, Any]:
-        def job() -> dict[str, Any]:
+        """Rewrite the log from a snapshot while the queue goes on (wal/_log.py).
+
+        Only two short steps hold batches back: taking the snapshot (a list of the
+        live messages) and the catch-up and swap at the end. The new file is written
+        in between, off the event loop, while submits, pops and acks go on.
+        """
+        async with self._compaction_lock:
+            return await self._compact_now(committer)
+
+    async def _compact_now(self, committer: GroupCommitter) -> dict[str, Any]:
+        wal = committer.wal
+        started = time.perf_counter()
+
+        def snapshot() -> tuple[list[QueueMessageWithProvenance], list[bytes], int, int]:
             # runs between two batches: the log holds exactly the durable state
-            started = time.perf_counter()
-            wal = committer.wal
-            before = wal.size
             items = list(self._durable_live.values())
-            records = [checkpoint_record(self._reserved_upto, self._wall_clock())]
-            records += [submit_record(item) for item in items]
-            records += [
+            extra = [
                 dedup_record(principal, dedup_id, e.message_id, e.at)
                 for (principal, dedup_id), e in self._dedup.entries().items()
                 if e.durable
             ]
-            records += self._relay_records(items)
-            wal.rewrite(records)
-            self._log_records = len(records)
-            seconds = time.perf_counter() - started
-            return {
-                "bytes_before": before,
-                "bytes_after": wal.size,
-                "live": len(items),
-                "seconds": seconds,
-            }
+            extra += self._relay_records(items)
+            extra.insert(0, checkpoint_record(self._reserved_upto, self._wall_clock()))
+            wal.start_capture()
+            return items, extra, wal.size, self._log_records
 
+        compaction: Compaction | None = None
         try:
-            result = await committer.run_exclusive(job)
+            items, extra, before, records_at = await committer.run_exclusive(snapshot)
+            live = len(items)
+            count = live + len(extra)
+            records = itertools.chain(extra[:1], map(submit_record, items), extra[1:])
+            if self._layer.blocking:
+                compaction = await asyncio.to_thread(wal.write_compacted, records)
+            else:
+                compaction = wal.write_compacted(records)
+            del items, records
+            written = compaction
+
+            def swap() -> tuple[int, float]:
+                swap_started = time.perf_counter()
+                caught_up = wal.finish_compacted(written)
+                self._log_records = count + (self._log_records - records_at)
+                return caught_up, time.perf_counter() - swap_started
+
+            caught_up, swap_seconds = await committer.run_exclusive(swap)
+        except BaseException:
+            wal.abandon_compacted(compaction)
+            raise
         finally:
             self._compacting = False
+        result: dict[str, Any] = {
+            "bytes_before": before,
+            "bytes_after": wal.size,
+            "live": live,
+            "seconds": time.perf_counter() - started,
+            "caught_up_frames": caught_up,
+            "swap_seconds": swap_seconds,
+        }
         self.compactions += 1
         log.info(
             "[%s] compacted %s: %d -> %d bytes, %d live messages kept, %.3fs",

@@ -18,6 +18,7 @@ from sidecar.wal._lock import LogLock
 from sidecar.wal._log import (
     CORRUPT_SUFFIX,
     TEMP_SUFFIX,
+    Compaction,
     FsyncFailed,
     Recovery,
     WriteAheadLog,
@@ -54,6 +55,7 @@ __all__ = [
     "RESERVE",
     "SUBMIT",
     "TEMP_SUFFIX",
+    "Compaction",
     "FileLayer",
     "FsyncFailed",
     "LogHandle",

@@ -69,6 +69,7 @@ class WriteAheadLog:
         self.path = path
         self._handle = handle
         self.size = size
+        self._capture: list[bytes] | None = None  # frames fsync'd during a compaction
         self.dir = os.path.dirname(os.path.abspath(path))
 
     # -- open and recover ----------------------------------------------------------------
@@ -206,6 +207,89 @@ class WriteAheadLog:
     def append_and_sync(self, frame: bytes) -> None:
         self.append(frame)
         self.sync()
+        if self._capture is not None:
+            self._capture.append(frame)
+
+    # -- compaction while the log is in use -----------------------------------------------
+    # 1. `start_capture()` where the caller's view of the log is exact (between batches);
+    # 2. `write_compacted(records)` writes and fsyncs a temp file from that snapshot, off
+    #    the event loop, while frames go on being appended (and captured) here;
+    # 3. `finish_compacted()` between batches appends the captured frames (whole frames,
+    #    each with its checksum) to the temp file, fsyncs it and renames it over the log.
+    # A crash before the rename leaves the old log, which holds everything; after it,
+    # the new one does. Frames are captured once fsync'd, so nothing not durable in the
+    # old log is carried over.
+
+    def start_capture(self) -> None:
+        self._capture = []
+
+    def write_compacted(self, records: Iterable[bytes]) -> Compaction:
+        """Write `records` to the temp file and fsync it; raises WriteFailed (the old
+        log stays in use, capture stopped)."""
+        temp = self.path + TEMP_SUFFIX
+        try:
+            out = self.layer.create(temp)
+            try:
+                size = _write_records(out, records)
+                out.sync()
+            except BaseException:
+                out.close()
+                raise
+        except OSError as exc:
+            self._abandon(temp)
+            raise WriteFailed(
+                f"{self.path}: compaction failed ({_describe(exc)}); the old log is kept"
+            ) from exc
+        return Compaction(temp, out, size)
+
+    def finish_compacted(self, c: Compaction) -> int:
+        """Catch up and swap (call between batches); how many frames were caught up."""
+        tail, self._capture = self._capture or [], None
+        try:
+            for frame in tail:
+                c.handle.write(frame)
+                c.size += len(frame)
+            c.handle.sync()
+            c.handle.close()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                c.handle.close()
+            self._abandon(c.temp)
+            raise WriteFailed(
+                f"{self.path}: compaction failed ({_describe(exc)}); the old log is kept"
+            ) from exc
+        self._swap_in(c.temp, c.size)
+        return len(tail)
+
+    def abandon_compacted(self, c: Compaction | None) -> None:
+        """Give up a compaction: the old log stays in use."""
+        self._capture = None
+        if c is not None:
+            with contextlib.suppress(OSError):
+                c.handle.close()
+            self._abandon(c.temp)
+
+    def _abandon(self, temp: str) -> None:
+        self._capture = None
+        try:
+            if self.layer.exists(temp):
+                self.layer.unlink(temp)
+        except OSError:
+            pass
+
+    def _swap_in(self, temp: str, size: int) -> None:
+        try:
+            self.layer.rename(temp, self.path)
+            self.layer.fsync_dir(self.dir)
+            new_handle = self.layer.open_append(self.path)
+        except OSError as exc:
+            raise FsyncFailed(
+                f"{self.path}: compaction rename/directory fsync failed ({_describe(exc)}); "
+                "the queue has stopped, restart to recover"
+            ) from exc
+        old, self._handle, self.size = self._handle, new_handle, size
+        with contextlib.suppress(OSError):
+            old.close()
 
     # -- compaction ----------------------------------------------------------------------
     def rewrite(self, records: Iterable[bytes]) -> None:
@@ -243,23 +327,37 @@ class WriteAheadLog:
         self._handle.close()
 
 
-def _write_file(layer: FileLayer, path: str, records: Iterable[bytes]) -> int:
-    out = layer.create(path)
-    try:
-        size = FILE_HEADER_SIZE
-        out.write(file_header())
-        chunk: list[bytes] = []
-        for r in records:
-            chunk.append(r)
-            if len(chunk) >= _REWRITE_FRAME_RECORDS:
-                frame = encode_frame(chunk)
-                out.write(frame)
-                size += len(frame)
-                chunk = []
-        if chunk:
+@dataclass
+class Compaction:
+    """A compacted log being written: its temp file, open, and its size so far."""
+
+    temp: str
+    handle: LogHandle
+    size: int
+
+
+def _write_records(out: LogHandle, records: Iterable[bytes]) -> int:
+    size = FILE_HEADER_SIZE
+    out.write(file_header())
+    chunk: list[bytes] = []
+    for r in records:
+        chunk.append(r)
+        if len(chunk) >= _REWRITE_FRAME_RECORDS:
             frame = encode_frame(chunk)
             out.write(frame)
             size += len(frame)
+            chunk = []
+    if chunk:
+        frame = encode_frame(chunk)
+        out.write(frame)
+        size += len(frame)
+    return size
+
+
+def _write_file(layer: FileLayer, path: str, records: Iterable[bytes]) -> int:
+    out = layer.create(path)
+    try:
+        size = _write_records(out, records)
         out.sync()
     finally:
         out.close()
