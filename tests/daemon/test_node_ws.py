@@ -39,7 +39,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Pat
     (cwd / "c.toml").write_text(
         f'listen = "127.0.0.1:{free_port()}"\ndata_dir = "d"\n[metrics]\nlisten = ""\n'
         f'[node]\nhttp = "127.0.0.1:{free_port()}"\nmax_body_bytes = 3000000\n'
-        "max_subscriptions = 3\nmax_connections = 8\n"
+        "max_subscriptions = 3\nmax_connections = 8\nmax_ws_message_bytes = 3000000\n"
         "[hardware]\nuse_udev = false\nchar_devices = []\n"
     )
     d = Daemon(["--config", "c.toml"], child_env(), cwd)
@@ -532,3 +532,26 @@ async def test_sigkill_during_a_websocket_subscription_keeps_acks_and_returns_th
     assert sorted(popped) == [i for i in ids if i not in acked]
     await after.close()
     assert d2.stop() == 0
+
+
+async def test_a_websocket_message_over_the_cap_closes_with_1009(
+    node: Any, session: aiohttp.ClientSession
+) -> None:
+    _, _, port = node
+    ws = await session.ws_connect(f"http://127.0.0.1:{port}/")
+    await ws.send_str("[" + " " * 3_000_001 + "]")  # node.max_ws_message_bytes = 3000000
+    msg = await asyncio.wait_for(ws.receive(), WAIT)
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert ws.close_code == 1009
+    await ws.close()
+
+
+async def test_a_newline_json_line_over_the_cap_gets_a_json_error(node: Any) -> None:
+    _, sock, _ = node
+    reader, writer = await asyncio.open_unix_connection(str(sock), limit=1 << 20)
+    writer.write(b"[" + b" " * 3_000_001 + b"]\n")  # node.max_body_bytes = 3000000
+    reply = orjson.loads(await asyncio.wait_for(reader.readline(), WAIT))
+    assert reply["error"]["code"] == -32600
+    assert "max_body_bytes" in reply["error"]["message"]
+    assert await asyncio.wait_for(reader.read(), WAIT) == b""  # then closed
+    writer.close()
