@@ -22,9 +22,12 @@ def line(key: asyncssh.SSHKey, options: str, comment: str) -> str:
 
 async def submitted_by(svc: Service, key: asyncssh.SSHKey, username: str | None) -> str:
     async with svc.connect(key, username=username) as c:
+        pong = await c.ping()
+        assert pong["user"] == (DEFAULT_USERNAME if username is None else username)
         await c.submit(gossip(1), "sync")
         item = await c.pop()
     assert item is not None
+    assert item["submitted_by"].startswith(f"{pong['principal']} SHA256:")
     return str(item["submitted_by"])
 
 
