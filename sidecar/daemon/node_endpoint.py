@@ -331,6 +331,7 @@ class NodeEndpointServer:
         self._tier_view: dict[str, Any] | None = None
         self._http_server: web.Server | None = None  # made on the loop, when first used
         self._refused: set[web.RequestHandler] = set()
+        self.sniffing: set[_Sniffer] = set()  # connected, first bytes not seen yet
         self._servers: list[asyncio.Server] = []
         self._socket_path: Path | None = None
         self._closing = False
@@ -586,6 +587,8 @@ class NodeEndpointServer:
         self._closing = True
         for s in self._servers:
             s.close()
+        for sniffer in list(self.sniffing):
+            sniffer.close()  # connected but silent: nothing in flight, close it now
         for session in list(self.sessions):
             if session.reader is not None and not session.busy:
                 session.reader.cancel()  # idle: nothing in flight, close it now
@@ -628,18 +631,27 @@ class _Sniffer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.endpoint.sniffing.add(self)
         # A connection that never sends a byte holds no slot for long.
-        self._timer = asyncio.get_running_loop().call_later(SNIFF_SECONDS, transport.close)
+        self._timer = asyncio.get_running_loop().call_later(SNIFF_SECONDS, self.close)
 
-    def data_received(self, data: bytes) -> None:
+    def close(self) -> None:
+        self._done()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _done(self) -> None:
+        self.endpoint.sniffing.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def data_received(self, data: bytes) -> None:
+        self._done()
         self._hand_over(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._done()
 
     def _hand_over(self, data: bytes) -> None:
         transport = self.transport

@@ -101,9 +101,10 @@ async def send_submit(sock: Path) -> tuple[asyncio.StreamReader, asyncio.StreamW
 
 
 async def test_a_request_in_flight_is_answered_before_close_returns(
-    endpoint: tuple[NodeEndpointServer, GatedSidecar, Path],
+    endpoint: tuple[NodeEndpointServer, GatedSidecar, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server, backend, sock = endpoint
+    monkeypatch.setattr(node_endpoint, "SNIFF_SECONDS", 3600.0)  # only close() ends idle ones
     idle_reader, idle_writer = await asyncio.open_unix_connection(str(sock))
     reader, writer = await send_submit(sock)
     await asyncio.wait_for(backend.entered.wait(), WAIT)
