@@ -5,7 +5,8 @@
 
 Exit codes: 0 success; 1 the server answered with an error; 2 usage or configuration
 error; 3 could not connect, authenticate or verify the host key; 4 nothing to pop or
-lease; 5 a bulk submit had failures (see the summary); 130 interrupted (Ctrl-C).
+lease; 5 a bulk submit had failures (see the summary); 130 interrupted (Ctrl-C); 141
+stdout closed early (piped into `head`).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="qssh-queue",
         description="Talk to a qssh-sidecar queue over post-quantum SSH.",
         epilog="exit codes: 0 ok, 1 server error, 2 usage, 3 connect/auth/host key, "
-        "4 queue empty, 5 bulk submit had failures, 130 interrupted",
+        "4 queue empty, 5 bulk submit had failures, 130 interrupted, 141 output closed",
     )
     p.add_argument(
         "-p", "--port", type=int, help=f"server port (default from config, {DEFAULT_PORT})"
