@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_table(decision: TierDecision, elapsed: float) -> None:
-    console = Console()
+    # piped: as wide as the content (a terminal's width would cut the rows at 80)
+    console = Console(width=None if sys.stdout.isatty() else 10_000)
     table = Table(title="Entropy hardware")
     for col in ("kind", "model", "ids", "path", "driver", "readable", "sampled", "rate B/s",
                 "health", "RCT/APT fails", "error"):  # fmt: skip

@@ -79,6 +79,9 @@ def test_table_report_for_people(tmp_path: Path, pki: ThrowawayPKI) -> None:
     assert "Tier 2 HardenedPQ" in text
     assert "no stored keys" in text
     assert "no entropy hardware found" in text
+    rows = [ln for ln in text.splitlines() if "no entropy hardware found" in ln]
+    assert len(rows) == 1  # piped: the row is whole, not wrapped at 80 columns
+    assert len(rows[0]) > 80 or rows[0].count("│") == 12
 
 
 def test_nothing_found_still_exits_zero(tmp_path: Path) -> None:
