@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ from transport.keys import (
     fingerprint,
     generate_key,
     known_hosts_line,
+    read_authorized_keys,
     read_public_key,
     write_key_pair,
 )
@@ -186,3 +188,27 @@ async def test_their_key_in_our_authorized_keys_and_fingerprints_agree(
         f.write(f'roles="admin" {Path(f"{theirs}.pub").read_text().strip()}\n')
     result = await asyncio.to_thread(_ssh, setup, "qssh@127.0.0.1", "stats", identity=theirs)
     assert result.returncode == 0, result.stderr.decode()
+
+
+def test_their_key_of_an_algorithm_we_lack_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = _client()
+    lacking = [k for k in _query(client.ssh, "key") if k in ("ssh-dilithium3", "ssh-dilithium2")]
+    if not lacking:
+        pytest.skip(f"{client.version} has no Dilithium round-3 key type to try")
+    theirs = tmp_path / "their_dilithium"
+    subprocess.run(
+        [client.keygen, "-q", "-t", lacking[0], "-N", "", "-f", str(theirs)],
+        check=True, capture_output=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    ours = generate_key("ssh-falcon512")
+    path = tmp_path / "authorized_keys"
+    path.write_text(f"{Path(f'{theirs}.pub').read_text()}{ours.export_public_key().decode()}")
+    with caplog.at_level(logging.WARNING):
+        authorized = read_authorized_keys(path)
+    assert authorized.validate(ours.convert_to_public(), "127.0.0.1", "127.0.0.1") is not None
+    assert any(
+        f"key algorithm {lacking[0]} is not supported here" in r.getMessage()
+        for r in caplog.records
+    )
