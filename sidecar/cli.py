@@ -62,6 +62,8 @@ def _version() -> str:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--json" in argv:  # accepted anywhere on the line: given to the subcommand
+        argv = [word for word in argv if word != "--json"] + ["--json"]
     parser = argparse.ArgumentParser(prog="qssh-sidecar")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -64,3 +64,17 @@ def test_a_closed_pipe_ends_quietly_without_a_traceback(argv: list[str]) -> None
     assert "Traceback" not in err
     assert "BrokenPipeError" not in err
     assert rc in (0, 141), (rc, err)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--json", "doctor"],
+        ["doctor", "--json"],
+        ["doctor", "-q", "--json"],
+    ],
+)
+def test_sidecar_json_anywhere_on_the_line(argv: list[str]) -> None:
+    r = run("sidecar.cli", *argv)
+    assert r.returncode == 0, r.stderr
+    assert "liboqs" in orjson.loads(r.stdout)
