@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import pty
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from sidecar import QppValidatorQueue, logs
 from sidecar.wal import encode_frame, file_header, reserve_record, scan
 from sidecar.wal._framing import PROGRESS_FRAMES
-from tests.subprocesses import REPO, child_env
+from tests.subprocesses import REPO, child_env, free_port
 
 
 class FakeClock:
@@ -51,7 +52,7 @@ def test_a_short_job_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
 
 def _big_log(path: Path, frames: int) -> Path:
     """A valid log of ``frames`` frames (id reservations), written directly: fast."""
-    path.mkdir(exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
     log = path / "v.wal"
     body = b"".join(encode_frame([reserve_record(i + 2)]) for i in range(frames))
     log.write_bytes(file_header() + body)
@@ -114,3 +115,32 @@ async def test_wal_compact_draws_a_bar_on_a_terminal(tmp_path: Path) -> None:
     assert "\x1b[?25l" in text  # rich's live display took the terminal
     assert "reading v.wal" in text
     assert "INFO" not in text  # a bar, not log lines
+
+
+def test_serve_shows_recovery_progress_on_a_terminal(tmp_path: Path) -> None:
+    """A large log at start: on a terminal the daemon draws a bar while reading it."""
+    _big_log(tmp_path / "d" / "queue", PROGRESS_FRAMES * 2).rename(
+        tmp_path / "d" / "queue" / "alice.wal"
+    )
+    main, child = pty.openpty()
+    args = ["--port", str(free_port()), "--data-dir", "d", "--metrics", ""]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar.cli", "serve", *args],
+        stdin=child, stdout=child, stderr=child, env=child_env(TERM="xterm"), cwd=tmp_path,
+    )  # fmt: skip
+    os.close(child)
+    out = b""
+    try:
+        while b"ready in" not in out:
+            chunk = os.read(main, 65536)  # the pty stays open while serve runs
+            assert chunk, out
+            out += chunk
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+        os.close(main)
+    assert rc == 0
+    text = out.decode(errors="replace")
+    assert "recovering the log" in text
+    assert "\x1b[?25l" in text  # rich's live display
+    assert f"restored 0 messages, next id {PROGRESS_FRAMES * 2 + 1}" in text
