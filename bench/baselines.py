@@ -7,6 +7,8 @@
 * `RedisAlwaysServer`: a private ``redis-server`` with ``appendonly yes`` and
   ``appendfsync always`` on a free loopback port in a temp dir, driven with redis-py
   (and Redis's own C client ``redis-benchmark``).
+* `OpenSSHTunnel`: Redis reached through ``ssh -N -L`` and a private ``sshd`` on a
+  loopback port (throwaway keys): the baseline for a secured transport.
 * `classical_ssh_endpoint`: an asyncssh server and client options for classical SSH,
   Ed25519 host and user keys with curve25519-sha256 key exchange.
 """
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import shutil
 import socket
@@ -210,17 +213,22 @@ class RedisAlwaysServer:
                 await c.aclose()
 
     def redis_benchmark(
-        self, connections: int, window: int, record_size: int, requests: int
+        self,
+        connections: int,
+        window: int,
+        record_size: int,
+        requests: int,
+        port: int | None = None,
     ) -> dict[str, float]:
         """The same load from the C client ``redis-benchmark``: Redis's own ceiling,
-        free of the Python client overhead that bounds the redis-py figures.
-        Empty if redis-benchmark is not installed."""
+        free of the Python client overhead that bounds the redis-py figures. `port`:
+        another way in (an SSH tunnel). Empty if redis-benchmark is not installed."""
         binary = shutil.which("redis-benchmark")
         if binary is None:
             return {}
         out = subprocess.run(
             [
-                binary, "-p", str(self.port), "-c", str(connections), "-P", str(window),
+                binary, "-p", str(port or self.port), "-c", str(connections), "-P", str(window),
                 "-n", str(requests), "-d", str(record_size), "-t", "rpush", "--csv",
             ],
             check=True, capture_output=True, text=True, timeout=300,
@@ -240,6 +248,93 @@ class RedisAlwaysServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+# -- an OpenSSH tunnel ----------------------------------------------------------------
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class OpenSSHTunnel:
+    """``ssh -N -L`` through a private ``sshd`` on a free loopback port, with throwaway
+    Ed25519 keys made here: Redis reached through it is the fair baseline for a
+    secured transport (OpenSSH's default cipher and key exchange)."""
+
+    def __init__(self, directory: Path, target_port: int) -> None:
+        tools = {name: shutil.which(name) for name in ("ssh", "ssh-keygen")}
+        sshd = shutil.which("sshd") or (
+            "/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None
+        )
+        if sshd is None or None in tools.values():
+            raise RuntimeError("OpenSSH not installed (Debian packages openssh-server, -client)")
+        d = directory / "openssh"
+        d.mkdir()
+        for name in ("host_key", "client_key"):
+            subprocess.run(
+                [str(tools["ssh-keygen"]), "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
+                check=True,
+            )
+        (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+        self.ssh_port = free_port()
+        self.port = free_port()
+        config = d / "sshd_config"
+        config.write_text(
+            f"Port {self.ssh_port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\n"
+            f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\n"
+            "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nAllowTcpForwarding yes\n"
+            "PermitRootLogin prohibit-password\n"
+        )
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # its privilege-separation dir
+        self.sshd = subprocess.Popen(
+            [sshd, "-D", "-e", "-f", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._ssh_argv = [
+                str(tools["ssh"]), "-N", "-p", str(self.ssh_port), "-i", str(d / "client_key"),
+                "-L", f"127.0.0.1:{self.port}:127.0.0.1:{target_port}",
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
+                "-o", "LogLevel=ERROR", f"{getpass.getuser()}@127.0.0.1",
+        ]  # fmt: skip
+        self.ssh: subprocess.Popen[bytes] | None = None
+
+    async def wait(self) -> None:
+        """Start ``ssh -L`` once sshd listens; return when Redis answers through it."""
+        for _ in range(200):
+            if _listening(self.ssh_port):
+                break
+            await asyncio.sleep(0.05)
+        self.ssh = subprocess.Popen(  # noqa: ASYNC220 - started once, returns at once
+            self._ssh_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for _ in range(200):
+            if self.ssh.poll() is not None:
+                raise RuntimeError("ssh -L exited (sshd refused the throwaway key?)")
+            try:
+                client = aioredis.Redis(port=self.port)
+                await client.ping()
+                await client.aclose()
+                return
+            except (OSError, aioredis.ConnectionError):
+                await asyncio.sleep(0.05)
+        raise RuntimeError("the OpenSSH tunnel did not come up")
+
+    def stop(self) -> None:
+        for proc in (self.ssh, self.sshd):
+            if proc is None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 # -- classical SSH --------------------------------------------------------------------

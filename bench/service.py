@@ -7,7 +7,11 @@ Prints one JSON object. In each round, interleaved, on the same disk:
   - redis_always_16_c_client: the same Redis load from ``redis-benchmark`` (C client);
   - qssh_sync_{1,16}: ``submit`` mode=sync to a real ``qssh-sidecar serve`` over
     post-quantum SSH (ML-KEM-768+X25519, Falcon-512), over 1 and 16 connections,
-    each pipelined ``--window`` deep.
+    each pipelined ``--window`` deep; qssh_sync_16_unpipelined: 16 connections, one
+    request in flight on each;
+  - redis_always_16_ssh_tunnel_{pipelined,unpipelined}: ``redis-benchmark`` through an
+    OpenSSH tunnel (``ssh -N -L`` to a private sshd on a loopback port, throwaway
+    Ed25519 keys), 16 connections, ``-P --window`` and ``-P 1``: the secured baseline.
 Reported: medians over rounds of ops/s, p50/p99 latency in ms, and ratios.
 
     python bench/service.py [--rounds 3] [--seconds 3] [--window 16] [--dir DIR]
@@ -32,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import asyncssh
 
 import transport.ssh_algorithms  # noqa: F401  (registers ssh-falcon512)
-from bench.baselines import RedisAlwaysServer, fdatasync_loop, free_port
+from bench.baselines import OpenSSHTunnel, RedisAlwaysServer, fdatasync_loop, free_port
 from bench.stats import closed_loop, dumps, interleave, median_fields, ratio
 from transport.client import QueueClient
 from transport.keys import known_hosts_line
@@ -145,9 +149,19 @@ async def run(
     base = Path(tempfile.mkdtemp(prefix="qssh-bench-", dir=directory))
     redis_server = RedisAlwaysServer(base)
     sidecar = SidecarServer(base)
+    tunnel: OpenSSHTunnel | None = None
+    tunnel_problem: str | None = None
     try:
         await redis_server.wait()
         await sidecar.wait()
+        try:
+            tunnel = OpenSSHTunnel(base, redis_server.port)
+            await tunnel.wait()
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            tunnel_problem = str(exc)
+            if tunnel is not None:
+                tunnel.stop()
+            tunnel = None
         redis_settings = await redis_server.settings()
         w, t = window, seconds
         cases: list[tuple[str, Callable[[], Awaitable[dict[str, float]]]]] = [
@@ -163,8 +177,22 @@ async def run(
                 ),
             ),
         ]
+        cases.append(("qssh_sync_16_unpipelined", lambda: bench_qssh(sidecar, 16, 1, t)))
+        if tunnel is not None:
+            port = tunnel.port
+
+            def through_tunnel(win: int) -> Callable[[], Awaitable[dict[str, float]]]:
+                n = max(1000, c_client_requests * win // w)  # unpipelined: fewer requests
+                return lambda: asyncio.to_thread(
+                    redis_server.redis_benchmark, 16, win, len(RECORD), n, port
+                )
+
+            cases.append(("redis_always_16_ssh_tunnel_pipelined", through_tunnel(w)))
+            cases.append(("redis_always_16_ssh_tunnel_unpipelined", through_tunnel(1)))
         samples = await interleave(cases, rounds)
     finally:
+        if tunnel is not None:
+            tunnel.stop()
         redis_server.stop()
         sidecar.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -189,7 +217,20 @@ async def run(
                 if "redis_always_16_c_client" in medians
                 else {}
             ),
+            **(
+                {
+                    "qssh_16_pipelined_vs_redis_ssh_tunnel_pipelined": ops_ratio(
+                        "qssh_sync_16", "redis_always_16_ssh_tunnel_pipelined"
+                    ),
+                    "qssh_16_unpipelined_vs_redis_ssh_tunnel_unpipelined": ops_ratio(
+                        "qssh_sync_16_unpipelined", "redis_always_16_ssh_tunnel_unpipelined"
+                    ),
+                }
+                if "redis_always_16_ssh_tunnel_unpipelined" in medians
+                else {}
+            ),
         },
+        "ssh_tunnel": tunnel_problem or "OpenSSH ssh -N -L through a private sshd, Ed25519",
         "benchmark": "service_sync_submit",
         "rounds": rounds,
         "seconds_per_case": seconds,
@@ -199,7 +240,10 @@ async def run(
         "redis": redis_settings,
         "results": medians,
         "ratio_meaning": "ops/s of the first / ops/s of the second: > 1 = first faster",
-        "target": "qssh_16_vs_redis_always_16 >= 0.5",
+        "targets": {
+            "qssh_16_pipelined_vs_redis_ssh_tunnel_pipelined": ">= 0.25",
+            "qssh_16_unpipelined_vs_redis_ssh_tunnel_unpipelined": ">= 1",
+        },
     }
 
 
