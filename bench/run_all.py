@@ -5,7 +5,9 @@
 
 Runs the queue core (bench/queue_core.py), the queue service over SSH
 (bench/service.py), the node endpoint over WebSocket, HTTP and newline JSON beside SSH
-(bench/node_endpoint.py) and the SSH handshake (bench/handshake.py); each interleaves its
+(bench/node_endpoint.py), the SSH handshake (bench/handshake.py) and the queue at depth
+(bench/depth.py: RSS per message beside Redis, GC pauses, compaction and recovery at
+1M messages; last, as it takes a few GB); each interleaves its
 baselines with what they are compared to and reports medians over rounds. Writes
 ``results.json`` (ratios first, then the comparisons, the raw figures and the
 machine) and ``results.png`` into --out (default: bench/), and prints a table.
@@ -28,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench import handshake, node_endpoint, queue_core, service
+from bench import depth, handshake, node_endpoint, queue_core, service
 from bench.plot import plot_comparisons
 from bench.stats import dumps, machine_info
 from transport.crypto import DEFAULT_KEX
@@ -45,9 +47,10 @@ class Mode:
     node_rounds: int = 3
     node_seconds: float = 3.0
     node_latency_messages: int = 200
+    depth_messages: int = 1_000_000
 
 
-QUICK = Mode(1, True, 1, 0.5, 5_000, 3, 1, 0.5, 20)
+QUICK = Mode(1, True, 1, 0.5, 5_000, 3, 1, 0.5, 20, 20_000)
 DEFAULT = Mode(5, False, 5, 3.0, 200_000, 30)
 
 SPEEDUP = "baseline time / our time (> 1: ours faster)"
@@ -103,6 +106,12 @@ def comparisons(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
             qr["sync_submit_16_callers_vs_persistqueue_put_16_threads"], THROUGHPUT,
         ),
     }  # fmt: skip
+    if "sync_submit_16_callers_vs_raw_fdatasync_loop" in qr:
+        rows["queue_sync_submit_16_vs_raw_fdatasync"] = _row(
+            "queue core", "sync submit, 16 callers", "raw write+fdatasync loop", "ops/s",
+            q["concurrent_acks_per_s"]["16"], 1e6 / q["raw_write_fdatasync_us"],
+            qr["sync_submit_16_callers_vs_raw_fdatasync_loop"], THROUGHPUT,
+        )  # fmt: skip
     for conns, redis_case in (("1", "redis_always_1"), ("16", "redis_always_16")):
         rows[f"service_sync_{conns}_vs_redis_always_{conns}"] = _row(
             "service", f"sync submit over SSH, {conns} conn", f"Redis always, redis-py, {conns}",
@@ -117,6 +126,16 @@ def comparisons(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
             results["redis_always_16_c_client"]["ops_per_s"],
             sr["qssh_16_vs_redis_always_16_c_client"], THROUGHPUT,
         )  # fmt: skip
+    for how in ("pipelined", "unpipelined"):
+        key = f"qssh_16_{how}_vs_redis_ssh_tunnel_{how}"
+        if key in sr:
+            ours = "qssh_sync_16" if how == "pipelined" else "qssh_sync_16_unpipelined"
+            rows[f"service_sync_16_{how}_vs_redis_ssh_tunnel"] = _row(
+                "service", f"sync submit over SSH, 16 conn, {how}",
+                f"Redis always via OpenSSH tunnel, 16, {how}", "ops/s",
+                results[ours]["ops_per_s"],
+                results[f"redis_always_16_ssh_tunnel_{how}"]["ops_per_s"], sr[key], THROUGHPUT,
+            )  # fmt: skip
     rows["service_sync_16_vs_fdatasync_loop"] = _row(
         "service", "sync submit over SSH, 16 conn", "raw write+fdatasync loop", "ops/s",
         results["qssh_sync_16"]["ops_per_s"], results["fdatasync"]["ops_per_s"],
@@ -124,6 +143,15 @@ def comparisons(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
     )  # fmt: skip
     if "node_endpoint" in figures:  # results.json files from before it lack it
         rows.update(node_rows(figures["node_endpoint"]))
+    d = figures.get("depth", {})
+    top = d.get("at_depth", {}).get(str(d.get("messages")), {})
+    if d.get("redis") and (top.get("rss_per_message") or 0) > 0:  # quick runs: RSS noise
+        rows["depth_rss_per_message_vs_redis_used_memory"] = _row(
+            "depth", f"RSS per queued message at {d['messages']:,}",
+            "Redis used_memory per list value", "B", top["rss_per_message"],
+            d["redis"]["used_memory_per_value"],
+            top["rss_per_message"] / d["redis"]["used_memory_per_value"], COST,
+        )  # fmt: skip
     classical = h["handshake"][h["baseline"]]["median_ms"]
     for alg, fig in h["handshake"].items():
         if alg == h["baseline"]:
@@ -216,6 +244,9 @@ def run(mode: Mode, data_dir: str | None) -> dict[str, Any]:
     t = time.perf_counter()
     figures["handshake"] = asyncio.run(handshake.run(mode.handshake_rounds, None, DEFAULT_KEX))
     seconds["handshake"] = time.perf_counter() - t
+    t = time.perf_counter()  # last: at 1M messages it takes a few GB and minutes
+    figures["depth"] = asyncio.run(depth.run(data_dir, mode.depth_messages, 300, True))
+    seconds["depth"] = time.perf_counter() - t
     rows = comparisons(figures)
     return {
         "ratios": {name: row["ratio"] for name, row in rows.items()},

@@ -36,7 +36,13 @@ def test_run_all_quick_writes_ratios_figures_and_machine(tmp_path: Path) -> None
     assert next(iter(result)) == "ratios"
     assert {"ratios", "comparisons", "figures", "machine", "mode"} <= set(result)
     assert result["mode"] == "quick"
-    assert set(result["figures"]) == {"queue_core", "service", "node_endpoint", "handshake"}
+    assert set(result["figures"]) == {
+        "queue_core",
+        "service",
+        "node_endpoint",
+        "handshake",
+        "depth",
+    }
     assert {"nproc", "kernel", "python", "packages", "date"} <= set(result["machine"])
     assert result["machine"]["packages"]["persist-queue"] is not None
 
@@ -49,6 +55,13 @@ def test_run_all_quick_writes_ratios_figures_and_machine(tmp_path: Path) -> None
     assert "handshake_ssh-falcon512_vs_classical" in ratios
     assert "node_ws_16_vs_ssh_16" in ratios
     assert "node_subscription_vs_poll_10ms_latency" in ratios
+    assert "queue_sync_submit_16_vs_raw_fdatasync" in ratios
+    depth = result["figures"]["depth"]
+    assert depth["at_depth"][str(depth["messages"])]["depth"] >= depth["messages"]
+    assert depth["compaction_at_depth"]["live"] >= depth["messages"]
+    assert depth["recovery"]["restored"] >= depth["messages"]
+    if result["figures"]["service"]["ssh_tunnel"].startswith("OpenSSH"):  # sshd installed
+        assert "service_sync_16_unpipelined_vs_redis_ssh_tunnel" in ratios
     for name, value in ratios.items():
         assert isinstance(value, int | float), name
         assert math.isfinite(value), name
