@@ -23,9 +23,11 @@ DOWN = REPO / "examples" / "testnet" / "down"
 
 def idle_port_bases() -> tuple[int, int]:
     """Two bases of three idle loopback ports each, away from the defaults (22222, 9615)
-    so a testnet or `make run` someone has up does not collide with this one."""
+    so a testnet or `make run` someone has up does not collide with this one, and below
+    Linux's ephemeral range (32768-60999): the sidecars' relay links connect out while
+    the others start, and an outgoing connection must not take a port one will listen on."""
     for _ in range(200):
-        ssh, metrics = random.randrange(30000, 45000), random.randrange(45000, 60000)
+        ssh, metrics = random.randrange(23000, 27900), random.randrange(28000, 32700)
         ports = [*range(ssh, ssh + 3), *range(metrics, metrics + 3)]
         if not any(is_listening(p, 0.2) for p in ports):
             return ssh, metrics
