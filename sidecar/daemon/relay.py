@@ -48,6 +48,16 @@ class LinkState:
     qkd_failure: str | None = None  # why a link configured for tier 4 is not sealed
 
 
+def backoff_delay(failures: int, settings: RelaySettings, jitter: float) -> float:
+    """Seconds to wait after the `failures`-th failed attempt in a row: reconnect_min
+    doubled per failure up to reconnect_max, then a uniform share of it in [half, all]
+    (`jitter` in [0, 1)), so links cut together do not reconnect together."""
+    ceiling: float = min(
+        settings.reconnect_max, settings.reconnect_min * 2.0 ** min(failures - 1, 30)
+    )
+    return ceiling * (0.5 + jitter / 2)
+
+
 class PeerLink:
     def __init__(
         self,
@@ -102,13 +112,8 @@ class PeerLink:
             if time.monotonic() - started > self.settings.reconnect_max:
                 failures = 0  # a long session: start the backoff over
             failures += 1
-            await asyncio.sleep(self._backoff(failures))
-
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(
-            self.settings.reconnect_max, self.settings.reconnect_min * 2 ** (failures - 1)
-        )
-        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not crypto)
+            jitter = random.random()  # noqa: S311 (spreads reconnects, not a secret)
+            await asyncio.sleep(backoff_delay(failures, self.settings, jitter))
 
     def _failed(self, exc: BaseException) -> None:
         text = getattr(exc, "message", None) or str(exc) or type(exc).__name__

@@ -50,6 +50,7 @@ async def test_a_broadcast_reaches_each_peer_once_and_is_never_relayed_on(
         assert got["submitted_by"] == "peer:alice"
         assert (got["origin"], got["origin_id"]) == ("alice", sent["message_id"])
         assert got["broadcast"] is False
+        assert (got["mode"], got["persisted"]) == ("sync", True)  # relayed as a sync submit
     # local consumption on alice is independent of the relay
     assert [i["message_id"] for i in await pop_all(alice)] == [
         sent["message_id"],

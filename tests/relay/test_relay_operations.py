@@ -8,12 +8,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from sidecar.errors import Forbidden
-from tests.relay.harness import Node, block, make_mesh, mesh_nodes, pop_all
+from tests.relay.harness import KEY_ALG, Node, block, make_mesh, mesh_nodes, pop_all
 from tests.relay.test_relay import wait_relayed
 from transport.client import QueueClient
+from transport.keys import known_hosts_line
 
 __all__ = ["mesh_nodes"]
 
@@ -102,3 +104,29 @@ async def test_a_peer_key_may_only_relay_and_only_admins_see_peers(
             await operator.call("relay", {"items": []})
     (got,) = await pop_all(bob)
     assert (got["submitted_by"], got["origin"], got["origin_id"]) == ("peer:alice", "alice", 41)
+
+
+async def test_a_link_to_a_peer_with_another_host_key_is_refused_and_says_so(
+    tmp_path: Path, mesh_nodes: list[Node]
+) -> None:
+    nodes = make_mesh(tmp_path, ["alice", "bob"], [("alice", "bob")], config={"alice": RELAY})
+    alice, bob = nodes["alice"], nodes["bob"]
+    impostor = asyncssh.generate_private_key(KEY_ALG)
+    (bob.root / "host_key").write_bytes(impostor.export_private_key())  # not what alice pins
+    (bob.root / "known_hosts").write_text(known_hosts_line("127.0.0.1", bob.port, impostor))
+    for node in (bob, alice):
+        node.start()
+        mesh_nodes.append(node)
+    async with alice.connect() as client:
+        await client.submit(block(1), "sync", broadcast=True)
+        deadline = time.monotonic() + 30
+        while True:
+            (view,) = (await client.call("peers"))["peers"]
+            if view["last_error"]:
+                break
+            assert time.monotonic() < deadline, view
+            await asyncio.sleep(0.1)
+    assert view["connected"] is False
+    assert view["backlog"] == 1
+    assert "host key" in view["last_error"].lower()
+    assert await pop_all(bob) == []
