@@ -100,7 +100,12 @@ def test_three_validators_answer_tier_and_stop_cleanly(
     testnet: tuple[Path, dict[str, str], str],
 ) -> None:
     run, env, up_out = testnet
-    assert "qssh-queue -F" in up_out
+    client = Path(sys.executable).parent / "qssh-queue"  # the real path, not a bare name
+    assert f"{client} -F {run}/qssh_config alice tier" in up_out
+    for name in ("alice", "bob", "charlie"):
+        log = (run / "logs" / f"{name}.log").read_text().splitlines()
+        tier = next(m for m in map(log_message, log) if m.startswith("tier "))
+        assert f"  {tier}\n" in up_out  # whole, not cut mid-word
     tiers, effective = {}, {}
     for name in ("alice", "bob", "charlie"):
         r = subprocess.run(
@@ -139,18 +144,6 @@ def test_three_validators_answer_tier_and_stop_cleanly(
         log = (run / "logs" / f"{name}.log").read_text().splitlines()
         assert log_message(log[-1]).startswith("stopped in "), log[-5:]
         assert not (run / f"{name}.pid").exists()
-
-
-def test_up_prints_whole_tier_lines_and_the_real_client_path(
-    testnet: tuple[Path, dict[str, str], str],
-) -> None:
-    run, _env, up_out = testnet
-    client = Path(sys.executable).parent / "qssh-queue"
-    assert f"{client} -F {run}/qssh_config alice tier" in up_out
-    for name in ("alice", "bob", "charlie"):
-        log = (run / "logs" / f"{name}.log").read_text().splitlines()
-        tier = next(m for m in map(log_message, log) if m.startswith("tier "))
-        assert f"  {tier}\n" in up_out  # whole, not cut mid-word
 
 
 def test_a_port_clash_at_up_stops_everything_and_down_succeeds(tmp_path: Path) -> None:
