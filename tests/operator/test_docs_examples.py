@@ -7,7 +7,8 @@ Markup, read by sybil (https://sybil.readthedocs.io):
 - ```` ```sh ```` block: runs in bash (``set -e -o pipefail``) in a directory laid out
   like a fresh clone after `make run`, inside a network namespace of its own (the
   documented ports are free there), while ``qssh-sidecar serve`` runs on its embedded
-  defaults; every command must exit 0 and print no traceback.
+  defaults; every command must exit 0 and print no traceback, and each ``# => TEXT``
+  line in the block is output the block must print (stdout or stderr).
 - ``<!-- skip: next "why" -->`` before a block: illustrative; the reason is required.
 - ``<!-- docs-test: daemon stop -->`` / ``<!-- docs-test: daemon start -->``: stop or
   start that daemon before the next examples (e.g. before the testnet, which takes the
@@ -58,7 +59,10 @@ def run_sh(example: Example) -> None:
         f"{where}: exit {result.returncode}\n$ {source}\n{result.stdout[-3000:]}"
         f"\n{result.stderr[-3000:]}"
     )
-    assert "Traceback" not in result.stdout + result.stderr, f"{where}\n{result.stderr}"
+    printed = result.stdout + result.stderr
+    assert "Traceback" not in printed, f"{where}\n{result.stderr}"
+    for expected in re.findall(r"^# => (.+)$", source, re.MULTILINE):
+        assert expected in printed, f"{where}: no {expected!r} in\n{printed[-3000:]}"
 
 
 def apply_directive(example: Example) -> None:
