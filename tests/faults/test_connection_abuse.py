@@ -29,7 +29,7 @@ from tests.subprocesses import REPO, Operator, child_env, free_port
 from .harness import NIGHTLY, Serve
 from .test_hostile_clients import RssSampler
 
-ATTACK_SECONDS = 60.0 if NIGHTLY else 25.0
+ATTACK_SECONDS = 60.0 if NIGHTLY else 15.0
 ROUND_DEADLINE = 30.0  # one connect + submit, retried while refused
 RSS_GROWTH_LIMIT_KIB = 150 * 1024
 MAX_LOG_LINES = 40  # start-up lines included; the rest 2 per refusal_log_interval

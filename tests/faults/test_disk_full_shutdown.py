@@ -27,7 +27,7 @@ from .harness import Serve
 from .test_enospc import fill, try_mount_tmpfs
 
 ASYNC = 40
-SPACE_WAIT = 3  # durability.shutdown_timeout for these daemons, seconds
+SPACE_WAIT = 2  # durability.shutdown_timeout for these daemons, seconds
 
 
 @pytest.fixture
