@@ -77,6 +77,34 @@ _DEFAULT_MODE: Final = {
 _BY_SERDE_NAME: Final = {k.serde_name: k for k in Kind}
 _MODES: Final = {m.value: m for m in Mode}
 _KIND_BY_VALUE: Final = {k.value: k for k in Kind}
+# Canonical bytes start with the kind: `_validate` puts it first and orjson keeps order.
+_KIND_PREFIX: Final = b'{"kind":"'
+_KIND_BY_BYTES: Final = {k.value.encode(): k for k in Kind}
+
+
+def _kind_from_prefix(encoded: bytes) -> Kind | None:
+    """The kind named at the start of canonical bytes; None if they do not start so
+    (then it is parsed from the whole message when first needed)."""
+    if not encoded.startswith(_KIND_PREFIX):
+        return None
+    start = len(_KIND_PREFIX)
+    end = encoded.find(b'"', start, start + 32)
+    return None if end < 0 else _KIND_BY_BYTES.get(encoded[start:end])
+
+
+def parse_kinds(names: object) -> frozenset[Kind]:
+    """A kinds filter from the wire: a non-empty list of kind names (docs/messages.md)."""
+    if not isinstance(names, list) or not names:
+        raise InvalidMessage("kinds must be a non-empty list of message kind names")
+    kinds = set()
+    for name in names:
+        kind = _KIND_BY_VALUE.get(name) if isinstance(name, str) else None
+        if kind is None:
+            known = ", ".join(_KIND_BY_VALUE)
+            raise UnknownKind(f"unknown message kind {str(name)[:64]!r} in kinds (known: {known})")
+        kinds.add(kind)
+    return frozenset(kinds)
+
 
 # --- field types -----------------------------------------------------------------------
 # Each converter takes (field path, input value, serde form?) and returns the canonical
@@ -330,11 +358,13 @@ class QueueMessage:
     def from_logged(cls, encoded: bytes) -> QueueMessage:
         """A message whose canonical bytes came from our own (checksummed) log.
 
-        Nothing is parsed until a field is needed: recovering a million messages
-        only keeps their bytes. `encoded` must be exactly sized (not orjson output).
+        Only the kind is read, from the prefix every canonical form starts with (the
+        queue indexes ready messages by kind); other fields are parsed when needed, so
+        recovering a million messages keeps little more than their bytes. `encoded`
+        must be exactly sized (not orjson output).
         """
         msg = object.__new__(cls)
-        msg._kind = None
+        msg._kind = _kind_from_prefix(encoded)
         msg._encoded = encoded
         return msg
 

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from sidecar.commit import GroupCommitter, Op
@@ -28,7 +28,7 @@ from sidecar.durable_fs import make_dirs
 from sidecar.errors import AsyncMessagesLost, InvalidMessage, LogFailed, Unavailable
 from sidecar.gc_policy import GcFreezer
 from sidecar.handles import NoClone
-from sidecar.messages import Mode, QueueMessage, QueueMessageWithProvenance, resolve_mode
+from sidecar.messages import Kind, Mode, QueueMessage, QueueMessageWithProvenance, resolve_mode
 from sidecar.observer import NULL_OBSERVER, QueueObserver
 from sidecar.relay_backlog import PeerBacklog, RelayBacklog
 from sidecar.state import Lease, QueueLimits, QueueState
@@ -656,8 +656,13 @@ class QppValidatorQueue:
         self._observer.on_consume("pop")
         return NoClone(item)
 
-    async def lease(self, timeout: float) -> Lease | None:  # noqa: ASYNC109
-        """Reserve the next message for `timeout` seconds (at-least-once delivery).
+    async def lease(
+        self,
+        timeout: float,  # noqa: ASYNC109
+        kinds: Collection[Kind] | None = None,
+    ) -> Lease | None:
+        """Reserve the next message (of one of `kinds` if given) for `timeout` seconds
+        (at-least-once delivery).
 
         Lease ids come from the durable id space of message ids, so a lease id from
         before a restart never names a lease of a later run (its ack is refused as stale).
@@ -666,10 +671,10 @@ class QppValidatorQueue:
         if not timeout > 0:
             raise InvalidMessage("lease timeout must be a positive number of seconds")
         self._expire()
-        if not self._state.ready:
+        if not self._state.ready_of(kinds):
             return None
         lease_id = await self._alloc_id(committer)
-        return self._state.lease(self._clock(), timeout, lease_id)
+        return self._state.lease(self._clock(), timeout, lease_id, kinds)
 
     async def ack(self, lease: Lease | int) -> None:
         """Consume a leased message for good; a second ack or a stale lease raises
@@ -693,8 +698,13 @@ class QppValidatorQueue:
         self._observer.on_release()
         self._wake_waiters()
 
-    async def wait_available(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
-        """Wait until a message can be popped or leased; False on timeout.
+    async def wait_available(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109
+        kinds: Collection[Kind] | None = None,
+    ) -> bool:
+        """Wait until a message (of one of `kinds` if given) can be popped or leased;
+        False on timeout.
 
         Raises `Unavailable` (or `LogFailed`) once the queue is closed or has failed,
         so a subscriber loop ends instead of waiting forever.
@@ -705,7 +715,7 @@ class QppValidatorQueue:
             self._live()
             now = self._clock()
             self._expire(now)
-            if self._state.ready:
+            if self._state.ready_of(kinds):
                 return True
             wait = None if deadline is None else deadline - now
             if wait is not None and wait <= 0:

@@ -1,9 +1,12 @@
 """Pure queue state: priority order, leases, limits. No I/O, no clock: callers pass `now`.
 
-Order: higher priority first, then lower message id (FIFO within a priority). The
-ready heap holds one int per message, its order key, and a dict maps the key to the
-message: a million waiting messages add no tuple each for the garbage collector to
-scan (ints are not tracked), and int comparisons are the cheapest heap order.
+Order: higher priority first, then lower message id (FIFO within a priority). Ready
+messages wait in one heap per kind; each holds one int per message, its order key, and
+a dict maps the key to the message: a million waiting messages add no tuple each for
+the garbage collector to scan (ints are not tracked), and int comparisons are the
+cheapest heap order. The next message is the smallest top of the seven heaps (of the
+heaps of the kinds asked for, for a consumer that takes only some kinds): a take costs
+one heap pop and seven comparisons, whatever waits in other kinds.
 Accounting (count and bytes against the limits) covers messages waiting, leased, being
 consumed, and submits reserved but not yet committed; a full queue raises `QueueFull`.
 A message is accounted at what it costs in memory, measured, not at its size on the
@@ -13,11 +16,11 @@ wire: see `message_cost`.
 from __future__ import annotations
 
 import heapq
-from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sidecar.errors import AlreadyConsumed, NotFound, QueueFull
-from sidecar.messages import Priority, QueueMessageWithProvenance
+from sidecar.messages import Kind, Priority, QueueMessageWithProvenance
 
 DEFAULT_MAX_MESSAGES = 1_000_000
 DEFAULT_MAX_BYTES = 1 << 30
@@ -68,14 +71,13 @@ def order_key(priority: int, message_id: int) -> int:
 class QueueState:
     def __init__(self, limits: QueueLimits | None = None) -> None:
         self.limits = limits or QueueLimits()
-        self._ready: list[int] = []  # heap of order keys
+        self._ready: dict[Kind, list[int]] = {k: [] for k in Kind}  # heaps of order keys
         self._items: dict[int, QueueMessageWithProvenance] = {}  # order key -> message
         self._leases: dict[int, Lease] = {}
         self._deadlines: list[tuple[float, int]] = []
         self._next_lease_id = 1
         self.count = 0
         self.bytes = 0
-        self._ready_by_priority: dict[int, int] = {int(p): 0 for p in Priority}
 
     # -- admission -----------------------------------------------------------------------
     def admit(self, size: int) -> None:
@@ -105,13 +107,12 @@ class QueueState:
         self.count -= 1
         self.bytes -= message_cost(size)
 
-    # -- ready heap ----------------------------------------------------------------------
+    # -- ready heaps ---------------------------------------------------------------------
     def push(self, item: QueueMessageWithProvenance) -> None:
         """Make an admitted message available."""
         key = order_key(item.priority, item.message_id)
         self._items[key] = item
-        heapq.heappush(self._ready, key)
-        self._ready_by_priority[item.priority] += 1
+        heapq.heappush(self._ready[item.kind], key)
 
     def load(self, items: list[QueueMessageWithProvenance], *, issued_below: int = 1) -> None:
         """Bulk-load recovered messages (admitted without the limit check); ids below
@@ -120,31 +121,49 @@ class QueueState:
         keys = [order_key(item.priority, item.message_id) for item in items]
         self._items.update(zip(keys, items, strict=True))
         ready = self._ready
-        ready.extend(keys)
+        for key, item in zip(keys, items, strict=True):
+            ready[item.kind].append(key)
         del keys
-        heapq.heapify(ready)
-        for priority, n in Counter([item.priority for item in items]).items():
-            self._ready_by_priority[priority] += n
+        for heap in ready.values():
+            heapq.heapify(heap)
         self.count += len(items)
         self.bytes += sum([message_cost(item.message.encoded_size) for item in items])
 
-    def take(self) -> QueueMessageWithProvenance | None:
-        """Remove the next message (still accounted until `forget`)."""
-        if not self._ready:
+    def take(self, kinds: Collection[Kind] | None = None) -> QueueMessageWithProvenance | None:
+        """Remove the next message, of one of `kinds` if given (still accounted until
+        `forget`)."""
+        best: list[int] | None = None
+        ready = self._ready
+        for kind in ready if kinds is None else kinds:
+            heap = ready[kind]
+            if heap and (best is None or heap[0] < best[0]):
+                best = heap
+        if best is None:
             return None
-        item = self._items.pop(heapq.heappop(self._ready))
-        self._ready_by_priority[item.priority] -= 1
-        return item
+        return self._items.pop(heapq.heappop(best))
 
     @property
     def ready(self) -> int:
-        return len(self._ready)
+        return len(self._items)
+
+    def ready_of(self, kinds: Collection[Kind] | None) -> int:
+        """Ready messages of `kinds` (of every kind for None)."""
+        if kinds is None:
+            return len(self._items)
+        return sum(len(self._ready[kind]) for kind in kinds)
 
     # -- leases --------------------------------------------------------------------------
-    def lease(self, now: float, timeout: float, lease_id: int | None = None) -> Lease | None:
-        """Lease the next message; `lease_id` (above every id issued so far) comes from
-        the caller when ids must stay unique across restarts."""
-        item = self.take()
+    def lease(
+        self,
+        now: float,
+        timeout: float,
+        lease_id: int | None = None,
+        kinds: Collection[Kind] | None = None,
+    ) -> Lease | None:
+        """Lease the next message (of one of `kinds` if given); `lease_id` (above every
+        id issued so far) comes from the caller when ids must stay unique across
+        restarts."""
+        item = self.take(kinds)
         if item is None:
             return None
         if lease_id is None:
@@ -211,4 +230,7 @@ class QueueState:
         return list(self._items.values())
 
     def depth_by_priority(self) -> dict[str, int]:
-        return {Priority(p).name.lower(): n for p, n in self._ready_by_priority.items()}
+        depth = {p.name.lower(): 0 for p in Priority}
+        for kind, heap in self._ready.items():
+            depth[kind.priority.name.lower()] += len(heap)
+        return depth

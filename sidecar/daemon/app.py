@@ -27,6 +27,7 @@ from typing import Any
 
 from sidecar.dedup import Submitted
 from sidecar.errors import AsyncMessagesLost, SidecarError
+from sidecar.messages import Kind
 from transport.entropy import EntropyMixer
 
 from . import keys
@@ -118,8 +119,12 @@ class Sidecar:
     async def node_pop(self) -> dict[str, Any] | None:
         return await self.queue.pop_for_node()
 
-    async def node_lease(self, timeout: float) -> NodeLease | None:  # noqa: ASYNC109
-        return await self.queue.lease_for_node(timeout)
+    async def node_lease(
+        self,
+        timeout: float,  # noqa: ASYNC109
+        kinds: frozenset[Kind] | None = None,
+    ) -> NodeLease | None:
+        return await self.queue.lease_for_node(timeout, kinds)
 
     async def node_ack(self, lease_id: int) -> None:
         await self.queue.ack(lease_id)
@@ -127,8 +132,12 @@ class Sidecar:
     async def node_release(self, lease_id: int) -> None:
         await self.queue.release(lease_id)
 
-    async def node_wait_available(self, timeout: float) -> bool:  # noqa: ASYNC109
-        return await self.queue.wait_available(timeout)
+    async def node_wait_available(
+        self,
+        timeout: float,  # noqa: ASYNC109
+        kinds: frozenset[Kind] | None = None,
+    ) -> bool:
+        return await self.queue.wait_available(timeout, kinds)
 
     def node_tier(self) -> dict[str, Any]:
         return self.hardware.tier_info().to_wire()

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from aiohttp import WSMsgType, web
 
 from sidecar.errors import SidecarError
+from sidecar.messages import Kind
 
 from .config import Endpoint, NodeEndpoint
 from .node_rpc import (
@@ -65,7 +66,11 @@ class EndpointBackend(NodeBackend, Protocol):
 
     def node_tier(self) -> dict[str, Any]: ...
 
-    async def node_wait_available(self, timeout: float) -> bool: ...  # noqa: ASYNC109
+    async def node_wait_available(
+        self,
+        timeout: float,  # noqa: ASYNC109
+        kinds: frozenset[Kind] | None = None,
+    ) -> bool: ...
 
 
 # The subscriptions a request created: started once its reply has been sent, so the
@@ -100,10 +105,12 @@ class Session:
 
     # ---- NodeSession -------------------------------------------------------------
 
-    def subscribe_messages(self, max_unacked: int, lease_timeout: float) -> str:
+    def subscribe_messages(
+        self, max_unacked: int, lease_timeout: float, kinds: frozenset[Kind] | None
+    ) -> str:
         sub_id = self.endpoint.new_subscription_id()
         with _subscription_limit():
-            self.subs.add_messages(sub_id, max_unacked, lease_timeout)
+            self.subs.add_messages(sub_id, max_unacked, lease_timeout, kinds)
         self._slot_freed[sub_id] = asyncio.Event()
         self.endpoint.sessions_by_sub[sub_id] = self
         self._after_reply(lambda: self._start_pump(sub_id))
@@ -202,9 +209,9 @@ class Session:
                         async with asyncio.timeout(wait):
                             await freed.wait()
                     continue
-                lease = await backend.node_lease(sub.lease_timeout)
+                lease = await backend.node_lease(sub.lease_timeout, sub.kinds)
                 if lease is None:
-                    await backend.node_wait_available(IDLE_WAIT)
+                    await backend.node_wait_available(IDLE_WAIT, sub.kinds)
                     continue
                 if self.closed or self.subs.messages.get(sub.id) is not sub:
                     # ended while the lease was being taken: it is nobody's, give it back

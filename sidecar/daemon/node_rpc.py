@@ -18,6 +18,7 @@ import orjson
 
 from sidecar.dedup import Submitted, check_dedup_id
 from sidecar.errors import AlreadyConsumed, InvalidMessage, NotFound, SidecarError
+from sidecar.messages import Kind, parse_kinds
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,11 @@ class NodeBackend(Protocol):
 
     async def node_pop(self) -> dict[str, Any] | None: ...
 
-    async def node_lease(self, timeout: float) -> NodeLease | None: ...  # noqa: ASYNC109
+    async def node_lease(
+        self,
+        timeout: float,  # noqa: ASYNC109
+        kinds: frozenset[Kind] | None = None,
+    ) -> NodeLease | None: ...
 
     async def node_ack(self, lease_id: int) -> None: ...
 
@@ -83,7 +88,9 @@ class NodeBackend(Protocol):
 class NodeSession(Protocol):
     """The connection a subscription lives on (WebSocket or unix newline JSON)."""
 
-    def subscribe_messages(self, max_unacked: int, lease_timeout: float) -> str: ...
+    def subscribe_messages(
+        self, max_unacked: int, lease_timeout: float, kinds: frozenset[Kind] | None
+    ) -> str: ...
 
     def unsubscribe_messages(self, sub_id: str) -> bool: ...
 
@@ -245,8 +252,8 @@ class NodeRpc:
                 return done.message_id  # what the node has always been answered
             return {"message_id": done.message_id, "duplicate": done.duplicate}
         if method == "qssh_leaseMessage":
-            (timeout,) = _named(method, params, ("lease_timeout",))
-            lease = await b.node_lease(self._lease_seconds(timeout))
+            timeout, kinds = _named(method, params, ("lease_timeout", "kinds"))
+            lease = await b.node_lease(self._lease_seconds(timeout), _kinds(kinds))
             return None if lease is None else lease.view
         if method in ("qssh_ackMessage", "qssh_releaseMessage"):
             return await self._settle(method, params)
@@ -287,9 +294,9 @@ class NodeRpc:
             unacked, timeout, kinds = _named(
                 method, params, ("max_unacked", "lease_timeout", "kinds")
             )
-            if kinds is not None:
-                raise RpcError(INVALID_PARAMS, "Invalid params: kinds is not supported")
-            return session.subscribe_messages(self._unacked(unacked), self._lease_seconds(timeout))
+            return session.subscribe_messages(
+                self._unacked(unacked), self._lease_seconds(timeout), _kinds(kinds)
+            )
         if method == "qssh_subscribeTier":
             _no_params(method, params)
             return session.subscribe_tier()
@@ -404,6 +411,16 @@ def _options(raw: dict[str, Any]) -> dict[str, Any]:
             "(known: broadcast, dedup_id, mode)",
         )
     return raw
+
+
+def _kinds(value: object) -> frozenset[Kind] | None:
+    """The ``kinds`` filter of a lease or subscription: absent, or kind names."""
+    if value is None:
+        return None
+    try:
+        return parse_kinds(value)
+    except InvalidMessage as e:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: {e.message}") from None
 
 
 def _mode(options: dict[str, Any]) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sidecar.messages import Kind
+
 
 class TooManySubscriptions(Exception):
     """A connection asked for more subscriptions than ``node.max_subscriptions``."""
@@ -21,6 +23,7 @@ class MessageSubscription:
     id: str
     max_unacked: int
     lease_timeout: float
+    kinds: frozenset[Kind] | None = None  # only these kinds are delivered; None: all
     held: dict[int, float] = field(default_factory=dict)  # lease id -> deadline
 
     def expire(self, now: float) -> list[int]:
@@ -52,9 +55,15 @@ class ConnectionSubscriptions:
                 f"(limit node.max_subscriptions = {self.max_subscriptions}); unsubscribe first"
             )
 
-    def add_messages(self, sub_id: str, max_unacked: int, lease_timeout: float) -> None:
+    def add_messages(
+        self,
+        sub_id: str,
+        max_unacked: int,
+        lease_timeout: float,
+        kinds: frozenset[Kind] | None = None,
+    ) -> None:
         self._check_room()
-        self.messages[sub_id] = MessageSubscription(sub_id, max_unacked, lease_timeout)
+        self.messages[sub_id] = MessageSubscription(sub_id, max_unacked, lease_timeout, kinds)
 
     def add_tier(self, sub_id: str) -> None:
         self._check_room()

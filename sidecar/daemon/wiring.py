@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from hardware.monitor import HardwareMonitor, HealthCheckedSource
 from hardware.tier import Tier, TierDecision
 from sidecar import (
     DedupLimits,
+    Kind,
     Lease,
     Mode,
     NoClone,
@@ -145,8 +146,12 @@ class QueuePart:
     async def pop(self) -> NoClone[QueueMessageWithProvenance] | None:
         return await self._queue().pop()
 
-    async def lease(self, timeout: float) -> Lease | None:  # noqa: ASYNC109
-        lease = await self._queue().lease(timeout)
+    async def lease(
+        self,
+        timeout: float,  # noqa: ASYNC109
+        kinds: Collection[Kind] | None = None,
+    ) -> Lease | None:
+        lease = await self._queue().lease(timeout, kinds)
         if lease is not None:
             self.metrics.leases.inc()
         return lease
@@ -157,8 +162,12 @@ class QueuePart:
     async def release(self, lease_or_id: Lease | int) -> None:
         await self._queue().release(lease_or_id)
 
-    async def wait_available(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
-        return await self._queue().wait_available(timeout)
+    async def wait_available(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109
+        kinds: Collection[Kind] | None = None,
+    ) -> bool:
+        return await self._queue().wait_available(timeout, kinds)
 
     def depth(self) -> dict[str, int]:
         """The core's depth detail: total, ready, leased, and ready per priority."""
@@ -193,10 +202,14 @@ class QueuePart:
             broadcast=broadcast,
         )
 
-    async def lease_for_node(self, timeout: float) -> NodeLease | None:  # noqa: ASYNC109
-        """The next message, leased, as the node sees it: serde form, provenance and
-        ``lease_id``."""
-        lease = await self.lease(timeout)
+    async def lease_for_node(
+        self,
+        timeout: float,  # noqa: ASYNC109
+        kinds: Collection[Kind] | None = None,
+    ) -> NodeLease | None:
+        """The next message (of one of `kinds` if given), leased, as the node sees it:
+        serde form, provenance and ``lease_id``."""
+        lease = await self.lease(timeout, kinds)
         if lease is None:
             return None
         view: dict[str, Any] = lease.item.to_json()

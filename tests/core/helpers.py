@@ -11,6 +11,12 @@ def block(n: int) -> QueueMessage:
     )
 
 
+def vote(n: int) -> QueueMessage:
+    return QueueMessage.create(
+        "vote", validator=f"v{n}", block_hash=n.to_bytes(32, "big"), signature=b"s"
+    )
+
+
 def tx(n: int, size: int = 16) -> QueueMessage:
     return QueueMessage.create("transaction", tx_hash=n.to_bytes(32, "big"), tx_data=bytes(size))
 

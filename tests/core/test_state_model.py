@@ -1,4 +1,5 @@
-"""Hypothesis stateful test: the pure queue state against a plain model."""
+"""Hypothesis stateful test: the pure queue state against a plain model, including
+leases restricted to some kinds."""
 
 from __future__ import annotations
 
@@ -6,11 +7,22 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from sidecar import AlreadyConsumed, NotFound, QueueFull, QueueLimits, QueueMessageWithProvenance
+from sidecar import (
+    AlreadyConsumed,
+    Kind,
+    NotFound,
+    Priority,
+    QueueFull,
+    QueueLimits,
+    QueueMessageWithProvenance,
+)
 from sidecar.state import QueueState
-from tests.core.helpers import block, gossip, telemetry, tx
+from tests.core.helpers import block, gossip, telemetry, tx, vote
 
-_MAKERS = [block, tx, gossip, telemetry]
+_MAKERS = [block, vote, tx, gossip, telemetry]
+_KINDS = [Kind.BLOCK_IMPORT, Kind.VOTE, Kind.TRANSACTION, Kind.GOSSIP, Kind.TELEMETRY]
+# a filter: None (every kind) or a non-empty subset, including kinds never submitted
+_FILTERS = st.none() | st.frozensets(st.sampled_from(list(Kind)), min_size=1)
 
 
 class QueueModel(RuleBasedStateMachine):
@@ -25,11 +37,13 @@ class QueueModel(RuleBasedStateMachine):
         self.ended: set[int] = set()
         self.consumed: set[int] = set()
         self.prio_of: dict[int, int] = {}
+        self.kind_of: dict[int, Kind] = {}
 
-    def _expected_next(self) -> int | None:
-        if not self.ready:
+    def _expected_next(self, kinds: frozenset[Kind] | None = None) -> int | None:
+        ready = [i for i in self.ready if kinds is None or self.kind_of[i] in kinds]
+        if not ready:
             return None
-        return min(self.ready, key=lambda i: (-self.ready[i][0], i))
+        return min(ready, key=lambda i: (-self.ready[i][0], i))
 
     def _expire_model(self) -> None:
         for lid, (mid, deadline, dc) in list(self.leases.items()):
@@ -38,7 +52,7 @@ class QueueModel(RuleBasedStateMachine):
                 self.ended.add(lid)
                 self.ready[mid] = (self.prio_of[mid], dc + 1)
 
-    @rule(kind=st.integers(0, 3))
+    @rule(kind=st.integers(0, len(_MAKERS) - 1))
     def submit(self, kind: int) -> None:
         msg = _MAKERS[kind](self.next_id)
         try:
@@ -49,15 +63,16 @@ class QueueModel(RuleBasedStateMachine):
         item = QueueMessageWithProvenance(msg, self.next_id, self.now, "t")
         self.state.push(item)
         self.prio_of[self.next_id] = int(msg.priority)
+        self.kind_of[self.next_id] = _KINDS[kind]
         self.ready[self.next_id] = (int(msg.priority), 0)
         self.next_id += 1
 
-    @rule()
-    def take(self) -> None:
+    @rule(kinds=_FILTERS)
+    def take(self, kinds: frozenset[Kind] | None) -> None:
         self.state.expire(self.now)
         self._expire_model()
-        expected = self._expected_next()
-        item = self.state.take()
+        expected = self._expected_next(kinds)
+        item = self.state.take(kinds)
         if expected is None:
             assert item is None
             return
@@ -68,17 +83,21 @@ class QueueModel(RuleBasedStateMachine):
         del self.ready[expected]
         self.consumed.add(expected)
 
-    @rule(timeout=st.sampled_from([0.5, 1.0, 5.0]))
-    def lease(self, timeout: float) -> None:
+    @rule(timeout=st.sampled_from([0.5, 1.0, 5.0]), kinds=_FILTERS)
+    def lease(self, timeout: float, kinds: frozenset[Kind] | None) -> None:
         self.state.expire(self.now)
         self._expire_model()
-        expected = self._expected_next()
-        lease = self.state.lease(self.now, timeout)
+        expected = self._expected_next(kinds)
+        assert self.state.ready_of(kinds) == sum(
+            kinds is None or self.kind_of[i] in kinds for i in self.ready
+        )
+        lease = self.state.lease(self.now, timeout, kinds=kinds)
         if expected is None:
             assert lease is None
             return
         assert lease is not None
         assert lease.message_id == expected
+        assert kinds is None or lease.item.kind in kinds
         _, dc = self.ready.pop(expected)
         self.leases[lease.lease_id] = (expected, self.now + timeout, dc)
 
@@ -123,6 +142,10 @@ class QueueModel(RuleBasedStateMachine):
         assert self.state.ready + self.state.leased == len(self.ready) + len(self.leases)
         assert self.state.count == len(self.ready) + len(self.leases)
         assert not (set(self.ready) & self.consumed)
+        depth = self.state.depth_by_priority()
+        assert sum(depth.values()) == len(self.ready)
+        for prio, n in depth.items():
+            assert n == sum(self.ready[i][0] == Priority[prio.upper()] for i in self.ready)
 
 
 TestQueueModel = QueueModel.TestCase

@@ -24,6 +24,7 @@ from sidecar.daemon.config import DaemonConfig
 from sidecar.daemon.node_endpoint import NodeEndpointServer
 from sidecar.daemon.node_rpc import NodeLease
 from sidecar.dedup import Submitted
+from sidecar.messages import Kind
 
 GOSSIP = {"Gossip": {"topic": "drain", "data": [1, 2, 3]}}
 WAIT = 20.0  # bound on every await below; none is expected to come near it
@@ -46,8 +47,10 @@ class GatedSidecar:
         await self.gate.wait()
         return await self.sidecar.node_submit(message, **options)
 
-    async def node_lease(self, timeout: float) -> NodeLease | None:
-        return await self.sidecar.node_lease(timeout)
+    async def node_lease(
+        self, timeout: float, kinds: frozenset[Kind] | None = None
+    ) -> NodeLease | None:
+        return await self.sidecar.node_lease(timeout, kinds)
 
     async def node_ack(self, lease_id: int) -> None:
         await self.sidecar.node_ack(lease_id)
@@ -55,8 +58,10 @@ class GatedSidecar:
     async def node_release(self, lease_id: int) -> None:
         await self.sidecar.node_release(lease_id)
 
-    async def node_wait_available(self, timeout: float) -> bool:
-        return await self.sidecar.node_wait_available(timeout)
+    async def node_wait_available(
+        self, timeout: float, kinds: frozenset[Kind] | None = None
+    ) -> bool:
+        return await self.sidecar.node_wait_available(timeout, kinds)
 
     def node_tier(self) -> dict[str, Any]:
         return self.sidecar.node_tier()

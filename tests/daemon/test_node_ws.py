@@ -231,6 +231,75 @@ async def test_a_subscription_delivers_leases_in_priority_then_id_order_up_to_ma
     await rpc.close()
 
 
+async def test_a_kinds_subscription_gets_only_those_kinds_and_leaves_the_rest(
+    node: Any, session: aiohttp.ClientSession
+) -> None:
+    _, _, port = node
+    rpc = await ws_rpc(session, port)
+    await drain(rpc)
+    submitted = [gossip(0), block(1), VOTE, block(2), gossip(3)]
+    ids = [await rpc.result("qssh_submitMessage", [m]) for m in submitted]
+    g0, b1, vote_id, b2, g3 = ids
+    sub = await rpc.result("qssh_subscribeMessages", {"max_unacked": 3, "kinds": ["block_import"]})
+    got = [(await rpc.note())["params"] for _ in range(2)]
+    assert [g["subscription"] for g in got] == [sub, sub]
+    assert [g["result"]["message_id"] for g in got] == [b1, b2]
+    assert all("BlockImport" in g["result"]["message"] for g in got)
+    assert await rpc.result("qssh_releaseMessage", [got[1]["result"]["lease_id"]]) is True
+    again = (await rpc.note())["params"]["result"]  # released: back to the subscription
+    assert (again["message_id"], again["delivery_count"]) == (b2, 1)
+    # a slot is free, yet the other kinds are not delivered: they wait for other
+    # consumers, in priority then id order
+    other = await ws_rpc(session, port)
+    popped = [(await other.result("qssh_popMessage"))["message_id"] for _ in range(3)]
+    assert popped == [vote_id, g0, g3]
+    assert await other.result("qssh_popMessage") is None
+    for lease in (got[0]["result"], again):
+        assert await rpc.result("qssh_ackMessage", [lease["lease_id"]]) is True
+    # with free slots and an empty queue: a gossip submitted first is not delivered,
+    # the block after it is the next notification
+    late_gossip = await other.result("qssh_submitMessage", [gossip(9)])
+    late_block = await other.result("qssh_submitMessage", [block(9)])
+    assert (await rpc.note())["params"]["result"]["message_id"] == late_block
+    assert rpc.notes.empty()
+    assert (await other.result("qssh_popMessage"))["message_id"] == late_gossip
+    # a subscription for two kinds: priority first (the block), then id order
+    await other.result("qssh_submitMessage", [gossip(10)])
+    both = await other.result("qssh_subscribeMessages", [{"kinds": ["gossip", "vote"]}])
+    note = (await other.note())["params"]
+    assert note["subscription"] == both
+    assert "Gossip" in note["result"]["message"]
+    vote_late = await rpc.result("qssh_submitMessage", [VOTE])
+    assert (await other.note())["params"]["result"]["message_id"] == vote_late
+    await other.close()  # its two unacked deliveries go back to the queue
+    await rpc.close()
+
+
+@pytest.mark.parametrize(
+    ("kinds", "says"),
+    [
+        (["blocks"], "unknown message kind 'blocks' in kinds (known: block_import, vote,"),
+        ([], "kinds must be a non-empty list of message kind names"),
+        ("block_import", "kinds must be a non-empty list of message kind names"),
+        ([1], "unknown message kind '1' in kinds"),
+    ],
+)
+async def test_a_bad_kinds_filter_is_invalid_params_and_changes_nothing(
+    node: Any, session: aiohttp.ClientSession, kinds: Any, says: str
+) -> None:
+    _, _, port = node
+    rpc = await ws_rpc(session, port)
+    for method, params in (
+        ("qssh_subscribeMessages", {"kinds": kinds}),
+        ("qssh_leaseMessage", {"kinds": kinds}),
+    ):
+        reply = await rpc.call(method, params)
+        assert reply["error"]["code"] == -32602, reply
+        assert says in reply["error"]["message"]
+    assert rpc.notes.empty()
+    await rpc.close()
+
+
 async def test_a_subscriber_that_disconnects_mid_stream_loses_nothing(
     node: Any, session: aiohttp.ClientSession
 ) -> None:
@@ -288,10 +357,16 @@ async def test_lease_and_ack_work_over_plain_http(
     await drain(rpc)
     await rpc.close()
     msg_id = (await post("qssh_submitMessage", [VOTE]))["result"]
+    gossip_id = (await post("qssh_submitMessage", [gossip(1)]))["result"]
+    only_gossip = {"lease_timeout": 30, "kinds": ["gossip"]}
+    by_kind = (await post("qssh_leaseMessage", only_gossip))["result"]
+    assert by_kind["message_id"] == gossip_id
+    assert (await post("qssh_leaseMessage", only_gossip))["result"] is None
     lease = (await post("qssh_leaseMessage", [{"lease_timeout": 30}]))["result"]
     assert lease["message_id"] == msg_id
     assert (await post("qssh_leaseMessage"))["result"] is None
-    assert (await post("qssh_ackMessage", [lease["lease_id"]]))["result"] is True
+    for held in (lease, by_kind):
+        assert (await post("qssh_ackMessage", [held["lease_id"]]))["result"] is True
     assert (await post("qssh_getQueueDepth"))["result"] == 0
     sub = await post("qssh_subscribeMessages")
     assert sub["error"]["code"] == -32600
