@@ -164,6 +164,8 @@ async def compaction_under_load(q: QppValidatorQueue, payload: int) -> dict[str,
     peak = peak_rss_bytes()
     return {
         "seconds": round(result["seconds"], 3),
+        "swap_seconds": round(result.get("swap_seconds", result["seconds"]), 3),
+        "caught_up_frames": result.get("caught_up_frames", 0),
         "live": result["live"],
         "bytes_before": result["bytes_before"],
         "bytes_after": result["bytes_after"],

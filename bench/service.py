@@ -48,7 +48,12 @@ RECORD = b"x" * 200
 class SidecarServer:
     """A real ``qssh-sidecar serve`` subprocess with fresh keys."""
 
-    def __init__(self, directory: Path, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        extra_args: list[str] | None = None,
+        python_path: str | None = None,
+    ) -> None:
         self.dir = directory / "sidecar"
         self.dir.mkdir()
         self.port = free_port()
@@ -75,7 +80,7 @@ class SidecarServer:
                 *(extra_args or []),
             ],
             cwd=self.dir,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": python_path or str(REPO)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip

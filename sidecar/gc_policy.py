@@ -19,7 +19,9 @@ from __future__ import annotations
 import gc
 from typing import Final
 
-FREEZE_EVERY: Final = 100_000  # arrivals between freezes, and the depth below which none
+# arrivals between freezes (each pause is about what arrived since the last one), and
+# the depth below which none is needed
+FREEZE_EVERY: Final = 25_000
 
 
 class GcFreezer:
