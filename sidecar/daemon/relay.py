@@ -80,6 +80,7 @@ class PeerLink:
         self.state = LinkState()
         self._task: asyncio.Task[None] | None = None
         self._warned_backlog = False
+        self._link_tier: int | None = None  # min(session, node) held messages were judged at
 
     @property
     def name(self) -> str:
@@ -121,6 +122,7 @@ class PeerLink:
             log.warning("peer %s: link down: %s", self.name, text)
         self.state.connected = False
         self.state.session_tier = None
+        self._link_tier = None
         self.state.last_error = text
 
     async def _session(self) -> None:
@@ -206,8 +208,10 @@ class PeerLink:
         tier = reply.get("tier", {}).get("tier") if isinstance(reply.get("tier"), dict) else None
         if not isinstance(tier, int):
             raise ValueError(f"peer {self.name} did not say the session tier")
-        if tier != self.state.session_tier:
-            self.state.session_tier = tier
+        self.state.session_tier = tier
+        link = min(tier, self._node_tier())
+        if link != self._link_tier:  # the session's or this node's tier moved
+            self._link_tier = link
             self._queue().relay_unhold(self.name)
 
     def _sort_results(
