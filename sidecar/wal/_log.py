@@ -10,6 +10,7 @@ import contextlib
 import errno
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ class WriteAheadLog:
         self._handle = handle
         self.size = size
         self._capture: list[bytes] | None = None  # frames fsync'd during a compaction
+        self._capture_lock = threading.Lock()
         self.dir = os.path.dirname(os.path.abspath(path))
 
     # -- open and recover ----------------------------------------------------------------
@@ -208,14 +210,17 @@ class WriteAheadLog:
         self.append(frame)
         self.sync()
         if self._capture is not None:
-            self._capture.append(frame)
+            with self._capture_lock:  # catch_up() may be taking the list in another thread
+                if self._capture is not None:
+                    self._capture.append(frame)
 
     # -- compaction while the log is in use -----------------------------------------------
     # 1. `start_capture()` where the caller's view of the log is exact (between batches);
     # 2. `write_compacted(records)` writes and fsyncs a temp file from that snapshot, off
     #    the event loop, while frames go on being appended (and captured) here;
-    # 3. `finish_compacted()` between batches appends the captured frames (whole frames,
-    #    each with its checksum) to the temp file, fsyncs it and renames it over the log.
+    # 3. `catch_up()`, off the loop, appends the frames captured so far (whole frames,
+    #    each with its checksum) to the temp file and fsyncs it; `finish_compacted()`
+    #    between batches appends the few captured since, fsyncs and renames over the log.
     # A crash before the rename leaves the old log, which holds everything; after it,
     # the new one does. Frames are captured once fsync'd, so nothing not durable in the
     # old log is carried over.
@@ -242,14 +247,33 @@ class WriteAheadLog:
             ) from exc
         return Compaction(temp, out, size)
 
+    def catch_up(self, c: Compaction) -> int:
+        """Append and fsync the frames captured so far, while the log goes on (so that
+        the swap has little left to do); how many."""
+        with self._capture_lock:
+            tail, self._capture = self._capture or [], []
+        try:
+            self._write_tail(c, tail)
+        except OSError as exc:
+            self.abandon_compacted(c)
+            raise WriteFailed(
+                f"{self.path}: compaction failed ({_describe(exc)}); the old log is kept"
+            ) from exc
+        return len(tail)
+
+    @staticmethod
+    def _write_tail(c: Compaction, tail: list[bytes]) -> None:
+        for frame in tail:
+            c.handle.write(frame)
+            c.size += len(frame)
+        c.handle.sync()
+
     def finish_compacted(self, c: Compaction) -> int:
         """Catch up and swap (call between batches); how many frames were caught up."""
-        tail, self._capture = self._capture or [], None
+        with self._capture_lock:
+            tail, self._capture = self._capture or [], None
         try:
-            for frame in tail:
-                c.handle.write(frame)
-                c.size += len(frame)
-            c.handle.sync()
+            self._write_tail(c, tail)
             c.handle.close()
         except OSError as exc:
             with contextlib.suppress(OSError):
