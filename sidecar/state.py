@@ -122,7 +122,7 @@ class QueueState:
         self._items.update(zip(keys, items, strict=True))
         ready = self._ready
         for key, item in zip(keys, items, strict=True):
-            ready[item.kind].append(key)
+            ready[item.message.kind].append(key)
         del keys
         for heap in ready.values():
             heapq.heapify(heap)
