@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from sidecar.errors import (
 )
 from sidecar.messages import Mode
 from sidecar.state import Lease
-from transport.auth import Principal, Role
+from transport.auth import PRINCIPAL_NAME, UNNAMED, Principal, Role
 from transport.lease_tokens import LeaseTokens
 from transport.limits import ServiceLimits, SubmitBucket, WaitingLeases
 from transport.protocol import EventName, Params, ProtocolError, Request
@@ -228,10 +227,10 @@ class QueueService:
         items = params.array("items", self.limits.max_batch)
         params.finish()
         peer = channel.principal.name
-        if not _PEER_NAME.fullmatch(peer):
+        if peer == UNNAMED or not PRINCIPAL_NAME.fullmatch(peer):
             raise Forbidden(
-                f"key {channel.principal.fingerprint} has the peer role but no usable name: "
-                "give its authorized_keys line a comment of 1-64 of [A-Za-z0-9_.-]"
+                f"key {channel.principal.fingerprint} has the peer role but no name: give "
+                'its authorized_keys line principal="<the peer\'s name>"'
             )
         self._take_rate(channel, max(1, len(items)))
         have = self.effective(channel)
@@ -414,7 +413,6 @@ def _batch_dedup_ids(raw: Any, count: int) -> list[str | None]:
     return [None if d is None else check_dedup_id(d) for d in raw]
 
 
-_PEER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _subscription_ids = itertools.count(1)
 
 

@@ -15,7 +15,7 @@ from sidecar.errors import Forbidden
 from tests.relay.harness import KEY_ALG, Node, block, make_mesh, mesh_nodes, pop_all
 from tests.relay.test_relay import wait_relayed
 from transport.client import QueueClient
-from transport.keys import known_hosts_line
+from transport.keys import known_hosts_line, public_line
 
 __all__ = ["mesh_nodes"]
 
@@ -104,6 +104,20 @@ async def test_a_peer_key_may_only_relay_and_only_admins_see_peers(
             await operator.call("relay", {"items": []})
     (got,) = await pop_all(bob)
     assert (got["submitted_by"], got["origin"], got["origin_id"]) == ("peer:alice", "alice", 41)
+
+    nameless = asyncssh.generate_private_key(KEY_ALG)  # a peer line with no name
+    alg, b64 = public_line(nameless).split()[:2]
+    with (bob.root / "authorized_keys").open("a") as f:
+        f.write(f'roles="peer" {alg} {b64}\n')
+    async with QueueClient.connect(
+        "127.0.0.1",
+        bob.port,
+        username="qssh",
+        client_keys=[nameless],
+        known_hosts=bob.root / "known_hosts",
+    ) as unnamed:
+        with pytest.raises(Forbidden, match="no name"):
+            await unnamed.call("relay", {"items": [item]})
 
 
 async def test_a_link_to_a_peer_with_another_host_key_is_refused_and_says_so(
