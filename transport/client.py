@@ -525,12 +525,16 @@ class QueueClient:
         timeout: float = 30.0,  # noqa: ASYNC109 (the lease length, not a call timeout)
         wait: float = 0.0,
         detach: bool = False,
+        kinds: Sequence[str] | None = None,
     ) -> dict[str, Any] | None:
-        """Reserve the next message for ``timeout`` s, waiting up to ``wait`` s for one.
+        """Reserve the next message (of one of ``kinds``, kind names, if given) for
+        ``timeout`` s, waiting up to ``wait`` s for one.
 
         The lease is released when this connection drops, unless ``detach`` (then only
         its timeout ends it, so another connection can ack it later)."""
-        params = {"timeout": timeout, "wait": wait, "detach": detach}
+        params: dict[str, Any] = {"timeout": timeout, "wait": wait, "detach": detach}
+        if kinds is not None:
+            params["kinds"] = list(kinds)
         result: dict[str, Any] | None = await self.call("lease", params)
         return result
 
@@ -540,8 +544,14 @@ class QueueClient:
     async def release(self, lease_id: int | str) -> None:
         await self.call("release", {"lease_id": lease_id})
 
-    async def subscribe(self, credit: int = 16, lease_timeout: float = 30.0) -> Subscription:
-        result = await self.call("subscribe", {"credit": credit, "lease_timeout": lease_timeout})
+    async def subscribe(
+        self, credit: int = 16, lease_timeout: float = 30.0, kinds: Sequence[str] | None = None
+    ) -> Subscription:
+        """Pushes of leased messages (only of ``kinds``, kind names, if given)."""
+        params: dict[str, Any] = {"credit": credit, "lease_timeout": lease_timeout}
+        if kinds is not None:
+            params["kinds"] = list(kinds)
+        result = await self.call("subscribe", params)
         sub = Subscription(self, int(result["subscription"]))
         self._subscriptions[sub.id] = sub
         for early in self._early.pop(sub.id, []):

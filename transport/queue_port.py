@@ -7,11 +7,12 @@ types are the core's public ones, so mypy checks the seam.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Protocol
 
 from sidecar.dedup import Submitted
 from sidecar.handles import NoClone
-from sidecar.messages import Mode, QueueMessage, QueueMessageWithProvenance
+from sidecar.messages import Kind, Mode, QueueMessage, QueueMessageWithProvenance
 from sidecar.state import Lease
 
 
@@ -37,10 +38,18 @@ class QueuePort(Protocol):
         origin: tuple[str, int] | None = None,
     ) -> Submitted: ...
     async def pop(self) -> NoClone[QueueMessageWithProvenance] | None: ...
-    async def lease(self, timeout: float) -> Lease | None: ...  # noqa: ASYNC109 (core's API)
+    async def lease(
+        self,
+        timeout: float,  # noqa: ASYNC109 (core's API)
+        kinds: Collection[Kind] | None = None,
+    ) -> Lease | None: ...
     async def ack(self, lease_or_id: Lease | int) -> None: ...
     async def release(self, lease_or_id: Lease | int) -> None: ...
-    async def wait_available(self, timeout: float | None = None) -> bool: ...  # noqa: ASYNC109
+    async def wait_available(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109
+        kinds: Collection[Kind] | None = None,
+    ) -> bool: ...
     def depth(self) -> dict[str, int]: ...
     def stats(self) -> dict[str, Any]: ...
 

@@ -27,7 +27,7 @@ from sidecar.errors import (
     SidecarError,
     Unavailable,
 )
-from sidecar.messages import Mode
+from sidecar.messages import Kind, Mode, parse_kinds
 from sidecar.state import Lease
 from transport.auth import PRINCIPAL_NAME, UNNAMED, Principal, Role
 from transport.lease_tokens import LeaseTokens
@@ -65,9 +65,18 @@ def lease_view(lease: Lease, lease_id: str) -> dict[str, Any]:
     return view
 
 
-async def wait_for_message(queue: QueuePort, within: float) -> None:
-    """Return when the queue may have something to lease, or after ``within`` s."""
-    await queue.wait_available(timeout=within)
+async def wait_for_message(
+    queue: QueuePort, within: float, kinds: frozenset[Kind] | None = None
+) -> None:
+    """Return when the queue may have something (of ``kinds``) to lease, or after
+    ``within`` s."""
+    await queue.wait_available(within, kinds)
+
+
+def kinds_param(params: Params) -> frozenset[Kind] | None:
+    """``kinds``: absent (every kind) or a non-empty list of kind names."""
+    raw = params.optional_raw("kinds")
+    return None if raw is None else parse_kinds(raw)
 
 
 @dataclass
@@ -275,25 +284,28 @@ class QueueService:
         self.counters.deliveries += 1
         return handle.consume().to_json()
 
-    async def _lease_wait(self, lease_seconds: float, wait: float) -> Lease | None:
+    async def _lease_wait(
+        self, lease_seconds: float, wait: float, kinds: frozenset[Kind] | None
+    ) -> Lease | None:
         deadline = time.monotonic() + wait
         while True:
-            lease = await self.queue.lease(timeout=lease_seconds)
+            lease = await self.queue.lease(lease_seconds, kinds)
             remaining = deadline - time.monotonic()
             if lease is not None or remaining <= 0:
                 return lease
-            await wait_for_message(self.queue, remaining)
+            await wait_for_message(self.queue, remaining, kinds)
 
     async def _lease(self, channel: ChannelState, params: Params) -> MethodResult:
         timeout = params.number("timeout", 30.0, 0.001, self.limits.max_lease_seconds)
         wait = params.number("wait", 0.0, 0.0, self.limits.max_wait_seconds)
         detach = params.boolean("detach", False)
+        kinds = kinds_param(params)
         params.finish()
         if wait > 0:
             with channel.waiting.one():
-                lease = await self._lease_wait(timeout, wait)
+                lease = await self._lease_wait(timeout, wait, kinds)
         else:
-            lease = await self._lease_wait(timeout, 0.0)
+            lease = await self._lease_wait(timeout, 0.0, kinds)
         if lease is None:
             return None
         # A detached lease outlives the channel and ends only by ack, release or timeout.
@@ -324,6 +336,7 @@ class QueueService:
     async def _subscribe(self, channel: ChannelState, params: Params) -> MethodResult:
         credit = params.integer("credit", 1, 0, self.limits.max_subscription_credit)
         timeout = params.number("lease_timeout", 30.0, 0.001, self.limits.max_lease_seconds)
+        kinds = kinds_param(params)
         params.finish()
         limit = self.limits.max_subscriptions_per_channel
         if len(channel.subscriptions) >= limit:
@@ -331,7 +344,7 @@ class QueueService:
                 f"too many subscriptions on this channel (limit {limit}); "
                 "unsubscribe one or grant more credit instead"
             )
-        sub = channel.subscribe(self, credit, timeout)
+        sub = channel.subscribe(self, credit, timeout, kinds)
         return {"subscription": sub.id, "credit": sub.credit}
 
     async def _credit(self, channel: ChannelState, params: Params) -> MethodResult:
@@ -419,12 +432,20 @@ _subscription_ids = itertools.count(1)
 class ChannelSubscription:
     """Leases messages for one channel while it has credit, and pushes each one."""
 
-    def __init__(self, channel: ChannelState, service: QueueService, credit: int, timeout: float):
+    def __init__(
+        self,
+        channel: ChannelState,
+        service: QueueService,
+        credit: int,
+        timeout: float,
+        kinds: frozenset[Kind] | None = None,
+    ):
         self.id = next(_subscription_ids)
         self.channel = channel
         self.service = service
         self.credit = credit
         self.lease_timeout = timeout
+        self.kinds = kinds  # only these kinds are pushed; None: every kind
         self._has_credit = asyncio.Event()
         if credit > 0:
             self._has_credit.set()
@@ -444,9 +465,9 @@ class ChannelSubscription:
                 await self._has_credit.wait()
                 # a peer that does not read its pushes gets no more (and leases no more)
                 await self.channel.writable()
-                lease = await queue.lease(timeout=self.lease_timeout)
+                lease = await queue.lease(self.lease_timeout, self.kinds)
                 if lease is None:
-                    await wait_for_message(queue, 1.0)
+                    await wait_for_message(queue, 1.0, self.kinds)
                     continue
                 if not self.channel.hold(lease):
                     await queue.release(lease)
@@ -538,8 +559,14 @@ class ChannelState:
             raise
         self.leases.pop(n, None)
 
-    def subscribe(self, service: QueueService, credit: int, timeout: float) -> ChannelSubscription:
-        sub = ChannelSubscription(self, service, credit, timeout)
+    def subscribe(
+        self,
+        service: QueueService,
+        credit: int,
+        timeout: float,
+        kinds: frozenset[Kind] | None = None,
+    ) -> ChannelSubscription:
+        sub = ChannelSubscription(self, service, credit, timeout, kinds)
         self.subscriptions[sub.id] = sub
         return sub
 
