@@ -334,7 +334,12 @@ class QueueClient:
                     raise QKDFailed(reply.error_message or "QKD refused by the server")
                 await sealing.confirmed
         except TimeoutError:
-            raise QKDFailed("the server did not complete the QKD exchange in time") from None
+            # The server may still switch the channel to sealed at any moment: a channel
+            # in that state cannot go on plain, so the connection ends (see _open).
+            failure = QKDFailed("the server did not complete the QKD exchange in time")
+            self._fail_all(failure)
+            self.sealing = None
+            raise failure from None
         except QKDFailed:
             self.sealing = None
             raise

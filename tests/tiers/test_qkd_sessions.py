@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -275,9 +276,21 @@ async def test_a_qkd_key_mismatch_fails_the_connection_with_a_clear_reason(
     async with qkd_service(
         tmp_path, keys, pki, server=slave, client=master, server_kme=CorruptingKME
     ) as (svc, qkd):
-        with pytest.raises(QKDFailed, match=r"QKD key agreement failed: .*failed authentication"):
-            await svc.connect(qkd=qkd)  # not even without require_qkd: the channel is gone
+        # not even without require_qkd: the channel is gone
+        failure = await connect_failure(svc, qkd)
+        assert re.search(r"QKD key agreement failed: .*failed authentication", failure), failure
         assert svc.queue.depth()["total"] == 0
+
+
+async def connect_failure(svc: TierService, qkd: QKDSettings, **kwargs: Any) -> str:
+    """Why ``connect(qkd=...)`` raised QKDFailed; a test failure saying why the session
+    went on unsealed if it did not raise."""
+    try:
+        client = await svc.connect(qkd=qkd, **kwargs)
+    except QKDFailed as exc:
+        return exc.message
+    await client.close()
+    pytest.fail(f"connected unsealed instead of failing: qkd_failure={client.qkd_failure!r}")
 
 
 async def test_a_server_without_a_kme_says_so_and_the_session_stays_unsealed(
@@ -306,6 +319,32 @@ class GatedKME:
     async def dec_keys(self, master_sae_id: str, key_ids: Any) -> Any:
         await self.gate.wait()
         return await self.real.dec_keys(master_sae_id, key_ids)
+
+
+async def test_a_qkd_exchange_the_server_does_not_finish_in_time_ends_the_connection(
+    tmp_path: Path,
+    keys: Keys,
+    pki: ThrowawayPKI,
+    kme_pair: tuple[KMESimulator, KMESimulator],
+) -> None:
+    """The server holds the hello (its KME is gated) past the client's timeout: the
+    server may seal the channel at any moment after, so the client cannot go on plain."""
+    master, slave = kme_pair
+    gated: list[GatedKME] = []
+
+    def gate(real: Any) -> GatedKME:
+        gated.append(GatedKME(real))
+        return gated[-1]
+
+    service = qkd_service(tmp_path, keys, pki, server=slave, client=master, server_kme=gate)
+    async with service as (svc, qkd):
+        try:
+            failure = await connect_failure(svc, qkd, connect_timeout=6.0)
+        finally:
+            gated[0].gate.set()
+        assert "did not complete the QKD exchange in time" in failure
+        async with svc.connect() as plain:  # the server is fine for other sessions
+            assert (await plain.ping())["pong"] is True
 
 
 async def test_frames_sent_during_a_key_exchange_are_bounded(
