@@ -94,6 +94,9 @@ def test_polkadot_js_ws_and_http_providers_drive_the_endpoint(tmp_path: Path, sp
     assert result["httpAcked"] is True
     assert result["name"] == "alice"
     assert result["delivered"] == result["submitted"]  # same priority: id order
+    assert result["deliveredKinds"] == ["BlockImport"]  # kinds: no entropy_share, no gossip
+    assert result["gossipLeased"] == result["gossipSubmitted"]  # left for another consumer
+    assert result["gossipAcked"] is True
     assert result["deliveredFrom"] == ["node:alice"] * 3
     assert result["deliveredMessage"]["BlockImport"]["block_number"] == 2
     assert result["acked"] is True

@@ -45,15 +45,20 @@ for (const n of [2, 3, 4]) {
   result.submitted.push(await ws.send('qssh_submitMessage', [block(n), 'sync']));
 }
 
-// subscribe: each delivery is a lease, acked from the callback; two at most unacked
+// a gossip message the block subscription below must leave in the queue
+result.gossipSubmitted = await ws.send('qssh_submitMessage',
+  [{ Gossip: { topic: 'kinds', data: [1, 2, 3] } }]);
+
+// subscribe to blocks only (the sidecar also publishes entropy_share messages at tier
+// 3): each delivery is a lease, acked from the callback; two at most unacked
 const deliveries = [];
 const acks = [];
-const subId = await ws.subscribe('qssh_message', 'qssh_subscribeMessages', [{ max_unacked: 2 }],
+const subId = await ws.subscribe('qssh_message', 'qssh_subscribeMessages',
+  [{ max_unacked: 2, kinds: ['block_import'] }],
   (error, delivery) => {
     if (error) { say({ step: 'subscription-error', error: String(error) }); return; }
     acks.push(ws.send('qssh_ackMessage', [delivery.lease_id]));
-    // the sidecar publishes entropy_share messages at tier 3; only ours count here
-    if (delivery.message.BlockImport) deliveries.push(delivery);
+    deliveries.push(delivery);
   });
 result.subscription = subId;
 await until('three deliveries', () => deliveries.length >= 3);
@@ -62,6 +67,10 @@ result.delivered = deliveries.map((d) => d.message_id);
 result.deliveredFrom = deliveries.map((d) => d.submitted_by);
 result.deliveredMessage = deliveries[0].message;
 result.unsubscribed = await ws.unsubscribe('qssh_message', 'qssh_unsubscribeMessages', subId);
+result.deliveredKinds = [...new Set(deliveries.map((d) => Object.keys(d.message)[0]))];
+const gossipLease = await http.send('qssh_leaseMessage', [{ kinds: ['gossip'] }]);
+result.gossipLeased = gossipLease.message_id;
+result.gossipAcked = await http.send('qssh_ackMessage', [gossipLease.lease_id]);
 
 // follow the tier
 const tiers = [];
