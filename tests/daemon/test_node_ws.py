@@ -269,9 +269,19 @@ async def test_a_kinds_subscription_gets_only_those_kinds_and_leaves_the_rest(
     note = (await other.note())["params"]
     assert note["subscription"] == both
     assert "Gossip" in note["result"]["message"]
+    gossip_late = note["result"]["message_id"]
     vote_late = await rpc.result("qssh_submitMessage", [VOTE])
     assert (await other.note())["params"]["result"]["message_id"] == vote_late
     await other.close()  # its two unacked deliveries go back to the queue
+    back: list[int] = []
+    for _ in range(2000):
+        popped = await rpc.result("qssh_popMessage")
+        if popped is not None:
+            back.append(popped["message_id"])
+        if len(back) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(back) == sorted([vote_late, gossip_late])  # both back, nothing lost
     await rpc.close()
 
 
