@@ -72,6 +72,7 @@ class QueueState:
     def __init__(self, limits: QueueLimits | None = None) -> None:
         self.limits = limits or QueueLimits()
         self._ready: dict[Kind, list[int]] = {k: [] for k in Kind}  # heaps of order keys
+        self._heaps = list(self._ready.values())
         self._items: dict[int, QueueMessageWithProvenance] = {}  # order key -> message
         self._leases: dict[int, Lease] = {}
         self._deadlines: list[tuple[float, int]] = []
@@ -132,12 +133,12 @@ class QueueState:
     def take(self, kinds: Collection[Kind] | None = None) -> QueueMessageWithProvenance | None:
         """Remove the next message, of one of `kinds` if given (still accounted until
         `forget`)."""
+        heaps = self._heaps if kinds is None else [self._ready[kind] for kind in kinds]
         best: list[int] | None = None
-        ready = self._ready
-        for kind in ready if kinds is None else kinds:
-            heap = ready[kind]
-            if heap and (best is None or heap[0] < best[0]):
-                best = heap
+        top = 0
+        for heap in heaps:
+            if heap and (best is None or heap[0] < top):
+                best, top = heap, heap[0]
         if best is None:
             return None
         return self._items.pop(heapq.heappop(best))
