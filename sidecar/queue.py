@@ -905,6 +905,10 @@ class QppValidatorQueue:
                 return caught_up, time.perf_counter() - swap_started
 
             caught_up, swap_seconds = await committer.run_exclusive(swap)
+            if self._layer.blocking:
+                await asyncio.to_thread(wal.close_retired)  # frees the old file's blocks
+            else:
+                wal.close_retired()
         except BaseException:
             wal.abandon_compacted(compaction)
             raise

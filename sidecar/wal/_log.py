@@ -72,6 +72,7 @@ class WriteAheadLog:
         self.size = size
         self._capture: list[bytes] | None = None  # frames fsync'd during a compaction
         self._capture_lock = threading.Lock()
+        self._retired: list[LogHandle] = []  # replaced by a compaction, not closed yet
         self.dir = os.path.dirname(os.path.abspath(path))
 
     # -- open and recover ----------------------------------------------------------------
@@ -311,9 +312,17 @@ class WriteAheadLog:
                 f"{self.path}: compaction rename/directory fsync failed ({_describe(exc)}); "
                 "the queue has stopped, restart to recover"
             ) from exc
-        old, self._handle, self.size = self._handle, new_handle, size
-        with contextlib.suppress(OSError):
-            old.close()
+        # Closing the replaced file frees its blocks (the rename unlinked it), which
+        # takes a while for a large log: `close_retired()` does it after the swap.
+        self._retired.append(self._handle)
+        self._handle, self.size = new_handle, size
+
+    def close_retired(self) -> None:
+        """Close the files replaced by compactions (call off the event loop)."""
+        retired, self._retired = self._retired, []
+        for handle in retired:
+            with contextlib.suppress(OSError):
+                handle.close()
 
     # -- compaction ----------------------------------------------------------------------
     def rewrite(self, records: Iterable[bytes]) -> None:
@@ -348,6 +357,7 @@ class WriteAheadLog:
             old.close()
 
     def close(self) -> None:
+        self.close_retired()
         self._handle.close()
 
 
