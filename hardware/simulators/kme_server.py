@@ -154,16 +154,25 @@ class KMESimulator:
             def get_request(self) -> tuple[Any, Any]:
                 sock, addr = self.socket.accept()
                 sock.settimeout(10)
+                return sock, addr
+
+            def finish_request(self, request: Any, client_address: Any) -> None:
+                # The TLS handshake runs in this connection's own thread: a client that
+                # stalls in it (a request cancelled mid-connect) holds up only itself,
+                # never the accept loop and with it every other SAE's request.
                 assert sim._tls_ctx is not None
                 tls = sim._tls_ctx.wrap_socket(
-                    sock, server_side=True, do_handshake_on_connect=False
+                    request, server_side=True, do_handshake_on_connect=False
                 )
                 try:
                     tls.do_handshake()
                 except OSError:
                     _linger_close(tls)
-                    raise
-                return tls, addr
+                    return
+                try:
+                    super().finish_request(tls, client_address)
+                finally:
+                    self.shutdown_request(tls)
 
             def handle_error(self, request: Any, client_address: Any) -> None:
                 pass  # refused handshakes and dropped clients are expected here

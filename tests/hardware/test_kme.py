@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from hardware.errors import (
@@ -32,6 +34,18 @@ async def test_status_has_the_standard_fields(pki: ThrowawayPKI) -> None:
     assert st.stored_key_count > 0
     assert st.key_size == 256
     assert st.min_key_size <= st.key_size <= st.max_key_size
+
+
+async def test_a_client_stalled_in_its_tls_handshake_holds_up_no_other(
+    pki: ThrowawayPKI,
+) -> None:
+    """A connection that never finishes its handshake (a request cancelled mid-connect
+    leaves one) holds only its own thread: another SAE's request is answered meanwhile,
+    well before the stalled one's 10 s handshake timeout."""
+    with KMESimulator(pki) as kme, socket.create_connection(("127.0.0.1", kme.port)):
+        async with client(pki, kme.url, timeout=5.0) as c:
+            st = await c.status("sae-bob")
+    assert st.master_SAE_ID == "sae-alice"
 
 
 @pytest.mark.parametrize(("enc", "dec"), [("GET", "POST"), ("POST", "GET")])
