@@ -8,7 +8,8 @@ has bob as a peer (docs/relay.md). In each round, interleaved:
   - direct: the same submits (without ``broadcast``) straight to bob, the same consumer.
 Reported per case, medians over rounds: msgs/s poppable at bob (count / time from the
 first submit to the last lease at bob), and p50/p99 ms from the ack of the submit
-(at the origin, or at bob for direct) to the message being leased at bob.
+(at the origin, or at bob for direct) to the message being leased at bob. A round in
+which no message reaches bob for STALL_SECONDS fails the run, with both serve logs' tails.
 
     python bench/relay.py [--rounds 3] [--messages 2000] [--callers 16] [--dir DIR]
 """
@@ -38,6 +39,7 @@ from transport.keys import known_hosts_line, public_line
 
 ALG = "ssh-falcon512"
 CONSUMERS = 16  # lease+ack loops at bob: enough that consuming is never the bottleneck
+STALL_SECONDS = 60.0  # no new message at bob for this long: the run fails, saying why
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -101,6 +103,10 @@ class Sidecar:
             self.proc.terminate()
             self.proc.wait(30)
 
+    def log_tail(self) -> str:
+        log = self.root / "serve.log"
+        return log.read_text(errors="replace")[-1500:] if log.exists() else ""
+
     def connect(self) -> Any:
         return QueueClient.connect(
             "127.0.0.1",
@@ -136,6 +142,8 @@ async def one_round(
         while len(seen) < messages:
             lease = await consumer.lease(timeout=60, wait=1)
             if lease is None:
+                if time.perf_counter() - max(seen.values(), default=started) > STALL_SECONDS:
+                    raise Stalled(f"{len(seen)} of {messages} messages reached bob")
                 continue
             n = lease["message"]["block_number"]
             if base <= n < base + messages:
@@ -155,13 +163,19 @@ async def one_round(
     }
 
 
+class Stalled(Exception):
+    """No new message arrived at bob for STALL_SECONDS (a relay link that never came up)."""
+
+
 async def bench(rounds: int, messages: int, callers: int, root: Path) -> dict[str, Any]:
     alice, bob = Sidecar(root, "alice"), Sidecar(root, "bob")
     alice.configure([bob])
     bob.configure([])
-    alice.start()
-    bob.start()
     try:
+        # bob first: alice's link finds it listening (no backoff while bob starts, and
+        # no outgoing connection of alice's can take the port bob is about to listen on)
+        bob.start()
+        alice.start()
         async with alice.connect() as at_alice, bob.connect() as at_bob, bob.connect() as cons:
             counter = iter(range(1, 10**9, messages))
 
@@ -172,6 +186,9 @@ async def bench(rounds: int, messages: int, callers: int, root: Path) -> dict[st
 
             cases = [("relay", case(at_alice, True)), ("direct", case(at_bob, False))]
             samples = await interleave(cases, rounds)
+    except Stalled as exc:
+        logs = f"--- alice\n{alice.log_tail()}\n--- bob\n{bob.log_tail()}"
+        raise SystemExit(f"{exc} in {STALL_SECONDS:.0f} s\n{logs}") from None
     finally:
         alice.stop()
         bob.stop()
