@@ -32,9 +32,7 @@ def _state(others: int, blocks: int) -> QueueState:
     gossip = QueueMessage.create("gossip", topic="t", data=bytes(200))
     block = QueueMessage.create("block_import", block_hash=bytes(32), block_number=1, timestamp=1)
     items = [QueueMessageWithProvenance(gossip, i, 0.0, "b") for i in range(1, others + 1)]
-    items += [
-        QueueMessageWithProvenance(block, others + i, 0.0, "b") for i in range(1, blocks + 1)
-    ]
+    items += [QueueMessageWithProvenance(block, others + i, 0.0, "b") for i in range(1, blocks + 1)]
     state = QueueState(BIG)
     state.load(items)
     return state
