@@ -11,6 +11,12 @@ reserved ones included. When it is full a *new* key is refused with ``QueueFull`
 key that cannot be remembered would be accepted twice on a retry. Known keys are
 still answered.
 
+Relay keys (``("peer:<name>", "relay:<origin id>")``, docs/relay.md) expire by time
+only until that peer sends its first *low watermark*: the lowest origin id it may
+still send. From then on the peer's relay keys are *pinned*: they stay until a
+watermark passes them (the sender can no longer resend those ids), however long the
+link is down. They still count against ``max_entries``.
+
 Durability is the shell's business (docs/wal-format.md): a recorded entry is
 ``durable`` when a log record holds it; entries of async submits are not, until a
 graceful close writes them.
@@ -18,6 +24,7 @@ graceful close writes them.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass
 
@@ -26,6 +33,8 @@ from sidecar.errors import InvalidMessage, QueueFull
 DEFAULT_DEDUP_WINDOW = 600.0
 DEFAULT_DEDUP_ENTRIES = 100_000
 MAX_DEDUP_ID_CHARS = 128
+RELAY_PRINCIPAL_PREFIX = "peer:"
+RELAY_ID_PREFIX = "relay:"
 
 DedupKey = tuple[str, str]  # (principal, dedup_id)
 
@@ -65,12 +74,28 @@ def check_dedup_id(value: object) -> str:
     return value
 
 
+def relay_key(peer: str, origin_id: int) -> DedupKey:
+    """The dedup key of message `origin_id` relayed by `peer`."""
+    return (f"{RELAY_PRINCIPAL_PREFIX}{peer}", f"{RELAY_ID_PREFIX}{origin_id}")
+
+
+def relay_origin_id(key: DedupKey) -> int | None:
+    """The origin id of a relay key, None for any other key."""
+    principal, dedup_id = key
+    if not principal.startswith(RELAY_PRINCIPAL_PREFIX) or not dedup_id.startswith(RELAY_ID_PREFIX):
+        return None
+    digits = dedup_id[len(RELAY_ID_PREFIX) :]
+    return int(digits) if digits.isascii() and digits.isdigit() else None
+
+
 class DedupIndex:
     def __init__(self, limits: DedupLimits | None = None) -> None:
         self.limits = limits or DedupLimits()
         self._entries: dict[DedupKey, DedupEntry] = {}
         self._reserved: set[DedupKey] = set()
         self._order: deque[tuple[float, DedupKey]] = deque()  # (at, key), oldest first
+        self._floors: dict[str, int] = {}  # relay principal -> its highest low watermark
+        self._pinned: dict[str, list[int]] = {}  # relay principal -> heap of origin ids
 
     def __len__(self) -> int:
         return len(self._entries) + len(self._reserved)
@@ -107,6 +132,13 @@ class DedupIndex:
             # the same key restored twice (a submit record and a compaction record)
             self._entries[key] = DedupEntry(old.message_id, old.at, old.durable or durable)
             return
+        origin_id = relay_origin_id(key)
+        if origin_id is not None and key[0] in self._floors:
+            if origin_id < self._floors[key[0]]:
+                return  # passed by a watermark already (a replayed record)
+            self._entries[key] = DedupEntry(message_id, at, durable)
+            heapq.heappush(self._pinned[key[0]], origin_id)
+            return
         self._entries[key] = DedupEntry(message_id, at, durable)
         order = self._order
         if order and at < order[-1][0]:
@@ -123,11 +155,50 @@ class DedupIndex:
         horizon = now - self.limits.window
         order, entries = self._order, self._entries
         n = 0
+        floors = self._floors
         while order and order[0][0] <= horizon:
             _, key = order.popleft()
+            if key[0] in floors and relay_origin_id(key) is not None:
+                continue  # pinned since it was recorded: a watermark releases it
             if entries.pop(key, None) is not None:
                 n += 1
         return n
+
+    def floor(self, principal: str) -> int | None:
+        """The highest low watermark relay principal `principal` sent, if any."""
+        return self._floors.get(principal)
+
+    def advances(self, principal: str, watermark: int) -> bool:
+        """Whether `watermark` would change anything (worth logging)."""
+        floor = self._floors.get(principal)
+        return floor is None or watermark > floor
+
+    def advance(self, principal: str, watermark: int) -> int:
+        """Relay principal `principal` will never send an origin id below `watermark`
+        again: pin its relay keys (no time expiry) and drop those below; how many."""
+        floor = self._floors.get(principal)
+        if floor is None:
+            heap = [
+                oid
+                for key in self._entries
+                if key[0] == principal and (oid := relay_origin_id(key)) is not None
+            ]
+            heapq.heapify(heap)
+            self._pinned[principal] = heap
+        elif watermark <= floor:
+            return 0
+        self._floors[principal] = watermark
+        heap = self._pinned[principal]
+        n = 0
+        while heap and heap[0] < watermark:
+            oid = heapq.heappop(heap)
+            if self._entries.pop(relay_key(principal[len(RELAY_PRINCIPAL_PREFIX) :], oid), None):
+                n += 1
+        return n
+
+    def floors(self) -> dict[str, int]:
+        """A copy of every relay principal's watermark (for compaction)."""
+        return self._floors.copy()
 
     def entries(self) -> dict[DedupKey, DedupEntry]:
         """A copy of the recorded entries (one C-level copy: safe to take from a thread

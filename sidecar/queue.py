@@ -23,7 +23,14 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from sidecar.commit import GroupCommitter, Op
-from sidecar.dedup import DedupIndex, DedupKey, DedupLimits, Submitted, check_dedup_id
+from sidecar.dedup import (
+    DedupIndex,
+    DedupKey,
+    DedupLimits,
+    Submitted,
+    check_dedup_id,
+    relay_key,
+)
 from sidecar.durable_fs import make_dirs
 from sidecar.errors import AsyncMessagesLost, InvalidMessage, LogFailed, Unavailable
 from sidecar.gc_policy import GcFreezer
@@ -48,6 +55,7 @@ from sidecar.wal import (
     relayed_record,
     reserve_record,
     submit_record,
+    watermark_record,
 )
 
 log = logging.getLogger("sidecar.queue")
@@ -71,7 +79,7 @@ Origin = tuple[str, int]  # (the sidecar a relayed message was submitted to, its
 Clock = Callable[[], float]  # seconds; time.monotonic and time.time unless a test gives one
 
 # op codes for the group committer
-_SUBMIT, _CONSUME_POP, _CONSUME_ACK, _RESERVE, _SUBMIT_ONCE, _RELAYED = range(6)
+_SUBMIT, _CONSUME_POP, _CONSUME_ACK, _RESERVE, _SUBMIT_ONCE, _RELAYED, _WATERMARK = range(7)
 
 
 class QppValidatorQueue:
@@ -107,6 +115,7 @@ class QppValidatorQueue:
         self._relay = RelayBacklog(peers)
         self._relay_news = {peer: asyncio.Event() for peer in peers}
         self.relayed = dict.fromkeys(peers, 0)  # relays acknowledged since open, per peer
+        self._pending_broadcast: set[int] = set()  # ids of sync broadcast submits in flight
         # consumed here, still lacked by a peer: id -> size, counted against the limits
         self._kept_for_peers: dict[int, int] = {}
         self._compact_bytes = compact_bytes
@@ -229,7 +238,7 @@ class QppValidatorQueue:
             self._log_records = rec.records + 1
             self._state.load(items, issued_below=self._next_id)
             self._durable_live = {item.message_id: item for item in items}
-            self._restore_dedup(rec.replayed.dedup)
+            self._restore_dedup(rec.replayed.dedup, rec.replayed.watermarks)
             self._restore_relay(rec.replayed.broadcast, rec.replayed.relayed)
             del items
             if len(self._durable_live) >= _FREEZE_AT:
@@ -251,7 +260,11 @@ class QppValidatorQueue:
         log.debug("[%s] restored %d messages from %s", self.name, restored, self.path)
         return restored
 
-    def _restore_dedup(self, found: dict[DedupKey, tuple[int, float]]) -> None:
+    def _restore_dedup(
+        self, found: dict[DedupKey, tuple[int, float]], watermarks: dict[str, int]
+    ) -> None:
+        for principal, watermark in watermarks.items():
+            self._dedup.advance(principal, watermark)
         for key, (mid, at) in sorted(found.items(), key=lambda kv: kv[1][1]):
             self._dedup.record(key, mid, at, durable=True)
         self._dedup.expire(self._wall_clock())
@@ -437,23 +450,28 @@ class QppValidatorQueue:
         except BaseException:
             self._state.forget(size)
             raise
-        item = QueueMessageWithProvenance(
-            msg,
-            mid,
-            self._wall_clock(),
-            submitted_by,
-            persisted=True,
-            broadcast=broadcast,
-            mode=Mode.SYNC,
-            upgraded=upgraded,
-            origin=None if origin is None else origin[0],
-            origin_id=None if origin is None else origin[1],
-        )
-        if dedup_key is None:
-            await self._durable(committer, _SUBMIT, submit_record(item), item)
-        else:
-            record = submit_record(item, dedup_key)
-            await self._durable(committer, _SUBMIT_ONCE, record, (item, dedup_key))
+        if broadcast:  # until it is retained: the relay watermark stays below it
+            self._pending_broadcast.add(mid)
+        try:
+            item = QueueMessageWithProvenance(
+                msg,
+                mid,
+                self._wall_clock(),
+                submitted_by,
+                persisted=True,
+                broadcast=broadcast,
+                mode=Mode.SYNC,
+                upgraded=upgraded,
+                origin=None if origin is None else origin[0],
+                origin_id=None if origin is None else origin[1],
+            )
+            if dedup_key is None:
+                await self._durable(committer, _SUBMIT, submit_record(item), item)
+            else:
+                record = submit_record(item, dedup_key)
+                await self._durable(committer, _SUBMIT_ONCE, record, (item, dedup_key))
+        finally:
+            self._pending_broadcast.discard(mid)
         self._observer.on_submit(Mode.SYNC, upgraded)
         return mid
 
@@ -638,6 +656,26 @@ class QppValidatorQueue:
             return False
         return True
 
+    def relay_low_watermark(self, peer: str) -> int:
+        """The lowest id this sidecar may still relay to `peer`: below it every
+        broadcast message has a durable relayed record for `peer` (or was never one),
+        so the peer may forget its relay keys below (docs/relay.md)."""
+        pending = min(self._pending_broadcast, default=self._next_id)
+        return min(self._relay.low_watermark(peer, self._next_id), pending)
+
+    def relay_floor(self, peer: str) -> int | None:
+        """The highest low watermark `peer` has sent us, if any."""
+        return self._dedup.floor(relay_key(peer, 1)[0])
+
+    async def relay_watermark(self, peer: str, watermark: int) -> None:
+        """`peer` will never relay an origin id below `watermark` again: log that
+        (fsync'd), then its relay keys below are dropped and the others pinned."""
+        principal = relay_key(peer, 1)[0]
+        committer = self._live()
+        if self._dedup.advances(principal, watermark):
+            record = watermark_record(principal, watermark)
+            await self._durable(committer, _WATERMARK, record, (principal, watermark))
+
     def relay_backlog(self, peer: str) -> PeerBacklog:
         return self._relay.backlog(peer, self._wall_clock())
 
@@ -790,6 +828,8 @@ class QppValidatorQueue:
                     self._retain_for_peers(item)
             elif code == _RELAYED:
                 self._relay_marked(*payload)
+            elif code == _WATERMARK:
+                self._dedup.advance(*payload)
             elif code == _CONSUME_POP:
                 live.pop(payload.message_id, None)
                 self._consumed(payload)
@@ -816,7 +856,7 @@ class QppValidatorQueue:
                 state.forget(payload.message.encoded_size)
             elif code == _SUBMIT_ONCE:
                 state.forget(payload[0].message.encoded_size)
-            elif code == _RELAYED:
+            elif code in (_RELAYED, _WATERMARK):
                 pass  # the message stays in the peer's backlog (in flight until given back)
             elif code == _CONSUME_POP:
                 state.push(payload)
@@ -871,7 +911,8 @@ class QppValidatorQueue:
         def snapshot() -> tuple[list[QueueMessageWithProvenance], list[bytes], int, int]:
             # runs between two batches: the log holds exactly the durable state
             items = list(self._durable_live.values())
-            extra = [
+            extra = [watermark_record(p, w) for p, w in self._dedup.floors().items()]
+            extra += [
                 dedup_record(principal, dedup_id, e.message_id, e.at)
                 for (principal, dedup_id), e in self._dedup.entries().items()
                 if e.durable

@@ -129,6 +129,18 @@ class RelayBacklog:
             del self._missing[mid]
             del self._items[mid]
 
+    def low_watermark(self, peer: str, next_id: int) -> int:
+        """The lowest id `peer` still lacks (waiting, in flight or held), else `next_id`
+        (the first id not handed out yet)."""
+        line = self._lines[peer]
+        heap = line.heap
+        while heap and heap[0] not in line.lacking:
+            heapq.heappop(heap)  # a lazy entry: the peer has that message by now
+        # every waiting id is in the heap; in-flight and held ones are not
+        low = min(line.in_flight, default=next_id)
+        low = min(low, min(line.held, default=next_id), heap[0] if heap else next_id)
+        return min(low, next_id)
+
     def retains(self, mid: int) -> bool:
         """Some peer still lacks message `mid`."""
         return mid in self._items

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.dedup import check_dedup_id
+from sidecar.dedup import check_dedup_id, relay_key
 from sidecar.errors import (
     AlreadyConsumed,
     Forbidden,
@@ -234,6 +234,9 @@ class QueueService:
         """Messages a peer relays (docs/relay.md): each is admitted like a submit at this
         channel's tier, stored once per ``(peer, origin_id)`` and never relayed on."""
         items = params.array("items", self.limits.max_batch)
+        low = params.optional_raw("low_watermark")
+        if low is not None:
+            low = params.integer("low_watermark", None, 1)
         params.finish()
         peer = channel.principal.name
         if peer == UNNAMED or not PRINCIPAL_NAME.fullmatch(peer):
@@ -243,12 +246,21 @@ class QueueService:
             )
         self._take_rate(channel, max(1, len(items)))
         have = self.effective(channel)
+        if low is not None:
+            # logged before the batch's submits: the watermark is durable with them
+            watermark = asyncio.ensure_future(self.queue.relay_watermark(peer, low))
+        floor = self.queue.relay_floor(peer)
 
         async def one(raw: Any) -> dict[str, Any]:
             origin_id = raw.get("origin_id") if isinstance(raw, dict) else None
             try:
                 if isinstance(origin_id, bool) or not isinstance(origin_id, int) or origin_id < 1:
                     raise InvalidMessage("each relayed item needs an 'origin_id' (integer >= 1)")
+                if floor is not None and origin_id < floor:
+                    raise InvalidMessage(
+                        f"origin_id {origin_id} is below the low watermark {floor} {peer} sent "
+                        "earlier: that message was relayed and acknowledged already"
+                    )
                 message = message_from_wire(raw.get("message"), self.policy)
                 admission = admit(message, raw.get("mode"), have, self.policy)
                 done = await store(
@@ -257,7 +269,7 @@ class QueueService:
                     submitted_by=f"peer:{peer}",
                     mode=admission.mode,
                     upgraded=admission.upgraded,
-                    dedup_id=f"relay:{origin_id}",
+                    dedup_id=relay_key(peer, origin_id)[1],
                     broadcast=False,  # one hop: never relayed on
                     origin=(peer, origin_id),
                 )
@@ -272,6 +284,8 @@ class QueueService:
 
         # In order and concurrently: ids follow the order, sync ones share one fsync.
         results = await asyncio.gather(*(one(raw) for raw in items))
+        if low is not None:
+            await watermark
         return {"tier": have.to_wire(), "results": list(results)}
 
     # ----- consumer

@@ -198,8 +198,11 @@ class PeerLink:
             {"origin_id": i.message_id, "mode": i.mode.value, "message": i.message.to_json()}
             for i in items
         ]
+        # what the peer may forget: below it, nothing is ever sent to it again
+        low = self._queue().relay_low_watermark(self.name)
         timeout = self.settings.request_timeout
-        reply = await asyncio.wait_for(client.call("relay", {"items": wire}), timeout)
+        params = {"items": wire, "low_watermark": low}
+        reply = await asyncio.wait_for(client.call("relay", params), timeout)
         if not isinstance(reply, dict):
             raise ValueError(f"peer {self.name} answered relay with {reply!r}")
         return reply

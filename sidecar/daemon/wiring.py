@@ -143,6 +143,13 @@ class QueuePart:
             origin=origin,
         )
 
+    async def relay_watermark(self, peer: str, watermark: int) -> None:
+        """`peer`'s low watermark (``sidecar.queue.relay_watermark``)."""
+        await self._queue().relay_watermark(peer, watermark)
+
+    def relay_floor(self, peer: str) -> int | None:
+        return self._queue().relay_floor(peer)
+
     async def pop(self) -> NoClone[QueueMessageWithProvenance] | None:
         return await self._queue().pop()
 

@@ -32,6 +32,7 @@ from sidecar.wal._records import (
     RELAYED,
     RESERVE,
     SUBMIT,
+    WATERMARK,
     Replayed,
     checkpoint_record,
     consume_record,
@@ -42,6 +43,7 @@ from sidecar.wal._records import (
     replay,
     reserve_record,
     submit_record,
+    watermark_record,
 )
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "RESERVE",
     "SUBMIT",
     "TEMP_SUFFIX",
+    "WATERMARK",
     "Compaction",
     "FileLayer",
     "FsyncFailed",
@@ -81,4 +84,5 @@ __all__ = [
     "salvage_hint",
     "scan",
     "submit_record",
+    "watermark_record",
 ]

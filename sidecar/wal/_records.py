@@ -19,7 +19,9 @@ dedup_id]`` (the key is durable in the same fsync as the message), ``"origin"`` 
 ``"origin_id"`` (a message a peer relayed). ``["D", principal, dedup_id, id, at]``
 keeps a dedup key once its submit record is gone (compaction) or was never logged (an
 async submit, written by a graceful close). ``["P", peer, id]``: the peer has
-broadcast message ``id`` (it acknowledged the relay).
+broadcast message ``id`` (it acknowledged the relay). ``["W", principal, watermark]``:
+the relay principal (``"peer:<name>"``) will never send an origin id below
+``watermark`` again; its relay keys below it are gone, the others never expire by time.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ RESERVE = "R"
 CHECKPOINT = "K"
 DEDUP = "D"
 RELAYED = "P"
+WATERMARK = "W"
 
 _MODES = {m.value: m for m in Mode}
 _PRIORITIES = {int(p): p for p in Priority}
@@ -85,6 +88,10 @@ def dedup_record(principal: str, dedup_id: str, message_id: int, at: float) -> b
 
 def relayed_record(peer: str, message_id: int) -> bytes:
     return orjson.dumps([RELAYED, peer, message_id])
+
+
+def watermark_record(principal: str, watermark: int) -> bytes:
+    return orjson.dumps([WATERMARK, principal, watermark])
 
 
 def checkpoint_record(next_id: int, created_at: float) -> bytes:
@@ -147,6 +154,8 @@ def record_to_dict(rec: Record) -> dict[str, Any]:
             "message_id": rec[3],
             "at": rec[4],
         }
+    if kind == WATERMARK:
+        return {"type": "watermark", "principal": rec[1], "watermark": rec[2]}
     return {"type": "unknown", "raw": rec}
 
 
@@ -160,6 +169,8 @@ class Replayed:
     # broadcast submits, kept when consumed (a peer may lack them), and who has each
     broadcast: dict[int, Record] = field(default_factory=dict)
     relayed: dict[int, set[str]] = field(default_factory=dict)
+    # relay principal -> the highest low watermark it sent
+    watermarks: dict[str, int] = field(default_factory=dict)
     next_id: int = 1
     submits: int = 0
     consumes: int = 0
@@ -206,6 +217,10 @@ def replay(records: list[Record], *, path: str = "<log>") -> Replayed:
                 if len(rec) != 5:
                     raise _corrupt(path, "malformed dedup record")
                 dedup.setdefault((rec[1], rec[2]), (rec[3], rec[4]))
+            elif kind == WATERMARK:
+                if len(rec) != 3 or not isinstance(rec[2], int):
+                    raise _corrupt(path, "malformed watermark record")
+                out.watermarks[rec[1]] = max(rec[2], out.watermarks.get(rec[1], 0))
             elif kind in (RESERVE, CHECKPOINT):
                 next_id = max(next_id, rec[1])
             else:

@@ -4,6 +4,11 @@ The model keeps every key ever recorded with its id and its expiry clock: the ti
 its submit, or a later one if the wall clock stepped back meanwhile (entries expire in
 the order they came). A key is known while ``now - clock < window``. Restarts rebuild
 the index from the durable entries only, as the queue does from its log.
+
+Relay keys (``("peer:x", "relay:<n>")``) follow the same rule until the peer's first
+low watermark; from then on they never expire by time, and a watermark drops those
+below it (the watermark never goes down). A relay key below the watermark is never
+recorded.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from sidecar.dedup import DedupIndex, DedupKey, DedupLimits, check_dedup_id
+from sidecar.dedup import DedupIndex, DedupKey, DedupLimits, check_dedup_id, relay_origin_id
 from sidecar.errors import InvalidMessage, QueueFull
 
 WINDOW = 10.0
 MAX = 5
-KEYS = st.tuples(st.sampled_from(["alice", "bob"]), st.sampled_from(["a", "b", "c", "d"]))
+PEER = "peer:x"
+KEYS = st.tuples(st.sampled_from(["alice", "bob"]), st.sampled_from(["a", "b", "c", "d"])) | (
+    st.integers(1, 5).map(lambda n: (PEER, f"relay:{n}"))
+)
 
 
 class DedupModel(RuleBasedStateMachine):
@@ -30,10 +38,16 @@ class DedupModel(RuleBasedStateMachine):
         self.known: dict[DedupKey, tuple[int, float, bool]] = {}  # key -> (id, clock, durable)
         self.at: dict[DedupKey, float] = {}  # key -> time of its submit
         self.latest = 0.0
+        self.floor: int | None = None  # PEER's low watermark
+
+    def _pinned(self, key: DedupKey) -> bool:
+        return self.floor is not None and key[0] == PEER
 
     def _live(self) -> dict[DedupKey, tuple[int, float, bool]]:
         # an expired key is gone for good, even if the clock steps back afterwards
-        self.known = {k: v for k, v in self.known.items() if self.now - v[1] < WINDOW}
+        self.known = {
+            k: v for k, v in self.known.items() if self._pinned(k) or self.now - v[1] < WINDOW
+        }
         return self.known
 
     @rule(key=KEYS, durable=st.booleans(), fail=st.booleans())
@@ -56,7 +70,13 @@ class DedupModel(RuleBasedStateMachine):
             self.index.unreserve(key)
             return
         self.index.record(key, self.next_id, self.now, durable=durable)
-        self.latest = max(self.latest, self.now)
+        oid = relay_origin_id(key)
+        if self._pinned(key) and oid is not None and self.floor is not None and oid < self.floor:
+            assert self.index.find(key, self.now) is None  # passed by the watermark
+            self.next_id += 1
+            return
+        if not self._pinned(key):
+            self.latest = max(self.latest, self.now)
         self.known[key] = (self.next_id, self.latest, durable)
         self.at[key] = self.now
         self.next_id += 1
@@ -68,6 +88,19 @@ class DedupModel(RuleBasedStateMachine):
     @rule(back=st.sampled_from([0.5, 2.0]))
     def clock_steps_back(self, back: float) -> None:
         self.now -= back
+
+    @rule(watermark=st.integers(1, 6))
+    def low_watermark(self, watermark: int) -> None:
+        self._live()
+        self.index.advance(PEER, watermark)
+        if self.floor is None or watermark > self.floor:
+            self.floor = watermark
+        self.known = {
+            k: v
+            for k, v in self.known.items()
+            if k[0] != PEER or int(k[1].removeprefix("relay:")) >= self.floor
+        }
+        assert self.index.floor(PEER) == self.floor
 
     @rule(key=KEYS)
     def make_durable(self, key: DedupKey) -> None:
@@ -81,13 +114,17 @@ class DedupModel(RuleBasedStateMachine):
         """A crash: only durable entries come back, expired ones are dropped."""
         self._live()
         survivors = {k: v for k, v in self.index.entries().items() if v.durable}
+        floors = self.index.floors()
         self.index = DedupIndex(DedupLimits(window=WINDOW, max_entries=MAX))
+        for principal, watermark in floors.items():  # the log's watermark records
+            self.index.advance(principal, watermark)
         for key, entry in sorted(survivors.items(), key=lambda kv: kv[1].at):
             self.index.record(key, entry.message_id, entry.at, durable=True)
         self.index.expire(self.now)
         durable = sorted((k for k, v in self.known.items() if v[2]), key=lambda k: self.at[k])
         self.known = {k: (self.known[k][0], self.at[k], True) for k in durable}
-        self.latest = max([self.at[k] for k in durable], default=0.0)
+        timed = [self.at[k] for k in durable if not self._pinned(k)]
+        self.latest = max(timed, default=0.0)
 
     @invariant()
     def never_more_than_the_limit(self) -> None:

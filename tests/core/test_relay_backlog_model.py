@@ -2,7 +2,9 @@
 
 Model per peer: the ids it lacks, those in flight to it, those held (with a reason).
 `take` must hand out the smallest ids that are lacked, not in flight and not held, in
-increasing order; a message is retained while any peer lacks it.
+increasing order; a message is retained while any peer lacks it. The low watermark
+is the smallest id a peer lacks (else the next id), and no id below a watermark once
+given is ever handed out to that peer again (what lets the receiver forget its keys).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class RelayModel(RuleBasedStateMachine):
         self.lacking = {p: set[int]() for p in PEERS}
         self.in_flight = {p: set[int]() for p in PEERS}
         self.held = {p: set[int]() for p in PEERS}
+        self.floor = dict.fromkeys(PEERS, 0)  # the highest watermark given per peer
 
     @rule(have=st.sets(peer_names))
     def add(self, have: set[str]) -> None:
@@ -56,6 +59,7 @@ class RelayModel(RuleBasedStateMachine):
             else:
                 expected.append(mid)
         assert got == expected
+        assert all(mid >= self.floor[peer] for mid in got)
         self.in_flight[peer].update(got)
 
     @rule(peer=peer_names, data=st.data())
@@ -81,6 +85,12 @@ class RelayModel(RuleBasedStateMachine):
     def unhold(self, peer: str) -> None:
         self.backlog.unhold(peer)
         self.held[peer].clear()
+
+    @rule(peer=peer_names)
+    def low_watermark(self, peer: str) -> None:
+        low = self.backlog.low_watermark(peer, self.next_id)
+        assert low == min(self.lacking[peer], default=self.next_id)
+        self.floor[peer] = max(self.floor[peer], low)
 
     @invariant()
     def counts_and_retention_agree(self) -> None:
