@@ -74,9 +74,14 @@ def check_dedup_id(value: object) -> str:
     return value
 
 
+def relay_principal(peer: str) -> str:
+    """Who relayed messages from `peer` are submitted by (their dedup keys' principal)."""
+    return f"{RELAY_PRINCIPAL_PREFIX}{peer}"
+
+
 def relay_key(peer: str, origin_id: int) -> DedupKey:
     """The dedup key of message `origin_id` relayed by `peer`."""
-    return (f"{RELAY_PRINCIPAL_PREFIX}{peer}", f"{RELAY_ID_PREFIX}{origin_id}")
+    return (relay_principal(peer), f"{RELAY_ID_PREFIX}{origin_id}")
 
 
 def relay_origin_id(key: DedupKey) -> int | None:

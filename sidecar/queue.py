@@ -29,7 +29,7 @@ from sidecar.dedup import (
     DedupLimits,
     Submitted,
     check_dedup_id,
-    relay_key,
+    relay_principal,
 )
 from sidecar.durable_fs import make_dirs
 from sidecar.errors import AsyncMessagesLost, InvalidMessage, LogFailed, Unavailable
@@ -665,12 +665,12 @@ class QppValidatorQueue:
 
     def relay_floor(self, peer: str) -> int | None:
         """The highest low watermark `peer` has sent us, if any."""
-        return self._dedup.floor(relay_key(peer, 1)[0])
+        return self._dedup.floor(relay_principal(peer))
 
     async def relay_watermark(self, peer: str, watermark: int) -> None:
         """`peer` will never relay an origin id below `watermark` again: log that
         (fsync'd), then its relay keys below are dropped and the others pinned."""
-        principal = relay_key(peer, 1)[0]
+        principal = relay_principal(peer)
         committer = self._live()
         if self._dedup.advances(principal, watermark):
             record = watermark_record(principal, watermark)

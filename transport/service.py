@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.dedup import check_dedup_id, relay_key
+from sidecar.dedup import check_dedup_id, relay_key, relay_principal
 from sidecar.errors import (
     AlreadyConsumed,
     Forbidden,
@@ -266,7 +266,7 @@ class QueueService:
                 done = await store(
                     self.queue,
                     message,
-                    submitted_by=f"peer:{peer}",
+                    submitted_by=relay_principal(peer),
                     mode=admission.mode,
                     upgraded=admission.upgraded,
                     dedup_id=relay_key(peer, origin_id)[1],
