@@ -3,6 +3,8 @@
 Each cycle runs a producer of sync broadcast messages on alice, kills one end (or
 both) after a random moment, and restarts it. At the end alice's links drain and each
 peer holds every acknowledged message exactly once, with its origin id, in order.
+The peers' dedup window is tiny (0.2 s, shorter than a restart): a resend after a lost
+reply is recognised by the relay keys the sender's low watermark keeps, not by the window.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ __all__ = ["mesh_nodes"]
 CYCLES = 30 if os.environ.get("QSSH_NIGHTLY") == "1" else 3
 WHO = ("sender", "receiver", "both")
 FAST_RELAY = "[relay]\nreconnect_min = 0.1\nreconnect_max = 1\nbatch = 16\n"
+TINY_WINDOW = "[durability]\ndedup_window = 0.2\n"
 
 
 async def test_kills_mid_relay_lose_and_duplicate_nothing(
@@ -29,7 +32,7 @@ async def test_kills_mid_relay_lose_and_duplicate_nothing(
         tmp_path,
         ["alice", "bob", "charlie"],
         [("alice", "bob"), ("alice", "charlie")],
-        config={"alice": FAST_RELAY},
+        config={"alice": FAST_RELAY, "bob": TINY_WINDOW, "charlie": TINY_WINDOW},
     )
     alice, bob, charlie = nodes["alice"], nodes["bob"], nodes["charlie"]
     for node in nodes.values():
