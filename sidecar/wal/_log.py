@@ -335,26 +335,12 @@ class WriteAheadLog:
         try:
             size = _write_file(self.layer, temp, records)
         except OSError as exc:
-            try:
-                if self.layer.exists(temp):
-                    self.layer.unlink(temp)
-            except OSError:
-                pass
+            self._abandon(temp)
             raise WriteFailed(
                 f"{self.path}: compaction failed ({_describe(exc)}); the old log is kept"
             ) from exc
-        try:
-            self.layer.rename(temp, self.path)
-            self.layer.fsync_dir(self.dir)
-            new_handle = self.layer.open_append(self.path)
-        except OSError as exc:
-            raise FsyncFailed(
-                f"{self.path}: compaction rename/directory fsync failed ({_describe(exc)}); "
-                "the queue has stopped, restart to recover"
-            ) from exc
-        old, self._handle, self.size = self._handle, new_handle, size
-        with contextlib.suppress(OSError):
-            old.close()
+        self._swap_in(temp, size)
+        self.close_retired()
 
     def close(self) -> None:
         self.close_retired()
