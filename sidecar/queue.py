@@ -51,7 +51,6 @@ from sidecar.wal import (
     consume_record,
     dedup_record,
     encode_frame,
-    item_from_submit,
     relayed_record,
     reserve_record,
     submit_record,
@@ -204,16 +203,14 @@ class QppValidatorQueue:
             raise Unavailable("the queue is already open")
         loop = asyncio.get_running_loop()
 
-        def recover() -> tuple[WriteAheadLog, Recovery, list[QueueMessageWithProvenance]]:
+        def recover() -> tuple[WriteAheadLog, Recovery]:
             wal, rec = WriteAheadLog.open(
                 self.path, layer=self._layer, salvage=salvage, progress=progress
             )
             assert rec.replayed is not None
-            items = rec.replayed.items()
-            rec.replayed.live.clear()
             upto = rec.replayed.next_id + self._block
             wal.append_and_sync(encode_frame([reserve_record(upto)]))
-            return wal, rec, items
+            return wal, rec
 
         # Millions of small objects are created and none is garbage: the cyclic collector
         # is paused meanwhile, and what survives is moved to its permanent generation
@@ -225,9 +222,9 @@ class QppValidatorQueue:
         try:
             try:
                 if self._layer.blocking:
-                    wal, rec, items = await loop.run_in_executor(None, recover)
+                    wal, rec = await loop.run_in_executor(None, recover)
                 else:
-                    wal, rec, items = recover()
+                    wal, rec = recover()
             except OSError as exc:
                 raise LogFailed(f"{self.path}: cannot open the log: {exc}") from exc
             assert rec.replayed is not None
@@ -236,11 +233,11 @@ class QppValidatorQueue:
             self._reserved_upto = self._next_id + self._block
             self._block_since = self._clock()
             self._log_records = rec.records + 1
-            self._state.load(items, issued_below=self._next_id)
-            self._durable_live = {item.message_id: item for item in items}
+            # the replayed id -> message dict becomes the index of logged messages
+            self._durable_live, rec.replayed.live = rec.replayed.live, {}
+            self._state.load(self._durable_live.values(), issued_below=self._next_id)
             self._restore_dedup(rec.replayed.dedup, rec.replayed.watermarks)
             self._restore_relay(rec.replayed.broadcast, rec.replayed.relayed)
-            del items
             if len(self._durable_live) >= _FREEZE_AT:
                 _GC.freeze(len(self._durable_live), collect=False)
         finally:
@@ -270,10 +267,12 @@ class QppValidatorQueue:
         self._dedup.expire(self._wall_clock())
         found.clear()
 
-    def _restore_relay(self, broadcast: dict[int, list[Any]], relayed: dict[int, set[str]]) -> None:
+    def _restore_relay(
+        self, broadcast: dict[int, QueueMessageWithProvenance], relayed: dict[int, set[str]]
+    ) -> None:
         live = self._durable_live
         for mid in sorted(broadcast):
-            item = live.get(mid) or item_from_submit(broadcast[mid])
+            item = broadcast[mid]
             self._relay.add(item, relayed.get(mid, ()))
             if mid not in live and self._relay.retains(mid):
                 self._kept_for_peers[mid] = item.message.encoded_size

@@ -16,7 +16,7 @@ wire: see `message_cost`.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from sidecar.errors import AlreadyConsumed, NotFound, QueueFull
@@ -115,20 +115,25 @@ class QueueState:
         self._items[key] = item
         heapq.heappush(self._ready[item.kind], key)
 
-    def load(self, items: list[QueueMessageWithProvenance], *, issued_below: int = 1) -> None:
+    def load(self, items: Iterable[QueueMessageWithProvenance], *, issued_below: int = 1) -> None:
         """Bulk-load recovered messages (admitted without the limit check); ids below
-        `issued_below` may have been leases before the restart, so they count as stale."""
+        `issued_below` may have been leases before the restart, so they count as stale.
+        One pass files each message, then each kind's heap is built at once."""
         self._next_lease_id = max(self._next_lease_id, issued_below)
-        keys = [order_key(item.priority, item.message_id) for item in items]
-        self._items.update(zip(keys, items, strict=True))
-        ready = self._ready
-        for key, item in zip(keys, items, strict=True):
-            ready[item.message.kind].append(key)
-        del keys
-        for heap in ready.values():
+        by_key = self._items
+        ready = {kind: heap.append for kind, heap in self._ready.items()}
+        count = size = 0
+        for item in items:
+            key = ((_TOP_PRIORITY - item.priority) << _ID_BITS) | item.message_id  # order_key
+            by_key[key] = item
+            message = item.message
+            ready[message.kind](key)
+            size += message.encoded_size
+            count += 1
+        for heap in self._heaps:
             heapq.heapify(heap)
-        self.count += len(items)
-        self.bytes += sum([message_cost(item.message.encoded_size) for item in items])
+        self.count += count
+        self.bytes += size + count * MESSAGE_OVERHEAD_BYTES  # message_cost of each
 
     def take(self, kinds: Collection[Kind] | None = None) -> QueueMessageWithProvenance | None:
         """Remove the next message, of one of `kinds` if given (still accounted until

@@ -26,6 +26,7 @@ from sidecar.wal import (
     replay,
     salvage_hint,
     scan,
+    submit_record,
 )
 
 EXIT_CLEAN, EXIT_TORN, EXIT_CORRUPT, EXIT_BUSY = 0, 1, 2, 3
@@ -181,8 +182,11 @@ def _compact(args: argparse.Namespace) -> int:
         assert rec.replayed is not None
         before = wal.size
         started = time.perf_counter()
-        records = [checkpoint_record(rec.replayed.next_id, time.time())]
-        records += [orjson.dumps(r) for r in rec.replayed.live.values()]
+        replayed = rec.replayed
+        # a live message keeps the dedup key its submit record carried
+        keys = {mid: key for key, (mid, _at) in replayed.dedup.items() if mid in replayed.live}
+        records = [checkpoint_record(replayed.next_id, time.time())]
+        records += [submit_record(item, keys.get(mid)) for mid, item in replayed.live.items()]
         wal.rewrite(records)
         wal.close()
         print(

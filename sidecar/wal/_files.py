@@ -8,8 +8,33 @@ the log itself.
 
 from __future__ import annotations
 
+import mmap
 import os
 from typing import Protocol
+
+# A log's content as `FileLayer.read` gives it: bytes, or the file mapped read-only, so
+# that reading a large log does not copy it into memory (`release_below` lets the pages
+# already read go, `release` unmaps it).
+LogBytes = bytes | mmap.mmap
+# how much of a mapped log is read between two `release_below` calls worth making
+_RELEASE_STEP = 16 * 1024 * 1024
+
+
+def release_below(data: LogBytes, offset: int, released: int) -> int:
+    """Drop the pages of a mapped log below `offset` from this process (they stay in the
+    page cache; reading them again maps them back); returns the offset released so far.
+    Nothing for bytes."""
+    if not isinstance(data, mmap.mmap) or offset - released < _RELEASE_STEP:
+        return released
+    upto = offset - offset % mmap.PAGESIZE
+    data.madvise(mmap.MADV_DONTNEED, released, upto - released)
+    return upto
+
+
+def release(data: LogBytes | None) -> None:
+    """Unmap a mapped log (call once no view of it is left)."""
+    if isinstance(data, mmap.mmap):
+        data.close()
 
 
 class LogHandle(Protocol):
@@ -33,8 +58,8 @@ class FileLayer(Protocol):
     def create(self, path: str) -> LogHandle:
         """Create or truncate `path` for writing."""
 
-    def read(self, path: str) -> bytes | None:
-        """Whole content, or None when the file does not exist."""
+    def read(self, path: str) -> LogBytes | None:
+        """Whole content, or None when the file does not exist; `release` it."""
 
     def rename(self, src: str, dst: str) -> None: ...
 
@@ -79,10 +104,16 @@ class OsFileLayer:
     def create(self, path: str) -> LogHandle:
         return _OsHandle(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
 
-    def read(self, path: str) -> bytes | None:
+    def read(self, path: str) -> LogBytes | None:
         try:
             with open(path, "rb") as f:
-                return f.read()
+                size = os.fstat(f.fileno()).st_size
+                if size == 0:
+                    return b""
+                try:
+                    return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+                except OSError:  # a file system that cannot map files (some FUSE ones)
+                    return f.read()
         except FileNotFoundError:
             return None
 

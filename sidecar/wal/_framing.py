@@ -21,6 +21,8 @@ from typing import Any, Final
 import crc32c
 import orjson
 
+from sidecar.wal._files import LogBytes
+
 FILE_MAGIC: Final = b"QSSHWAL\n"
 FORMAT_VERSION: Final = 1
 _FILE_HEAD = struct.Struct("<8sHH")  # magic, version, flags
@@ -38,7 +40,7 @@ def file_header() -> bytes:
     return head + crc32c.crc32c(head).to_bytes(4, "little")
 
 
-def check_file_header(data: bytes) -> str | None:
+def check_file_header(data: LogBytes) -> str | None:
     """None when `data` starts with a valid header, else what is wrong."""
     if len(data) < FILE_HEADER_SIZE:
         return f"file is {len(data)} bytes, shorter than the {FILE_HEADER_SIZE}-byte header"
@@ -61,7 +63,7 @@ def encode_frame(records: list[bytes]) -> bytes:
     return head + crc32c.crc32c(body, crc32c.crc32c(head)).to_bytes(4, "little") + body
 
 
-def decode_frame_at(data: bytes, offset: int) -> tuple[int, list[list[Any]]] | None:
+def decode_frame_at(data: LogBytes, offset: int) -> tuple[int, list[list[Any]]] | None:
     """(end offset, records) of a valid frame at `offset`, or None."""
     end_head = offset + FRAME_HEADER_SIZE
     if end_head > len(data) or data[offset : offset + 3] != _FRAME_PREFIX:
@@ -87,7 +89,8 @@ def decode_frame_at(data: bytes, offset: int) -> tuple[int, list[list[Any]]] | N
 class Scan:
     """What a scan of a log file found."""
 
-    records: list[list[Any]] = field(default_factory=list)
+    records: list[list[Any]] = field(default_factory=list)  # empty when given to a sink
+    record_count: int = 0
     frames: int = 0
     valid_end: int = FILE_HEADER_SIZE  # end of the longest valid prefix
     file_size: int = 0
@@ -108,7 +111,7 @@ class Scan:
         return self.next_valid_offset is not None
 
 
-def _next_valid_frame(data: bytes, start: int) -> int | None:
+def _next_valid_frame(data: LogBytes, start: int) -> int | None:
     pos = data.find(_FRAME_PREFIX, start)
     while pos != -1:
         if decode_frame_at(data, pos) is not None:
@@ -119,28 +122,47 @@ def _next_valid_frame(data: bytes, start: int) -> int | None:
 
 PROGRESS_FRAMES = 4096  # frames between two calls of scan's `progress`
 
+# Receives each valid frame's records and the offset where that frame ends.
+Sink = Callable[[list[list[Any]], int], None]
+
 
 def scan(
-    data: bytes, *, salvage: bool = False, progress: Callable[[int, int], None] | None = None
+    data: LogBytes,
+    *,
+    salvage: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    sink: Sink | None = None,
 ) -> Scan:
     """Read every frame of a log whose header was already checked.
 
     With `salvage`, keep going past damage and collect every valid frame after it.
-    `progress(bytes_read, total)` is called every `PROGRESS_FRAMES` frames.
+    `progress(bytes_read, total)` is called every `PROGRESS_FRAMES` frames. With
+    `sink`, each frame's records go to it as the frame is read (the valid prefix only:
+    not with `salvage`) instead of into `records`, so that no caller needs to hold
+    every record of a large log at once.
     """
+    if sink is not None and salvage:
+        raise ValueError("salvage collects the records: no sink")
     result = Scan(file_size=len(data))
     offset = FILE_HEADER_SIZE
     records = result.records
+    keep = records.extend if sink is None else None
+    count = 0
     while offset < len(data):
         frame = decode_frame_at(data, offset)
         if frame is None:
             break
         offset, batch = frame
-        records.extend(batch)
+        count += len(batch)
+        if keep is not None:
+            keep(batch)
+        elif sink is not None:
+            sink(batch, offset)
         result.frames += 1
         if progress is not None and result.frames % PROGRESS_FRAMES == 0:
             progress(offset, len(data))
     result.valid_end = offset
+    result.record_count = count
     if offset >= len(data):
         return result
     result.bad_offset = offset
@@ -154,6 +176,7 @@ def scan(
                 continue
             pos, batch = frame
             records.extend(batch)
+            result.record_count += len(batch)
             result.salvaged_frames += 1
             if pos >= len(data):
                 break

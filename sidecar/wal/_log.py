@@ -14,11 +14,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from sidecar.errors import LogCorrupt, LogFailed
-from sidecar.wal._files import FileLayer, LogHandle, OsFileLayer
+from sidecar.wal._files import (
+    FileLayer,
+    LogBytes,
+    LogHandle,
+    OsFileLayer,
+    release,
+    release_below,
+)
 from sidecar.wal._framing import (
     FILE_HEADER_SIZE,
     Scan,
@@ -27,7 +35,7 @@ from sidecar.wal._framing import (
     file_header,
     scan,
 )
-from sidecar.wal._records import Replayed, replay
+from sidecar.wal._records import Replayed, Replayer, replay
 
 log = logging.getLogger("sidecar.wal")
 
@@ -103,40 +111,48 @@ class WriteAheadLog:
             rec.replayed = Replayed()
             return cls(layer, path, layer.open_append(path), FILE_HEADER_SIZE), rec
 
-        problem = check_file_header(data)
-        if problem is not None:
-            result = scan(b"\0" * FILE_HEADER_SIZE + data, salvage=True) if salvage else None
-            if result is None:
-                raise LogCorrupt(
-                    f"{path}: {problem}; refusing to open. Move the file away, or: "
-                    + salvage_hint(),
-                    path=path,
-                    offset=0,
-                    next_valid_offset=None,
-                )
-            return cls._salvage(layer, path, data, result, rec)
-
-        result = scan(data, salvage=salvage, progress=progress)
-        if progress is not None:
-            progress(len(data), len(data))
-        if result.corrupt:
-            if not salvage:
-                raise LogCorrupt(
-                    f"{path}: corrupt record at byte offset {result.bad_offset}, followed by "
-                    f"valid records (next at offset {result.next_valid_offset}); refusing to "
-                    f"open. Run `qssh-sidecar wal verify` to inspect; {salvage_hint()}",
-                    path=path,
-                    offset=result.bad_offset or 0,
-                    next_valid_offset=result.next_valid_offset,
-                )
-            return cls._salvage(layer, path, data, result, rec)
-
-        rec.records = len(result.records)
+        size = len(data)
+        try:
+            problem = check_file_header(data)
+            if problem is not None:
+                if not salvage:
+                    raise LogCorrupt(
+                        f"{path}: {problem}; refusing to open. Move the file away, or: "
+                        + salvage_hint(),
+                        path=path,
+                        offset=0,
+                        next_valid_offset=None,
+                    )
+                result = scan(b"\0" * FILE_HEADER_SIZE + data, salvage=True)
+                return cls._salvage(layer, path, data, result, rec)
+            if salvage:
+                result = scan(data, salvage=True, progress=progress)
+                replayed = None if result.corrupt else replay(result.records, path=path)
+            else:
+                result, replayed = _scan_and_replay(data, path, progress)
+            if progress is not None:
+                progress(size, size)
+            if result.corrupt:
+                if not salvage:
+                    raise LogCorrupt(
+                        f"{path}: corrupt record at byte offset {result.bad_offset}, followed "
+                        f"by valid records (next at offset {result.next_valid_offset}); "
+                        "refusing to open. Run `qssh-sidecar wal verify` to inspect; "
+                        + salvage_hint(),
+                        path=path,
+                        offset=result.bad_offset or 0,
+                        next_valid_offset=result.next_valid_offset,
+                    )
+                return cls._salvage(layer, path, data, result, rec)
+        finally:
+            release(data)
+        assert replayed is not None
+        rec.records = result.record_count
         rec.frames = result.frames
-        rec.replayed = replay(result.records, path=path)
+        rec.replayed = replayed
         handle = layer.open_append(path)
         if result.torn_tail:
-            rec.torn_bytes = len(data) - result.valid_end
+            rec.torn_bytes = size - result.valid_end
             log.warning(
                 "%s: torn tail of %d bytes at offset %d (an unfinished write at a crash); "
                 "truncating it",
@@ -150,7 +166,7 @@ class WriteAheadLog:
 
     @classmethod
     def _salvage(
-        cls, layer: FileLayer, path: str, data: bytes, result: Scan, rec: Recovery
+        cls, layer: FileLayer, path: str, data: LogBytes, result: Scan, rec: Recovery
     ) -> tuple[WriteAheadLog, Recovery]:
         aside = f"{path}{CORRUPT_SUFFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
         n = 0
@@ -159,7 +175,7 @@ class WriteAheadLog:
         aside = aside if n == 0 else f"{aside}.{n}"
         out = layer.create(aside)
         try:
-            out.write(data)
+            out.write(bytes(data))
             out.sync()
         finally:
             out.close()
@@ -171,11 +187,13 @@ class WriteAheadLog:
             len(result.records),
             aside,
         )
-        rec.records = len(result.records)
+        rec.records = result.record_count
         rec.frames = result.frames + result.salvaged_frames
         rec.salvaged_to = aside
         rec.replayed = replayed
-        size = len(layer.read(path) or b"")
+        content = layer.read(path)
+        size = 0 if content is None else len(content)
+        release(content)
         return cls(layer, path, layer.open_append(path), size), rec
 
     # -- append --------------------------------------------------------------------------
@@ -354,6 +372,22 @@ class Compaction:
     temp: str
     handle: LogHandle
     size: int
+
+
+def _scan_and_replay(
+    data: LogBytes, path: str, progress: Callable[[int, int], None] | None
+) -> tuple[Scan, Replayed]:
+    """Scan and replay in one pass: each frame is folded into the live set as it is
+    read, and the pages of a mapped log already read are let go."""
+    replayer = Replayer(path)
+    released = 0
+
+    def fold(records: list[list[Any]], end: int) -> None:
+        nonlocal released
+        replayer.feed(records)
+        released = release_below(data, end, released)
+
+    return scan(data, progress=progress, sink=fold), replayer.out
 
 
 def _write_records(out: LogHandle, records: Iterable[bytes]) -> int:

@@ -46,7 +46,6 @@ _MODES = {m.value: m for m in Mode}
 _PRIORITIES = {int(p): p for p in Priority}
 
 Record = list[Any]
-_NO_EXTRAS: dict[str, Any] = {}
 
 
 def submit_record(item: QueueMessageWithProvenance, dedup: tuple[str, str] | None = None) -> bytes:
@@ -102,9 +101,11 @@ def item_from_submit(
     rec: Record, names: dict[str, str] | None = None
 ) -> QueueMessageWithProvenance:
     """The message of a submit record; `names` shares one string per distinct
-    `submitted_by` across a replay (a million records name a handful of keys)."""
-    item = QueueMessageWithProvenance.__new__(QueueMessageWithProvenance)
-    item.message = QueueMessage.from_logged(rec[10].encode())
+    `submitted_by` across a replay (a million records name a handful of keys).
+    A record of the wrong shape raises IndexError, KeyError, TypeError or
+    AttributeError (replay turns them into LogCorrupt)."""
+    item = _new(QueueMessageWithProvenance)
+    item.message = _from_logged(rec[10].encode())
     item.message_id = rec[1]
     item.priority = _PRIORITIES[rec[2]]
     item.created_at = rec[3]
@@ -114,10 +115,17 @@ def item_from_submit(
     item.broadcast = rec[7]
     item.upgraded = rec[8]
     item.delivery_count = rec[9]
-    extras = rec[11] if len(rec) > 11 else _NO_EXTRAS
-    item.origin = extras.get("origin")
-    item.origin_id = extras.get("origin_id")
+    if len(rec) > 11:
+        extras = rec[11]
+        item.origin = extras.get("origin")
+        item.origin_id = extras.get("origin_id")
+    else:
+        item.origin = item.origin_id = None
     return item
+
+
+_new = object.__new__
+_from_logged = QueueMessage.from_logged
 
 
 def record_to_dict(rec: Record) -> dict[str, Any]:
@@ -163,11 +171,12 @@ def record_to_dict(rec: Record) -> dict[str, Any]:
 class Replayed:
     """The state a sequence of records describes."""
 
-    live: dict[int, Record] = field(default_factory=dict)  # id -> submit record
+    # id -> message, in the order of their submit records
+    live: dict[int, QueueMessageWithProvenance] = field(default_factory=dict)
     # (principal, dedup_id) -> (message id, wall-clock time of the first submit)
     dedup: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
-    # broadcast submits, kept when consumed (a peer may lack them), and who has each
-    broadcast: dict[int, Record] = field(default_factory=dict)
+    # broadcast messages, kept when consumed (a peer may lack them), and who has each
+    broadcast: dict[int, QueueMessageWithProvenance] = field(default_factory=dict)
     relayed: dict[int, set[str]] = field(default_factory=dict)
     # relay principal -> the highest low watermark it sent
     watermarks: dict[str, int] = field(default_factory=dict)
@@ -176,58 +185,77 @@ class Replayed:
     consumes: int = 0
 
     def items(self) -> list[QueueMessageWithProvenance]:
-        names: dict[str, str] = {}
-        return [item_from_submit(rec, names) for rec in self.live.values()]
+        return list(self.live.values())
 
 
 def _corrupt(path: str, what: str) -> LogCorrupt:
     return LogCorrupt(f"{path}: {what}", path=path, offset=-1, next_valid_offset=None)
 
 
+class Replayer:
+    """Folds records into a `Replayed`, frame by frame as they are read: each submit
+    becomes its message at once and a consume drops it, so a replay holds the live
+    messages, never every record of the log (recovery of a large log streams through
+    `feed`)."""
+
+    def __init__(self, path: str = "<log>") -> None:
+        self.path = path
+        self.out = Replayed()
+        self._names: dict[str, str] = {}  # one string per distinct submitted_by
+
+    def feed(self, records: list[Record]) -> None:
+        out = self.out
+        live = out.live
+        names = self._names
+        next_id = out.next_id
+        submits = consumes = 0
+        try:
+            for rec in records:
+                kind = rec[0]
+                if kind == SUBMIT:
+                    if len(rec) not in (11, 12):
+                        raise _corrupt(self.path, f"malformed submit record for id {rec[1]!r}")
+                    item = item_from_submit(rec, names)
+                    mid = item.message_id
+                    live[mid] = item
+                    if item.broadcast:
+                        out.broadcast[mid] = item
+                    if len(rec) == 12 and "dedup" in rec[11]:
+                        principal, dedup_id = rec[11]["dedup"]
+                        out.dedup.setdefault((principal, dedup_id), (mid, rec[3]))
+                    submits += 1
+                    if mid >= next_id:
+                        next_id = mid + 1
+                elif kind == CONSUME:
+                    live.pop(rec[1], None)
+                    consumes += 1
+                elif kind == RELAYED:
+                    out.relayed.setdefault(rec[2], set()).add(rec[1])
+                elif kind == DEDUP:
+                    if len(rec) != 5:
+                        raise _corrupt(self.path, "malformed dedup record")
+                    out.dedup.setdefault((rec[1], rec[2]), (rec[3], rec[4]))
+                elif kind == WATERMARK:
+                    if len(rec) != 3 or not isinstance(rec[2], int):
+                        raise _corrupt(self.path, "malformed watermark record")
+                    out.watermarks[rec[1]] = max(rec[2], out.watermarks.get(rec[1], 0))
+                elif kind in (RESERVE, CHECKPOINT):
+                    next_id = max(next_id, rec[1])
+                else:
+                    raise _corrupt(
+                        self.path, f"unknown record type {kind!r} (written by a newer version?)"
+                    )
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            raise _corrupt(
+                self.path, f"malformed record ({exc!r}) inside a checksummed frame"
+            ) from None
+        finally:
+            out.next_id = next_id
+            out.submits += submits
+            out.consumes += consumes
+
+
 def replay(records: list[Record], *, path: str = "<log>") -> Replayed:
-    out = Replayed()
-    live = out.live
-    dedup = out.dedup
-    broadcast = out.broadcast
-    relayed = out.relayed
-    next_id = 1
-    submits = consumes = 0
-    try:
-        for rec in records:
-            kind = rec[0]
-            if kind == SUBMIT:
-                mid = rec[1]
-                if len(rec) not in (11, 12) or rec[2] not in _PRIORITIES:
-                    raise _corrupt(path, f"malformed submit record for id {mid!r}")
-                live[mid] = rec
-                if rec[7]:
-                    broadcast[mid] = rec
-                if len(rec) == 12 and "dedup" in rec[11]:
-                    principal, dedup_id = rec[11]["dedup"]
-                    dedup.setdefault((principal, dedup_id), (mid, rec[3]))
-                submits += 1
-                if mid >= next_id:
-                    next_id = mid + 1
-            elif kind == CONSUME:
-                live.pop(rec[1], None)
-                consumes += 1
-            elif kind == RELAYED:
-                relayed.setdefault(rec[2], set()).add(rec[1])
-            elif kind == DEDUP:
-                if len(rec) != 5:
-                    raise _corrupt(path, "malformed dedup record")
-                dedup.setdefault((rec[1], rec[2]), (rec[3], rec[4]))
-            elif kind == WATERMARK:
-                if len(rec) != 3 or not isinstance(rec[2], int):
-                    raise _corrupt(path, "malformed watermark record")
-                out.watermarks[rec[1]] = max(rec[2], out.watermarks.get(rec[1], 0))
-            elif kind in (RESERVE, CHECKPOINT):
-                next_id = max(next_id, rec[1])
-            else:
-                raise _corrupt(path, f"unknown record type {kind!r} (written by a newer version?)")
-    except (IndexError, KeyError, TypeError, ValueError) as exc:
-        raise _corrupt(path, f"malformed record ({exc!r}) inside a checksummed frame") from None
-    out.next_id = next_id
-    out.submits = submits
-    out.consumes = consumes
-    return out
+    replayer = Replayer(path)
+    replayer.feed(records)
+    return replayer.out
