@@ -33,6 +33,7 @@ _FRAME_HEAD = struct.Struct("<2sBBI")  # magic, version, reserved, body length
 FRAME_HEADER_SIZE: Final = _FRAME_HEAD.size + 4  # + crc32c(head + body)
 MAX_FRAME_BODY: Final = 1 << 30
 _FRAME_PREFIX: Final = FRAME_MAGIC + bytes([FORMAT_VERSION])
+_LIST_LEN: Final = list.__len__
 
 
 def file_header() -> bytes:
@@ -78,9 +79,10 @@ def decode_frame_at(data: LogBytes, offset: int) -> tuple[int, list[list[Any]]] 
         return None
     try:
         records = orjson.loads(mv[end_head:end])
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(records, list) or not all(type(r) is list and r for r in records):
+        # a list of non-empty lists (list.__len__ raises TypeError for anything else)
+        if type(records) is not list or not all(map(_LIST_LEN, records)):
+            return None
+    except (orjson.JSONDecodeError, TypeError):
         return None
     return end, records
 

@@ -97,37 +97,6 @@ def checkpoint_record(next_id: int, created_at: float) -> bytes:
     return orjson.dumps([CHECKPOINT, next_id, created_at])
 
 
-def item_from_submit(
-    rec: Record, names: dict[str, str] | None = None
-) -> QueueMessageWithProvenance:
-    """The message of a submit record; `names` shares one string per distinct
-    `submitted_by` across a replay (a million records name a handful of keys).
-    A record of the wrong shape raises IndexError, KeyError, TypeError or
-    AttributeError (replay turns them into LogCorrupt)."""
-    item = _new(QueueMessageWithProvenance)
-    item.message = _from_logged(rec[10].encode())
-    item.message_id = rec[1]
-    item.priority = _PRIORITIES[rec[2]]
-    item.created_at = rec[3]
-    item.submitted_by = rec[4] if names is None else names.setdefault(rec[4], rec[4])
-    item.mode = _MODES[rec[5]]
-    item.persisted = True
-    item.broadcast = rec[7]
-    item.upgraded = rec[8]
-    item.delivery_count = rec[9]
-    if len(rec) > 11:
-        extras = rec[11]
-        item.origin = extras.get("origin")
-        item.origin_id = extras.get("origin_id")
-    else:
-        item.origin = item.origin_id = None
-    return item
-
-
-_new = object.__new__
-_from_logged = QueueMessage.from_logged
-
-
 def record_to_dict(rec: Record) -> dict[str, Any]:
     """The named form of a record (for people and tools; `wal dump`)."""
     kind = rec[0]
@@ -207,22 +176,45 @@ class Replayer:
         out = self.out
         live = out.live
         names = self._names
+        priorities = _PRIORITIES
+        modes = _MODES
+        new = object.__new__
+        from_logged = QueueMessage.from_logged
         next_id = out.next_id
         submits = consumes = 0
         try:
             for rec in records:
                 kind = rec[0]
                 if kind == SUBMIT:
+                    # the message, built here directly (this loop runs once per record
+                    # of a million-record log); the record's shape is checked on the
+                    # way: a wrong one raises one of the errors caught below
                     if len(rec) not in (11, 12):
                         raise _corrupt(self.path, f"malformed submit record for id {rec[1]!r}")
-                    item = item_from_submit(rec, names)
-                    mid = item.message_id
+                    item = new(QueueMessageWithProvenance)
+                    item.message = from_logged(rec[10].encode())
+                    item.message_id = mid = rec[1]
+                    item.priority = priorities[rec[2]]
+                    item.created_at = rec[3]
+                    by = rec[4]
+                    item.submitted_by = names.setdefault(by, by)  # one string per key
+                    item.mode = modes[rec[5]]
+                    item.persisted = True
+                    item.broadcast = rec[7]
+                    item.upgraded = rec[8]
+                    item.delivery_count = rec[9]
+                    if len(rec) == 12:
+                        extras = rec[11]
+                        item.origin = extras.get("origin")
+                        item.origin_id = extras.get("origin_id")
+                        if "dedup" in extras:
+                            principal, dedup_id = extras["dedup"]
+                            out.dedup.setdefault((principal, dedup_id), (mid, rec[3]))
+                    else:
+                        item.origin = item.origin_id = None
                     live[mid] = item
                     if item.broadcast:
                         out.broadcast[mid] = item
-                    if len(rec) == 12 and "dedup" in rec[11]:
-                        principal, dedup_id = rec[11]["dedup"]
-                        out.dedup.setdefault((principal, dedup_id), (mid, rec[3]))
                     submits += 1
                     if mid >= next_id:
                         next_id = mid + 1
