@@ -22,23 +22,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio
-import os
 import shutil
 import subprocess
 import tempfile
 from collections import Counter
 from typing import Any
 
+from bench.cpu import cpu_seconds
 from bench.service import SidecarServer, bench_qssh
 from bench.stats import dumps
 
 TOP = 25
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _frame_name(frame: str) -> str:

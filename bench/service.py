@@ -12,10 +12,18 @@ Prints one JSON object. In each round, interleaved, on the same disk:
   - redis_always_16_ssh_tunnel_{pipelined,unpipelined}: ``redis-benchmark`` through an
     OpenSSH tunnel (``ssh -N -L`` to a private sshd on a loopback port, throwaway
     Ed25519 keys), 16 connections, ``-P --window`` and ``-P 1``: the secured baseline.
-Reported: medians over rounds of ops/s, p50/p99 latency in ms, and ratios.
+Reported: medians over rounds of ops/s, p50/p99 latency in ms, the CPU each process
+used per operation and in % of one core (qssh: ``server`` and ``client``, this Python
+process; tunnel: ``redis``, ``sshd`` with its per-connection children, ``ssh`` and
+``client``, redis-benchmark), and ratios.
 
     python bench/service.py [--rounds 3] [--seconds 3] [--window 16] [--dir DIR]
-                            [--c-client-requests 200000]
+                            [--c-client-requests 200000] [--cases NAME,...]
+                            [--compare-tree DIR]
+
+``--cases`` runs only the named cases (ratios whose cases ran); ``--compare-tree``
+also runs every qssh case against a server from another checkout (e.g. main before a
+change), interleaved, as ``NAME@compare``, with ``NAME_vs_compare`` ratios.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import asyncssh
 
 import transport.ssh_algorithms  # noqa: F401  (registers ssh-falcon512)
 from bench.baselines import OpenSSHTunnel, RedisAlwaysServer, fdatasync_loop, free_port
+from bench.cpu import Meter, cpu_seconds, own_seconds, reaped_children_seconds, tree_seconds
 from bench.stats import closed_loop, dumps, interleave, median_fields, ratio
 from transport.client import QueueClient
 from transport.keys import known_hosts_line
@@ -55,7 +64,7 @@ class SidecarServer:
         python_path: str | None = None,
     ) -> None:
         self.dir = directory / "sidecar"
-        self.dir.mkdir()
+        self.dir.mkdir(parents=True)
         self.port = free_port()
         host = asyncssh.generate_private_key("ssh-falcon512")
         self.user_key = asyncssh.generate_private_key("ssh-falcon512")
@@ -132,12 +141,36 @@ async def bench_qssh(
 
             return submit
 
+        meter = Meter({"server": lambda: cpu_seconds(server.proc.pid), "client": own_seconds})
+        meter.start()
         result = await closed_loop([op(c) for c in clients], window, seconds)
+        result.update(meter.stop(result["ops"], result["ops"] / result["ops_per_s"]))
         await drain(clients[0])
         return result
     finally:
         for c in clients:
             await c.close()
+
+
+def tunnelled(
+    redis_server: RedisAlwaysServer, tunnel: OpenSSHTunnel, window: int, requests: int
+) -> dict[str, float]:
+    """redis-benchmark through the tunnel, with the CPU of each process it crosses."""
+    ssh = tunnel.ssh
+    assert ssh is not None
+    meter = Meter(
+        {
+            "redis": lambda: cpu_seconds(redis_server.proc.pid),
+            "sshd": lambda: tree_seconds(tunnel.sshd.pid),
+            "ssh": lambda: cpu_seconds(ssh.pid),
+            "client": reaped_children_seconds,  # redis-benchmark, once it has exited
+        }
+    )
+    meter.start()
+    result = redis_server.redis_benchmark(16, window, len(RECORD), requests, tunnel.port)
+    if result:
+        result.update(meter.stop(requests, requests / result["ops_per_s"]))
+    return result
 
 
 async def drain(client: QueueClient) -> None:
@@ -149,16 +182,25 @@ async def drain(client: QueueClient) -> None:
 
 
 async def run(
-    rounds: int, seconds: float, window: int, directory: str | None, c_client_requests: int
+    rounds: int,
+    seconds: float,
+    window: int,
+    directory: str | None,
+    c_client_requests: int,
+    only: frozenset[str] | None = None,
+    compare_tree: str | None = None,
 ) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="qssh-bench-", dir=directory))
     redis_server = RedisAlwaysServer(base)
     sidecar = SidecarServer(base)
+    compare = SidecarServer(base / "compare", python_path=compare_tree) if compare_tree else None
     tunnel: OpenSSHTunnel | None = None
     tunnel_problem: str | None = None
     try:
         await redis_server.wait()
         await sidecar.wait()
+        if compare is not None:
+            await compare.wait()
         try:
             tunnel = OpenSSHTunnel(base, redis_server.port)
             await tunnel.wait()
@@ -169,72 +211,80 @@ async def run(
             tunnel = None
         redis_settings = await redis_server.settings()
         w, t = window, seconds
-        cases: list[tuple[str, Callable[[], Awaitable[dict[str, float]]]]] = [
-            ("fdatasync", lambda: asyncio.to_thread(fdatasync_loop, base, len(RECORD), t)),
-            ("redis_always_1", lambda: redis_server.rpush_load(1, w, t, RECORD)),
-            ("qssh_sync_1", lambda: bench_qssh(sidecar, 1, w, t)),
-            ("redis_always_16", lambda: redis_server.rpush_load(16, w, t, RECORD)),
-            ("qssh_sync_16", lambda: bench_qssh(sidecar, 16, w, t)),
+        cases: list[tuple[str, Callable[[], Awaitable[dict[str, float]]]]] = []
+
+        def qssh(name: str, connections: int, win: int) -> None:
+            cases.append((name, lambda: bench_qssh(sidecar, connections, win, t)))
+            if compare is not None:
+                cases.append((f"{name}@compare", lambda: bench_qssh(compare, connections, win, t)))
+
+        cases.append(("fdatasync", lambda: asyncio.to_thread(fdatasync_loop, base, len(RECORD), t)))
+        cases.append(("redis_always_1", lambda: redis_server.rpush_load(1, w, t, RECORD)))
+        qssh("qssh_sync_1", 1, w)
+        cases.append(("redis_always_16", lambda: redis_server.rpush_load(16, w, t, RECORD)))
+        qssh("qssh_sync_16", 16, w)
+        cases.append(
             (
                 "redis_always_16_c_client",
                 lambda: asyncio.to_thread(
                     redis_server.redis_benchmark, 16, w, len(RECORD), c_client_requests
                 ),
-            ),
-        ]
-        cases.append(("qssh_sync_16_unpipelined", lambda: bench_qssh(sidecar, 16, 1, t)))
+            )
+        )
+        qssh("qssh_sync_16_unpipelined", 16, 1)
         if tunnel is not None:
-            port = tunnel.port
+            ssh_tunnel = tunnel
 
             def through_tunnel(win: int) -> Callable[[], Awaitable[dict[str, float]]]:
                 n = max(1000, c_client_requests * win // w)  # unpipelined: fewer requests
-                return lambda: asyncio.to_thread(
-                    redis_server.redis_benchmark, 16, win, len(RECORD), n, port
-                )
+                return lambda: asyncio.to_thread(tunnelled, redis_server, ssh_tunnel, win, n)
 
             cases.append(("redis_always_16_ssh_tunnel_pipelined", through_tunnel(w)))
             cases.append(("redis_always_16_ssh_tunnel_unpipelined", through_tunnel(1)))
+        if only is not None:
+            cases = [(n, c) for n, c in cases if n.removesuffix("@compare") in only]
         samples = await interleave(cases, rounds)
     finally:
         if tunnel is not None:
             tunnel.stop()
         redis_server.stop()
         sidecar.stop()
+        if compare is not None:
+            compare.stop()
         shutil.rmtree(base, ignore_errors=True)
 
     medians = {name: median_fields(runs) for name, runs in samples.items() if runs[0]}
 
-    def ops_ratio(a: str, b: str) -> float:
-        return ratio(medians[a]["ops_per_s"], medians[b]["ops_per_s"])
-
+    pairs = [
+        ("qssh_16_vs_redis_always_16", "qssh_sync_16", "redis_always_16"),
+        ("qssh_1_vs_redis_always_1", "qssh_sync_1", "redis_always_1"),
+        ("qssh_16_vs_fdatasync_loop", "qssh_sync_16", "fdatasync"),
+        ("redis_always_16_vs_fdatasync_loop", "redis_always_16", "fdatasync"),
+        ("qssh_16_vs_redis_always_16_c_client", "qssh_sync_16", "redis_always_16_c_client"),
+        (
+            "qssh_16_pipelined_vs_redis_ssh_tunnel_pipelined",
+            "qssh_sync_16",
+            "redis_always_16_ssh_tunnel_pipelined",
+        ),
+        (
+            "qssh_16_unpipelined_vs_redis_ssh_tunnel_unpipelined",
+            "qssh_sync_16_unpipelined",
+            "redis_always_16_ssh_tunnel_unpipelined",
+        ),
+    ]
+    pairs += [
+        (f"{name}_vs_compare", name, f"{name}@compare")
+        for name in list(medians)
+        if f"{name}@compare" in medians
+    ]
+    ratios = {
+        key: ratio(medians[a]["ops_per_s"], medians[b]["ops_per_s"])
+        for key, a, b in pairs
+        if a in medians and b in medians
+    }
     return {
-        "ratios": {
-            "qssh_16_vs_redis_always_16": ops_ratio("qssh_sync_16", "redis_always_16"),
-            "qssh_1_vs_redis_always_1": ops_ratio("qssh_sync_1", "redis_always_1"),
-            "qssh_16_vs_fdatasync_loop": ops_ratio("qssh_sync_16", "fdatasync"),
-            "redis_always_16_vs_fdatasync_loop": ops_ratio("redis_always_16", "fdatasync"),
-            **(
-                {
-                    "qssh_16_vs_redis_always_16_c_client": ops_ratio(
-                        "qssh_sync_16", "redis_always_16_c_client"
-                    )
-                }
-                if "redis_always_16_c_client" in medians
-                else {}
-            ),
-            **(
-                {
-                    "qssh_16_pipelined_vs_redis_ssh_tunnel_pipelined": ops_ratio(
-                        "qssh_sync_16", "redis_always_16_ssh_tunnel_pipelined"
-                    ),
-                    "qssh_16_unpipelined_vs_redis_ssh_tunnel_unpipelined": ops_ratio(
-                        "qssh_sync_16_unpipelined", "redis_always_16_ssh_tunnel_unpipelined"
-                    ),
-                }
-                if "redis_always_16_ssh_tunnel_unpipelined" in medians
-                else {}
-            ),
-        },
+        "ratios": ratios,
+        "compare_tree": compare_tree,
         "ssh_tunnel": tunnel_problem or "OpenSSH ssh -N -L through a private sshd, Ed25519",
         "benchmark": "service_sync_submit",
         "rounds": rounds,
@@ -259,9 +309,20 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=16, help="requests in flight per connection")
     parser.add_argument("--dir", default=None, help="where to put the logs (a real disk)")
     parser.add_argument("--c-client-requests", type=int, default=200_000, help="redis-benchmark -n")
+    parser.add_argument("--cases", default=None, help="comma-separated case names (default all)")
+    parser.add_argument("--compare-tree", default=None, help="also run qssh cases from this tree")
     args = parser.parse_args()
+    only = None if args.cases is None else frozenset(args.cases.split(","))
     result = asyncio.run(
-        run(args.rounds, args.seconds, args.window, args.dir, args.c_client_requests)
+        run(
+            args.rounds,
+            args.seconds,
+            args.window,
+            args.dir,
+            args.c_client_requests,
+            only,
+            args.compare_tree,
+        )
     )
     sys.stdout.buffer.write(dumps(result))
     return 0
