@@ -54,6 +54,9 @@ EXIT_CLEAN = 0  # the client ended the channel and every reply was written
 EXIT_PROTOCOL_ERROR = 76  # EX_PROTOCOL: closed for what the client sent (frame, sealing)
 EXIT_SHUTDOWN = 75  # EX_TEMPFAIL: the server is shutting down; reconnect later
 EXEC_COMMANDS: dict[str, Role | None] = {"depth": None, "stats": Role.ADMIN, "tier": Role.ADMIN}
+# Methods that wait only on the log's futures (a batch's fsync, an id reservation), never
+# on a timeout: a request of these waits parked on that future, without a task of its own.
+LOG_WAITS = frozenset({"submit", "submit_batch", "pop", "ack", "release"})
 
 __all__ = [
     "EXEC_COMMANDS",
@@ -126,6 +129,8 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         self._decoder = FrameDecoder(server.settings.limits.max_frame_bytes)
         self._exec: str | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._parked = 0  # requests waiting on a log future without a task (`_park`)
+        self._settled: asyncio.Future[None] | None = None  # `drain` waits on it
         self._outbox: list[bytes] = []
         self._eof = False
         self._closed = False
@@ -283,28 +288,55 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         if server.closing:
             self._reply_error(request, Unavailable("server is shutting down; reconnect later"))
             return
-        if len(self._in_flight) >= server.settings.limits.max_in_flight_per_channel:
+        if len(self._in_flight) + self._parked >= server.settings.limits.max_in_flight_per_channel:
             limit = server.settings.limits.max_in_flight_per_channel
             self._reply_error(
                 request,
                 Unavailable(f"too many requests in flight on this channel (limit {limit})"),
             )
             return
-        self._dispatch(self._handle(request))
+        self._dispatch(self._handle(request), request.method in LOG_WAITS)
 
-    def _dispatch(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a request at once; only one that has to wait (a sync submit's fsync, a
-        lease wait) goes on as a task. Most requests never wait, and a task per
-        request was a large part of the server's CPU."""
+    def _dispatch(self, coro: Coroutine[Any, Any, None], log_waits: bool) -> None:
+        """Run a request at once. Most requests never wait; one that waits on the log
+        (a sync submit's fsync) is parked on that future and goes on from the batch's
+        completion (`QueueServer._wake`); any other wait (a lease's) goes on as a task.
+        A task per request was a large part of the server's CPU."""
         try:
             waiting_on = coro.send(None)
         except StopIteration:
             return  # answered without waiting
+        self._suspended(coro, waiting_on, log_waits)
+
+    def _suspended(self, coro: Coroutine[Any, Any, None], waiting_on: Any, log_waits: bool) -> None:
         if waiting_on is not None:
             # taken, as a task takes what it waits on: the next request that awaits
             # the same future (a batch's) must find it free
             waiting_on._asyncio_future_blocking = False
-        self._spawn(_resume(coro, waiting_on))
+        if (
+            log_waits
+            and type(waiting_on) is not asyncio.Task
+            and isinstance(waiting_on, asyncio.Future)
+        ):
+            self._parked += 1
+            self._server.park(waiting_on, self, coro)
+        else:
+            self._spawn(_resume(coro, waiting_on))
+
+    def go_on(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Resume a parked request: the future it waited on is done."""
+        self._parked -= 1
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            self._maybe_finish()
+            return
+        except BaseException as exc:  # only a cancelled future gets here: _handle logs the rest
+            if not isinstance(exc, asyncio.CancelledError):
+                log.error("request failed", exc_info=exc)
+            self._maybe_finish()
+            return
+        self._suspended(coro, waiting_on, True)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = self._loop.create_task(coro)
@@ -372,7 +404,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         if self._closed:
             return
         self._outbox.append(self._sealing.outgoing(frame))
-        if len(self._outbox) == 1:
+        if len(self._outbox) == 1 and not self._server.flush_later(self):
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
@@ -398,13 +430,18 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
             chan.close()  # an exec channel has already sent its own status
 
     def _maybe_finish(self) -> None:
-        if self._exec is None and self._eof and not self._in_flight and not self._closed:
+        if self._in_flight or self._parked:
+            return
+        if self._settled is not None and not self._settled.done():
+            self._settled.set_result(None)
+        if self._exec is None and self._eof and not self._closed:
             self._close_after_flush(EXIT_CLEAN)
 
     async def drain(self) -> None:
         """Wait for the replies of requests already accepted."""
-        while self._in_flight:
-            await asyncio.wait(list(self._in_flight))
+        while self._in_flight or self._parked:
+            self._settled = self._loop.create_future()
+            await self._settled
 
     def close(self) -> None:
         self._close_after_flush(EXIT_SHUTDOWN)
@@ -630,6 +667,10 @@ class QueueServer:
         self._listener: asyncssh.SSHAcceptor | None = None
         self._connections: set[asyncssh.SSHServerConnection] = set()
         self._sessions: set[_QueueSession] = set()
+        # requests parked on a log future, by future: all resumed in one pass
+        self._parked: dict[asyncio.Future[Any], list[tuple[_QueueSession, Any]]] = {}
+        self._waking = False
+        self._to_flush: list[_QueueSession] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
 
@@ -695,6 +736,35 @@ class QueueServer:
             "sealed_frames_in": sum(s.frames_opened for s in sealed),
             "rekeys": sum(s.rekeys for s in sealed),
         }
+
+    def park(self, fut: asyncio.Future[Any], session: _QueueSession, coro: Any) -> None:
+        """Resume `coro` on `session` once `fut` is done: one callback per future (a
+        batch's), however many requests wait on it."""
+        waiters = self._parked.get(fut)
+        if waiters is None:
+            waiters = self._parked[fut] = []
+            fut.add_done_callback(self._wake)
+        waiters.append((session, coro))
+
+    def _wake(self, fut: asyncio.Future[Any]) -> None:
+        """Resume every request parked on `fut`, then write each channel's replies
+        at once: a batch's replies leave in the pass that learns of its fsync."""
+        waiters = self._parked.pop(fut)
+        self._waking = True
+        try:
+            for session, coro in waiters:
+                session.go_on(coro)
+        finally:
+            self._waking = False
+            sessions, self._to_flush = self._to_flush, []
+            for session in sessions:
+                session._flush()
+
+    def flush_later(self, session: _QueueSession) -> bool:
+        """Whether `session`'s output will be written at the end of this wake pass."""
+        if self._waking:
+            self._to_flush.append(session)
+        return self._waking
 
     def tier_changed(self) -> None:
         """The node tier changed: tell every channel whose effective tier moved."""
