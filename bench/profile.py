@@ -1,7 +1,7 @@
 """Where the SSH server's CPU goes under load: py-spy on a real `qssh-sidecar serve`.
 
     python bench/profile.py [--seconds 10] [--window 16] [--server-tree DIR] [--out FILE]
-                            [--dir DIR]
+                            [--flamegraph SVG] [--dir DIR]
 
 Starts the server (from this tree, or from --server-tree, e.g. an older commit
 extracted with `git archive`, to compare), drives 16 connections with sync submits
@@ -10,7 +10,8 @@ server with `py-spy record --format raw` (collapsed stacks, 200 samples/s, idle
 samples dropped). Prints JSON: submits/s, the server's CPU per submit, and each
 function's share of the samples, own (innermost frame) and inclusive (anywhere on
 the stack), the top ones first; --out keeps the collapsed stacks (a flame graph
-input: `flamegraph.pl` or speedscope).
+input: `flamegraph.pl` or speedscope); --flamegraph has a second py-spy sample the same
+load and draw its flame graph (SVG).
 """
 
 from __future__ import annotations
@@ -67,8 +68,26 @@ def summarize(collapsed: str) -> dict[str, Any]:
     }
 
 
+def _record(
+    pyspy: str, pid: int, seconds: float, fmt: str, output: Path
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            pyspy, "record", "--pid", str(pid), "--rate", "200", "--duration", str(int(seconds)),
+            "--format", fmt, "--output", str(output), "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 async def run(
-    seconds: float, window: int, server_tree: str | None, out: str | None, directory: str | None
+    seconds: float,
+    window: int,
+    server_tree: str | None,
+    out: str | None,
+    directory: str | None,
+    flamegraph: Path | None = None,
 ) -> Any:
     beside = Path(sys.executable).with_name("py-spy")  # a venv's, when not on PATH
     pyspy = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
@@ -80,19 +99,15 @@ async def run(
         await server.wait()
         await bench_qssh(server, 16, window, 1.0)  # warm-up
         raw = base / "stacks.txt"
-        spy = subprocess.Popen(  # noqa: ASYNC220 - returns at once; waited for in a thread
-            [
-                pyspy, "record", "--pid", str(server.proc.pid), "--rate", "200",
-                "--duration", str(int(seconds)), "--format", "raw", "--output", str(raw),
-                "--nonblocking",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        pid = server.proc.pid
+        spies = [_record(pyspy, pid, seconds, "raw", raw)]
+        if flamegraph:
+            spies.append(_record(pyspy, pid, seconds, "flamegraph", flamegraph))
         cpu_before = cpu_seconds(server.proc.pid)
         load = await bench_qssh(server, 16, window, seconds)
         cpu = cpu_seconds(server.proc.pid) - cpu_before
-        await asyncio.to_thread(spy.wait, 60)
+        for spy in spies:
+            await asyncio.to_thread(spy.wait, 60)
         collapsed = raw.read_text() if raw.exists() else ""
         if out:
             Path(out).write_text(collapsed)  # noqa: ASYNC240
@@ -118,11 +133,15 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--server-tree", default=None, help="run the server from this tree")
     parser.add_argument("--out", default=None, help="keep the collapsed stacks here")
+    parser.add_argument("--flamegraph", default=None, help="draw a flame graph (SVG) here")
     parser.add_argument(
         "--dir", default=None, help="where the log goes (/dev/shm: fsync is free, CPU only)"
     )
     args = parser.parse_args()
-    result = asyncio.run(run(args.seconds, args.window, args.server_tree, args.out, args.dir))
+    flamegraph = Path(args.flamegraph).resolve() if args.flamegraph else None
+    result = asyncio.run(
+        run(args.seconds, args.window, args.server_tree, args.out, args.dir, flamegraph)
+    )
     sys.stdout.buffer.write(dumps(result))
     return 0
 

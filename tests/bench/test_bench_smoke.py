@@ -92,3 +92,20 @@ def test_keygen_bench_runs_and_covers_every_seeded_algorithm() -> None:
     )
     for figures in result["algorithms"].values():
         assert all(math.isfinite(v) and v > 0 for v in figures.values())
+
+
+def test_profile_samples_a_real_server_and_draws_its_flame_graph(tmp_path: Path) -> None:
+    svg = tmp_path / "flame.svg"
+    proc = subprocess.run(
+        [
+            sys.executable, str(REPO / "bench" / "profile.py"), "--seconds", "2",
+            "--dir", str(tmp_path), "--flamegraph", str(svg),
+        ],
+        cwd=REPO, env=child_env(),
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert result["submits_per_s"] > 0 and result["profile"]["samples"] > 0
+    assert any("transport/" in name for name in result["profile"]["inclusive_percent"])
+    assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()
