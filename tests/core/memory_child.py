@@ -2,6 +2,7 @@
 
     python tests/core/memory_child.py messages N      # N validated 300-byte messages kept
     python tests/core/memory_child.py fill DIR BYTES  # a queue filled to max_bytes=BYTES
+    python tests/core/memory_child.py recover DIR N   # open a log of N submits, most consumed
 
 Prints one JSON object.
 """
@@ -13,6 +14,8 @@ import base64
 import gc
 import os
 import sys
+import time
+import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -20,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import orjson
 
 from sidecar import QppValidatorQueue, QueueFull, QueueLimits, QueueMessage
+from sidecar.wal import consume_record, encode_frame, file_header
+
+FRAME = 256  # submit records per frame; each followed by a frame consuming as many
 
 
 def rss() -> int:
@@ -69,9 +75,60 @@ async def fill(directory: str, max_bytes: int) -> dict[str, float]:
     }
 
 
+def write_log(path: str, submits: int, live: int) -> int:
+    """`submits` submit records in frames of FRAME, each frame followed by one consuming
+    the oldest messages so that `live` stay; returns the number of records."""
+    now = time.time()
+    records = 0
+    oldest = 1
+    with open(path, "wb") as f:
+        f.write(file_header())
+        for first in range(1, submits + 1, FRAME):
+            ids = range(first, min(submits + 1, first + FRAME))
+            text = [gossip(i).decode() for i in ids]
+            f.write(
+                encode_frame(
+                    [
+                        orjson.dumps(["S", i, 50, now, "t", "sync", True, False, False, 0, t])
+                        for i, t in zip(ids, text, strict=True)
+                    ]
+                )
+            )
+            consumed = range(oldest, max(oldest, ids[-1] + 1 - live))
+            if consumed:
+                f.write(encode_frame([consume_record(i) for i in consumed]))
+                oldest = consumed[-1] + 1
+            records += len(ids) + len(consumed)
+    return records
+
+
+async def recover(directory: str, submits: int) -> dict[str, float]:
+    """Python memory (tracemalloc) while a log is recovered: its peak, and what the
+    recovered queue holds once open."""
+    os.makedirs(directory, exist_ok=True)
+    records = write_log(os.path.join(directory, "m.wal"), submits, live=1000)
+    gc.collect()
+    tracemalloc.start()
+    start = tracemalloc.get_traced_memory()[0]
+    q = await QppValidatorQueue.open("m", directory)
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    depth = q.depth()["total"]
+    await q.close()
+    return {
+        "records": records,
+        "depth": depth,
+        "log_bytes": os.path.getsize(os.path.join(directory, "m.wal")),
+        "held": held - start,
+        "peak": peak - start,
+    }
+
+
 def main() -> None:
     if sys.argv[1] == "messages":
         result = messages(int(sys.argv[2]))
+    elif sys.argv[1] == "recover":
+        result = asyncio.run(recover(sys.argv[2], int(sys.argv[3])))
     else:
         result = asyncio.run(fill(sys.argv[2], int(sys.argv[3])))
     sys.stdout.buffer.write(orjson.dumps(result))
