@@ -5,9 +5,11 @@
 
 Runs the queue core (bench/queue_core.py), the queue service over SSH
 (bench/service.py), the node endpoint over WebSocket, HTTP and newline JSON beside SSH
-(bench/node_endpoint.py), the SSH handshake (bench/handshake.py) and the queue at depth
+(bench/node_endpoint.py), the SSH handshake (bench/handshake.py), the queue at depth
 (bench/depth.py: RSS per message beside Redis, GC pauses, compaction and recovery at
-1M messages; last, as it takes a few GB); each interleaves its
+1M messages) and recovery of logs of 1M and 3M records (bench/recovery.py: time and
+peak RSS against the goals and the same queue filled by submits); the last two take a
+few GB, so they run last. Each interleaves its
 baselines with what they are compared to and reports medians over rounds. Writes
 ``results.json`` (ratios first, then the comparisons, the raw figures and the
 machine) and ``results.png`` into --out (default: bench/), and prints a table.
@@ -30,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench import depth, handshake, node_endpoint, queue_core, service
+from bench import depth, handshake, node_endpoint, queue_core, recovery, service
 from bench.plot import plot_comparisons
 from bench.stats import dumps, machine_info
 from transport.crypto import DEFAULT_KEX
@@ -48,14 +50,20 @@ class Mode:
     node_seconds: float = 3.0
     node_latency_messages: int = 200
     depth_messages: int = 1_000_000
+    recovery_live: int = 1_000_000
+    recovery_rounds: int = 3
 
 
-QUICK = Mode(1, True, 1, 0.5, 5_000, 3, 1, 0.5, 20, 20_000)
+QUICK = Mode(1, True, 1, 0.5, 5_000, 3, 1, 0.5, 20, 20_000, 10_000, 1)
 DEFAULT = Mode(5, False, 5, 3.0, 200_000, 30)
 
 SPEEDUP = "baseline time / our time (> 1: ours faster)"
 THROUGHPUT = "our ops/s / baseline ops/s (> 1: ours faster)"
 COST = "our time / baseline time (> 1: ours slower)"
+GOAL = "ours / the goal (<= 1: goal met)"
+# issue 17: opening 1M records in < 1.5 s and 3M in < 4.5 s, peak RSS <= 1.5 x steady
+RECOVERY_GOAL_SECONDS_PER_M = {"1x": 1.5, "3x": 1.5}  # per million records
+RECOVERY_GOAL_PEAK_OVER_STEADY = 1.5
 
 
 def _row(
@@ -152,6 +160,8 @@ def comparisons(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
             d["redis"]["used_memory_per_value"],
             top["rss_per_message"] / d["redis"]["used_memory_per_value"], COST,
         )  # fmt: skip
+    if "recovery" in figures:  # results.json files from before it lack it
+        rows.update(recovery_rows(figures["recovery"]))
     classical = h["handshake"][h["baseline"]]["median_ms"]
     for alg, fig in h["handshake"].items():
         if alg == h["baseline"]:
@@ -159,6 +169,28 @@ def comparisons(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
         rows[f"handshake_{alg}_vs_classical"] = _row(
             "handshake", alg, "ssh-ed25519 + curve25519-sha256", "ms",
             fig["median_ms"], classical, fig["ratio_vs_classical"], COST,
+        )  # fmt: skip
+    return rows
+
+
+def recovery_rows(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = {}
+    for shape, per_m in RECOVERY_GOAL_SECONDS_PER_M.items():
+        records = r[shape]["log"]["records"]
+        goal = per_m * records / 1e6
+        seconds = r[shape]["after"]["seconds"]
+        rows[f"recovery_{shape}_vs_goal"] = _row(
+            "recovery", f"open a log of {records:,} records", f"goal: < {goal:.3g} s", "s",
+            seconds, goal, seconds / goal, GOAL,
+        )  # fmt: skip
+    if "filled_by_submits" in r:
+        peak = max(r[shape]["after"]["peak_rss_mb"] for shape in RECOVERY_GOAL_SECONDS_PER_M)
+        filled = r["filled_by_submits"]["steady_rss_mb"]
+        rows["recovery_peak_rss_vs_filled_queue"] = _row(
+            "recovery", f"peak RSS recovering {r['live']:,} live messages",
+            f"{RECOVERY_GOAL_PEAK_OVER_STEADY} x RSS of the same queue filled by submits", "MB",
+            peak, filled * RECOVERY_GOAL_PEAK_OVER_STEADY,
+            peak / (filled * RECOVERY_GOAL_PEAK_OVER_STEADY), GOAL,
         )  # fmt: skip
     return rows
 
@@ -247,6 +279,9 @@ def run(mode: Mode, data_dir: str | None) -> dict[str, Any]:
     t = time.perf_counter()  # last: at 1M messages it takes a few GB and minutes
     figures["depth"] = asyncio.run(depth.run(data_dir, mode.depth_messages, 300, True))
     seconds["depth"] = time.perf_counter() - t
+    t = time.perf_counter()
+    figures["recovery"] = recovery.run(mode.recovery_live, mode.recovery_rounds, data_dir, None)
+    seconds["recovery"] = time.perf_counter() - t
     rows = comparisons(figures)
     return {
         "ratios": {name: row["ratio"] for name, row in rows.items()},

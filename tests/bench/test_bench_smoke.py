@@ -43,6 +43,7 @@ def test_run_all_quick_writes_ratios_figures_and_machine(tmp_path: Path) -> None
         "node_endpoint",
         "handshake",
         "depth",
+        "recovery",
     }
     assert {"nproc", "kernel", "python", "packages", "date"} <= set(result["machine"])
     assert result["machine"]["packages"]["persist-queue"] is not None
@@ -61,6 +62,12 @@ def test_run_all_quick_writes_ratios_figures_and_machine(tmp_path: Path) -> None
     assert depth["at_depth"][str(depth["messages"])]["depth"] >= depth["messages"]
     assert depth["compaction_at_depth"]["live"] >= depth["messages"]
     assert depth["recovery"]["restored"] >= depth["messages"]
+    rec = result["figures"]["recovery"]
+    for shape in ("1x", "3x"):
+        assert rec[shape]["after"]["rounds"][0]["restored"] == rec["live"]
+        assert f"recovery_{shape}_vs_goal" in ratios
+    assert rec["3x"]["log"]["records"] == 3 * rec["live"]
+    assert "recovery_peak_rss_vs_filled_queue" in ratios
     if result["figures"]["service"]["ssh_tunnel"].startswith("OpenSSH"):  # sshd installed
         assert "service_sync_16_unpipelined_vs_redis_ssh_tunnel" in ratios
     for name, value in ratios.items():
