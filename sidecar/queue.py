@@ -19,8 +19,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import Any, TypeVar
 
 from sidecar.commit import GroupCommitter, Op
 from sidecar.dedup import (
@@ -35,6 +35,7 @@ from sidecar.durable_fs import make_dirs
 from sidecar.errors import AsyncMessagesLost, InvalidMessage, LogFailed, Unavailable
 from sidecar.gc_policy import GcFreezer
 from sidecar.handles import NoClone
+from sidecar.live import DurableLive
 from sidecar.messages import Kind, Mode, QueueMessage, QueueMessageWithProvenance, resolve_mode
 from sidecar.observer import NULL_OBSERVER, QueueObserver
 from sidecar.relay_backlog import PeerBacklog, RelayBacklog
@@ -73,6 +74,10 @@ _CLOSE_FRAME_BYTES = 8 * 1024 * 1024
 _SPACE_RETRY_SECONDS = 0.1
 _FREEZE_AT = 50_000  # recovered messages from which gc.freeze() pays off
 _GC = GcFreezer()  # gc.freeze is process-wide: one policy for every queue
+# live messages a compaction step serialises (about 1 ms of Python in the worker: the
+# event loop waits for the GIL at most that long, not the 5 ms switch interval)
+COMPACTION_CHUNK = 512
+R = TypeVar("R")
 
 Origin = tuple[str, int]  # (the sidecar a relayed message was submitted to, its id there)
 Clock = Callable[[], float]  # seconds; time.monotonic and time.time unless a test gives one
@@ -120,7 +125,7 @@ class QppValidatorQueue:
         self._compact_bytes = compact_bytes
         self._inline_lone_sync = inline_lone_sync
         self._committer: GroupCommitter | None = None
-        self._durable_live: dict[int, QueueMessageWithProvenance] = {}
+        self._durable_live = DurableLive()
         self._next_id = 1
         self._reserved_upto = 1  # ids below this are durably reserved
         self._reserve_pending = False
@@ -132,6 +137,7 @@ class QppValidatorQueue:
         self._closed = False
         self._compacting = False
         self._compaction_lock = asyncio.Lock()
+        self.compaction_chunk = COMPACTION_CHUNK
         self._log_records = 0  # records in the current log file
         self._lock: LogLock | None = None
         self.recovery: Recovery | None = None
@@ -234,8 +240,10 @@ class QppValidatorQueue:
             self._block_since = self._clock()
             self._log_records = rec.records + 1
             # the replayed id -> message dict becomes the index of logged messages
-            self._durable_live, rec.replayed.live = rec.replayed.live, {}
-            self._state.load(self._durable_live.values(), issued_below=self._next_id)
+            live, rec.replayed.live = rec.replayed.live, {}
+            self._durable_live = DurableLive(live)
+            self._state.load(live.values(), issued_below=self._next_id)
+            del live
             self._restore_dedup(rec.replayed.dedup, rec.replayed.watermarks)
             self._restore_relay(rec.replayed.broadcast, rec.replayed.relayed)
             if len(self._durable_live) >= _FREEZE_AT:
@@ -312,7 +320,7 @@ class QppValidatorQueue:
         committer.shutdown_io()
         committer.detach()
         self._state = QueueState(self._state.limits)
-        self._durable_live = {}
+        self._durable_live = DurableLive()
         if self._lock is not None:
             self._lock.release()
         self._closed = True
@@ -812,14 +820,14 @@ class QppValidatorQueue:
         arrived = 0
         for code, _rec, _fut, payload in batch:
             if code == _SUBMIT:
-                live[payload.message_id] = payload
+                live.add(payload)
                 state.push(payload)
                 arrived += 1
                 if payload.broadcast:
                     self._retain_for_peers(payload)
             elif code == _SUBMIT_ONCE:
                 item, key = payload
-                live[item.message_id] = item
+                live.add(item)
                 state.push(item)
                 self._dedup.record(key, item.message_id, item.created_at, durable=True)
                 arrived += 1
@@ -830,10 +838,10 @@ class QppValidatorQueue:
             elif code == _WATERMARK:
                 self._dedup.advance(*payload)
             elif code == _CONSUME_POP:
-                live.pop(payload.message_id, None)
+                live.discard(payload.message_id)
                 self._consumed(payload)
             elif code == _CONSUME_ACK:
-                live.pop(payload.message_id, None)
+                live.discard(payload.message_id)
                 self._consumed(payload.item)
             else:
                 self._reserved_upto = max(self._reserved_upto, payload)
@@ -896,46 +904,54 @@ class QppValidatorQueue:
     async def _compact(self, committer: GroupCommitter) -> dict[str, Any]:
         """Rewrite the log from a snapshot while the queue goes on (wal/_log.py).
 
-        Only two short steps hold batches back: taking the snapshot (a list of the
-        live messages) and the catch-up and swap at the end. The new file is written
-        in between, off the event loop, while submits, pops and acks go on.
+        Only two short steps hold batches back: starting (the log's capture, pinning
+        the live messages, the few dedup and relay records) and the catch-up and swap
+        at the end. In between the snapshot is written a chunk at a time, off the event
+        loop, while submits, pops and acks go on.
         """
         async with self._compaction_lock:
             return await self._compact_now(committer)
 
     async def _compact_now(self, committer: GroupCommitter) -> dict[str, Any]:
         wal = committer.wal
+        live_items = self._durable_live
         started = time.perf_counter()
 
-        def snapshot() -> tuple[list[QueueMessageWithProvenance], list[bytes], int, int]:
+        def start() -> tuple[Iterator[QueueMessageWithProvenance], list[bytes], set[int], int, int]:
             # runs between two batches: the log holds exactly the durable state
-            items = list(self._durable_live.values())
-            extra = [watermark_record(p, w) for p, w in self._dedup.floors().items()]
+            extra = [checkpoint_record(self._reserved_upto, self._wall_clock())]
+            extra += [watermark_record(p, w) for p, w in self._dedup.floors().items()]
             extra += [
                 dedup_record(principal, dedup_id, e.message_id, e.at)
                 for (principal, dedup_id), e in self._dedup.entries().items()
                 if e.durable
             ]
-            extra += self._relay_records(items)
-            extra.insert(0, checkpoint_record(self._reserved_upto, self._wall_clock()))
+            retained = self._relay_retained(extra)
+            snapshot = live_items.pin()
             wal.start_capture()
-            return items, extra, wal.size, self._log_records
+            return snapshot, extra, retained, wal.size, self._log_records
 
         compaction: Compaction | None = None
         try:
-            items, extra, before, records_at = await committer.run_exclusive(snapshot)
-            live = len(items)
-            count = live + len(extra)
-            records = itertools.chain(extra[:1], map(submit_record, items), extra[1:])
-            if self._layer.blocking:
-                compaction = await asyncio.to_thread(wal.write_compacted, records)
-                del items, records
-                # what was logged meanwhile, off the loop too: the swap has little left
-                caught_up_early = await asyncio.to_thread(wal.catch_up, compaction)
-            else:
-                compaction = wal.write_compacted(records)
-                del items, records
-                caught_up_early = wal.catch_up(compaction)
+            snapshot, extra, retained, before, records_at = await committer.run_exclusive(start)
+            compaction = await self._off_loop(wal.begin_compacted)
+            await self._off_loop(wal.add_compacted, compaction, extra)
+            chunk = self._snapshot_chunk(wal, compaction, snapshot, retained)
+            live = steps = 0
+            count = len(extra)
+            while True:  # a chunk per step: the loop runs between any two
+                items, records = await self._off_loop(chunk)
+                live += items
+                count += records
+                steps += 1
+                if items < self.compaction_chunk:
+                    break
+                if not self._layer.blocking:
+                    await asyncio.sleep(0)
+            live_items.unpin()
+            await self._off_loop(wal.seal_compacted, compaction)
+            # what was logged meanwhile, off the loop too: the swap has little left
+            caught_up_early = await self._off_loop(wal.catch_up, compaction)
             written = compaction
 
             def swap() -> tuple[int, float]:
@@ -945,20 +961,19 @@ class QppValidatorQueue:
                 return caught_up, time.perf_counter() - swap_started
 
             caught_up, swap_seconds = await committer.run_exclusive(swap)
-            if self._layer.blocking:
-                await asyncio.to_thread(wal.close_retired)  # frees the old file's blocks
-            else:
-                wal.close_retired()
+            await self._off_loop(wal.close_retired)  # frees the old file's blocks
         except BaseException:
             wal.abandon_compacted(compaction)
             raise
         finally:
+            live_items.unpin()
             self._compacting = False
         result: dict[str, Any] = {
             "bytes_before": before,
             "bytes_after": wal.size,
             "live": live,
             "seconds": time.perf_counter() - started,
+            "snapshot_steps": steps,
             "caught_up_frames": caught_up_early + caught_up,
             "caught_up_at_swap": caught_up,
             "swap_seconds": swap_seconds,
@@ -979,15 +994,45 @@ class QppValidatorQueue:
         self._observer.on_log_bytes(result["bytes_after"])
         return result
 
-    def _relay_records(self, live: list[QueueMessageWithProvenance]) -> list[bytes]:
-        """What compaction keeps of the relay: each broadcast message some peer lacks
-        (submitted and consumed again if it was consumed here) and who has it already;
-        and for a live broadcast message every peer has, that they do."""
+    async def _off_loop(self, fn: Callable[..., R], *args: Any) -> R:
+        """Blocking log work in a worker thread (inline on a layer that never blocks)."""
+        if self._layer.blocking:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    def _snapshot_chunk(
+        self,
+        wal: WriteAheadLog,
+        compaction: Compaction,
+        snapshot: Iterator[QueueMessageWithProvenance],
+        retained: set[int],
+    ) -> Callable[[], tuple[int, int]]:
+        """A step of the snapshot: the next `compaction_chunk` live messages (about a
+        millisecond of work, so the loop soon has the GIL back) into the temp file,
+        with, for a broadcast message every peer has, that they do; (messages, records)."""
         peers = tuple(self._relay_news)
-        if not peers:
-            return []
-        records: list[bytes] = []
-        retained = set()
+        size = self.compaction_chunk
+
+        def chunk() -> tuple[int, int]:
+            records: list[bytes] = []
+            n = 0
+            for item in itertools.islice(snapshot, size):
+                n += 1
+                records.append(submit_record(item))
+                if peers and item.broadcast and item.message_id not in retained:
+                    records += [relayed_record(peer, item.message_id) for peer in peers]
+            wal.add_compacted(compaction, records)
+            return n, len(records)
+
+        return chunk
+
+    def _relay_retained(self, records: list[bytes]) -> set[int]:
+        """What compaction keeps of the relay backlog, added to `records`: each
+        broadcast message some peer lacks (submitted and consumed again if it was
+        consumed here) and who has it already; returns their ids."""
+        retained: set[int] = set()
+        if not self._relay_news:
+            return retained
         for item, have in self._relay.retained():
             if not item.persisted:
                 continue  # an async message: relayed from memory only
@@ -996,10 +1041,7 @@ class QppValidatorQueue:
             if mid not in self._durable_live:
                 records += [submit_record(item), consume_record(mid)]
             records += [relayed_record(peer, mid) for peer in have]
-        for item in live:
-            if item.broadcast and item.message_id not in retained:
-                records += [relayed_record(peer, item.message_id) for peer in peers]
-        return records
+        return retained
 
     # -- introspection -------------------------------------------------------------------
     def depth(self) -> dict[str, int]:
