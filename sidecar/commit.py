@@ -109,7 +109,8 @@ class GroupCommitter:
             raise Unavailable(f"{self.wal.path}: the log is shutting down")
 
     async def run_exclusive(self, job: Callable[[], R]) -> R:
-        """Run `job` (blocking log work, e.g. compaction) between two batches."""
+        """Run `job` (short blocking log work: a compaction's start and swap) between
+        two batches, as soon as the batch being written is done."""
         fut: asyncio.Future[R] = self._loop.create_future()
         self._jobs.append((job, fut))
         self._schedule()
@@ -151,11 +152,11 @@ class GroupCommitter:
             return
         if self.fatal is not None:
             self._fail_all(self.fatal)
+        elif self._jobs:  # before the next batch: callers that never pause cannot starve it
+            self._start_job()
+            return
         elif self._pending:
             self._start_batch()
-            return
-        elif self._jobs:
-            self._start_job()
             return
         if self.fatal is None:
             self._on_idle()

@@ -20,6 +20,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sidecar.commit import GroupCommitter, Op
@@ -138,6 +139,7 @@ class QppValidatorQueue:
         self._compacting = False
         self._compaction_lock = asyncio.Lock()
         self.compaction_chunk = COMPACTION_CHUNK
+        self._compaction_thread: ThreadPoolExecutor | None = None
         self._log_records = 0  # records in the current log file
         self._lock: LogLock | None = None
         self.recovery: Recovery | None = None
@@ -910,7 +912,14 @@ class QppValidatorQueue:
         loop, while submits, pops and acks go on.
         """
         async with self._compaction_lock:
-            return await self._compact_now(committer)
+            if self._layer.blocking:
+                self._compaction_thread = ThreadPoolExecutor(1, thread_name_prefix="compact")
+            try:
+                return await self._compact_now(committer)
+            finally:
+                if self._compaction_thread is not None:
+                    self._compaction_thread.shutdown(wait=False)
+                    self._compaction_thread = None
 
     async def _compact_now(self, committer: GroupCommitter) -> dict[str, Any]:
         wal = committer.wal
@@ -995,10 +1004,12 @@ class QppValidatorQueue:
         return result
 
     async def _off_loop(self, fn: Callable[..., R], *args: Any) -> R:
-        """Blocking log work in a worker thread (inline on a layer that never blocks)."""
-        if self._layer.blocking:
-            return await asyncio.to_thread(fn, *args)
-        return fn(*args)
+        """Blocking log work in the compaction's thread (inline on a layer that never
+        blocks). One thread: spread over the default executor's threads, the chunks'
+        allocations kept a malloc arena per thread (+40 MB of peak RSS at 1M)."""
+        if self._compaction_thread is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._compaction_thread, fn, *args)
 
     def _snapshot_chunk(
         self,
