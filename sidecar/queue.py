@@ -282,7 +282,7 @@ class QppValidatorQueue:
     ) -> None:
         live = self._durable_live
         for mid in sorted(broadcast):
-            item = broadcast[mid]
+            item = live.get(mid) or broadcast[mid]  # the live object if still queued
             self._relay.add(item, relayed.get(mid, ()))
             if mid not in live and self._relay.retains(mid):
                 self._kept_for_peers[mid] = item.message.encoded_size

@@ -102,6 +102,30 @@ async def test_compact_keeps_live_messages_and_ids(tmp_path: Path) -> None:
     await q.close()
 
 
+async def test_compact_keeps_a_live_message_with_its_provenance_and_dedup_key(
+    tmp_path: Path,
+) -> None:
+    q = await QppValidatorQueue.open("v", tmp_path)
+    await q.submit_sync(block(0), submitted_by="c")  # id 1, popped below
+    first = await q.submit_once(block(1), submitted_by="a", dedup_id="k", mode="sync")
+    await q.submit_sync(gossip(2), submitted_by="b", broadcast=True)
+    (await q.pop()).consume()  # type: ignore[union-attr]
+    await q.close()
+    res = _cli("compact", str(tmp_path / "v.wal"))
+    assert res.returncode == 0, res.stderr
+    records = [orjson.loads(line) for line in _cli("dump", str(tmp_path / "v.wal")).stdout.split()]
+    kept = {r["message_id"]: r for r in records if r["type"] == "submit"}
+    assert set(kept) == {2, 3}
+    assert kept[2]["dedup"] == ["a", "k"]
+    assert kept[3]["submitted_by"] == "b"
+    assert kept[3]["broadcast"] is True
+    assert kept[3]["message"] == gossip(2).to_json()
+    async with await QppValidatorQueue.open("v", tmp_path) as q:
+        again = await q.submit_once(block(1), submitted_by="a", dedup_id="k", mode="sync")
+        assert again.duplicate
+        assert again.message_id == first.message_id
+
+
 async def test_compact_refuses_a_log_in_use(tmp_path: Path) -> None:
     path = await _make_log(tmp_path)
     q = await QppValidatorQueue.open("v", tmp_path)
