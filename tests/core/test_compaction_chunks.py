@@ -248,3 +248,21 @@ async def test_the_temp_file_is_synced_as_it_grows_and_the_old_log_cut_before_cl
     )
     assert {i.message_id for i in q._state.ready_items()} == set(ids[100:])
     await q.close()
+
+
+async def test_dedup_keys_are_written_in_steps_too_and_survive(tmp_path: Path) -> None:
+    q = await QppValidatorQueue.open("v", tmp_path)
+    q.compaction_chunk = 8
+    first = [await q.submit_once(block(i), submitted_by="a", dedup_id=f"k{i}") for i in range(100)]
+    while (h := await q.pop()) is not None:
+        h.consume()  # the messages are gone, their keys stay in the window
+    result = await q.compact_wal()
+    assert result["live"] == 0
+    assert result["snapshot_steps"] >= 100 // 8  # the keys, not one step for all of them
+    await q.close()
+    q = await QppValidatorQueue.open("v", tmp_path)
+    again = [await q.submit_once(block(i), submitted_by="a", dedup_id=f"k{i}") for i in range(100)]
+    assert all(a.duplicate for a in again)
+    assert [a.message_id for a in again] == [f.message_id for f in first]
+    assert q.depth()["total"] == 0
+    await q.close()
