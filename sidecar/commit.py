@@ -199,14 +199,24 @@ class GroupCommitter:
             self._schedule()
             return
         self._busy = True
-        work = self._loop.run_in_executor(self._executor, self.wal.append_and_sync, frame)
-        work.add_done_callback(lambda w: self._batch_written(w, ops, fut, started))
+        self._executor.submit(self._write_in_worker, frame, ops, fut, started)
+
+    def _write_in_worker(
+        self, frame: bytes, ops: list[Op], fut: _BatchFuture, started: float
+    ) -> None:
+        """In the worker thread: write and fsync, then hand the outcome straight to the
+        loop (one callback, not an executor future chained to an asyncio future)."""
+        exc: BaseException | None = None
+        try:
+            self.wal.append_and_sync(frame)
+        except BaseException as e:  # handed to the loop: a failed fsync is fatal there
+            exc = e
+        self._loop.call_soon_threadsafe(self._batch_written, exc, ops, fut, started)
 
     def _batch_written(
-        self, work: asyncio.Future[None], ops: list[Op], fut: _BatchFuture, started: float
+        self, exc: BaseException | None, ops: list[Op], fut: _BatchFuture, started: float
     ) -> None:
         self._busy = False
-        exc = work.exception()
         if exc is not None:
             self._failed(ops, fut, exc)
         else:
