@@ -907,8 +907,8 @@ class QppValidatorQueue:
         """Rewrite the log from a snapshot while the queue goes on (wal/_log.py).
 
         Only two short steps hold batches back: starting (the log's capture, pinning
-        the live messages, the few dedup and relay records) and the catch-up and swap
-        at the end. In between the snapshot is written a chunk at a time, off the event
+        the live messages, copying the dedup keys, the relay records) and the catch-up
+        and swap at the end. In between the snapshot is written a chunk at a time, off the event
         loop, while submits, pops and acks go on.
         """
         async with self._compaction_lock:
@@ -1008,7 +1008,13 @@ class QppValidatorQueue:
         allocations kept a malloc arena per thread (+40 MB of peak RSS at 1M)."""
         if self._compaction_thread is None:
             return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._compaction_thread, fn, *args)
+        step = asyncio.get_running_loop().run_in_executor(self._compaction_thread, fn, *args)
+        try:
+            return await asyncio.shield(step)
+        except asyncio.CancelledError:
+            # the step ends before what it uses (the temp file, the pinned dict) is let go
+            await asyncio.wait([step])
+            raise
 
     async def _in_steps(self, step: Callable[[], tuple[int, int]]) -> tuple[int, int, int]:
         """Run `step` off the loop until it takes fewer than `compaction_chunk` items,

@@ -89,6 +89,7 @@ class WriteAheadLog:
         self._capture_lock = threading.Lock()
         # replaced by a compaction, not closed yet, with their sizes
         self._retired: list[tuple[LogHandle, int]] = []
+        self._begun: Compaction | None = None  # the temp file being written, if any
         self.compact_sync_bytes = COMPACT_SYNC_BYTES
         self.retire_cut_bytes = RETIRE_CUT_BYTES
         self.dir = os.path.dirname(os.path.abspath(path))
@@ -273,7 +274,8 @@ class WriteAheadLog:
         except OSError as exc:
             self._abandon(temp)
             raise self._compaction_failed(exc) from exc
-        return Compaction(temp, out, FILE_HEADER_SIZE)
+        self._begun = Compaction(temp, out, FILE_HEADER_SIZE)
+        return self._begun
 
     def add_compacted(self, c: Compaction, records: Iterable[bytes]) -> None:
         """Add records to the temp file (whole frames are written as they fill up, and
@@ -350,12 +352,16 @@ class WriteAheadLog:
                 c.handle.close()
             self._abandon(c.temp)
             raise self._compaction_failed(exc) from exc
+        self._begun = None
         self._swap_in(c.temp, c.size)
         return len(tail)
 
     def abandon_compacted(self, c: Compaction | None) -> None:
-        """Give up a compaction: the old log stays in use."""
+        """Give up a compaction: the old log stays in use. With `c` None, the one
+        `begin_compacted` made last if any (its caller may not have seen it, when
+        cancelled while it ran)."""
         self._capture = None
+        c, self._begun = c or self._begun, None
         if c is not None:
             with contextlib.suppress(OSError):
                 c.handle.close()

@@ -20,8 +20,10 @@ from hypothesis import strategies as st
 from sidecar import LogFailed, QppValidatorQueue, Unavailable
 from sidecar.live import DurableLive
 from sidecar.messages import QueueMessageWithProvenance
+from sidecar.wal import TEMP_SUFFIX
 from tests.core.helpers import block
 from tests.core.simfs import SimDisk
+from tests.core.test_compaction_online import _HeldCompactionLayer
 
 DIR = "/sim"
 OPS = ("submit", "pop", "lease", "ack", "release", "wait")
@@ -265,4 +267,32 @@ async def test_dedup_keys_are_written_in_steps_too_and_survive(tmp_path: Path) -
     assert all(a.duplicate for a in again)
     assert [a.message_id for a in again] == [f.message_id for f in first]
     assert q.depth()["total"] == 0
+    await q.close()
+
+
+async def test_a_compaction_cancelled_mid_step_keeps_the_old_log_and_the_queue(
+    tmp_path: Path,
+) -> None:
+    layer = _HeldCompactionLayer()
+    layer.gate.set()
+    q = await QppValidatorQueue.open("v", tmp_path, layer=layer)
+    ids = await _fill(q, 50)
+    layer.gate.clear()
+    layer.entered.clear()  # (creating the log wrote a temp file too)
+    compaction = asyncio.create_task(q.compact_wal())
+    assert await asyncio.to_thread(layer.entered.wait, 30)  # a step is writing, held
+    compaction.cancel()
+    await asyncio.sleep(0.05)
+    assert not compaction.done()  # it waits for the step it is in
+    layer.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await compaction
+    assert not q._durable_live.pinned
+    assert not (tmp_path / f"v.wal{TEMP_SUFFIX}").exists()
+    more = await q.submit_sync(block(99), submitted_by="t")  # the queue goes on
+    result = await q.compact_wal()  # and compacts again
+    assert result["live"] == 51
+    await q.close()
+    q = await QppValidatorQueue.open("v", tmp_path)
+    assert {i.message_id for i in q._state.ready_items()} == {*ids, more}
     await q.close()
