@@ -19,14 +19,19 @@ from sidecar.errors import LogCorrupt, Unavailable
 from sidecar.wal import (
     TEMP_SUFFIX,
     LogLock,
+    Replayed,
     WriteAheadLog,
     check_file_header,
     checkpoint_record,
+    consume_record,
+    dedup_record,
     record_to_dict,
+    relayed_record,
     replay,
     salvage_hint,
     scan,
     submit_record,
+    watermark_record,
 )
 
 EXIT_CLEAN, EXIT_TORN, EXIT_CORRUPT, EXIT_BUSY = 0, 1, 2, 3
@@ -159,6 +164,29 @@ def _dump(args: argparse.Namespace) -> int:
     return EXIT_CLEAN
 
 
+def _compacted(replayed: Replayed) -> list[bytes]:
+    """The records of an offline compaction: what online compaction keeps (see
+    docs/wal-format.md), without the configuration the running queue has. So every
+    dedup key, watermark and broadcast message is kept with its relayed marks (the
+    queue drops, at open, the keys past its window and what no configured peer lacks)."""
+    live = replayed.live
+    keys = {mid: key for key, (mid, _at) in replayed.dedup.items() if mid in live}
+    records = [checkpoint_record(replayed.next_id, time.time())]
+    records += [watermark_record(p, w) for p, w in replayed.watermarks.items()]
+    records += [
+        dedup_record(principal, dedup_id, mid, at)
+        for (principal, dedup_id), (mid, at) in replayed.dedup.items()
+        if keys.get(mid) != (principal, dedup_id)
+    ]
+    for mid, item in replayed.broadcast.items():
+        if mid not in live:  # consumed here; a peer may still lack it
+            records += [submit_record(item), consume_record(mid)]
+        records += [relayed_record(peer, mid) for peer in sorted(replayed.relayed.get(mid, ()))]
+    # a live message keeps the dedup key its submit record carried
+    records += [submit_record(item, keys.get(mid)) for mid, item in live.items()]
+    return records
+
+
 def _compact(args: argparse.Namespace) -> int:
     if not os.path.exists(args.path):
         print(f"{args.path}: no such log", file=sys.stderr)
@@ -182,12 +210,7 @@ def _compact(args: argparse.Namespace) -> int:
         assert rec.replayed is not None
         before = wal.size
         started = time.perf_counter()
-        replayed = rec.replayed
-        # a live message keeps the dedup key its submit record carried
-        keys = {mid: key for key, (mid, _at) in replayed.dedup.items() if mid in replayed.live}
-        records = [checkpoint_record(replayed.next_id, time.time())]
-        records += [submit_record(item, keys.get(mid)) for mid, item in replayed.live.items()]
-        wal.rewrite(records)
+        wal.rewrite(_compacted(rec.replayed))
         wal.close()
         print(
             f"{args.path}: compacted {before} -> {wal.size} bytes, "

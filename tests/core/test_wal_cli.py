@@ -126,6 +126,27 @@ async def test_compact_keeps_a_live_message_with_its_provenance_and_dedup_key(
         assert again.message_id == first.message_id
 
 
+async def test_compact_keeps_dedup_keys_and_broadcasts_of_consumed_messages(
+    tmp_path: Path,
+) -> None:
+    # as online compaction does: a consumed message's dedup key still answers, and a
+    # consumed broadcast message the peer lacks is still relayed to it
+    q = await QppValidatorQueue.open("v", tmp_path, peers=("p",))
+    once = await q.submit_once(block(1), submitted_by="a", dedup_id="k", mode="sync")
+    sent = await q.submit_sync(gossip(2), submitted_by="b", broadcast=True)
+    while (handle := await q.pop()) is not None:
+        handle.consume()
+    await q.close()
+    res = _cli("compact", str(tmp_path / "v.wal"))
+    assert res.returncode == 0, res.stderr
+    async with await QppValidatorQueue.open("v", tmp_path, peers=("p",)) as q:
+        assert q.depth()["total"] == 0
+        assert [item.message_id for item in q.relay_take("p", 10)] == [sent]
+        again = await q.submit_once(block(1), submitted_by="a", dedup_id="k", mode="sync")
+        assert again.duplicate
+        assert again.message_id == once.message_id
+
+
 async def test_compact_refuses_a_log_in_use(tmp_path: Path) -> None:
     path = await _make_log(tmp_path)
     q = await QppValidatorQueue.open("v", tmp_path)
