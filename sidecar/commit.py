@@ -146,7 +146,7 @@ class GroupCommitter:
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Write what is queued (a batch, else one job), or report idle."""
+        """Run a waiting job, else write what is queued as a batch, else report idle."""
         self._scheduled = False
         if self._busy:
             return
