@@ -126,8 +126,8 @@ class SidecarMetrics:
         info.labels(instance=instance).set(1)
         for name in PRIORITIES.values():
             self.depth.labels(priority=name).set(0)
-        for mode in ("sync", "async"):
-            self.submits.labels(mode=mode)
+        # the labelled children, looked up once: a submit only increments one
+        self._submits_by_mode = {mode: self.submits.labels(mode=mode) for mode in ("sync", "async")}
         for d in ("up", "down"):
             self.tier_changes.labels(direction=d)
         self._server: Any = None
@@ -139,7 +139,8 @@ class SidecarMetrics:
         self.batch_size.observe(batch_size)
 
     def observe_submit(self, mode: str, upgraded: bool = False) -> None:
-        self.submits.labels(mode=mode).inc()
+        child = self._submits_by_mode.get(mode)
+        (child if child is not None else self.submits.labels(mode=mode)).inc()
         if upgraded:
             self.upgrades.inc()
 
