@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from sidecar import QppValidatorQueue
 from sidecar.wal import LogHandle, OsFileLayer, record_to_dict, scan
@@ -113,4 +116,29 @@ async def test_callers_of_one_batch_share_one_future_and_no_writer_task_runs(
     later = committer.enqueue(3, b'["R",5000010]', 5000010)
     assert later is not futures[0]  # the next batch has its own
     await later
+    await q.close()
+
+
+async def test_a_batch_written_in_the_worker_comes_back_as_one_callback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker thread hands a written batch straight to the loop: no executor future
+    chained to an asyncio future (`run_in_executor`) per batch."""
+    layer = _CountingLayer()
+    q = await QppValidatorQueue.open("v", tmp_path, layer=layer, inline_lone_sync=False)
+    loop = asyncio.get_running_loop()
+    chained: list[object] = []
+    real = loop.run_in_executor
+
+    def counted(executor: Any, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        chained.append(fn)
+        return real(executor, fn, *args)
+
+    monkeypatch.setattr(loop, "run_in_executor", counted)
+    syncs = layer.syncs
+    for _ in range(5):
+        await asyncio.gather(*(q.submit_sync(block(i), submitted_by="t") for i in range(16)))
+    assert layer.syncs > syncs  # the batches were fsync'd (in the worker thread)
+    assert chained == []
+    monkeypatch.undo()
     await q.close()
