@@ -59,6 +59,10 @@ class DurableLive:
             return len(self._base)
         return len(self._base) - len(self._removed) + len(self._added)
 
+    def held_at_pin(self, message_id: int) -> bool:
+        """Whether the message was live when `pin()` was called (while pinned)."""
+        return message_id in self._base
+
     @property
     def pinned(self) -> bool:
         return self._added is not None

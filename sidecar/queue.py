@@ -927,14 +927,16 @@ class QppValidatorQueue:
         started = time.perf_counter()
 
         def start() -> tuple[
-            Iterator[QueueMessageWithProvenance], Iterator[bytes], set[int], int, int
+            Iterator[QueueMessageWithProvenance], Iterator[bytes], Collection[int], int, int
         ]:
             # runs between two batches: the log holds exactly the durable state
             extra = [checkpoint_record(self._reserved_upto, self._wall_clock())]
             extra += [watermark_record(p, w) for p, w in self._dedup.floors().items()]
-            retained = self._relay_retained(extra)
-            # the dedup keys are copied here (one C-level copy) and serialised in steps
-            # like the messages: 100,000 of them took 0.1-0.2 s with batches held
+            # the relay backlog and the dedup keys are copied here (C-level copies) and
+            # serialised in steps like the messages: 100,000 dedup keys took 0.1-0.2 s
+            # with batches held
+            retained, lacking = self._relay.snapshot()
+            relay = self._relay_records(retained, lacking) if self._relay_news else iter(())
             keys = self._dedup.entries()
             dedup = (
                 dedup_record(principal, dedup_id, e.message_id, e.at)
@@ -943,7 +945,8 @@ class QppValidatorQueue:
             )
             snapshot = live_items.pin()
             wal.start_capture()
-            return snapshot, itertools.chain(extra, dedup), retained, wal.size, self._log_records
+            records = itertools.chain(extra, relay, dedup)
+            return snapshot, records, retained, wal.size, self._log_records
 
         compaction: Compaction | None = None
         try:
@@ -1035,7 +1038,7 @@ class QppValidatorQueue:
         wal: WriteAheadLog,
         compaction: Compaction,
         snapshot: Iterator[QueueMessageWithProvenance],
-        retained: set[int],
+        retained: Collection[int],
     ) -> Callable[[], tuple[int, int]]:
         """A step of the snapshot: the next `compaction_chunk` live messages (about a
         millisecond of work, so the loop soon has the GIL back) into the temp file,
@@ -1056,22 +1059,22 @@ class QppValidatorQueue:
 
         return chunk
 
-    def _relay_retained(self, records: list[bytes]) -> set[int]:
-        """What compaction keeps of the relay backlog, added to `records`: each
+    def _relay_records(
+        self, retained: dict[int, QueueMessageWithProvenance], lacking: dict[str, set[int]]
+    ) -> Iterator[bytes]:
+        """What compaction keeps of the relay backlog (copied at its start): each
         broadcast message some peer lacks (submitted and consumed again if it was
-        consumed here) and who has it already; returns their ids."""
-        retained: set[int] = set()
-        if not self._relay_news:
-            return retained
-        for item, have in self._relay.retained():
+        consumed here) and who has it already."""
+        live = self._durable_live
+        for mid, item in retained.items():
             if not item.persisted:
                 continue  # an async message: relayed from memory only
-            mid = item.message_id
-            retained.add(mid)
-            if mid not in self._durable_live:
-                records += [submit_record(item), consume_record(mid)]
-            records += [relayed_record(peer, mid) for peer in have]
-        return retained
+            if not live.held_at_pin(mid):
+                yield submit_record(item)
+                yield consume_record(mid)
+            for peer, lacks in lacking.items():
+                if mid not in lacks:
+                    yield relayed_record(peer, mid)
 
     # -- introspection -------------------------------------------------------------------
     def depth(self) -> dict[str, int]:

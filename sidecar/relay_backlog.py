@@ -149,6 +149,11 @@ class RelayBacklog:
         line = self._lines.get(peer)
         return line is not None and mid in line.lacking
 
+    def snapshot(self) -> tuple[dict[int, Item], dict[str, set[int]]]:
+        """Copies (C-level, one per peer) of the retained messages by id and of the ids
+        each peer lacks, for a compaction to read a piece at a time."""
+        return dict(self._items), {peer: set(line.lacking) for peer, line in self._lines.items()}
+
     def retained(self) -> list[tuple[Item, list[str]]]:
         """Every retained message with the peers that have it (for compaction)."""
         out = []

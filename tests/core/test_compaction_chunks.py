@@ -296,3 +296,23 @@ async def test_a_compaction_cancelled_mid_step_keeps_the_old_log_and_the_queue(
     q = await QppValidatorQueue.open("v", tmp_path)
     assert {i.message_id for i in q._state.ready_items()} == {*ids, more}
     await q.close()
+
+
+async def test_a_relay_backlog_is_written_in_steps_too_and_survives(tmp_path: Path) -> None:
+    peers = ("bob", "charlie")
+    q = await QppValidatorQueue.open("v", tmp_path, peers=peers)
+    q.compaction_chunk = 8
+    mids = [await q.submit(block(n), submitted_by="t", broadcast=True) for n in range(60)]
+    await q.relay_done("bob", q.relay_take("bob", 100))  # charlie lacks all of them
+    for _ in range(30):
+        (await q.pop()).consume()  # type: ignore[union-attr]
+    result = await q.compact_wal()
+    # 30 consumed (submit + consume + bob's mark) and 30 live (bob's mark), 8 a step
+    assert result["snapshot_steps"] >= (30 * 3 + 30) // 8
+    await q.close()
+    q = await QppValidatorQueue.open("v", tmp_path, peers=peers)
+    assert q.relay_backlog("bob").count == 0
+    taken = q.relay_take("charlie", 100)
+    assert [i.message_id for i in taken] == mids
+    assert q.depth()["total"] == 30
+    await q.close()
