@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 from pathlib import Path
 
@@ -30,6 +31,7 @@ OPS = ("submit", "pop", "lease", "ack", "release", "wait")
 # records per frame of a compacted log (4096 in use): a small log then takes many
 # frames, and syncs every `compact_sync_bytes` as it grows, as a large one does
 SMALL_FRAMES = 8
+EXAMPLES = 3000 if os.environ.get("QSSH_NIGHTLY") == "1" else 300  # a few ms each
 
 
 def _item(mid: int) -> QueueMessageWithProvenance:
@@ -201,7 +203,7 @@ async def _run_interleaved(
 _ops = st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 3)), max_size=30)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(st.integers(0, 80), st.integers(1, 8), _ops)
 def test_any_interleaving_of_work_with_the_snapshot_steps_survives_reopening(
     initial: int, chunk: int, ops: list[tuple[str, int]]
@@ -211,8 +213,11 @@ def test_any_interleaving_of_work_with_the_snapshot_steps_survives_reopening(
         asyncio.run(_run_interleaved(initial, chunk, ops, None, 0))
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(10, 80), st.integers(1, 8), _ops, st.integers(1, 400), st.integers(0, 99))
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.integers(10, 80), st.integers(1, 8), _ops, st.integers(1, 120), st.integers(0, 99))
+# crash points 1-120 operations after the fill: of 300 such runs 266 crashed, in every
+# phase (chunk writes and syncs, seal, catch-up, swap, cutting the old file, and the
+# log's own batches meanwhile); up to 400, most fell after the compaction
 def test_a_crash_anywhere_in_a_chunked_compaction_keeps_acked_and_consumed(
     initial: int, chunk: int, ops: list[tuple[str, int]], crash_at: int, seed: int
 ) -> None:
