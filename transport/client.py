@@ -23,6 +23,7 @@ from sidecar import errors
 from sidecar.errors import ErrorCode, SidecarError, Unavailable
 from transport.auth import DEFAULT_USERNAME
 from transport.client_sealing import ClientSealing
+from transport.coalesce import write_as_one
 from transport.host_pinning import HostKeyError, HostKeyPinning, StrictHostKeyChecking
 from transport.limits import ServiceLimits
 from transport.protocol import (
@@ -479,7 +480,7 @@ class QueueClient:
     def _flush(self) -> None:
         frames, self._outbox = self._outbox, []
         if frames and self._chan is not None and not self._chan.is_closing():
-            self._chan.write(b"".join(frames))
+            write_as_one(self.conn, self._chan, b"".join(frames))
 
     async def ping(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("ping")

@@ -22,6 +22,7 @@ import orjson
 from sidecar.errors import ErrorCode, SidecarError, Unavailable
 from transport.admission import ConnectionAdmission, Ending, Refusal
 from transport.auth import DEFAULT_USERNAME, AuthorizedKeys, Principal, Role, username_allowed
+from transport.coalesce import write_as_one
 from transport.limits import ServiceLimits, SubmitBucket, WaitingLeases
 from transport.negotiation_log import describe, mismatch, parse_kexinit
 from transport.protocol import (
@@ -413,7 +414,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         if not frames or chan is None or chan.is_closing():
             return
         try:
-            chan.write(b"".join(frames))
+            write_as_one(self._conn, chan, b"".join(frames))
         except (BrokenPipeError, OSError):
             self._closed = True
 
