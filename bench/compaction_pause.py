@@ -43,7 +43,8 @@ from typing import Any
 import orjson
 
 import sidecar
-from bench.depth import BIG, CALLERS, fill, message_json, peak_rss_bytes, reset_peak_rss, rss_bytes
+from bench.depth import BIG, CALLERS, fill
+from bench.procmem import message_json, peak_rss_bytes, reset_peak_rss, rss_bytes
 from bench.stats import dumps, percentile
 from sidecar import QppValidatorQueue, QueueMessage
 from sidecar.commit import GroupCommitter

@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio
-import base64
 import gc
 import os
 import shutil
@@ -41,6 +40,7 @@ import orjson
 import redis
 
 from bench.baselines import RedisAlwaysServer
+from bench.procmem import message_json, peak_rss_bytes, reset_peak_rss, rss_bytes
 from bench.stats import dumps, percentile
 from sidecar import QppValidatorQueue, QueueMessage
 from sidecar.state import QueueLimits
@@ -48,32 +48,6 @@ from sidecar.state import QueueLimits
 NAME = "depth"
 BIG = QueueLimits(max_messages=100_000_000, max_bytes=1 << 40)
 CALLERS = 16
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm", encoding="ascii") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_bytes() -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def reset_peak_rss() -> None:
-    """Linux: writing 5 to clear_refs resets VmHWM to the current RSS."""
-    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-        f.write("5")
-
-
-def message_json(i: int, payload: int) -> bytes:
-    """A gossip message whose canonical form is about `payload` bytes."""
-    raw = max(1, (payload - 40) * 3 // 4)
-    data = (i.to_bytes(8, "big") * (raw // 8 + 1))[:raw]
-    return orjson.dumps({"kind": "gossip", "topic": "t", "data": base64.b64encode(data).decode()})
 
 
 class GcPauses:

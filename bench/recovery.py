@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio
-import base64
 import gc
 import os
 import shutil
@@ -40,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from bench.procmem import message_json, peak_rss_bytes, reset_peak_rss, rss_bytes
 from bench.stats import median
 
 # `sidecar` is imported inside the functions below, once `--tree` chose which checkout's
@@ -50,31 +50,9 @@ PAYLOAD = 300
 LIVE = 1_000_000  # default live messages
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm", encoding="ascii") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_bytes() -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def reset_peak_rss() -> None:
-    """Linux: writing 5 to clear_refs resets VmHWM to the current RSS."""
-    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-        f.write("5")
-
-
-def message_bytes(i: int) -> bytes:
-    """The canonical form of gossip message `i` (299 bytes; distinct data)."""
-    raw = (PAYLOAD - 40) * 3 // 4
-    data = (i.to_bytes(8, "big") * (raw // 8 + 1))[:raw]
-    body = {"kind": "gossip", "topic": "t", "data": base64.b64encode(data).decode()}
-    return orjson.dumps(body)
+def submit_record(i: int, now: float) -> bytes:
+    text = message_json(i, PAYLOAD).decode()
+    return orjson.dumps(["S", i, 50, now, "b", "sync", True, False, False, 0, text])
 
 
 def write_log(directory: str, live: int, dead: int) -> dict[str, Any]:
@@ -91,10 +69,7 @@ def write_log(directory: str, live: int, dead: int) -> dict[str, Any]:
         f.write(file_header())
         for first in range(1, submits + 1, FRAME_RECORDS):
             batch = [
-                orjson.dumps(
-                    ["S", i, 50, now, "b", "sync", True, False, False, 0, message_bytes(i).decode()]
-                )
-                for i in range(first, min(submits + 1, first + FRAME_RECORDS))
+                submit_record(i, now) for i in range(first, min(submits + 1, first + FRAME_RECORDS))
             ]
             f.write(encode_frame(batch))
             n = min(FRAME_RECORDS // 2, dead - consumed)
@@ -164,7 +139,7 @@ async def _filled(directory: str, live: int) -> dict[str, Any]:
 
     async def caller(first: int) -> None:
         for i in range(first, live + 1, callers):
-            msg = QueueMessage.from_json(message_bytes(i))
+            msg = QueueMessage.from_json(message_json(i, PAYLOAD))
             await q.submit_sync(msg, submitted_by="b")
 
     await asyncio.gather(*(caller(c + 1) for c in range(callers)))
