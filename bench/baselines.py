@@ -168,13 +168,9 @@ class RedisAlwaysServer:
 
     async def wait(self) -> None:
         for _ in range(200):
-            try:
-                client = aioredis.Redis(port=self.port)
-                await client.ping()
-                await client.aclose()
+            if await _redis_answers(self.port):
                 return
-            except (OSError, aioredis.ConnectionError):
-                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)
         raise RuntimeError("redis-server did not start")
 
     async def settings(self) -> dict[str, Any]:
@@ -316,13 +312,9 @@ class OpenSSHTunnel:
         for _ in range(200):
             if self.ssh.poll() is not None:
                 raise RuntimeError("ssh -L exited (sshd refused the throwaway key?)")
-            try:
-                client = aioredis.Redis(port=self.port)
-                await client.ping()
-                await client.aclose()
+            if await _redis_answers(self.port):
                 return
-            except (OSError, aioredis.ConnectionError):
-                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)
         raise RuntimeError("the OpenSSH tunnel did not come up")
 
     def stop(self) -> None:
@@ -399,3 +391,14 @@ async def ssh_handshake(options: dict[str, Any]) -> float:
     conn.close()
     await conn.wait_closed()
     return time.perf_counter() - start
+
+
+async def _redis_answers(port: int) -> bool:
+    """Whether a Redis server answers PING on 127.0.0.1:`port` (directly or tunnelled)."""
+    try:
+        client = aioredis.Redis(port=port)
+        await client.ping()
+        await client.aclose()
+    except (OSError, aioredis.ConnectionError):
+        return False
+    return True
