@@ -22,6 +22,13 @@ def _item(origin_id: int) -> dict[str, Any]:
     return {"origin_id": origin_id, "mode": "sync", "message": block(origin_id)}
 
 
+def _bob_running_with_a_short_window(tmp_path: Path, mesh_nodes: list[Node]) -> tuple[Node, Node]:
+    nodes = make_mesh(tmp_path, ["alice", "bob"], [("alice", "bob")], config={"bob": SHORT_WINDOW})
+    nodes["bob"].start()
+    mesh_nodes.append(nodes["bob"])
+    return nodes["alice"], nodes["bob"]
+
+
 def _as_alice(alice: Node, bob: Node) -> Any:
     return QueueClient.connect(
         "127.0.0.1",
@@ -35,10 +42,7 @@ def _as_alice(alice: Node, bob: Node) -> Any:
 async def test_a_resend_long_after_the_window_and_a_sigkill_is_stored_once(
     tmp_path: Path, mesh_nodes: list[Node]
 ) -> None:
-    nodes = make_mesh(tmp_path, ["alice", "bob"], [("alice", "bob")], config={"bob": SHORT_WINDOW})
-    alice, bob = nodes["alice"], nodes["bob"]
-    bob.start()
-    mesh_nodes.append(bob)
+    alice, bob = _bob_running_with_a_short_window(tmp_path, mesh_nodes)
     async with _as_alice(alice, bob) as link:
         for bad in (0, "41", 1.5):
             with pytest.raises(InvalidMessage, match="low_watermark"):
@@ -63,10 +67,7 @@ async def test_a_batch_without_a_watermark_keeps_the_window(
     tmp_path: Path, mesh_nodes: list[Node]
 ) -> None:
     """An older sender sends no watermark: its keys expire with the window, as before."""
-    nodes = make_mesh(tmp_path, ["alice", "bob"], [("alice", "bob")], config={"bob": SHORT_WINDOW})
-    alice, bob = nodes["alice"], nodes["bob"]
-    bob.start()
-    mesh_nodes.append(bob)
+    alice, bob = _bob_running_with_a_short_window(tmp_path, mesh_nodes)
     async with _as_alice(alice, bob) as link:
         first = await link.call("relay", {"items": [_item(7)]})
         await asyncio.sleep(1.5)
