@@ -40,9 +40,13 @@ class _BatchFuture(asyncio.Future[None]):
     """The one future of a batch. Its callers are tasks awaiting it: cancelling one
     of them calls `cancel()` here, which must not cancel the batch for all others.
     Refused, the task is cancelled when the batch completes (asyncio's rule for a
-    future that will not cancel), and the committer leaves it out if not yet written."""
+    future that will not cancel), and the committer leaves it out if not yet written
+    (it looks for such callers only in a batch that saw a `cancel()`)."""
+
+    cancel_asked = False
 
     def cancel(self, msg: Any = None) -> bool:
+        self.cancel_asked = True
         return False
 
 
@@ -172,7 +176,7 @@ class GroupCommitter:
         batch = self._batch
         assert batch is not None
         self._pending, self._callers, self._batch = [], [], None
-        if not any(_cancelled_waiter(t, batch) for t in callers):
+        if not batch.cancel_asked or not any(_cancelled_waiter(t, batch) for t in callers):
             return pending, batch
         kept: list[Op] = []
         dropped: list[Op] = []
@@ -297,13 +301,16 @@ class GroupCommitter:
 
 
 def _cancelled_waiter(task: asyncio.Task[Any] | None, batch: _BatchFuture) -> bool:
-    """Whether `task` (current when the record was queued) is being cancelled while it
-    waits on this batch. A record queued outside the task that awaits it (a request
-    run eagerly before its task exists) is never left out: its operation stands."""
+    """Whether `task` (current when the record was queued) waits on this batch and will
+    be cancelled when it wakes (asyncio's Task keeps both in private attributes). Not
+    `cancelling()`: that stays above 0 in a task that swallowed an earlier cancellation,
+    which wakes normally and would report a record left out as logged. A record queued
+    outside the task that awaits it (a request run eagerly before its task exists) is
+    never left out: its operation stands."""
     return (
         task is not None
-        and task.cancelling() > 0
-        and getattr(task, "_fut_waiter", None) is batch  # asyncio's Task keeps it there
+        and getattr(task, "_must_cancel", False)
+        and getattr(task, "_fut_waiter", None) is batch
     )
 
 

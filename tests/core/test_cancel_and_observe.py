@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -145,4 +147,28 @@ async def test_a_cancelled_caller_leaves_its_batch_and_the_others_in_it_commit()
     q = await QppValidatorQueue.open("v", "/d", layer=disk)
     assert sorted(i.message_id for i in q._state.ready_items()) == sorted(ids)
     assert q.stats()["bytes"] == sum(message_cost(block(n).encoded_size) for n in (1, 3))
+    await q.close()
+
+
+async def test_a_caller_that_swallowed_an_earlier_cancellation_is_acked_only_once_logged(
+    tmp_path: Path,
+) -> None:
+    """`cancelling()` stays 1 in a task that caught CancelledError without `uncancel()`;
+    its next submit must still be logged before it returns, not left out of its batch."""
+    q = await QppValidatorQueue.open("v", tmp_path)
+
+    async def after_a_swallowed_cancel() -> int:
+        with contextlib.suppress(asyncio.CancelledError):  # no uncancel()
+            await asyncio.sleep(30)
+        assert asyncio.current_task().cancelling() == 1  # type: ignore[union-attr]
+        return await q.submit_sync(block(1), submitted_by="t")
+
+    task = asyncio.create_task(after_a_swallowed_cancel())
+    await asyncio.sleep(0)
+    task.cancel()
+    mid = await task
+    assert [i.message_id for i in q._state.ready_items()] == [mid]
+    await q.close()
+    q = await QppValidatorQueue.open("v", tmp_path)
+    assert [i.message_id for i in q._state.ready_items()] == [mid]
     await q.close()
