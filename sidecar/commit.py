@@ -92,14 +92,15 @@ class GroupCommitter:
     def commit(self, code: int, record: bytes, payload: Any) -> asyncio.Future[None]:
         """Queue a record for the next batch; await the returned (shared) future: it
         resolves once the record is durable, or fails with the batch."""
-        self._check_accepting()
+        if self.fatal is not None or self._stopping:
+            self._check_accepting()
         batch = self._batch
         if batch is None:
             batch = self._batch = _BatchFuture(loop=self._loop)
             batch.add_done_callback(_retrieve)
+            self._schedule()
         self._pending.append((code, record, batch, payload))
         self._callers.append(asyncio.current_task(self._loop))
-        self._schedule()
         return batch
 
     def enqueue(self, code: int, record: bytes, payload: Any) -> asyncio.Future[None]:

@@ -407,6 +407,8 @@ class QppValidatorQueue:
         return committer
 
     async def _alloc_id(self, committer: GroupCommitter) -> int:
+        """The next id, waiting for a reservation when the reserved block is used up
+        (callers on a hot path try `_take_reserved_id` first: no coroutine)."""
         while (mid := self._take_reserved_id(committer)) is None:
             self._request_reservation(committer)
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -454,11 +456,13 @@ class QppValidatorQueue:
         committer = self._live()
         size = msg.encoded_size
         self._state.admit(size)
-        try:
-            mid = await self._alloc_id(committer)
-        except BaseException:
-            self._state.forget(size)
-            raise
+        mid = self._take_reserved_id(committer)
+        if mid is None:
+            try:
+                mid = await self._alloc_id(committer)
+            except BaseException:
+                self._state.forget(size)
+                raise
         if broadcast:  # until it is retained: the relay watermark stays below it
             self._pending_broadcast.add(mid)
         try:
@@ -469,8 +473,7 @@ class QppValidatorQueue:
                 submitted_by,
                 persisted=True,
                 broadcast=broadcast,
-                mode=Mode.SYNC,
-                upgraded=upgraded,
+                upgraded=upgraded,  # mode: SYNC, the default
                 origin=None if origin is None else origin[0],
                 origin_id=None if origin is None else origin[1],
             )
@@ -480,7 +483,8 @@ class QppValidatorQueue:
                 record = submit_record(item, dedup_key)
                 await self._durable(committer, _SUBMIT_ONCE, record, (item, dedup_key))
         finally:
-            self._pending_broadcast.discard(mid)
+            if broadcast:
+                self._pending_broadcast.discard(mid)
         self._observer.on_submit(Mode.SYNC, upgraded)
         return mid
 
@@ -646,14 +650,11 @@ class QppValidatorQueue:
     async def relay_done(self, peer: str, items: Sequence[QueueMessageWithProvenance]) -> None:
         """`peer` acknowledged `items`: log that durably, then they leave its backlog."""
         committer = self._live()
-        await asyncio.gather(
-            *(
-                self._durable(
-                    committer, _RELAYED, relayed_record(peer, i.message_id), (peer, i.message_id)
-                )
-                for i in items
-            )
-        )
+
+        async def logged(mid: int) -> None:  # a task each: cancelling leaves unwritten ones out
+            await self._durable(committer, _RELAYED, relayed_record(peer, mid), (peer, mid))
+
+        await asyncio.gather(*(logged(i.message_id) for i in items))
         self.relayed[peer] += len(items)
 
     async def relay_wait(self, peer: str, timeout: float) -> bool:  # noqa: ASYNC109
@@ -803,17 +804,19 @@ class QppValidatorQueue:
             self._observer.on_redelivery(n)
             self._wake_waiters()
 
-    async def _durable(
-        self, committer: GroupCommitter, code: int, record: bytes, payload: Any
-    ) -> None:
-        """Queue `record` for the next batch and wait until it is fsync'd.
+    @staticmethod
+    def _durable(
+        committer: GroupCommitter, code: int, record: bytes, payload: Any
+    ) -> asyncio.Future[None]:
+        """Queue `record` for the next batch; await the result until it is fsync'd
+        (a plain future, not a coroutine: one frame less per durable operation).
 
         A caller cancelled before its batch is written is left out of it and rolled
         back (nothing happened). Once the batch is being written the operation
         completes anyway: a cancelled pop then loses that message to its caller (at
         most once). Either way the caller sees its cancellation when the batch is done.
         """
-        await committer.commit(code, record, payload)
+        return committer.commit(code, record, payload)
 
     # -- group commit callbacks ------------------------------------------------------------
     def _apply_commit(self, batch: list[Op]) -> None:

@@ -49,27 +49,28 @@ Record = list[Any]
 
 
 def submit_record(item: QueueMessageWithProvenance, dedup: tuple[str, str] | None = None) -> bytes:
-    rec = [
+    rec = [  # orjson writes an IntEnum as its int, a StrEnum as its string
         SUBMIT,
         item.message_id,
-        int(item.priority),
+        item.priority,
         item.created_at,
         item.submitted_by,
-        item.mode.value,
+        item.mode,
         True,
         item.broadcast,
         item.upgraded,
         item.delivery_count,
         item.message.to_json_bytes().decode(),
     ]
+    if dedup is None and item.origin is None:
+        return orjson.dumps(rec)
     extras: dict[str, Any] = {}
     if dedup is not None:
         extras["dedup"] = list(dedup)
     if item.origin is not None:
         extras["origin"] = item.origin
         extras["origin_id"] = item.origin_id
-    if extras:
-        rec.append(extras)
+    rec.append(extras)
     return orjson.dumps(rec)
 
 
