@@ -16,8 +16,9 @@ import base64
 import binascii
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum, StrEnum
+from operator import attrgetter
 from typing import Any, Final
 
 import orjson
@@ -83,6 +84,9 @@ _KIND_BY_VALUE: Final = {k.value: k for k in Kind}
 _KIND_BY_HEAD: Final = {b'{"kind":"' + k.value[:2].encode(): k for k in Kind}
 assert len(_KIND_BY_HEAD) == len(Kind)
 _HEAD_BYTES: Final = len(next(iter(_KIND_BY_HEAD)))
+# for the log's replay loop, which inlines `QueueMessage.from_logged`
+LOGGED_KIND_BY_HEAD: Final = _KIND_BY_HEAD
+LOGGED_HEAD_BYTES: Final = _HEAD_BYTES
 
 
 def parse_kinds(names: object) -> frozenset[Kind]:
@@ -529,9 +533,27 @@ class QueueMessageWithProvenance:
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidMessage(f"bad provenance record: {exc}") from None
 
+    # Read at C speed, for bulk loads of a million recovered messages:
+    @staticmethod
+    def kinds_of(items: Sequence[QueueMessageWithProvenance]) -> list[Kind]:
+        """Each item's kind."""
+        kinds: list[Kind | None] = list(map(_MESSAGE_KIND, items))
+        if None in kinds:  # a kind not read yet: parsed
+            return [item.kind for item in items]
+        return kinds  # type: ignore[return-value]
+
+    @staticmethod
+    def total_size(items: Sequence[QueueMessageWithProvenance]) -> int:
+        """The canonical bytes of all items."""
+        return sum(map(len, map(_MESSAGE_BYTES, items)))
+
     def __repr__(self) -> str:
         return (
             f"QueueMessageWithProvenance(id={self.message_id}, kind={self.kind.value}, "
             f"mode={self.mode.value}, persisted={self.persisted}, "
             f"delivery_count={self.delivery_count})"
         )
+
+
+_MESSAGE_KIND: Final = attrgetter("message._kind")
+_MESSAGE_BYTES: Final = attrgetter("message._encoded")

@@ -244,7 +244,14 @@ class QppValidatorQueue:
             # the replayed id -> message dict becomes the index of logged messages
             live, rec.replayed.live = rec.replayed.live, {}
             self._durable_live = DurableLive(live)
-            self._state.load(live.values(), issued_below=self._next_id)
+            kind, size = rec.replayed.bulk()
+            self._state.load(
+                live.values(),
+                issued_below=self._next_id,
+                kind=kind,
+                size=size,
+                in_order=rec.replayed.in_order,
+            )
             del live
             self._restore_dedup(rec.replayed.dedup, rec.replayed.watermarks)
             self._restore_relay(rec.replayed.broadcast, rec.replayed.relayed)
