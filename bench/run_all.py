@@ -119,9 +119,15 @@ def comparisons(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ),
     }  # fmt: skip
     if "sync_submit_16_callers_vs_raw_fdatasync_loop" in qr:
+        # results from before the loop ran beside the callers, in slices: the serial pair's
+        ours16, loop_us = (
+            (q["sync_submits_per_s_16_callers_beside_raw_loop"], q["raw_write_fdatasync_loop_us"])
+            if "raw_write_fdatasync_loop_us" in q
+            else (q["concurrent_acks_per_s"]["16"], q["raw_write_fdatasync_us"])
+        )
         rows["queue_sync_submit_16_vs_raw_fdatasync"] = _row(
             "queue core", "sync submit, 16 callers", "raw write+fdatasync loop", "ops/s",
-            q["concurrent_acks_per_s"]["16"], 1e6 / q["raw_write_fdatasync_us"],
+            ours16, 1e6 / loop_us,
             qr["sync_submit_16_callers_vs_raw_fdatasync_loop"], THROUGHPUT,
         )  # fmt: skip
     for conns, redis_case in (("1", "redis_always_1"), ("16", "redis_always_16")):
