@@ -23,6 +23,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import Context
 from typing import Any, TypeVar
 
 from sidecar.errors import LogFailed, Unavailable
@@ -37,17 +38,66 @@ BatchHandler = Callable[[list[Op]], None]
 
 
 class _BatchFuture(asyncio.Future[None]):
-    """The one future of a batch. Its callers are tasks awaiting it: cancelling one
-    of them calls `cancel()` here, which must not cancel the batch for all others.
-    Refused, the task is cancelled when the batch completes (asyncio's rule for a
-    future that will not cancel), and the committer leaves it out if not yet written
-    (it looks for such callers only in a batch that saw a `cancel()`)."""
+    """The one future of a batch.
+
+    Its callers are tasks awaiting it: cancelling one of them calls `cancel()` here,
+    which must not cancel the batch for all others. Refused, the task is cancelled when
+    the batch completes (asyncio's rule for a future that will not cancel), and the
+    committer leaves it out if not yet written (it looks for such callers only in a
+    batch that saw a `cancel()`).
+
+    Its done-callbacks (each caller's task wake-up) run in ONE loop callback when the
+    batch completes, in the order they were added and each in its own context, as
+    asyncio would run them as one callback each: a batch of 16 callers costs one
+    `call_soon` and one turn of the loop's dispatch, not 16.
+    """
 
     cancel_asked = False
+
+    def __init__(self, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self._waiting: list[tuple[Callable[[_BatchFuture], object], Context | None]] = []
+
+    def add_done_callback(
+        self, fn: Callable[[_BatchFuture], object], *, context: Context | None = None
+    ) -> None:
+        if self.done():  # asyncio schedules it at once
+            super().add_done_callback(fn, context=context)
+        else:
+            self._waiting.append((fn, context))
+
+    def remove_done_callback(self, fn: Callable[[_BatchFuture], object]) -> int:
+        kept = [w for w in self._waiting if w[0] != fn]
+        removed = len(self._waiting) - len(kept)
+        self._waiting = kept
+        return removed + super().remove_done_callback(fn)
+
+    def set_result(self, result: None) -> None:
+        super().set_result(result)
+        self.get_loop().call_soon(self._wake)
+
+    def set_exception(self, exception: type | BaseException) -> None:
+        super().set_exception(exception)
+        self.get_loop().call_soon(self._wake)
 
     def cancel(self, msg: Any = None) -> bool:
         self.cancel_asked = True
         return False
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for fn, context in waiting:
+            try:
+                if context is None:
+                    fn(self)
+                else:
+                    context.run(fn, self)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # as asyncio's Handle does for each callback
+                self.get_loop().call_exception_handler(
+                    {"message": f"Exception in callback {fn!r}", "exception": exc, "future": self}
+                )
 
 
 class GroupCommitter:

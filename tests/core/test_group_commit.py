@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from pathlib import Path
 from typing import Any
 
@@ -141,4 +142,81 @@ async def test_a_batch_written_in_the_worker_comes_back_as_one_callback(
     assert layer.syncs > syncs  # the batches were fsync'd (in the worker thread)
     assert chained == []
     monkeypatch.undo()
+    await q.close()
+
+
+async def test_a_batch_wakes_its_callers_in_one_loop_callback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """16 callers of one batch are resumed by one `call_soon`, not one each."""
+    q = await QppValidatorQueue.open("v", tmp_path)
+    assert q._committer is not None
+    loop = asyncio.get_running_loop()
+    scheduled: list[object] = []
+    real = loop.call_soon
+
+    def counted(callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+        scheduled.append(callback)
+        return real(callback, *args, context=context)
+
+    start = asyncio.Event()
+
+    async def caller(i: int) -> None:
+        await start.wait()
+        for _ in range(5):
+            await q.submit_sync(block(i), submitted_by="t")
+
+    callers = [asyncio.create_task(caller(i)) for i in range(16)]
+    await asyncio.sleep(0)  # all 16 wait for the start
+    batches = q._committer.batches
+    monkeypatch.setattr(loop, "call_soon", counted)
+    start.set()
+    await asyncio.wait(callers)
+    monkeypatch.undo()
+    batches = q._committer.batches - batches
+    assert 5 <= batches <= 10
+    # one wake-up per caller from the start event and one completion per caller task
+    # (asyncio.wait's); per batch its flush, its one wake-up, the idle check. A
+    # call_soon per caller of each batch would be 16 more per batch.
+    assert len(scheduled) <= 2 * 16 + 4 * batches, (len(scheduled), batches)
+    await q.close()
+
+
+async def test_batch_callbacks_run_in_order_in_their_contexts_and_survive_a_failing_one(
+    tmp_path: Path,
+) -> None:
+    q = await QppValidatorQueue.open("v", tmp_path)
+    committer = q._committer
+    assert committer is not None
+    loop = asyncio.get_running_loop()
+    errors: list[BaseException] = []
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx["exception"]))
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="none")
+    seen: list[tuple[str, str]] = []
+
+    def note(name: str) -> Any:
+        return lambda _fut: seen.append((name, var.get()))
+
+    def fail(_fut: object) -> None:
+        raise RuntimeError("a callback failed")
+
+    fut = committer.enqueue(3, b'["R",7000000]', 7000000)
+    for name in ("a", "b"):
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, name)
+        fut.add_done_callback(note(name), context=ctx)
+    fut.add_done_callback(fail)
+    dropped = note("dropped")
+    fut.add_done_callback(dropped)
+    fut.add_done_callback(note("c"))
+    assert fut.remove_done_callback(dropped) == 1
+    await fut
+    await asyncio.sleep(0)
+    assert seen == [("a", "a"), ("b", "b"), ("c", "none")]
+    assert [str(e) for e in errors] == ["a callback failed"]
+    late: list[str] = []
+    fut.add_done_callback(lambda _f: late.append("late"))  # after completion: at once
+    await asyncio.sleep(0)
+    assert late == ["late"]
+    loop.set_exception_handler(None)
     await q.close()
