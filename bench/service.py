@@ -19,11 +19,13 @@ process; tunnel: ``redis``, ``sshd`` with its per-connection children, ``ssh`` a
 
     python bench/service.py [--rounds 3] [--seconds 3] [--window 16] [--dir DIR]
                             [--c-client-requests 200000] [--cases NAME,...]
-                            [--compare-tree DIR]
+                            [--compare-tree DIR] [--event-loop uvloop|asyncio]
 
 ``--cases`` runs only the named cases (ratios whose cases ran); ``--compare-tree``
 also runs every qssh case against a server from another checkout (e.g. main before a
 change), interleaved, as ``NAME@compare``, with ``NAME_vs_compare`` ratios.
+``--event-loop`` is the loop of this process, which is the qssh client (default
+uvloop, as ``qssh-queue``); each server runs on its own tree's default loop.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import transport.ssh_algorithms  # noqa: F401  (registers ssh-falcon512)
 from bench.baselines import OpenSSHTunnel, RedisAlwaysServer, fdatasync_loop, free_port
 from bench.cpu import Meter, cpu_seconds, own_seconds, reaped_children_seconds, tree_seconds
 from bench.stats import closed_loop, dumps, interleave, median_fields, ratio
+from transport import event_loop
 from transport.client import QueueClient
 from transport.keys import known_hosts_line
 
@@ -311,9 +314,15 @@ def main() -> int:
     parser.add_argument("--c-client-requests", type=int, default=200_000, help="redis-benchmark -n")
     parser.add_argument("--cases", default=None, help="comma-separated case names (default all)")
     parser.add_argument("--compare-tree", default=None, help="also run qssh cases from this tree")
+    parser.add_argument(
+        "--event-loop",
+        choices=event_loop.NAMES,
+        default=event_loop.DEFAULT,
+        help="this process's loop, the qssh client's (the servers run on their default)",
+    )
     args = parser.parse_args()
     only = None if args.cases is None else frozenset(args.cases.split(","))
-    result = asyncio.run(
+    result = event_loop.run(
         run(
             args.rounds,
             args.seconds,
@@ -322,8 +331,10 @@ def main() -> int:
             args.c_client_requests,
             only,
             args.compare_tree,
-        )
+        ),
+        args.event_loop,
     )
+    result["client_event_loop"] = args.event_loop
     sys.stdout.buffer.write(dumps(result))
     return 0
 

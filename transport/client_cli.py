@@ -31,6 +31,7 @@ from rich.table import Table
 from hardware.kme import KMEClient
 from sidecar import logs
 from sidecar.errors import ErrorCode, SidecarError
+from transport import event_loop
 from transport.client import AuthRefused, ConnectFailed, QueueClient
 from transport.host_pinning import HostKeyError
 from transport.protocol import DEFAULT_PORT
@@ -87,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "-q", "--quiet", action="store_true", help="print results only: no notes, no progress"
+    )
+    p.add_argument(
+        "--event-loop",
+        choices=event_loop.NAMES,
+        default=event_loop.DEFAULT,
+        help="uvloop (default) or asyncio, the standard library's loop",
     )
     p.add_argument("destination", metavar="[user@]host")
     p.add_argument("command", choices=COMMANDS)
@@ -517,7 +524,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         sub = command_parser(args.command).parse_args(args.args)
         if args.command == "submit" and sub.message not in (None, "-"):
             message_from_args(sub.message, sub.fields)  # usage errors before connecting
-        return asyncio.run(run_command(args, sub, out))
+        return event_loop.run(run_command(args, sub, out), args.event_loop)
     except (UsageError, SshConfigError) as exc:
         out.err.print(f"qssh-queue: {exc}", markup=False)
         return EXIT_USAGE

@@ -20,6 +20,7 @@ import asyncssh
 import orjson
 
 from sidecar.errors import ErrorCode, SidecarError, Unavailable
+from transport import event_loop
 from transport.admission import ConnectionAdmission, Ending, Refusal
 from transport.auth import DEFAULT_USERNAME, AuthorizedKeys, Principal, Role, username_allowed
 from transport.coalesce import write_as_one
@@ -57,6 +58,11 @@ EXIT_SHUTDOWN = 75  # EX_TEMPFAIL: the server is shutting down; reconnect later
 EXEC_COMMANDS: dict[str, Role | None] = {"depth": None, "stats": Role.ADMIN, "tier": Role.ADMIN}
 # Methods that wait only on the log's futures (a batch's fsync, an id reservation), never
 # on a timeout: a request of these waits parked on that future, without a task of its own.
+# Replies held for one channel write beyond this go out at once: uvloop (libuv) reads
+# up to 32 socket chunks per wake-up before any call_soon runs, so a peer that sends
+# megabytes of requests and reads nothing must meet the channel's flow control
+# (pause_writing) while its requests are still being read, not after.
+OUTBOX_FLUSH_BYTES = 64 * 1024
 LOG_WAITS = frozenset({"submit", "submit_batch", "pop", "ack", "release"})
 
 __all__ = [
@@ -133,6 +139,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         self._parked = 0  # requests waiting on a log future without a task (`_park`)
         self._settled: asyncio.Future[None] | None = None  # `drain` waits on it
         self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
         self._eof = False
         self._closed = False
         self._sealing = ServerSealing(
@@ -404,13 +411,18 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
         # at once) go out as one channel write: one SSH packet instead of one each.
         if self._closed:
             return
-        self._outbox.append(self._sealing.outgoing(frame))
-        if len(self._outbox) == 1 and not self._server.flush_later(self):
+        out = self._sealing.outgoing(frame)
+        self._outbox.append(out)
+        self._outbox_bytes += len(out)
+        if self._outbox_bytes >= OUTBOX_FLUSH_BYTES:
+            self._flush()
+        elif len(self._outbox) == 1 and not self._server.flush_later(self):
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         chan = self._chan
         frames, self._outbox = self._outbox, []
+        self._outbox_bytes = 0
         if not frames or chan is None or chan.is_closing():
             return
         try:
@@ -727,6 +739,7 @@ class QueueServer:
     def _server_stats(self) -> dict[str, Any]:
         sealed = [s._sealing for s in self._sessions]
         return {
+            "event_loop": event_loop.running(),
             "connections": self.admission.sessions,
             "unauthenticated": self.admission.unauthenticated,
             "penalized_sources": self.admission.penalized_sources(),

@@ -21,6 +21,7 @@ from typing import Any
 from hardware.config import HardwareConfig, HardwareConfigError
 from sidecar.dedup import DEFAULT_DEDUP_ENTRIES, DEFAULT_DEDUP_WINDOW
 from sidecar.durable_fs import make_dirs
+from transport import event_loop
 from transport.admission import (
     AdmissionLimits,
     Penalties,
@@ -161,6 +162,7 @@ class DaemonConfig:
     peers: tuple[PeerConfig, ...] = ()
     relay: RelaySettings = field(default_factory=RelaySettings)
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    event_loop: str = event_loop.DEFAULT  # "uvloop" or "asyncio" (transport.event_loop)
     # True when nothing was configured: the daemon sets up a local operator key.
     embedded_defaults: bool = True
 
@@ -204,6 +206,7 @@ _TOP_KEYS = {
     "admission",
     "peers",
     "relay",
+    "event_loop",
 }
 
 # [admission] keys, each beside the OpenSSH sshd_config option it mirrors
@@ -417,6 +420,7 @@ def from_dict(data: dict[str, Any], base: Path) -> DaemonConfig:
     )
     host_key = top.get("host_key", str, None)
     auth = top.get("authorized_keys", str, None)
+    loop_name = parse_event_loop(top.get("event_loop", str, event_loop.DEFAULT), "event_loop")
 
     lt = _Table(top.get("limits", dict, {}), "limits", set(Limits.__dataclass_fields__))
     limits = Limits(
@@ -489,10 +493,17 @@ def from_dict(data: dict[str, Any], base: Path) -> DaemonConfig:
         admission=admission,
         peers=peers,
         relay=relay,
+        event_loop=loop_name,
         embedded_defaults=False,
     )
     check_values(cfg)
     return cfg
+
+
+def parse_event_loop(name: str, setting: str) -> str:
+    if name not in event_loop.NAMES:
+        raise ConfigError(f"{setting}: {name!r} is not one of {', '.join(event_loop.NAMES)}")
+    return name
 
 
 def parse_admission(raw: dict[str, Any], base: AdmissionLimits | None = None) -> AdmissionLimits:
@@ -587,6 +598,7 @@ def override(
     metrics: str | None = None,
     node_http: str | None = None,
     admission: dict[str, Any] | None = None,
+    event_loop_name: str | None = None,
 ) -> DaemonConfig:
     """Apply command-line flags on top of the file (or the embedded defaults)."""
     if instance is not None:
@@ -615,6 +627,8 @@ def override(
         cfg = replace(cfg, node=replace(cfg.node, http=h))
     if admission:
         cfg = replace(cfg, admission=parse_admission(admission, cfg.admission))
+    if event_loop_name is not None:
+        cfg = replace(cfg, event_loop=parse_event_loop(event_loop_name, "--event-loop"))
     check_values(cfg)
     return cfg
 

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiohttp import WSMsgType, web
 
@@ -636,8 +636,8 @@ class _Sniffer(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport; uvloop's do not subclass asyncio.Transport, so no isinstance
+        self.transport = cast(asyncio.Transport, transport)
         self.endpoint.sniffing.add(self)
         # A connection that never sends a byte holds no slot for long.
         self._timer = asyncio.get_running_loop().call_later(SNIFF_SECONDS, self.close)

@@ -9,11 +9,11 @@ async messages it held (one line gives how many were lost).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
 from sidecar import logs
+from transport import event_loop
 
 from . import config as config_mod
 from .config import ConfigError
@@ -86,6 +86,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "keep every valid record",
     )
     parser.add_argument(
+        "--event-loop",
+        choices=event_loop.NAMES,
+        help="uvloop (default) or asyncio, the standard library's loop (config: event_loop)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -113,6 +118,7 @@ def load_config(args: argparse.Namespace) -> config_mod.DaemonConfig:
         metrics=args.metrics,
         node_http=args.node_http,
         admission=admission_flags(args),
+        event_loop_name=args.event_loop,
     )
 
 
@@ -138,4 +144,4 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     from .app import Sidecar  # noqa: PLC0415 - keeps `--help` and config errors fast
 
-    return asyncio.run(Sidecar(cfg, salvage=args.salvage).main())
+    return event_loop.run(Sidecar(cfg, salvage=args.salvage).main(), cfg.event_loop)

@@ -12,6 +12,7 @@ import pytest
 
 import transport.ssh_algorithms  # noqa: F401  (registers ssh-falcon512)
 from sidecar import QppValidatorQueue
+from tests.event_loops import loop_factories as pytest_asyncio_loop_factories  # noqa: F401
 from transport.client import QueueClient
 from transport.keys import known_hosts_line
 from transport.limits import ServiceLimits

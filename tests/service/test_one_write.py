@@ -13,22 +13,32 @@ import pytest
 
 from tests.service.conftest import Keys, gossip, start_service
 from tests.service.rawchannel import RawChannel
+from transport import event_loop
 from transport.coalesce import write_as_one
 from transport.protocol import HEADER
 
 
 class _Writes:
-    """Counts the writes to one asyncio transport (and keeps their sizes)."""
+    """Stands between an asyncssh connection and its transport and counts the writes
+    (and keeps their sizes). A stand-in, not a patched method: uvloop's transports
+    cannot be patched."""
 
-    def __init__(self, transport: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, conn: Any) -> None:
         self.sizes: list[int] = []
-        real = transport.write
+        self._conn = conn
+        self._transport = conn._transport
+        conn._transport = self
 
-        def write(data: bytes) -> None:
-            self.sizes.append(len(data))
-            real(data)
+    def write(self, data: bytes) -> None:
+        self.sizes.append(len(data))
+        self._transport.write(data)
 
-        monkeypatch.setattr(transport, "write", write)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def remove(self) -> None:
+        if self._conn._transport is self:
+            self._conn._transport = self._transport
 
 
 def _frame(obj: Any) -> bytes:
@@ -45,16 +55,23 @@ async def _reply(raw: RawChannel, request_id: int) -> dict[str, Any]:
     raise AssertionError("no reply")
 
 
-async def test_a_channel_write_leaves_as_one_transport_write(
-    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("loop_name", event_loop.NAMES)
+def test_a_channel_write_leaves_as_one_transport_write(
+    tmp_path: Path, keys: Keys, loop_name: str
 ) -> None:
+    assert event_loop.run(_one_write(tmp_path, keys), loop_name) == loop_name
+
+
+async def _one_write(tmp_path: Path, keys: Keys) -> str:
     svc = await start_service(tmp_path, keys)
     raw = await RawChannel.open(svc.port, keys.everything)
+    counters: list[_Writes] = []
     try:
         await asyncio.sleep(0.2)  # let the server's notices after the handshake go out
         (server_conn,) = svc.server._connections
-        client_out = _Writes(raw.conn._transport, monkeypatch)
-        server_out = _Writes(server_conn._transport, monkeypatch)
+        client_out = _Writes(raw.conn)
+        server_out = _Writes(server_conn)
+        counters += [client_out, server_out]
 
         raw.chan.write(_frame({"id": 1, "method": "ping", "params": {}}))  # asyncssh alone
         assert "result" in await _reply(raw, 1)
@@ -69,8 +86,10 @@ async def test_a_channel_write_leaves_as_one_transport_write(
         assert len(client_out.sizes) == 1
         assert client_out.sizes[0] > len(frame)  # both packets in it
         assert len(server_out.sizes) == 1  # the reply too: one write
+        return event_loop.running()
     finally:
-        monkeypatch.undo()
+        for counter in counters:
+            counter.remove()
         raw.conn.abort()
         await svc.server.close()
         await svc.queue.close()
