@@ -220,3 +220,33 @@ async def test_batch_callbacks_run_in_order_in_their_contexts_and_survive_a_fail
     assert late == ["late"]
     loop.set_exception_handler(None)
     await q.close()
+
+
+def test_on_uvloop_16_callers_share_batches_and_every_ack_is_logged(tmp_path: Path) -> None:
+    """The daemon's loop: batches form and wake their callers there too."""
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
+
+    async def run() -> None:
+        q = await QppValidatorQueue.open("v", tmp_path)
+        assert q._committer is not None
+        start = asyncio.Event()
+        ids: list[int] = []
+
+        async def caller(i: int) -> None:
+            await start.wait()
+            for _ in range(10):
+                ids.append(await q.submit_sync(block(i), submitted_by="t"))
+
+        tasks = [asyncio.create_task(caller(i)) for i in range(16)]
+        await asyncio.sleep(0)
+        batches = q._committer.batches
+        start.set()
+        await asyncio.gather(*tasks)
+        assert q._committer.batches - batches <= 20  # 160 submits: batches of 16
+        await q.close()
+        q = await QppValidatorQueue.open("v", tmp_path)
+        assert {i.message_id for i in q._state.ready_items()} == set(ids)
+        await q.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())
