@@ -7,6 +7,11 @@ that followed scanned the copy again. So instead `pin()` stops changes to the di
 itself: until `unpin()`, additions and removals go to a small overlay, the pinned
 dict can be iterated across any number of steps (and threads, one at a time), and
 `unpin()` folds the overlay back in (work in proportion to what changed meanwhile).
+
+Recovered messages may still be their submit records (`sidecar.wal.Live`): `get`
+builds such a message on first use and keeps it in place of its record, so every
+reader gets the same object; what `pin()` iterates may be either (`live_record`
+writes both).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from sidecar.messages import QueueMessageWithProvenance
+from sidecar.wal import Live, live_item
 
 Item = QueueMessageWithProvenance
 
@@ -21,9 +27,9 @@ Item = QueueMessageWithProvenance
 class DurableLive:
     __slots__ = ("_added", "_base", "_removed")
 
-    def __init__(self, base: dict[int, Item] | None = None) -> None:
-        """`base`: the messages by id (taken over, not copied)."""
-        self._base: dict[int, Item] = {} if base is None else base
+    def __init__(self, base: dict[int, Live] | None = None) -> None:
+        """`base`: the messages (or their records) by id (taken over, not copied)."""
+        self._base: dict[int, Live] = {} if base is None else base
         self._added: dict[int, Item] | None = None  # while pinned: what came since
         self._removed: set[int] = set()  # while pinned: ids of the pinned dict gone since
 
@@ -49,10 +55,28 @@ class DurableLive:
             item = self._added.get(message_id)
             if item is not None or message_id in self._removed:
                 return item
-        return self._base.get(message_id)
+        value = self._base.get(message_id)
+        if not isinstance(value, list):
+            return value
+        built = live_item(value)  # a recovered message's first use
+        if self._added is None:
+            self._base[message_id] = built
+        else:  # the pinned dict keeps its record; the overlay holds the message
+            self._added[message_id] = built
+            self._removed.add(message_id)
+        return built
+
+    def item(self, message_id: int) -> Item:
+        """`get` of a message known to be live."""
+        item = self.get(message_id)
+        if item is None:
+            raise KeyError(message_id)
+        return item
 
     def __contains__(self, message_id: int) -> bool:
-        return self.get(message_id) is not None
+        if self._added is not None and (message_id in self._added or message_id in self._removed):
+            return message_id in self._added
+        return message_id in self._base
 
     def __len__(self) -> int:
         if self._added is None:
@@ -67,8 +91,9 @@ class DurableLive:
     def pinned(self) -> bool:
         return self._added is not None
 
-    def pin(self) -> Iterator[Item]:
-        """The messages live now, to be read at leisure until `unpin()`."""
+    def pin(self) -> Iterator[Live]:
+        """The messages (or their records) live now, to be read at leisure until
+        `unpin()`."""
         if self._added is not None:
             raise RuntimeError("already pinned")
         self._added = {}

@@ -44,6 +44,7 @@ from sidecar.state import Lease, QueueLimits, QueueState
 from sidecar.wal import (
     Compaction,
     FileLayer,
+    Live,
     LogLock,
     OsFileLayer,
     Recovery,
@@ -53,6 +54,9 @@ from sidecar.wal import (
     consume_record,
     dedup_record,
     encode_frame,
+    live_broadcast,
+    live_item,
+    live_record,
     relayed_record,
     reserve_record,
     submit_record,
@@ -241,18 +245,14 @@ class QppValidatorQueue:
             self._reserved_upto = self._next_id + self._block
             self._block_since = self._clock()
             self._log_records = rec.records + 1
-            # the replayed id -> message dict becomes the index of logged messages
-            live, rec.replayed.live = rec.replayed.live, {}
+            # the replayed id -> message dict becomes the index of logged messages; its
+            # plain records are built into messages as they are first used
+            replayed = rec.replayed
+            runs, size = replayed.runs(), replayed.size()
+            live, replayed.live = replayed.live, {}
             self._durable_live = DurableLive(live)
-            kind, size = rec.replayed.bulk()
-            self._state.load(
-                live.values(),
-                issued_below=self._next_id,
-                kind=kind,
-                size=size,
-                in_order=rec.replayed.in_order,
-            )
-            del live
+            self._state.load_logged(runs, self._durable_live.item, size, issued_below=self._next_id)
+            del live, runs
             self._restore_dedup(rec.replayed.dedup, rec.replayed.watermarks)
             self._restore_relay(rec.replayed.broadcast, rec.replayed.relayed)
             if len(self._durable_live) >= _FREEZE_AT:
@@ -315,7 +315,7 @@ class QppValidatorQueue:
         error: LogFailed | None = None
         await committer.stop()
         if committer.fatal is None:
-            items = [i for i in self._state.ready_items() if not i.persisted]
+            items = [i for i in self._state.pushed_items() if not i.persisted]
             items += [i for i in self._state.leased_items() if not i.persisted]
             items.sort(key=lambda i: i.message_id)
             records = self._async_records(items)
@@ -936,9 +936,7 @@ class QppValidatorQueue:
         live_items = self._durable_live
         started = time.perf_counter()
 
-        def start() -> tuple[
-            Iterator[QueueMessageWithProvenance], Iterator[bytes], Collection[int], int, int
-        ]:
+        def start() -> tuple[Iterator[Live], Iterator[bytes], Collection[int], int, int]:
             # runs between two batches: the log holds exactly the durable state
             extra = [checkpoint_record(self._reserved_upto, self._wall_clock())]
             extra += [watermark_record(p, w) for p, w in self._dedup.floors().items()]
@@ -1047,7 +1045,7 @@ class QppValidatorQueue:
         self,
         wal: WriteAheadLog,
         compaction: Compaction,
-        snapshot: Iterator[QueueMessageWithProvenance],
+        snapshot: Iterator[Live],
         retained: Collection[int],
     ) -> Callable[[], tuple[int, int]]:
         """A step of the snapshot: the next `compaction_chunk` live messages (about a
@@ -1059,11 +1057,13 @@ class QppValidatorQueue:
         def chunk() -> tuple[int, int]:
             records: list[bytes] = []
             n = 0
-            for item in itertools.islice(snapshot, size):
+            for value in itertools.islice(snapshot, size):
                 n += 1
-                records.append(submit_record(item))
-                if peers and item.broadcast and item.message_id not in retained:
-                    records += [relayed_record(peer, item.message_id) for peer in peers]
+                records.append(live_record(value))
+                if peers and live_broadcast(value):
+                    item = live_item(value)
+                    if item.message_id not in retained:
+                        records += [relayed_record(peer, item.message_id) for peer in peers]
             wal.add_compacted(compaction, records)
             return n, len(records)
 

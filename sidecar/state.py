@@ -19,10 +19,11 @@ wire: see `message_cost`.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import compress, islice, repeat
 from operator import attrgetter, is_, lt
+from typing import Any
 
 from sidecar.errors import AlreadyConsumed, NotFound, QueueFull
 from sidecar.messages import Kind, Priority, QueueMessageWithProvenance
@@ -73,6 +74,10 @@ def order_key(priority: int, message_id: int) -> int:
     return ((_TOP_PRIORITY - priority) << _ID_BITS) | message_id
 
 
+def _same(item: QueueMessageWithProvenance) -> QueueMessageWithProvenance:
+    return item
+
+
 def _item_order(item: QueueMessageWithProvenance) -> int:
     return order_key(item.priority, item.message_id)
 
@@ -99,9 +104,11 @@ class QueueState:
         self._heaps = list(self._ready.values())
         self._items: dict[int, QueueMessageWithProvenance] = {}  # order key -> message
         # recovered messages not in a heap yet: per kind, in reverse delivery order (the
-        # next one last); `_fed` maps the key of each run's message now in its heap to
-        # the kind, so that taking it feeds the heap the next
-        self._runs: dict[Kind, list[QueueMessageWithProvenance]] = {}
+        # next one last), each as the message or an id that `_fetch` turns into it;
+        # `_fed` maps the key of each run's message now in its heap to the kind, so
+        # that taking it feeds the heap the next
+        self._runs: dict[Kind, list[Any]] = {}
+        self._fetch: dict[Kind, Callable[[Any], QueueMessageWithProvenance]] = {}
         self._fed: dict[int, Kind] = {}
         self._in_runs = 0
         self._leases: dict[int, Lease] = {}
@@ -145,59 +152,70 @@ class QueueState:
         self._items[key] = item
         heapq.heappush(self._ready[item.kind], key)
 
-    def load(
-        self,
-        items: Iterable[QueueMessageWithProvenance],
-        *,
-        issued_below: int = 1,
-        kind: Kind | None = None,
-        size: int | None = None,
-        in_order: bool = False,
-    ) -> None:
+    def load(self, items: Iterable[QueueMessageWithProvenance], *, issued_below: int = 1) -> None:
         """Bulk-load recovered messages (admitted without the limit check); ids below
         `issued_below` may have been leases before the restart, so they count as stale.
-
-        What the caller already knows saves a pass over them each (a million
-        messages, each a cache miss): `kind`, the kind of every one; `size`, their
-        canonical bytes in all; `in_order`, they come in delivery order. The rest is
-        read at C speed. They are filed in one run per kind (sorted if not in order),
-        and only the first of each run enters its heap."""
+        They are filed in one run per kind (in passes at C speed; a run is sorted if
+        it is not in delivery order already), and only the first of each run enters
+        its heap."""
         self._next_lease_id = max(self._next_lease_id, issued_below)
         every = list(items)
-        if not every:
-            return
-        if kind is not None:
-            runs = {kind: every}
-        else:
-            kinds = QueueMessageWithProvenance.kinds_of(every)
-            present = set(kinds)
-            runs = {
-                k: every if len(present) == 1 else list(compress(every, map(is_, kinds, repeat(k))))
-                for k in present
-            }
-        if size is None:
-            size = QueueMessageWithProvenance.total_size(every)
-        self.count += len(every)
-        self.bytes += size + len(every) * MESSAGE_OVERHEAD_BYTES  # message_cost of each
-        for k, run in runs.items():
-            if k in self._runs:  # a second load (not done by the queue): plain pushes
-                for item in run:
-                    self.push(item)
-                continue
-            if not in_order and not _in_order(run):
+        kinds = QueueMessageWithProvenance.kinds_of(every)
+        present = set(kinds)
+        runs = {
+            kind: every
+            if len(present) == 1
+            else list(compress(every, map(is_, kinds, repeat(kind))))
+            for kind in present
+        }
+        for run in runs.values():
+            if not _in_order(run):
                 run.sort(key=_item_order)
+        self._load_runs(runs, QueueMessageWithProvenance.total_size(every), _same)
+
+    def load_logged(
+        self,
+        runs: dict[Kind, list[int]],
+        fetch: Callable[[int], QueueMessageWithProvenance],
+        size: int,
+        *,
+        issued_below: int = 1,
+    ) -> None:
+        """`load` of recovered messages not built yet: their ids by kind, each list in
+        delivery order (taken over), and their canonical bytes in all. `fetch(id)`
+        gives a message when it enters its heap (as the next of its run)."""
+        self._next_lease_id = max(self._next_lease_id, issued_below)
+        self._load_runs(runs, size, fetch)
+
+    def _load_runs(
+        self,
+        runs: Mapping[Kind, list[Any]],
+        size: int,
+        fetch: Callable[[Any], QueueMessageWithProvenance],
+    ) -> None:
+        count = sum(map(len, runs.values()))
+        self.count += count
+        self.bytes += size + count * MESSAGE_OVERHEAD_BYTES  # message_cost of each
+        for kind, run in runs.items():
+            if not run:
+                continue
+            if kind in self._runs:  # a second load (not done by the queue): plain pushes
+                for entry in run:
+                    self.push(fetch(entry))
+                continue
             run.reverse()
-            self._runs[k] = run
+            self._runs[kind] = run
+            self._fetch[kind] = fetch
             self._in_runs += len(run)
-            self._feed(k)
+            self._feed(kind)
 
     def _feed(self, kind: Kind) -> None:
         """Move the next message of `kind`'s run into its heap."""
         run = self._runs[kind]
         if not run:
-            del self._runs[kind]
+            del self._runs[kind], self._fetch[kind]
             return
-        item = run.pop()
+        item = self._fetch[kind](run.pop())
         self._in_runs -= 1
         key = order_key(item.priority, item.message_id)
         self._items[key] = item
@@ -308,10 +326,16 @@ class QueueState:
         return [lease.item for lease in self._leases.values()]
 
     def ready_items(self) -> list[QueueMessageWithProvenance]:
+        """Every ready message (recovered ones still in their runs are built)."""
         items = list(self._items.values())
-        for run in self._runs.values():
-            items += reversed(run)  # in delivery order
+        for kind, run in self._runs.items():
+            items += map(self._fetch[kind], reversed(run))  # in delivery order
         return items
+
+    def pushed_items(self) -> list[QueueMessageWithProvenance]:
+        """The ready messages but those recovered and still waiting in their runs (all
+        logged, so of no interest to a close that logs the others)."""
+        return list(self._items.values())
 
     def depth_by_priority(self) -> dict[str, int]:
         depth = {p.name.lower(): 0 for p in Priority}

@@ -25,6 +25,7 @@ from sidecar.wal import (
     checkpoint_record,
     consume_record,
     dedup_record,
+    live_record,
     record_to_dict,
     relayed_record,
     replay,
@@ -183,7 +184,7 @@ def _compacted(replayed: Replayed) -> list[bytes]:
             records += [submit_record(item), consume_record(mid)]
         records += [relayed_record(peer, mid) for peer in sorted(replayed.relayed.get(mid, ()))]
     # a live message keeps the dedup key its submit record carried
-    records += [submit_record(item, keys.get(mid)) for mid, item in live.items()]
+    records += [live_record(value, keys.get(mid)) for mid, value in live.items()]
     return records
 
 

@@ -146,12 +146,68 @@ def record_to_dict(rec: Record) -> dict[str, Any]:
     return {"type": "unknown", "raw": rec}
 
 
+# A live message as replay leaves it: built, or, for a plain submit record (no extras,
+# not broadcast), the parsed record itself, built on first use (`live_item`): recovery
+# of a million messages then creates no object per message (see docs/benchmarks.md).
+Live = QueueMessageWithProvenance | Record
+_KIND_BY_TEXT_HEAD: dict[str, Kind] = {h.decode(): k for h, k in LOGGED_KIND_BY_HEAD.items()}
+
+
+def logged_item(rec: Record) -> QueueMessageWithProvenance:
+    """The message a submit record describes (any of its shapes: see the module
+    docstring); raises KeyError, IndexError, TypeError, ValueError or AttributeError on
+    a malformed one. Dedup keys are the replay's business, not the message's."""
+    fields = len(rec)
+    if fields not in {11, 12}:
+        raise ValueError(f"a submit record has 11 or 12 fields, not {fields}")
+    text: str = rec[10]
+    item = object.__new__(QueueMessageWithProvenance)
+    item.message = QueueMessage.from_logged(text.encode())
+    item.message_id = rec[1]
+    item.priority = _PRIORITIES[rec[2]]
+    item.created_at = rec[3]
+    item.submitted_by = rec[4]
+    item.mode = _MODES[rec[5]]
+    item.persisted = True
+    item.broadcast = rec[7]
+    item.upgraded = rec[8]
+    item.delivery_count = rec[9]
+    if fields == 12:
+        extras = rec[11]
+        item.origin = extras.get("origin")
+        item.origin_id = extras.get("origin_id")
+    else:
+        item.origin = item.origin_id = None
+    return item
+
+
+def live_item(value: Live) -> QueueMessageWithProvenance:
+    """The message of a live entry, built if it is still its record."""
+    return logged_item(value) if isinstance(value, list) else value
+
+
+def live_record(value: Live, dedup: tuple[str, str] | None = None) -> bytes:
+    """The submit record of a live entry (its own record, if not built yet)."""
+    if isinstance(value, list) and dedup is None:
+        return orjson.dumps(value)
+    return submit_record(live_item(value), dedup)
+
+
+def live_broadcast(value: Live) -> bool:
+    return not isinstance(value, list) and value.broadcast
+
+
+def _text_bytes(text: str) -> int:
+    """The UTF-8 length of a message's canonical text (as `encoded_size` counts it)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 @dataclass
 class Replayed:
     """The state a sequence of records describes."""
 
-    # id -> message, in the order of their submit records
-    live: dict[int, QueueMessageWithProvenance] = field(default_factory=dict)
+    # id -> message (or its record, see `Live`), in the order of their submit records
+    live: dict[int, Live] = field(default_factory=dict)
     # (principal, dedup_id) -> (message id, wall-clock time of the first submit)
     dedup: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     # broadcast messages, kept when consumed (a peer may lack them), and who has each
@@ -162,10 +218,10 @@ class Replayed:
     next_id: int = 1
     submits: int = 0
     consumes: int = 0
-    # Read while each message is fresh in the cache (a pass over a million recovered
-    # messages afterwards costs a cache miss or more each): the kinds submitted, the
-    # canonical bytes of the live messages, and whether the submit records' ids rose
-    # throughout, each message at its kind's priority (then `live` is in delivery order).
+    # Read as each record goes by (a pass over a million recovered messages afterwards
+    # costs a cache miss or more each): the kinds submitted, the canonical bytes of
+    # the live messages, and whether the submit records' ids rose throughout, each
+    # message at its kind's priority (then `live` is in delivery order).
     kinds: set[Kind | None] = field(default_factory=set)
     live_bytes: int = 0
     in_order: bool = True
@@ -173,13 +229,45 @@ class Replayed:
     replaced: bool = False  # a submit record for an id already live (bytes miscounted)
 
     def items(self) -> list[QueueMessageWithProvenance]:
-        return list(self.live.values())
+        """The live messages (all built)."""
+        return [live_item(value) for value in self.live.values()]
 
-    def bulk(self) -> tuple[Kind | None, int | None]:
-        """What `QueueState.load` can be told about `live`: the one kind of all its
-        messages if known, and their canonical bytes in all if known."""
-        kind = next(iter(self.kinds)) if len(self.kinds) == 1 else None
-        return kind, None if self.replaced else self.live_bytes
+    def size(self) -> int:
+        """The canonical bytes of the live messages."""
+        if not self.replaced:
+            return self.live_bytes
+        return sum(_live_bytes(value) for value in self.live.values())
+
+    def runs(self) -> dict[Kind, list[int]]:
+        """The ids of the live messages by kind, each list in delivery order (higher
+        priority first, then lower id)."""
+        kinds = self.kinds
+        if self.in_order and len(kinds) == 1 and None not in kinds:
+            (kind,) = kinds
+            assert kind is not None
+            return {kind: list(self.live)}
+        by_kind: dict[Kind, list[tuple[int, int]]] = {}
+        for mid, value in self.live.items():
+            if isinstance(value, list):
+                kind = _KIND_BY_TEXT_HEAD.get(value[10][:LOGGED_HEAD_BYTES])
+                priority = int(value[2])
+                if kind is None:  # not read from the prefix: parsed
+                    kind = live_item(value).kind
+            else:
+                kind, priority = value.kind, int(value.priority)
+            by_kind.setdefault(kind, []).append((-priority, mid))
+        runs = {}
+        for kind, keys in by_kind.items():
+            if not self.in_order:
+                keys.sort()
+            runs[kind] = [mid for _, mid in keys]
+        return runs
+
+
+def _live_bytes(value: Live) -> int:
+    if isinstance(value, list):
+        return _text_bytes(value[10])
+    return value.message.encoded_size
 
 
 def _corrupt(path: str, what: str) -> LogCorrupt:
@@ -187,10 +275,11 @@ def _corrupt(path: str, what: str) -> LogCorrupt:
 
 
 class Replayer:
-    """Folds records into a `Replayed`, frame by frame as they are read: each submit
-    becomes its message at once and a consume drops it, so a replay holds the live
-    messages, never every record of the log (recovery of a large log streams through
-    `feed`)."""
+    """Folds records into a `Replayed`, frame by frame as they are read: a consume
+    drops its message, so a replay holds the live messages, never every record of the
+    log (recovery of a large log streams through `feed`). A plain submit record is
+    kept as it was parsed (its fields checked, its strings shared) and built into its
+    message on first use; any other becomes its message at once."""
 
     def __init__(self, path: str = "<log>") -> None:
         self.path = path
@@ -216,15 +305,28 @@ class Replayer:
         else:
             raise _corrupt(self.path, f"unknown record type {kind!r} (written by a newer version?)")
 
+    def _built(self, rec: Record) -> QueueMessageWithProvenance:
+        """A submit record that is not plain, built now (with its dedup key)."""
+        out = self.out
+        item = logged_item(rec)
+        item.submitted_by = self._names.setdefault(item.submitted_by, item.submitted_by)
+        if len(rec) == 12 and "dedup" in rec[11]:
+            principal, dedup_id = rec[11]["dedup"]
+            out.dedup.setdefault((principal, dedup_id), (item.message_id, item.created_at))
+        if item.broadcast:
+            out.broadcast[item.message_id] = item
+        return item
+
     def feed(self, records: list[Record]) -> None:
+        # This loop runs once per record of a million-record log, where each step
+        # saved is worth ~0.03 s: a plain submit record stays the list orjson made.
         out = self.out
         live = out.live
         names = self._names
         priorities = _PRIORITIES
         modes = _MODES
-        new = object.__new__
-        kind_by_head = LOGGED_KIND_BY_HEAD
-        head_bytes = LOGGED_HEAD_BYTES
+        kind_by_head = _KIND_BY_TEXT_HEAD
+        head_size = LOGGED_HEAD_BYTES
         kind_priority = _KIND_PRIORITY
         kinds = out.kinds
         last_kind: Kind | bool | None = False  # none yet
@@ -236,58 +338,40 @@ class Replayer:
             for rec in records:
                 kind = rec[0]
                 if kind == SUBMIT:
-                    # the message and its provenance, built here directly: this loop
-                    # runs once per record of a million-record log, where each step
-                    # saved is worth ~0.03 s. The record's shape is checked on the way:
-                    # a wrong one raises here or one of the errors caught below
-                    message = new(QueueMessage)  # QueueMessage.from_logged, inlined:
-                    message._encoded = encoded = rec[10].encode()
-                    message._kind = message_kind = kind_by_head.get(encoded[:head_bytes])
-                    item = new(QueueMessageWithProvenance)
-                    item.message = message
-                    item.message_id = mid = rec[1]
-                    item.priority = priorities[priority := rec[2]]
-                    item.created_at = rec[3]
-                    by = rec[4]
-                    item.submitted_by = names.setdefault(by, by)  # one string per key
-                    item.mode = modes[rec[5]]
-                    item.persisted = True
-                    item.broadcast = broadcast = rec[7]
-                    item.upgraded = rec[8]
-                    item.delivery_count = rec[9]
-                    fields = len(rec)
-                    if fields == 11:
-                        item.origin = item.origin_id = None
-                    elif fields == 12:
-                        extras = rec[11]
-                        item.origin = extras.get("origin")
-                        item.origin_id = extras.get("origin_id")
-                        if "dedup" in extras:
-                            principal, dedup_id = extras["dedup"]
-                            out.dedup.setdefault((principal, dedup_id), (mid, rec[3]))
+                    text = rec[10]
+                    mid = rec[1]
+                    if len(rec) == 11 and not rec[7]:
+                        # checked as `logged_item` will read it, and its strings shared
+                        rec[2] = priority = priorities[rec[2]]
+                        by = rec[4]
+                        rec[4] = names.setdefault(by, by)
+                        rec[5] = modes[rec[5]]
+                        if type(mid) is not int or type(text) is not str:
+                            raise TypeError("a submit record's id or message of a wrong type")
+                        value: Live = rec
                     else:
-                        raise _corrupt(self.path, f"malformed submit record for id {mid!r}")
-                    if live.setdefault(mid, item) is not item:
-                        live[mid] = item
+                        value = self._built(rec)
+                        priority = value.priority
+                    if live.setdefault(mid, value) is not value:
+                        live[mid] = value
                         out.replaced = True
-                    live_bytes += len(encoded)
+                    live_bytes += len(text) if text.isascii() else len(text.encode())
+                    message_kind = kind_by_head.get(text[:head_size])
                     if message_kind is not last_kind:
                         last_kind = message_kind
                         kinds.add(message_kind)
-                    # ids rising (`top_id` the highest so far), each at its kind's priority:
-                    # `live` is in delivery order
+                    # ids rising (`top_id` the highest so far), each at its kind's
+                    # priority: `live` is in delivery order
                     if mid > top_id:
                         top_id = mid
                     else:
                         in_order = False
                     if priority != kind_priority.get(message_kind):
                         in_order = False
-                    if broadcast:
-                        out.broadcast[mid] = item
                 elif kind == CONSUME:
                     gone = live.pop(rec[1], None)
                     if gone is not None:
-                        live_bytes -= gone.message.encoded_size
+                        live_bytes -= _live_bytes(gone)
                     consumes += 1
                 else:
                     others += 1
