@@ -147,8 +147,9 @@ def record_to_dict(rec: Record) -> dict[str, Any]:
 
 
 # A live message as replay leaves it: built, or, for a plain submit record (no extras,
-# not broadcast), the parsed record itself, built on first use (`live_item`): recovery
-# of a million messages then creates no object per message (see docs/benchmarks.md).
+# not broadcast, an ASCII message text), the parsed record itself, built on first use
+# (`live_item`): recovery of a million messages then creates no object per message
+# (docs/benchmarks.md § Recovery).
 Live = QueueMessageWithProvenance | Record
 _KIND_BY_TEXT_HEAD: dict[str, Kind] = {h.decode(): k for h, k in LOGGED_KIND_BY_HEAD.items()}
 
@@ -195,11 +196,6 @@ def live_record(value: Live, dedup: tuple[str, str] | None = None) -> bytes:
 
 def live_broadcast(value: Live) -> bool:
     return not isinstance(value, list) and value.broadcast
-
-
-def _text_bytes(text: str) -> int:
-    """The UTF-8 length of a message's canonical text (as `encoded_size` counts it)."""
-    return len(text) if text.isascii() else len(text.encode())
 
 
 @dataclass
@@ -266,7 +262,7 @@ class Replayed:
 
 def _live_bytes(value: Live) -> int:
     if isinstance(value, list):
-        return _text_bytes(value[10])
+        return len(value[10])  # ASCII: a byte per character
     return value.message.encoded_size
 
 
@@ -340,22 +336,24 @@ class Replayer:
                 if kind == SUBMIT:
                     text = rec[10]
                     mid = rec[1]
-                    if len(rec) == 11 and not rec[7]:
+                    if len(rec) == 11 and not rec[7] and text.isascii():
                         # checked as `logged_item` will read it, and its strings shared
+                        # (an ASCII text costs a byte per character, as its bytes will)
                         rec[2] = priority = priorities[rec[2]]
                         by = rec[4]
                         rec[4] = names.setdefault(by, by)
                         rec[5] = modes[rec[5]]
-                        if type(mid) is not int or type(text) is not str:
-                            raise TypeError("a submit record's id or message of a wrong type")
+                        if type(mid) is not int:
+                            raise TypeError("a submit record's id is not an int")
                         value: Live = rec
+                        live_bytes += len(text)
                     else:
                         value = self._built(rec)
                         priority = value.priority
+                        live_bytes += value.message.encoded_size
                     if live.setdefault(mid, value) is not value:
                         live[mid] = value
                         out.replaced = True
-                    live_bytes += len(text) if text.isascii() else len(text.encode())
                     message_kind = kind_by_head.get(text[:head_size])
                     if message_kind is not last_kind:
                         last_kind = message_kind

@@ -175,10 +175,10 @@ async def _run(base: Path, submits: list[tuple[int, str, int]], readers: list[An
     await r.reopen()
     assert r.q is not None
     # R's plain messages are still their records, but the first of each kind (built
-    # as it entered its heap)
+    # as it entered its heap) and those not ASCII (telemetry here)
     built = sum(not isinstance(v, list) for v in r.q._durable_live._base.values())
-    plain_kinds = {kind for kind, how, _ in submits if how == "plain"}
-    assert built <= sum(how != "plain" for _, how, _ in submits) + len(plain_kinds)
+    plain = [kind for kind, how, _ in submits if how == "plain" and kind != 4]
+    assert built <= len(submits) - len(plain) + len(set(plain))
     try:
         assert s.observed() == r.observed()
         for op in readers:
@@ -250,27 +250,38 @@ def test_a_recovered_message_is_built_once_on_first_use_at_exact_size(tmp_path: 
 
 
 def test_replay_keeps_plain_records_and_builds_the_others() -> None:
+    def message(mid: int) -> QueueMessage:
+        return telemetry(mid) if mid == 4 else gossip(mid)
+
     def submit(mid: int, broadcast: bool, extras: dict[str, Any] | None = None) -> list[Any]:
-        rec = ["S", mid, 50, 1.5, "k", "sync", True, broadcast, False, 0]
-        rec.append(gossip(mid).to_json_bytes().decode())
+        rec = ["S", mid, int(message(mid).priority), 1.5, "k", "sync", True, broadcast, False, 0]
+        rec.append(message(mid).to_json_bytes().decode())
         if extras is not None:
             rec.append(extras)
         return orjson.loads(orjson.dumps(rec))  # type: ignore[no-any-return]
 
     replayer = Replayer()
-    replayer.feed([submit(1, False), submit(2, True), submit(3, False, {"dedup": ["k", "x"]})])
+    replayer.feed(
+        [
+            submit(1, False),
+            submit(2, True),
+            submit(3, False, {"dedup": ["k", "x"]}),
+            submit(4, False),
+        ]
+    )
     out = replayer.out
-    assert isinstance(out.live[1], list)
-    assert isinstance(out.live[2], QueueMessageWithProvenance)
+    assert isinstance(out.live[1], list)  # plain: kept as parsed
+    assert isinstance(out.live[2], QueueMessageWithProvenance)  # broadcast
     assert out.broadcast[2] is out.live[2]
-    assert isinstance(out.live[3], QueueMessageWithProvenance)
+    assert isinstance(out.live[3], QueueMessageWithProvenance)  # extras
     assert out.dedup == {("k", "x"): (3, 1.5)}
-    assert out.size() == sum(len(gossip(n).to_json_bytes()) for n in (1, 2, 3))
+    assert isinstance(out.live[4], QueueMessageWithProvenance)  # not ASCII
+    assert out.size() == sum(len(message(n).to_json_bytes()) for n in (1, 2, 3, 4))
     assert [_view(i) for i in out.items()] == [
         _view(
             QueueMessageWithProvenance(
-                gossip(n), n, 1.5, "k", persisted=True, broadcast=n == 2, delivery_count=0
+                message(n), n, 1.5, "k", persisted=True, broadcast=n == 2, delivery_count=0
             )
         )
-        for n in (1, 2, 3)
+        for n in (1, 2, 3, 4)
     ]
