@@ -17,9 +17,9 @@ Figures:
   16 threads putting into persist-queue in the same rounds.
 * 16 callers vs the raw loop: a raw write+fdatasync loop (one writer, records of our
   framed record's size, a file in the same directory) and 16 callers doing sync
-  submits, alternating in 10 slices per round (40 raw ops, then 25 submits per
-  caller), so both see the same disk and CPU; ratio = our submits/s / the loop's ops/s
-  over the round's slices.
+  submits, alternating in 10 slices per round (5 with --quick; 40 raw ops, then 25
+  submits per caller), so both see the same disk and CPU; ratio = our submits/s / the
+  loop's ops/s over the round's slices.
 * async: submit_async calls per second (memory only).
 * recovery: time to open a log holding 1M submit records (replay, load, reserve).
 * compaction: time of compact_wal() keeping 100k live messages (dropping 50k consumed).
