@@ -325,7 +325,9 @@ class Replayer:
         head_size = LOGGED_HEAD_BYTES
         kind_priority = _KIND_PRIORITY
         kinds = out.kinds
-        last_kind: Kind | bool | None = False  # none yet
+        # the priority and kind prefix of the last submit, checked again only if new
+        last_priority: Priority | None = None
+        last_head = "\0"
         live_bytes = out.live_bytes
         in_order = out.in_order
         top_id = out.top_id
@@ -337,14 +339,12 @@ class Replayer:
                     text = rec[10]
                     mid = rec[1]
                     if len(rec) == 11 and not rec[7] and text.isascii():
-                        # checked as `logged_item` will read it, and its strings shared
-                        # (an ASCII text costs a byte per character, as its bytes will)
-                        rec[2] = priority = priorities[rec[2]]
+                        # checked as `logged_item` will read it, its strings shared (an
+                        # ASCII text costs a byte per character, as its bytes will)
+                        priority = priorities[rec[2]]
                         by = rec[4]
                         rec[4] = names.setdefault(by, by)
                         rec[5] = modes[rec[5]]
-                        if type(mid) is not int:
-                            raise TypeError("a submit record's id is not an int")
                         value: Live = rec
                         live_bytes += len(text)
                     else:
@@ -354,18 +354,18 @@ class Replayer:
                     if live.setdefault(mid, value) is not value:
                         live[mid] = value
                         out.replaced = True
-                    message_kind = kind_by_head.get(text[:head_size])
-                    if message_kind is not last_kind:
-                        last_kind = message_kind
-                        kinds.add(message_kind)
-                    # ids rising (`top_id` the highest so far), each at its kind's
-                    # priority: `live` is in delivery order
+                    # ids rising (`top_id` the highest so far), each message at its
+                    # kind's priority: then `live` is in delivery order
                     if mid > top_id:
                         top_id = mid
                     else:
                         in_order = False
-                    if priority != kind_priority.get(message_kind):
-                        in_order = False
+                    if priority is not last_priority or not text.startswith(last_head):
+                        message_kind = kind_by_head.get(text[:head_size])
+                        kinds.add(message_kind)
+                        if priority != kind_priority.get(message_kind):
+                            in_order = False
+                        last_priority, last_head = priority, text[:head_size]
                 elif kind == CONSUME:
                     gone = live.pop(rec[1], None)
                     if gone is not None:

@@ -20,7 +20,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar import Kind, QppValidatorQueue, QueueMessage, QueueMessageWithProvenance
+from sidecar import Kind, Priority, QppValidatorQueue, QueueMessage, QueueMessageWithProvenance
 from sidecar.wal import FILE_HEADER_SIZE, Replayer, decode_frame_at
 from tests.core.helpers import ManualClock, block, gossip, tx, vote
 
@@ -285,3 +285,26 @@ def test_replay_keeps_plain_records_and_builds_the_others() -> None:
         )
         for n in (1, 2, 3, 4)
     ]
+
+
+def test_replay_gives_each_kind_in_delivery_order_whatever_the_log_order() -> None:
+    def submit(mid: int, message: QueueMessage, priority: int) -> list[Any]:
+        rec = ["S", mid, priority, 1.5, "k", "sync", True, False, False, 0]
+        return orjson.loads(orjson.dumps([*rec, message.to_json_bytes().decode()]))  # type: ignore[no-any-return]
+
+    low = int(gossip(0).priority)
+    in_log_order = [
+        submit(5, gossip(5), low),
+        submit(2, block(2), int(block(2).priority)),
+        submit(3, gossip(3), low),
+        submit(9, gossip(9), int(max(Priority))),  # not its kind's priority (an older table)
+        submit(1, block(1), int(block(1).priority)),
+    ]
+    replayer = Replayer()
+    replayer.feed(in_log_order)
+    assert not replayer.out.in_order
+    assert replayer.out.runs() == {Kind.GOSSIP: [9, 3, 5], Kind.BLOCK_IMPORT: [1, 2]}
+    rising = Replayer()
+    rising.feed([submit(1, gossip(1), low), submit(4, gossip(4), low)])
+    assert rising.out.in_order
+    assert rising.out.runs() == {Kind.GOSSIP: [1, 4]}
