@@ -20,12 +20,14 @@ process; tunnel: ``redis``, ``sshd`` with its per-connection children, ``ssh`` a
     python bench/service.py [--rounds 3] [--seconds 3] [--window 16] [--dir DIR]
                             [--c-client-requests 200000] [--cases NAME,...]
                             [--compare-tree DIR] [--event-loop uvloop|asyncio]
+                            [--server-event-loop uvloop|asyncio]
 
 ``--cases`` runs only the named cases (ratios whose cases ran); ``--compare-tree``
 also runs every qssh case against a server from another checkout (e.g. main before a
 change), interleaved, as ``NAME@compare``, with ``NAME_vs_compare`` ratios.
 ``--event-loop`` is the loop of this process, which is the qssh client (default
-uvloop, as ``qssh-queue``); each server runs on its own tree's default loop.
+uvloop, as ``qssh-queue``); ``--server-event-loop`` that of this tree's server
+(default uvloop); a ``--compare-tree`` server runs on its own tree's default loop.
 """
 
 from __future__ import annotations
@@ -192,10 +194,12 @@ async def run(
     c_client_requests: int,
     only: frozenset[str] | None = None,
     compare_tree: str | None = None,
+    server_event_loop: str | None = None,
 ) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="qssh-bench-", dir=directory))
     redis_server = RedisAlwaysServer(base)
-    sidecar = SidecarServer(base)
+    loop_args = [] if server_event_loop is None else ["--event-loop", server_event_loop]
+    sidecar = SidecarServer(base, extra_args=loop_args)
     compare = SidecarServer(base / "compare", python_path=compare_tree) if compare_tree else None
     tunnel: OpenSSHTunnel | None = None
     tunnel_problem: str | None = None
@@ -320,6 +324,12 @@ def main() -> int:
         default=event_loop.DEFAULT,
         help="this process's loop, the qssh client's (the servers run on their default)",
     )
+    parser.add_argument(
+        "--server-event-loop",
+        choices=event_loop.NAMES,
+        default=None,
+        help="this tree's server's loop (default: its default; not the --compare-tree one's)",
+    )
     args = parser.parse_args()
     only = None if args.cases is None else frozenset(args.cases.split(","))
     result = event_loop.run(
@@ -331,10 +341,12 @@ def main() -> int:
             args.c_client_requests,
             only,
             args.compare_tree,
+            args.server_event_loop,
         ),
         args.event_loop,
     )
     result["client_event_loop"] = args.event_loop
+    result["server_event_loop"] = args.server_event_loop or event_loop.DEFAULT
     sys.stdout.buffer.write(dumps(result))
     return 0
 

@@ -25,6 +25,7 @@ from transport.auth import DEFAULT_USERNAME
 from transport.client_sealing import ClientSealing
 from transport.coalesce import write_as_one
 from transport.host_pinning import HostKeyError, HostKeyPinning, StrictHostKeyChecking
+from transport.ignore_packets import skip_ignore_packets
 from transport.limits import ServiceLimits
 from transport.protocol import (
     DEFAULT_PORT,
@@ -123,6 +124,9 @@ class _ClientSession(asyncssh.SSHClientSession[bytes]):
 class _PinningClient(asyncssh.SSHClient):
     def __init__(self, pinning: HostKeyPinning | None) -> None:
         self.pinning = pinning
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        skip_ignore_packets(conn)
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey

@@ -5,7 +5,9 @@ the key exchange, each with its own transport write, so every reply or request w
 out as two ``send`` system calls and, on loopback, two segments each waking the
 receiver. `write_as_one` gathers the packets of one ``chan.write`` and hands them to
 the transport at once: the same bytes in the same order, one system call. The SSH
-stream is unchanged (the ignore packet is still sent, encrypted as before).
+stream is unchanged. (On an AEAD cipher `transport.ignore_packets` now leaves that
+ignore packet out; a write still makes several packets when it is larger than one
+packet, or when a non-AEAD cipher keeps the ignore packet.)
 """
 
 from __future__ import annotations

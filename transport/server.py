@@ -24,6 +24,7 @@ from transport import event_loop
 from transport.admission import ConnectionAdmission, Ending, Refusal
 from transport.auth import DEFAULT_USERNAME, AuthorizedKeys, Principal, Role, username_allowed
 from transport.coalesce import write_as_one
+from transport.ignore_packets import skip_ignore_packets
 from transport.limits import ServiceLimits, SubmitBucket, WaitingLeases
 from transport.negotiation_log import describe, mismatch, parse_kexinit
 from transport.protocol import (
@@ -524,6 +525,7 @@ class _QueueSSHServer(asyncssh.SSHServer):
             server.refused(refusal, source=self._source)
             conn.abort()  # before our version line: a refused stranger costs a close
             return
+        skip_ignore_packets(conn)
         self._phase = _Phase.STARTUP
         grace = server.settings.limits.admission.login_grace_seconds
         self._grace = asyncio.get_running_loop().call_later(grace, self._grace_exceeded)
