@@ -106,6 +106,11 @@ class DurableLive:
             return
         base = self._base
         for mid in self._removed:
-            base.pop(mid, None)
+            item = added.pop(mid, None)
+            if item is None:
+                base.pop(mid, None)
+            else:  # replaced, or built from its record: in its place (in id order, which
+                # the next recovery reads without sorting)
+                base[mid] = item
         self._removed = set()
         base.update(added)

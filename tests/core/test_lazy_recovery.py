@@ -199,7 +199,7 @@ async def _run(base: Path, submits: list[tuple[int, str, int]], readers: list[An
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(submits=_SUBMITS, readers=_READERS)
 def test_recovered_messages_read_as_the_submitted_ones(
