@@ -3,14 +3,15 @@ builds no object per message): to every reader it must be the message a submit m
 
 Twin queues get the same submits under the same clocks: S keeps them as submitted, R
 is closed and reopened, so its messages are records not built yet. Then the same
-random readers run on both: pops, leases by kinds, acks, releases, compactions (also
-with pops running between the compaction's steps, while its snapshot is pinned),
-reopens. Every answer, the depth and the accounted bytes must be equal, and a
+random readers run on both: pops, leases by kinds, acks, releases, the relay link to
+a peer, compactions (also with pops running between the compaction's steps, while its
+snapshot is pinned), reopens. Every answer, the depth and the accounted bytes must be equal, and a
 compaction of either writes the same records."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -51,9 +52,11 @@ _READERS = st.lists(
         st.tuples(st.just("compact")),
         st.tuples(st.just("compact_while_popping"), st.integers(1, 4)),
         st.tuples(st.just("reopen")),
+        st.tuples(st.just("relay"), st.integers(1, 3), st.booleans()),
     ),
     max_size=25,
 )
+EXAMPLES = 1000 if os.environ.get("QSSH_NIGHTLY") == "1" else 100
 
 
 def _view(item: QueueMessageWithProvenance | None) -> tuple[Any, ...] | None:
@@ -144,6 +147,13 @@ class Twin:
             await q.compact_wal()
             # the records kept (id reservations differ: R was reopened once more)
             return [r for r in _records(Path(q.path)) if r[0] not in ("K", "R")]
+        if op[0] == "relay":  # the peer's link: broadcast messages it lacks, then done
+            items = q.relay_take("p", op[1])
+            if op[2]:
+                await q.relay_done("p", items)
+            else:
+                q.relay_give_back("p", items)
+            return [_view(i) for i in items]
         if op[0] == "compact_while_popping":
 
             async def pops() -> list[Any]:
@@ -199,7 +209,9 @@ async def _run(base: Path, submits: list[tuple[int, str, int]], readers: list[An
 
 
 @settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(submits=_SUBMITS, readers=_READERS)
 def test_recovered_messages_read_as_the_submitted_ones(
