@@ -15,9 +15,11 @@ import orjson
 import pytest
 
 import transport.ssh_algorithms  # noqa: F401 - registers ssh-falcon512
+from sidecar import QppValidatorQueue
 from sidecar.daemon import config
 from sidecar.daemon.config import ConfigError
 from tests import event_loops
+from tests.core.helpers import block
 from tests.subprocesses import Operator, child_env, free_port
 from transport import event_loop
 
@@ -136,3 +138,28 @@ def test_qssh_queue_runs_on_either_loop(tmp_path: Path, spawn: Any) -> None:
         assert done.returncode == 0, done.stderr
         assert orjson.loads(done.stdout)["service"]["event_loop"] == "uvloop"
     assert d.stop() == 0
+
+
+def test_the_fsync_thread_and_a_compaction_hand_back_to_uvloop(tmp_path: Path) -> None:
+    """Every batch through the worker thread (its `call_soon_threadsafe` hand-back) and a
+    compaction's jobs (`run_in_executor`) on the daemon's loop; all acknowledged submits
+    are there after reopening."""
+
+    async def run() -> str:
+        q = await QppValidatorQueue.open("v", tmp_path, inline_lone_sync=False)
+        serial = [await q.submit_sync(block(i), submitted_by="t") for i in range(10)]
+        together = await asyncio.gather(
+            *(q.submit_sync(block(i), submitted_by="t") for i in range(50))
+        )
+        handle = await q.pop()
+        assert handle is not None
+        popped = handle.consume().message_id
+        await q.compact_wal()
+        await q.close()
+        q = await QppValidatorQueue.open("v", tmp_path)
+        kept = {i.message_id for i in q._state.ready_items()}
+        assert kept == {*serial, *together} - {popped}
+        await q.close()
+        return event_loop.running()
+
+    assert event_loop.run(run(), "uvloop") == "uvloop"
