@@ -134,6 +134,12 @@ def _verify(args: argparse.Namespace) -> int:
             f"{args.path}: clean: {result.frames} frames, {len(result.records)} records, "
             f"{len(replayed.live)} live messages, next id {replayed.next_id}"
         )
+        if result.preallocated:
+            report["preallocated_bytes"] = result.preallocated
+            message += (
+                f"; {result.preallocated} bytes of zeros after the last frame, written ahead "
+                "by a sidecar that did not close the log (the next open cuts them)"
+            )
     if args.json:
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
     print(message, file=sys.stdout if code == EXIT_CLEAN and not args.json else sys.stderr)

@@ -93,13 +93,71 @@ class _OsHandle:
         os.close(self._fd)
 
 
+class _PreallocatedHandle(_OsHandle):
+    """The live log's handle: the file is kept `step` bytes of written zeros ahead of
+    the log's end, so that appending a frame overwrites blocks that are already
+    allocated and written. Its fdatasync then writes the data and nothing else; an
+    append that grows the file also commits the file system's journal (the new size
+    and blocks), which on ext4 made a batch's fsync 1.3-1.5 x slower.
+
+    Zeros after the last frame are not a torn write (`_framing.scan`). Closing cuts
+    them. Preallocating is best effort: when the zeros cannot be written (a full
+    disk), the frame is appended as it would be without them."""
+
+    __slots__ = ("_allocated", "_end", "_step")
+
+    def __init__(self, fd: int, end: int, step: int) -> None:
+        super().__init__(fd)
+        self._end = end
+        self._allocated = os.fstat(fd).st_size
+        self._step = step
+
+    # Invariant: _end <= _allocated (the file's size): zeros are only ever written at or
+    # after the end of the last frame, never over one.
+    def write(self, data: bytes) -> None:
+        if self._end + len(data) > self._allocated:
+            self._preallocate(self._end + len(data) + self._step)
+        super().write(data)
+        self._end += len(data)
+        self._allocated = max(self._allocated, self._end)  # appended without zeros ahead
+
+    def _preallocate(self, upto: int) -> None:
+        try:
+            while self._allocated < upto:
+                n = min(upto - self._allocated, len(_ZEROS))
+                self._allocated += os.pwrite(self._fd, _ZEROS[:n], self._allocated)
+        except OSError:
+            os.ftruncate(self._fd, self._end)  # the zeros written so far
+            self._allocated = self._end
+
+    def truncate(self, size: int) -> None:
+        super().truncate(size)
+        self._end = self._allocated = size
+
+    def close(self) -> None:
+        try:
+            if self._allocated > self._end:
+                os.ftruncate(self._fd, self._end)
+        finally:
+            super().close()
+
+
+# zeros written ahead of the live log's end, and the most written in one call
+PREALLOCATE_BYTES = 1 << 20
+_ZEROS = memoryview(bytes(PREALLOCATE_BYTES))
+
+
 class OsFileLayer:
     blocking = True
+    preallocate = PREALLOCATE_BYTES  # zeros kept ahead of the live log (0: none)
+
+    def __init__(self, preallocate: int = PREALLOCATE_BYTES) -> None:
+        self.preallocate = preallocate
 
     def open_append(self, path: str) -> LogHandle:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        os.lseek(fd, 0, os.SEEK_END)
-        return _OsHandle(fd)
+        end = os.lseek(fd, 0, os.SEEK_END)
+        return _PreallocatedHandle(fd, end, self.preallocate) if self.preallocate else _OsHandle(fd)
 
     def create(self, path: str) -> LogHandle:
         return _OsHandle(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))

@@ -6,9 +6,11 @@ This is the one place that decides what a torn write is and what corruption is
 * A frame is the unit of one write: every group-commit batch is one frame, and the
   next frame is written only after the previous one was fsync'd. So at a crash only
   the LAST frame can be incomplete.
-* Scanning stops at the first frame that fails its checks. If no valid frame follows
-  anywhere after that offset, the rest is a torn tail (cut with a warning). If a valid
-  frame follows, the damage is in the middle of the log: corruption.
+* Scanning stops at the first frame that fails its checks. If only zero bytes follow,
+  they are space the live log had written ahead of itself (`_files`): not damage, cut
+  silently. Otherwise, if no valid frame follows anywhere after that offset, the rest
+  is a torn tail (cut with a warning). If a valid frame follows, the damage is in the
+  middle of the log: corruption.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class Scan:
     frames: int = 0
     valid_end: int = FILE_HEADER_SIZE  # end of the longest valid prefix
     file_size: int = 0
+    preallocated: int = 0  # zero bytes after the last frame (a log that was not closed)
     bad_offset: int | None = None  # first frame that failed its checks
     next_valid_offset: int | None = None  # a valid frame after it: corruption
     salvaged_frames: int = 0  # valid frames found after the damage (salvage only)
@@ -120,6 +123,15 @@ def _next_valid_frame(data: LogBytes, start: int) -> int | None:
             return pos
         pos = data.find(_FRAME_PREFIX, pos + 1)
     return None
+
+
+def _all_zero(data: LogBytes, start: int) -> bool:
+    step = 1 << 20
+    for pos in range(start, len(data), step):
+        chunk = data[pos : pos + step]
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
 
 
 PROGRESS_FRAMES = 4096  # frames between two calls of scan's `progress`
@@ -166,6 +178,9 @@ def scan(
     result.valid_end = offset
     result.record_count = count
     if offset >= len(data):
+        return result
+    if _all_zero(data, offset):
+        result.preallocated = len(data) - offset
         return result
     result.bad_offset = offset
     result.next_valid_offset = _next_valid_frame(data, offset + 1)

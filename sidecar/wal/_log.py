@@ -171,6 +171,7 @@ class WriteAheadLog:
                 rec.torn_bytes,
                 result.valid_end,
             )
+        if result.valid_end < size:  # a torn tail, or zeros written ahead of a log not closed
             handle.truncate(result.valid_end)
             handle.sync()
         return cls(layer, path, handle, result.valid_end), rec

@@ -65,13 +65,24 @@ async def test_torn_tail_is_cut_with_a_warning_and_earlier_records_kept(
     assert len(data) > good
 
 
-async def test_zero_filled_tail_counts_as_torn(tmp_path: Path) -> None:
+async def test_a_zero_filled_tail_is_space_written_ahead_cut_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = await _log_with(tmp_path, 3)
+    good = os.path.getsize(path)
     with open(path, "ab") as f:
         f.write(b"\0" * 4096)
-    q = await QppValidatorQueue.open("v", tmp_path)
+    with caplog.at_level(logging.WARNING, logger="sidecar.wal"):
+        q = await QppValidatorQueue.open("v", tmp_path)
+    assert "torn" not in caplog.text
+    assert q.recovery is not None
+    assert q.recovery.torn_bytes == 0
     assert q.depth()["total"] == 3
     await q.close()
+    data = Path(path).read_bytes()
+    assert scan(data).clean
+    assert scan(data).preallocated == 0
+    assert len(data) > good  # the reservation written at open, nothing of the zeros
 
 
 async def test_mid_log_corruption_refuses_to_open_and_changes_nothing(tmp_path: Path) -> None:

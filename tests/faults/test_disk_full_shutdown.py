@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import re
 import signal
@@ -27,6 +28,9 @@ from .harness import Serve
 from .test_enospc import fill, try_mount_tmpfs
 
 ASYNC = 40
+# 40 x 40 KB: more than the zeros the log keeps written ahead (1 MiB), so that the
+# shutdown's one frame of async messages cannot fit in them
+ASYNC_DATA = base64.b64encode(os.urandom(30_000)).decode()
 SPACE_WAIT = 2  # durability.shutdown_timeout for these daemons, seconds
 
 
@@ -52,7 +56,8 @@ async def hold_async_messages(serve_: Serve, data: Path) -> None:
     await asyncio.to_thread(serve_.wait_ready)
     async with Operator.of(data).connect(serve_.port) as c:
         for i in range(ASYNC):
-            reply = await c.submit({"kind": "gossip", "topic": f"t{i}", "data": "aGk="}, "async")
+            message = {"kind": "gossip", "topic": f"t{i}", "data": ASYNC_DATA}
+            reply = await c.submit(message, "async")
             assert reply["mode"] == "async"
 
 

@@ -33,7 +33,7 @@ from .worker import block
 
 TMPFS_SIZE = 8 * 1024 * 1024
 OWN = 900_000_000  # block numbers of this test's own submits
-LEASED = 400  # more consume records than fit in a page of slack
+LEASED = 400  # more consume records than fit in a page of slack (the zeros ahead are used by then)
 
 
 def try_mount_tmpfs(where: Path) -> str | None:
@@ -126,10 +126,11 @@ async def run_enospc(tmp_path: Path, data: Path, how: str) -> None:
                 filler = fill(data.parent)
             else:
                 fiu(serves[0].pid, f"enable name=posix/io/rw/write,failinfo={errno.ENOSPC}")
-            # Refused from now on, except what still fits in the log's last page (a
-            # real filesystem keeps that slack): those acks are kept like any other.
+            # Refused from now on, except what still fits in the zeros the log keeps
+            # written ahead (up to 1 MiB: a few thousand submits) or in its last page
+            # (a real filesystem keeps that slack): those acks are kept like any other.
             refusals: list[str] = []
-            for n in range(1, 1000):
+            for n in range(1, 8000):
                 try:
                     own[await submit_ok(client, OWN + n)] = OWN + n
                 except Unavailable as exc:
@@ -162,7 +163,7 @@ async def run_enospc(tmp_path: Path, data: Path, how: str) -> None:
                 filler.unlink()
             else:
                 fiu(serves[0].pid, "disable name=posix/io/rw/write")
-            for n in range(5000, 5020):
+            for n in range(9000, 9020):
                 own[await submit_ok(client, OWN + n)] = OWN + n
             await client.ack(held["lease_id"])  # the same lease, now with room
         finally:
