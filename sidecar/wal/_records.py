@@ -215,13 +215,16 @@ class Replayed:
     submits: int = 0
     consumes: int = 0
     # Read as each record goes by (a pass over a million recovered messages afterwards
-    # costs a cache miss or more each): the kinds submitted, the canonical bytes of
-    # the live messages, and whether the submit records' ids rose throughout, each
-    # message at its kind's priority (then `live` is in delivery order).
-    kinds: set[Kind | None] = field(default_factory=set)
+    # costs a cache miss or more each): the ids submitted, by kind in log order
+    # (consumed ones too: see `runs`), the canonical bytes of the live messages,
+    # whether the ids rose throughout and whether each message has its kind's priority
+    # (both: `live` is in delivery order, by kind).
+    ids_of: dict[Kind | None, list[int]] = field(default_factory=dict)
     live_bytes: int = 0
-    in_order: bool = True
+    ids_rising: bool = True
+    kind_priorities: bool = True
     top_id: int = 0  # the highest id of a submit record
+    stale: int = 0  # ids in `ids_of` consumed since
     replaced: bool = False  # a submit record for an id already live (bytes miscounted)
 
     def items(self) -> list[QueueMessageWithProvenance]:
@@ -236,12 +239,21 @@ class Replayed:
 
     def runs(self) -> dict[Kind, list[int]]:
         """The ids of the live messages by kind, each list in delivery order (higher
-        priority first, then lower id)."""
-        kinds = self.kinds
-        if self.in_order and len(kinds) == 1 and None not in kinds:
-            (kind,) = kinds
-            assert kind is not None
-            return {kind: list(self.live)}
+        priority first, then lower id); `ids_of` is taken."""
+        runs, self.ids_of = self.ids_of, {}
+        live = self.live
+        if self.replaced or None in runs or not self.kind_priorities:
+            return self._sorted_runs()  # rare: read every message again
+        if sum(map(len, runs.values())) != len(live):  # some were consumed since
+            runs = {kind: list(filter(live.__contains__, ids)) for kind, ids in runs.items()}
+            if sum(map(len, runs.values())) != len(live):  # an id submitted twice
+                return self._sorted_runs()
+        if not self.ids_rising:  # e.g. async messages logged at a close, after others
+            for ids in runs.values():
+                ids.sort()
+        return {kind: ids for kind, ids in runs.items() if ids and kind is not None}
+
+    def _sorted_runs(self) -> dict[Kind, list[int]]:
         by_kind: dict[Kind, list[tuple[int, int]]] = {}
         for mid, value in self.live.items():
             if isinstance(value, list):
@@ -254,8 +266,7 @@ class Replayed:
             by_kind.setdefault(kind, []).append((-priority, mid))
         runs = {}
         for kind, keys in by_kind.items():
-            if not self.in_order:
-                keys.sort()
+            keys.sort()
             runs[kind] = [mid for _, mid in keys]
         return runs
 
@@ -264,6 +275,10 @@ def _live_bytes(value: Live) -> int:
     if isinstance(value, list):
         return len(value[10])  # ASCII: a byte per character
     return value.message.encoded_size
+
+
+_unused: list[int] = []
+_STALE_IDS = 4096
 
 
 def _corrupt(path: str, what: str) -> LogCorrupt:
@@ -324,14 +339,17 @@ class Replayer:
         kind_by_head = _KIND_BY_TEXT_HEAD
         head_size = LOGGED_HEAD_BYTES
         kind_priority = _KIND_PRIORITY
-        kinds = out.kinds
-        # the priority and kind prefix of the last submit, checked again only if new
+        ids_of = out.ids_of
+        # the priority and kind prefix of the last submit, and where its id went: looked
+        # up again only when they change
         last_priority: Priority | None = None
         last_head = "\0"
+        add = _unused.append
+        kind_priorities = out.kind_priorities
         live_bytes = out.live_bytes
-        in_order = out.in_order
+        ids_rising = out.ids_rising
         top_id = out.top_id
-        consumes = others = 0
+        consumes = others = stale = 0
         try:
             for rec in records:
                 kind = rec[0]
@@ -354,22 +372,25 @@ class Replayer:
                     if live.setdefault(mid, value) is not value:
                         live[mid] = value
                         out.replaced = True
-                    # ids rising (`top_id` the highest so far), each message at its
-                    # kind's priority: then `live` is in delivery order
                     if mid > top_id:
                         top_id = mid
                     else:
-                        in_order = False
+                        ids_rising = False
                     if priority is not last_priority or not text.startswith(last_head):
                         message_kind = kind_by_head.get(text[:head_size])
-                        kinds.add(message_kind)
                         if priority != kind_priority.get(message_kind):
-                            in_order = False
+                            kind_priorities = False
+                        ids = ids_of.get(message_kind)
+                        if ids is None:
+                            ids = ids_of[message_kind] = []
+                        add = ids.append
                         last_priority, last_head = priority, text[:head_size]
+                    add(mid)
                 elif kind == CONSUME:
                     gone = live.pop(rec[1], None)
                     if gone is not None:
                         live_bytes -= _live_bytes(gone)
+                        stale += 1
                     consumes += 1
                 else:
                     others += 1
@@ -381,10 +402,18 @@ class Replayer:
         finally:
             out.next_id = max(out.next_id, top_id + 1)
             out.live_bytes = live_bytes
-            out.in_order = in_order
+            out.ids_rising = ids_rising
+            out.kind_priorities = kind_priorities
             out.top_id = top_id
             out.submits += len(records) - consumes - others
             out.consumes += consumes
+        # the ids of consumed messages go as they pile up: as many as are live, at most
+        out.stale += stale
+        if out.stale > max(len(live), _STALE_IDS):
+            contains = live.__contains__
+            for kind, ids in ids_of.items():
+                ids_of[kind] = list(filter(contains, ids))
+            out.stale = 0
 
 
 def replay(records: list[Record], *, path: str = "<log>") -> Replayed:

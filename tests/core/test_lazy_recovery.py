@@ -314,9 +314,26 @@ def test_replay_gives_each_kind_in_delivery_order_whatever_the_log_order() -> No
     ]
     replayer = Replayer()
     replayer.feed(in_log_order)
-    assert not replayer.out.in_order
+    assert not replayer.out.ids_rising
+    assert not replayer.out.kind_priorities
     assert replayer.out.runs() == {Kind.GOSSIP: [9, 3, 5], Kind.BLOCK_IMPORT: [1, 2]}
     rising = Replayer()
     rising.feed([submit(1, gossip(1), low), submit(4, gossip(4), low)])
-    assert rising.out.in_order
+    assert rising.out.ids_rising
+    assert rising.out.kind_priorities
     assert rising.out.runs() == {Kind.GOSSIP: [1, 4]}
+    # ids not rising (async messages a close logged after later ones), a consumed one
+    unsorted = Replayer()
+    unsorted.feed(
+        [
+            submit(7, gossip(7), low),
+            submit(6, block(6), int(block(6).priority)),
+            submit(2, gossip(2), low),
+            ["C", 7],
+            submit(4, gossip(4), low),
+            submit(1, block(1), int(block(1).priority)),
+        ]
+    )
+    assert not unsorted.out.ids_rising
+    assert unsorted.out.kind_priorities
+    assert unsorted.out.runs() == {Kind.GOSSIP: [2, 4], Kind.BLOCK_IMPORT: [1, 6]}
