@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -24,7 +22,7 @@ from sidecar.wal import (
     scan,
 )
 from tests.core.helpers import block
-from tests.subprocesses import REPO, child_env
+from tests.subprocesses import run_python
 
 
 def _tail(path: Path) -> tuple[int, int, bytes]:
@@ -100,15 +98,7 @@ asyncio.run(main())
 async def test_a_sigkilled_sidecar_leaves_zeros_that_the_next_open_cuts_silently(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _KILLED_WRITER, str(tmp_path), "50"],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        cwd=REPO,
-        timeout=120,
-        check=False,
-    )
+    done = run_python("-c", _KILLED_WRITER, str(tmp_path), "50", timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr
     acked = [int(line) for line in done.stdout.split()]
     assert len(acked) == 50
@@ -117,15 +107,7 @@ async def test_a_sigkilled_sidecar_leaves_zeros_that_the_next_open_cuts_silently
     assert size > end
     assert tail == bytes(len(tail))
 
-    verify = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "wal", "verify", "--json", str(path)],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
+    verify = run_python("-m", "sidecar.cli", "wal", "verify", "--json", str(path))
     assert verify.returncode == 0, verify.stderr
     report = orjson.loads(verify.stdout.splitlines()[0])
     assert report["status"] == "clean"
@@ -175,15 +157,7 @@ async def test_when_the_zeros_cannot_be_written_frames_are_appended_and_kept(
 ) -> None:
     """The zeros ahead fail first (the file may not grow 1 MiB), then the frames are
     appended without them until they fail too; every acknowledged one is kept."""
-    done = subprocess.run(
-        [sys.executable, "-c", _CAPPED_WRITER, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        cwd=REPO,
-        timeout=120,
-        check=False,
-    )
+    done = run_python("-c", _CAPPED_WRITER, str(tmp_path), timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     acked = [int(line) for line in done.stdout.split()]
     assert len(acked) > 100

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -11,19 +10,11 @@ import orjson
 from sidecar import QppValidatorQueue
 from sidecar.wal import FILE_HEADER_SIZE, consume_record, encode_frame
 from tests.core.helpers import block, gossip
-from tests.subprocesses import REPO, child_env
+from tests.subprocesses import run_python
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "wal", *args],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
+    return run_python("-m", "sidecar.cli", "wal", *args)
 
 
 async def _make_log(tmp_path: Path) -> Path:

@@ -10,22 +10,14 @@ import sys
 import orjson
 import pytest
 
-from tests.subprocesses import REPO, child_env
+from tests.subprocesses import REPO, child_env, run_python
 
 VERSION = importlib.metadata.version("qssh-sidecar")
 COMMANDS = {"qssh-sidecar": "sidecar.cli", "qssh-queue": "transport.client_cli"}
 
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
+    return run_python("-m", module, *args)
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
