@@ -125,6 +125,7 @@ def command_parser(command: str) -> argparse.ArgumentParser:
     elif command == "lease":
         p.add_argument("--timeout", type=float, default=30.0, help="lease seconds")
         p.add_argument("--wait", type=float, default=0.0, help="wait up to S for a message")
+        _kinds_option(p)
     elif command in ("ack", "release"):
         p.add_argument("lease_id")
     elif command == "tail":
@@ -136,7 +137,25 @@ def command_parser(command: str) -> argparse.ArgumentParser:
             help="release each delivery instead of acking it (it is delivered again)",
         )
         p.add_argument("-n", "--count", type=int, default=0, help="stop after N (0 = forever)")
+        _kinds_option(p)
     return p
+
+
+def _kinds_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kinds",
+        type=_kind_list,
+        default=None,
+        metavar="KIND[,KIND...]",
+        help="only messages of these kinds (the others stay for other consumers)",
+    )
+
+
+def _kind_list(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",")]
+    if not all(kinds):
+        raise argparse.ArgumentTypeError(f"an empty kind name in {text!r}")
+    return kinds
 
 
 def _field_value(text: str) -> Any:
@@ -272,7 +291,9 @@ async def _bulk_submit(
 
 
 async def _tail(client: QueueClient, args: argparse.Namespace, out: Output) -> int:
-    sub = await client.subscribe(credit=args.credit, lease_timeout=args.lease_timeout)
+    sub = await client.subscribe(
+        credit=args.credit, lease_timeout=args.lease_timeout, kinds=args.kinds
+    )
     seen = 0
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -370,9 +391,12 @@ async def _run_connected(
             return EXIT_OK
         if command == "lease":
             # detached: this process exits now, the ack comes from a later one
-            lease = await client.lease(timeout=sub.timeout, wait=sub.wait, detach=True)
+            lease = await client.lease(
+                timeout=sub.timeout, wait=sub.wait, detach=True, kinds=sub.kinds
+            )
             if lease is None:
-                out.data(None) if out.as_json else out.note("queue is empty")
+                empty = "queue is empty" if sub.kinds is None else "no message of those kinds"
+                out.data(None) if out.as_json else out.note(empty)
                 return EXIT_EMPTY
             out.data(lease, "leased")
             return EXIT_OK

@@ -121,6 +121,38 @@ async def test_lease_then_ack_by_id(qssh_home: Path, service: Service) -> None:
         assert await client.depth() == 0
 
 
+async def test_lease_and_tail_by_kinds_leave_the_other_kinds(
+    qssh_home: Path, service: Service
+) -> None:
+    async with service.connect() as client:
+        await client.submit(gossip(1), "sync")
+        for i in range(2):
+            await client.submit({"kind": "telemetry", "name": f"t{i}", "value": i}, "sync")
+    code, out, err = await qssh_queue(
+        qssh_home, "--json", "validator", "lease", "--kinds", "telemetry,block_import"
+    )
+    assert code == 0, err
+    assert orjson.loads(out)["message"]["kind"] == "telemetry"
+    code, out, err = await qssh_queue(
+        qssh_home, "--json", "validator", "tail", "-n", "1", "--kinds", "telemetry"
+    )
+    assert code == 0, err
+    assert orjson.loads(out)["message"]["kind"] == "telemetry"
+    code, out, err = await qssh_queue(qssh_home, "validator", "lease", "--kinds", "telemetry")
+    assert code == 4
+    assert b"no message of those kinds" in err + out
+    code, _, err = await qssh_queue(qssh_home, "validator", "lease", "--kinds", "no_such_kind")
+    assert code == 1
+    assert b"unknown_kind" in err
+    code, _, err = await qssh_queue(qssh_home, "validator", "lease", "--kinds", "gossip,")
+    assert code == 2
+    assert b"empty kind name" in err
+    async with service.connect() as client:
+        detail = await client.depth_detail()
+    assert detail["total"] == 2  # the gossip message and the leased telemetry one
+    assert detail["leased"] == 1
+
+
 async def test_tables_for_people(qssh_home: Path) -> None:
     code, out, _ = await qssh_queue(qssh_home, "validator", "tier")
     assert code == 0
