@@ -27,6 +27,7 @@ from transport.coalesce import write_as_one
 from transport.ignore_packets import skip_ignore_packets
 from transport.limits import ServiceLimits, SubmitBucket, WaitingLeases
 from transport.negotiation_log import describe, mismatch, parse_kexinit
+from transport.output_bound import bound_output
 from transport.protocol import (
     EventName,
     FrameDecoder,
@@ -61,8 +62,9 @@ EXEC_COMMANDS: dict[str, Role | None] = {"depth": None, "stats": Role.ADMIN, "ti
 # on a timeout: a request of these waits parked on that future, without a task of its own.
 # Replies held for one channel write beyond this go out at once: uvloop (libuv) reads
 # up to 32 socket chunks per wake-up before any call_soon runs, so a peer that sends
-# megabytes of requests and reads nothing must meet the channel's flow control
-# (pause_writing) while its requests are still being read, not after.
+# megabytes of requests and reads nothing must meet the flow control (the channel's
+# pause_writing, and the connection's: transport/output_bound.py) while its requests
+# are still being read, not after.
 OUTBOX_FLUSH_BYTES = 64 * 1024
 LOG_WAITS = frozenset({"submit", "submit_batch", "pop", "ack", "release"})
 
@@ -526,6 +528,11 @@ class _QueueSSHServer(asyncssh.SSHServer):
             conn.abort()  # before our version line: a refused stranger costs a close
             return
         skip_ignore_packets(conn)
+        if not bound_output(conn):
+            log.warning(
+                "asyncssh keeps no transport where expected: output per connection "
+                "is bounded by the channels' flow control only"
+            )
         self._phase = _Phase.STARTUP
         grace = server.settings.limits.admission.login_grace_seconds
         self._grace = asyncio.get_running_loop().call_later(grace, self._grace_exceeded)
