@@ -142,6 +142,17 @@ class GroupCommitter:
     def commit(self, code: int, record: bytes, payload: Any) -> asyncio.Future[None]:
         """Queue a record for the next batch; await the returned (shared) future: it
         resolves once the record is durable, or fails with the batch."""
+        return self._queue(code, record, payload, asyncio.current_task(self._loop))
+
+    def enqueue(self, code: int, record: bytes, payload: Any) -> asyncio.Future[None]:
+        """`commit` for a record nobody awaits (its failure reaches `on_rollback`). It
+        belongs to no caller: the task that queued it being cancelled (a submit that
+        happened to request the next id block) never leaves it out of its batch."""
+        return self._queue(code, record, payload, None)
+
+    def _queue(
+        self, code: int, record: bytes, payload: Any, caller: asyncio.Task[Any] | None
+    ) -> asyncio.Future[None]:
         if self.fatal is not None or self._stopping:
             self._check_accepting()
         batch = self._batch
@@ -150,12 +161,8 @@ class GroupCommitter:
             batch.add_done_callback(_retrieve)
             self._schedule()
         self._pending.append((code, record, batch, payload))
-        self._callers.append(asyncio.current_task(self._loop))
+        self._callers.append(caller)
         return batch
-
-    def enqueue(self, code: int, record: bytes, payload: Any) -> asyncio.Future[None]:
-        """`commit` for a record nobody awaits (its failure reaches `on_rollback`)."""
-        return self.commit(code, record, payload)
 
     def _check_accepting(self) -> None:
         if self.fatal is not None:

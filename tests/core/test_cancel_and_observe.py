@@ -172,3 +172,34 @@ async def test_a_caller_that_swallowed_an_earlier_cancellation_is_acked_only_onc
     q = await QppValidatorQueue.open("v", tmp_path)
     assert [i.message_id for i in q._state.ready_items()] == [mid]
     await q.close()
+
+
+async def test_a_cancelled_submit_never_takes_the_id_reservation_it_queued_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The submit that crosses half of the reserved id block queues the next block's
+    reservation record; if that submit is then cancelled, the reservation stays in the
+    batch: the other submits waiting for ids get their ids, not a false LogFailed."""
+    monkeypatch.setattr("sidecar.queue.ID_BLOCK", 4)
+    monkeypatch.setattr("sidecar.queue.FIRST_ID_BLOCK", 4)
+    q = await QppValidatorQueue.open("v", tmp_path)
+    try:
+        tasks = [asyncio.create_task(q.submit_sync(block(i), submitted_by="t")) for i in range(5)]
+
+        async def cancel_third() -> None:  # after the five first steps, before the flush
+            tasks[2].cancel()
+
+        canceller = asyncio.create_task(cancel_third())
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await canceller
+        assert isinstance(results[2], asyncio.CancelledError)
+        others = [r for i, r in enumerate(results) if i != 2]
+        assert all(isinstance(r, int) for r in others), results
+        assert len(set(others)) == 4
+    finally:
+        await q.close()
+    reopened = await QppValidatorQueue.open("v", tmp_path)
+    try:
+        assert reopened.depth()["total"] >= 4  # every acknowledged submit is in the log
+    finally:
+        await reopened.close()
