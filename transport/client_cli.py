@@ -548,6 +548,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         sub = command_parser(args.command).parse_args(args.args)
         if args.command == "submit" and sub.message not in (None, "-"):
             message_from_args(sub.message, sub.fields)  # usage errors before connecting
+        try:
+            event_loop.factory(args.event_loop)
+        except ValueError as exc:  # uvloop not importable
+            raise UsageError(str(exc)) from None
         return event_loop.run(run_command(args, sub, out), args.event_loop)
     except (UsageError, SshConfigError) as exc:
         out.err.print(f"qssh-queue: {exc}", markup=False)

@@ -12,8 +12,6 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-import uvloop
-
 T = TypeVar("T")
 
 UVLOOP = "uvloop"
@@ -25,6 +23,12 @@ DEFAULT = UVLOOP
 def factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The loop factory for `name` (None: asyncio's own); ValueError for another name."""
     if name == UVLOOP:
+        try:  # imported here: without uvloop, "asyncio" must still start
+            import uvloop  # noqa: PLC0415
+        except ImportError:
+            raise ValueError(
+                'uvloop is not installed: install it, or choose event loop "asyncio"'
+            ) from None
         return uvloop.new_event_loop
     if name == ASYNCIO:
         return None
@@ -44,4 +48,5 @@ def run(main: Coroutine[Any, Any, T], name: str = DEFAULT) -> T:
 
 def running() -> str:
     """The name of the loop running now (`NAMES`)."""
-    return UVLOOP if isinstance(asyncio.get_running_loop(), uvloop.Loop) else ASYNCIO
+    module = type(asyncio.get_running_loop()).__module__
+    return UVLOOP if module.partition(".")[0] == "uvloop" else ASYNCIO

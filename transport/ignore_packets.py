@@ -37,12 +37,18 @@ AEAD_CIPHERS = frozenset(
 _SEND_PACKET = "send_packet"  # asyncssh's SSHConnection method every packet goes through
 
 
-def skip_ignore_packets(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
+def skip_ignore_packets(
+    conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection,
+) -> bool:
     """On `conn`, no ignore packet before each packet while its send cipher is AEAD.
 
     asyncssh sends its ignore packet by calling ``send_packet`` from inside
-    ``send_packet``: that nested call, and only that one, is left out."""
-    send = getattr(conn, _SEND_PACKET)
+    ``send_packet``: that nested call, and only that one, is left out. False (and
+    nothing changed) if asyncssh has no ``send_packet`` any more: every packet is then
+    sent as asyncssh sends it."""
+    send = getattr(conn, _SEND_PACKET, None)
+    if send is None:
+        return False
     sending = False
 
     def send_packet(pkttype: int, *args: bytes, handler: Any = None) -> None:
@@ -59,3 +65,4 @@ def skip_ignore_packets(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerC
             sending = False
 
     setattr(conn, _SEND_PACKET, send_packet)
+    return True

@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(level, args.log_format, split=True)
     try:
         cfg = load_config(args)
-    except ConfigError as e:
+        event_loop.factory(cfg.event_loop)  # uvloop importable, before anything starts
+    except (ConfigError, ValueError) as e:
         print(f"qssh-sidecar: {e}", file=sys.stderr)
         return EXIT_CONFIG
     from .app import Sidecar  # noqa: PLC0415 - keeps `--help` and config errors fast

@@ -163,3 +163,66 @@ def test_the_fsync_thread_and_a_compaction_hand_back_to_uvloop(tmp_path: Path) -
         return event_loop.running()
 
     assert event_loop.run(run(), "uvloop") == "uvloop"
+
+
+_WITHOUT_UVLOOP = """
+import sys
+sys.modules["uvloop"] = None  # as if uvloop were not installed
+from sidecar.daemon import serve_cli  # the daemon and the client load without it
+from transport import client_cli, event_loop
+async def main():
+    return event_loop.running()
+print(event_loop.run(main(), "asyncio"))
+try:
+    event_loop.run(main())
+except ValueError as exc:
+    print(exc)
+"""
+
+
+def test_without_uvloop_asyncio_still_runs_and_the_default_says_why_not() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_UVLOOP],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [
+        "asyncio",
+        'uvloop is not installed: install it, or choose event loop "asyncio"',
+    ]
+
+
+_CLI_WITHOUT_UVLOOP = """
+import sys
+sys.modules["uvloop"] = None
+from {module} import main
+sys.exit(main({argv!r}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "argv"),
+    [
+        ("sidecar.cli", ["serve", "--data-dir", "{tmp}"]),
+        ("transport.client_cli", ["-p", "1", "127.0.0.1", "ping"]),
+    ],
+)
+def test_without_uvloop_the_default_loop_exits_2_with_the_reason(
+    tmp_path: Path, module: str, argv: list[str]
+) -> None:
+    argv = [a.replace("{tmp}", str(tmp_path / "data")) for a in argv]
+    done = subprocess.run(
+        [sys.executable, "-c", _CLI_WITHOUT_UVLOOP.format(module=module, argv=argv)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "uvloop is not installed" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -110,3 +110,12 @@ async def test_only_an_aead_cipher_goes_without_the_ignore_packet(
     finally:
         listener.close()
         await listener.wait_closed()
+
+
+def test_without_send_packet_nothing_is_changed() -> None:
+    class OtherAsyncssh:  # a future asyncssh that sends its packets some other way
+        pass
+
+    conn = OtherAsyncssh()
+    assert skip_ignore_packets(conn) is False  # type: ignore[arg-type]
+    assert vars(conn) == {}
