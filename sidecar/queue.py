@@ -89,6 +89,7 @@ Clock = Callable[[], float]  # seconds; time.monotonic and time.time unless a te
 
 # op codes for the group committer
 _SUBMIT, _CONSUME_POP, _CONSUME_ACK, _RESERVE, _SUBMIT_ONCE, _RELAYED, _WATERMARK = range(7)
+_PERSIST, _KEY_DURABLE = 7, 8  # a sync retry of an async dedup key: its message, its key
 
 
 class QppValidatorQueue:
@@ -121,6 +122,9 @@ class QppValidatorQueue:
         self._state = QueueState(limits)
         self._dedup = DedupIndex(dedup)
         self._dedup_waits: dict[DedupKey, asyncio.Future[None]] = {}
+        # async messages submitted with a dedup key, until consumed or written: a sync
+        # retry of that key makes its message durable (`_make_durable`)
+        self._async_keyed: dict[int, QueueMessageWithProvenance] = {}
         self._relay = RelayBacklog(peers)
         self._relay_news = {peer: asyncio.Event() for peer in peers}
         self.relayed = dict.fromkeys(peers, 0)  # relays acknowledged since open, per peer
@@ -329,6 +333,7 @@ class QppValidatorQueue:
         committer.shutdown_io()
         committer.detach()
         self._state = QueueState(self._state.limits)
+        self._async_keyed = {}
         self._durable_live = DurableLive()
         if self._lock is not None:
             self._lock.release()
@@ -530,6 +535,7 @@ class QppValidatorQueue:
             self._retain_for_peers(item)
         if dedup_key is not None:
             self._dedup.record(dedup_key, mid, item.created_at, durable=False)
+            self._async_keyed[mid] = item
         _GC.arrived()
         _GC.check(self._state.count)
         if self._waiters:
@@ -577,6 +583,8 @@ class QppValidatorQueue:
             self._live()
             entry = self._dedup.find(key, self._wall_clock())
             if entry is not None:
+                if chosen is Mode.SYNC and not entry.durable:
+                    await self._make_durable(key, entry.message_id, entry.at)
                 return Submitted(entry.message_id, True)
             in_flight = self._dedup_waits.get(key)
             if in_flight is None:
@@ -609,9 +617,28 @@ class QppValidatorQueue:
             done.set_result(None)
         return Submitted(mid, False)
 
+    async def _make_durable(self, key: DedupKey, mid: int, at: float) -> None:
+        """A sync submit found `key` recorded by an async one: it is answered only once
+        that message (or, if it was consumed already, the key) is in the log, as its
+        mode promises. The record is the one a graceful close would write.
+
+        The message counts as logged from the moment its record is queued, so a pop or
+        ack of it meanwhile logs its consume after it; if the write fails, it is an
+        async message again."""
+        committer = self._live()
+        item = self._async_keyed.pop(mid, None)
+        if item is None:  # consumed already: a later retry must still find the key
+            record = dedup_record(key[0], key[1], mid, at)
+            await committer.enqueue(_KEY_DURABLE, record, key)
+            return
+        item.persisted = True
+        await committer.enqueue(_PERSIST, submit_record(item, key), (item, key))
+
     def _consumed(self, item: QueueMessageWithProvenance) -> None:
         """A message left the queue: it stops counting against the limits, unless a
         peer still lacks it (then it counts until the last peer has it)."""
+        if self._async_keyed:
+            self._async_keyed.pop(item.message_id, None)
         if self._relay.retains(item.message_id):
             self._kept_for_peers[item.message_id] = item.message.encoded_size
         else:
@@ -855,6 +882,12 @@ class QppValidatorQueue:
             elif code == _CONSUME_ACK:
                 live.discard(payload.message_id)
                 self._consumed(payload.item)
+            elif code == _PERSIST:
+                item, key = payload
+                live.add(item)  # a consume of it since is logged after this, and drops it
+                self._dedup.mark_durable(key)
+            elif code == _KEY_DURABLE:
+                self._dedup.mark_durable(payload)
             else:
                 self._reserved_upto = max(self._reserved_upto, payload)
                 self._reserve_pending = False
@@ -881,6 +914,12 @@ class QppValidatorQueue:
                 state.push(payload)
             elif code == _CONSUME_ACK:
                 state.restore_lease(payload)
+            elif code == _PERSIST:
+                item, _key = payload  # an async message again, written at close
+                item.persisted = False
+                self._async_keyed[item.message_id] = item  # until consumed, as before
+            elif code == _KEY_DURABLE:
+                pass
             else:
                 self._reserve_pending = False
                 waiters, self._reserve_waiters = self._reserve_waiters, []

@@ -153,3 +153,63 @@ async def test_the_log_holds_the_key_in_the_submit_record(tmp_path: Path) -> Non
     records = scan((tmp_path / "v.wal").read_bytes()).records
     (submit,) = [r for r in records if r[0] == SUBMIT]
     assert record_to_dict(submit)["dedup"] == ["a", "k"]
+
+
+async def test_a_sync_retry_of_an_async_key_is_answered_once_its_message_is_logged() -> None:
+    """The first submit was async (memory only); a sync retry with the same key is
+    answered as a duplicate only once that message is in the log, as sync promises:
+    after a power cut the message and its key are both there."""
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk)
+    first = await q.submit_once(gossip(1), submitted_by="alice", dedup_id="g-1", mode="async")
+    again = await q.submit_once(gossip(1), submitted_by="alice", dedup_id="g-1", mode="sync")
+    assert again == Submitted(first.message_id, True)
+    once_more = await q.submit_once(gossip(1), submitted_by="alice", dedup_id="g-1", mode="sync")
+    assert once_more == again  # durable now: nothing more to write
+    q2 = await QppValidatorQueue.open("v", "/d", layer=_crash_image(disk))
+    retry = await q2.submit_once(gossip(1), submitted_by="alice", dedup_id="g-1", mode="async")
+    assert retry == Submitted(first.message_id, True)
+    assert await _ids(q2) == [first.message_id]
+    await q2.close()
+    # the original queue, closed gracefully, does not write that message a second time
+    await q.close()
+    q3 = await QppValidatorQueue.open("v", "/d", layer=disk)
+    assert await _ids(q3) == [first.message_id]
+    await q3.close()
+
+
+async def test_a_sync_retry_after_the_async_message_was_consumed_logs_its_key() -> None:
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk)
+    first = await q.submit_once(gossip(1), submitted_by="alice", dedup_id="g-1", mode="async")
+    assert await _ids(q) == [first.message_id]
+    again = await q.submit_once(gossip(1), submitted_by="alice", dedup_id="g-1", mode="sync")
+    assert again == Submitted(first.message_id, True)
+    q2 = await QppValidatorQueue.open("v", "/d", layer=_crash_image(disk))
+    retry = await q2.submit_once(gossip(1), submitted_by="alice", dedup_id="g-1", mode="sync")
+    assert retry == Submitted(first.message_id, True)  # delivered once, never again
+    assert await _ids(q2) == []
+    await q2.close()
+
+
+async def test_a_message_popped_while_its_sync_retry_is_written_stays_consumed() -> None:
+    """The pop's consume record is queued after the retry's submit record, so the log
+    says submitted, then consumed: the message never comes back."""
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk)
+    first = await q.submit_once(gossip(1), submitted_by="alice", dedup_id="g-1", mode="async")
+    retry = asyncio.create_task(
+        q.submit_once(gossip(1), submitted_by="alice", dedup_id="g-1", mode="sync")
+    )
+    await asyncio.sleep(0)  # the retry's record is queued, not yet written
+    popped = await q.pop()
+    assert popped is not None
+    assert popped.consume().message_id == first.message_id
+    assert (await retry) == Submitted(first.message_id, True)
+    q2 = await QppValidatorQueue.open("v", "/d", layer=_crash_image(disk))
+    assert await _ids(q2) == []
+    await q2.close()
+    await q.close()
+    q3 = await QppValidatorQueue.open("v", "/d", layer=disk)
+    assert await _ids(q3) == []
+    await q3.close()
