@@ -322,8 +322,7 @@ class QppValidatorQueue:
             items = [i for i in self._state.pushed_items() if not i.persisted]
             items += [i for i in self._state.leased_items() if not i.persisted]
             items.sort(key=lambda i: i.message_id)
-            records = self._async_records(items)
-            frames = self._close_frames(records, messages_from=len(records) - len(items))
+            frames = self._close_frames(self._async_records(items))
             try:
                 await self._write_close_frames(committer, frames, wait_for_space)
             except LogFailed as exc:
@@ -344,35 +343,57 @@ class QppValidatorQueue:
         if committer.fatal is not None:
             raise committer.fatal
 
-    def _async_records(self, items: list[QueueMessageWithProvenance]) -> list[bytes]:
-        """Submit records for async messages still held, each with its dedup key, and a
-        dedup record for each key of an async message consumed already."""
+    def _async_records(self, items: list[QueueMessageWithProvenance]) -> list[tuple[bytes, int]]:
+        """What a graceful close logs, as groups of records that must share a frame, each
+        with the number of messages it writes: a dedup record for each key of an async
+        message consumed already; a submit record for each async message still held,
+        with its dedup key; and, for each async broadcast message consumed here that a
+        peer still lacks, a submit record followed by a consume record (docs/relay.md).
+        An async broadcast message's submit record comes with a relayed record for each
+        peer that has it (compaction keeps no marks of a message not logged)."""
         keyed = {
             e.message_id: (key, e.at) for key, e in self._dedup.entries().items() if not e.durable
         }
         held = {item.message_id for item in items}
-        records = [  # keys of messages consumed already; first, as nothing depends on them
-            dedup_record(principal, dedup_id, mid, at)
+        groups: list[tuple[bytes, int]] = [  # keys of messages consumed already; first
+            (dedup_record(principal, dedup_id, mid, at), 0)
             for mid, ((principal, dedup_id), at) in keyed.items()
             if mid not in held
         ]
-        for item in items:
+        consumed = [
+            item
+            for item, _have in self._relay.retained()
+            if not item.persisted and item.message_id not in held
+        ]
+        for item in sorted([*items, *consumed], key=lambda i: i.message_id):
             item.persisted = True
-            found = keyed.get(item.message_id)
-            records.append(submit_record(item, None if found is None else found[0]))
-        return records
+            mid = item.message_id
+            if mid in held:
+                found = keyed.get(mid)
+                records = [submit_record(item, None if found is None else found[0])]
+            else:
+                records = [submit_record(item), consume_record(mid), *self._relay_marks(item)]
+            groups.append((b",".join(records), 1))
+        return groups
+
+    def _relay_marks(self, item: QueueMessageWithProvenance) -> list[bytes]:
+        """The relayed records of a broadcast message for the peers that have it."""
+        if not item.broadcast or not self._relay_news:
+            return []
+        mid = item.message_id
+        return [relayed_record(p, mid) for p in self._relay.peers if not self._relay.lacks(p, mid)]
 
     @staticmethod
-    def _close_frames(records: list[bytes], messages_from: int) -> list[tuple[bytes, int]]:
+    def _close_frames(groups: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
         """The close records as frames of at most about 8 MiB, each with the number of
-        messages it holds (records from index ``messages_from`` on are one each)."""
+        messages it holds; a group of records (comma-joined) never spans two frames."""
         frames: list[tuple[bytes, int]] = []
         chunk: list[bytes] = []
         size = messages = 0
-        for i, rec in enumerate(records):
+        for rec, n in groups:
             chunk.append(rec)
             size += len(rec)
-            messages += i >= messages_from
+            messages += n
             if size >= _CLOSE_FRAME_BYTES:
                 frames.append((encode_frame(chunk), messages))
                 chunk, size, messages = [], 0, 0

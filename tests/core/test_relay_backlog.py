@@ -9,6 +9,7 @@ import pytest
 
 from sidecar import QppValidatorQueue, QueueFull, QueueLimits
 from sidecar.messages import QueueMessageWithProvenance
+from sidecar.wal import FILE_HEADER_SIZE, decode_frame_at
 from tests.core.helpers import block, gossip, tx
 from tests.core.simfs import SimDisk
 
@@ -133,6 +134,51 @@ async def test_async_broadcast_is_relayed_from_memory_and_lost_with_a_crash() ->
     q2 = await QppValidatorQueue.open("v", "/d", layer=_crash_image(disk), peers=PEERS)
     assert q2.relay_take("charlie", 10) == []
     await q2.close()
+
+
+async def test_an_async_broadcast_consumed_here_is_written_by_a_graceful_close(
+    tmp_path: Path,
+) -> None:
+    # consumed locally while charlie lacks it: the close writes it (submit + consume)
+    # with bob's mark, so after the restart charlie gets it, bob not again, and it is
+    # not delivered here again
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q:
+        mid = await q.submit(block(1), submitted_by="t", mode="async", broadcast=True)
+        await q.relay_done("bob", q.relay_take("bob", 10))
+        h = await q.pop()
+        assert h is not None
+        assert h.consume().message_id == mid
+        assert q.relay_backlog("charlie").count == 1
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q2:
+        assert q2.depth()["total"] == 0
+        assert q2.relay_backlog("bob").count == 0
+        assert _ids(q2.relay_take("charlie", 10)) == [mid]
+
+
+async def test_async_close_records_of_one_message_share_a_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one record per frame if a group could be split: the consume must not be torn off
+    monkeypatch.setattr("sidecar.queue._CLOSE_FRAME_BYTES", 1)
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q:
+        mids = [
+            await q.submit(block(n), submitted_by="t", mode="async", broadcast=True)
+            for n in range(3)
+        ]
+        while (h := await q.pop()) is not None:
+            h.consume()
+    data = (tmp_path / "v.wal").read_bytes()
+    offset, frames = FILE_HEADER_SIZE, []
+    while (frame := decode_frame_at(data, offset)) is not None:
+        offset, records = frame
+        frames.append(records)
+    assert offset == len(data)
+    for mid in mids:  # its submit, consume and bob's and charlie's (none) marks together
+        (frame,) = [f for f in frames if f[0][:2] == ["S", mid]]
+        assert [r[0] for r in frame] == ["S", "C"]
+        assert frame[1] == ["C", mid]
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q2:
+        assert _ids(q2.relay_take("bob", 10)) == mids
 
 
 async def test_relayed_in_provenance_survives_restart(tmp_path: Path) -> None:
