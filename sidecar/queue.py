@@ -372,7 +372,8 @@ class QppValidatorQueue:
                 found = keyed.get(mid)
                 records = [submit_record(item, None if found is None else found[0])]
             else:
-                records = [submit_record(item), consume_record(mid), *self._relay_marks(item)]
+                records = [submit_record(item), consume_record(mid)]
+            records += self._relay_marks(item)
             groups.append((b",".join(records), 1))
         return groups
 
@@ -653,7 +654,10 @@ class QppValidatorQueue:
             await committer.enqueue(_KEY_DURABLE, record, key)
             return
         item.persisted = True
-        await committer.enqueue(_PERSIST, submit_record(item, key), (item, key))
+        # with the marks of the peers that have it: a compaction kept none of an
+        # unlogged message, and without them it would be due to them again
+        record = b",".join([submit_record(item, key), *self._relay_marks(item)])
+        await committer.enqueue(_PERSIST, record, (item, key))
 
     def _consumed(self, item: QueueMessageWithProvenance) -> None:
         """A message left the queue: it stops counting against the limits, unless a

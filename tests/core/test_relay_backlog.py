@@ -181,6 +181,42 @@ async def test_async_close_records_of_one_message_share_a_frame(
         assert _ids(q2.relay_take("bob", 10)) == mids
 
 
+async def test_marks_of_async_broadcasts_survive_compaction_and_a_graceful_close(
+    tmp_path: Path,
+) -> None:
+    # compaction keeps no marks of an unlogged message: the close writes them with it
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q:
+        first = await q.submit(block(1), submitted_by="t", mode="async", broadcast=True)
+        second = await q.submit(block(2), submitted_by="t", mode="async", broadcast=True)
+        await q.relay_done("bob", q.relay_take("bob", 10))
+        taken = q.relay_take("charlie", 10)  # charlie acknowledges the second only
+        q.relay_give_back("charlie", taken[:1])
+        await q.relay_done("charlie", taken[1:])  # every peer has it: no longer retained
+        assert q.relay_low_watermark("bob") > second
+        await q.compact_wal()
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q2:
+        assert q2.depth()["total"] == 2
+        assert q2.relay_backlog("bob").count == 0  # bob refuses ids below its watermark
+        assert _ids(q2.relay_take("charlie", 10)) == [first]
+
+
+async def test_an_async_broadcast_made_durable_by_a_sync_retry_keeps_its_marks() -> None:
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk, peers=PEERS)
+    sub = await q.submit_once(
+        block(1), submitted_by="t", dedup_id="k", mode="async", broadcast=True
+    )
+    await q.relay_done("bob", q.relay_take("bob", 10))
+    await q.compact_wal()
+    again = await q.submit_once(block(1), submitted_by="t", dedup_id="k", mode="sync")
+    assert again.duplicate  # answered once the message is logged
+    q2 = await QppValidatorQueue.open("v", "/d", layer=_crash_image(disk), peers=PEERS)
+    assert q2.depth()["total"] == 1
+    assert q2.relay_backlog("bob").count == 0
+    assert _ids(q2.relay_take("charlie", 10)) == [sub.message_id]
+    await q2.close()
+
+
 async def test_relayed_in_provenance_survives_restart(tmp_path: Path) -> None:
     async with await QppValidatorQueue.open("v", tmp_path) as q:
         await q.submit_once(
