@@ -379,8 +379,8 @@ def parse_relay(raw: object) -> RelaySettings:
             f"relay: need 0 < reconnect_min <= reconnect_max <= 3600, got {low} and {high}"
         )
     batch = t.positive("batch", RelaySettings.batch)
-    if batch > 1024:
-        raise ConfigError(f"relay.batch: at most 1024, got {batch}")
+    if batch > _SERVICE.max_batch:  # what every receiver accepts in one relay request
+        raise ConfigError(f"relay.batch: at most {_SERVICE.max_batch}, got {batch}")
     timeout = float(t.get("request_timeout", (int, float), RelaySettings.request_timeout))
     if not 0 < timeout <= 3600:
         raise ConfigError(f"relay.request_timeout: must be 0-3600 seconds, got {timeout}")

@@ -13,7 +13,7 @@
     sae_id = "alice"; peer_sae_id = "bob"
 
     [relay]
-    batch = 64                  # messages per relay request
+    batch = 64                  # messages per relay request (1-1000)
     reconnect_min = 0.5         # seconds; doubled per failed attempt, with jitter
     reconnect_max = 30
     backlog_warning = 10000     # warn when a peer lacks more than this many messages
