@@ -689,12 +689,15 @@ class QppValidatorQueue:
         peer: str,
         limit: int,
         why_held: Callable[[QueueMessageWithProvenance], str | None] | None = None,
+        max_bytes: int | None = None,
     ) -> list[QueueMessageWithProvenance]:
         """The next broadcast messages `peer` lacks, in id order, now in flight to it;
-        one `why_held` gives a reason for waits in the backlog, held, with that reason."""
+        one `why_held` gives a reason for waits in the backlog, held, with that reason.
+        With `max_bytes`, as many as fit in that many bytes of a relay request, at least
+        one (`relay_backlog.wire_size`)."""
         news = self._relay_news[peer]
         news.clear()
-        return self._relay.take(peer, limit, why_held)
+        return self._relay.take(peer, limit, why_held, max_bytes)
 
     def relay_give_back(self, peer: str, items: Sequence[QueueMessageWithProvenance]) -> None:
         """The link to `peer` failed: its in-flight messages wait again."""

@@ -19,6 +19,16 @@ from sidecar.messages import QueueMessageWithProvenance
 Item = QueueMessageWithProvenance
 
 
+# a relay item's envelope around its message: {"origin_id": <up to 20 digits>,
+# "mode": "async", "message": …} and the comma after it, rounded up
+ITEM_OVERHEAD = 96
+
+
+def wire_size(item: Item) -> int:
+    """An upper bound of the bytes `item` takes in a relay request."""
+    return item.message.encoded_size + ITEM_OVERHEAD
+
+
 @dataclass(frozen=True, slots=True)
 class PeerBacklog:
     """What one peer lacks: count and bytes (waiting, in flight and held), the oldest
@@ -75,13 +85,20 @@ class RelayBacklog:
             self._missing[mid] = n
 
     def take(
-        self, peer: str, limit: int, why_held: Callable[[Item], str | None] | None = None
+        self,
+        peer: str,
+        limit: int,
+        why_held: Callable[[Item], str | None] | None = None,
+        max_bytes: int | None = None,
     ) -> list[Item]:
         """Up to `limit` next messages for `peer`, in id order, now in flight. A message
-        for which `why_held` gives a reason is parked instead (see `unhold`)."""
+        for which `why_held` gives a reason is parked instead (see `unhold`). With
+        `max_bytes`, the messages' `wire_size` adds up to at most that, except that the
+        first is always taken."""
         line = self._lines[peer]
         out: list[Item] = []
         heap = line.heap
+        total = 0
         while heap and len(out) < limit:
             mid = heapq.heappop(heap)
             if mid not in line.lacking or mid in line.in_flight or mid in line.held:
@@ -91,6 +108,11 @@ class RelayBacklog:
             if reason is not None:
                 line.held[mid] = reason
                 continue
+            if max_bytes is not None:
+                total += wire_size(item)
+                if out and total > max_bytes:
+                    heapq.heappush(heap, mid)  # first of the next batch
+                    break
             line.in_flight.add(mid)
             out.append(item)
         return out

@@ -26,6 +26,7 @@ import asyncssh
 from hardware.kme import KMEClient
 from sidecar import QppValidatorQueue, QueueMessageWithProvenance, SidecarError
 from transport.client import QueueClient
+from transport.limits import ServiceLimits
 from transport.qkd import QKDSettings
 from transport.tiers import TierPolicy, tier_name
 
@@ -36,6 +37,10 @@ from .peers_config import PeerConfig, RelaySettings
 log = logging.getLogger(__name__)
 
 KEEPALIVE = 5.0  # seconds between empty relay requests on an idle link (tier refresh)
+# The items of one relay request add up to at most this (relay_backlog.wire_size), so the
+# request stays under a receiver's default limits.max_frame_bytes (2 MiB) with room for
+# its envelope; a single message (limits.max_message_bytes, 1 MiB) always fits.
+REQUEST_BYTES = ServiceLimits().max_frame_bytes - 64 * 1024
 
 
 @dataclass
@@ -166,7 +171,9 @@ class PeerLink:
         marking: asyncio.Future[None] | None = None
         try:
             while True:
-                items = queue.relay_take(self.name, self.settings.batch, self._why_held)
+                items = queue.relay_take(
+                    self.name, self.settings.batch, self._why_held, REQUEST_BYTES
+                )
                 if not items:
                     if not await queue.relay_wait(self.name, KEEPALIVE):
                         self._set_tier(await self._call(client, []))  # keepalive, tier refresh

@@ -9,6 +9,7 @@ import pytest
 
 from sidecar import QppValidatorQueue, QueueFull, QueueLimits
 from sidecar.messages import QueueMessageWithProvenance
+from sidecar.relay_backlog import wire_size
 from sidecar.wal import FILE_HEADER_SIZE, decode_frame_at
 from tests.core.helpers import block, gossip, tx
 from tests.core.simfs import SimDisk
@@ -215,6 +216,18 @@ async def test_an_async_broadcast_made_durable_by_a_sync_retry_keeps_its_marks()
     assert q2.relay_backlog("bob").count == 0
     assert _ids(q2.relay_take("charlie", 10)) == [sub.message_id]
     await q2.close()
+
+
+async def test_take_with_a_byte_budget_takes_what_fits_and_at_least_one(
+    tmp_path: Path,
+) -> None:
+    async with await QppValidatorQueue.open("v", tmp_path, peers=PEERS) as q:
+        mids = [await q.submit(block(n), submitted_by="t", broadcast=True) for n in range(5)]
+        size = wire_size(q.relay_take("charlie", 1)[0])  # the blocks are all this size
+        assert _ids(q.relay_take("bob", 10, max_bytes=2 * size + 1)) == mids[:2]
+        assert _ids(q.relay_take("bob", 10, max_bytes=1)) == mids[2:3]  # one anyway
+        assert _ids(q.relay_take("bob", 10, max_bytes=10 * size)) == mids[3:]
+        assert q.relay_low_watermark("bob") == mids[0]  # all in flight, none skipped
 
 
 async def test_relayed_in_provenance_survives_restart(tmp_path: Path) -> None:
