@@ -710,13 +710,26 @@ class QppValidatorQueue:
             self._relay_news[peer].set()
 
     async def relay_done(self, peer: str, items: Sequence[QueueMessageWithProvenance]) -> None:
-        """`peer` acknowledged `items`: log that durably, then they leave its backlog."""
-        committer = self._live()
+        """`peer` acknowledged `items`: log that durably, then they leave its backlog.
+        If that fails (a write rolled back, cancelled, the queue closing), the ones
+        not logged wait again, once every write of them has ended."""
+        try:
+            committer = self._live()
 
-        async def logged(mid: int) -> None:  # a task each: cancelling leaves unwritten ones out
-            await self._durable(committer, _RELAYED, relayed_record(peer, mid), (peer, mid))
+            async def logged(mid: int) -> None:  # a task each: cancelling leaves unwritten ones out
+                await self._durable(committer, _RELAYED, relayed_record(peer, mid), (peer, mid))
 
-        await asyncio.gather(*(logged(i.message_id) for i in items))
+            # every write ends first (a cancelled gather waits for its cancelled tasks)
+            ends = await asyncio.gather(
+                *(logged(i.message_id) for i in items), return_exceptions=True
+            )
+            for end in ends:
+                if isinstance(end, BaseException):
+                    raise end
+        except BaseException:
+            self._relay.give_back(peer, items)  # those marked meanwhile stay marked
+            self._relay_news[peer].set()
+            raise
         self.relayed[peer] += len(items)
 
     async def relay_wait(self, peer: str, timeout: float) -> bool:  # noqa: ASYNC109

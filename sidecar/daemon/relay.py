@@ -178,13 +178,13 @@ class PeerLink:
                     if not await queue.relay_wait(self.name, KEEPALIVE):
                         self._set_tier(await self._call(client, []))  # keepalive, tier refresh
                     continue
-                try:
+                try:  # a reply that cannot be read gives the batch back too
                     reply = await self._call(client, items)
+                    self._set_tier(reply)
+                    done, again = self._sort_results(items, reply)
                 except BaseException:
                     queue.relay_give_back(self.name, items)
                     raise
-                self._set_tier(reply)
-                done, again = self._sort_results(items, reply)
                 if again:
                     queue.relay_give_back(self.name, again)
                 if marking is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import QppValidatorQueue, QueueFull, QueueLimits
+from sidecar import QppValidatorQueue, QueueFull, QueueLimits, SidecarError
 from sidecar.messages import QueueMessageWithProvenance
 from sidecar.relay_backlog import wire_size
 from sidecar.wal import FILE_HEADER_SIZE, decode_frame_at
@@ -228,6 +228,24 @@ async def test_take_with_a_byte_budget_takes_what_fits_and_at_least_one(
         assert _ids(q.relay_take("bob", 10, max_bytes=1)) == mids[2:3]  # one anyway
         assert _ids(q.relay_take("bob", 10, max_bytes=10 * size)) == mids[3:]
         assert q.relay_low_watermark("bob") == mids[0]  # all in flight, none skipped
+
+
+async def test_a_relay_mark_rolled_back_gives_the_batch_back() -> None:
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk, peers=PEERS)
+    mids = [await q.submit(block(n), submitted_by="t", broadcast=True) for n in range(3)]
+    taken = q.relay_take("bob", 10)
+    disk.fail_write = lambda data: 0  # ENOSPC: the batch is rolled back, not fatal
+    with pytest.raises(SidecarError):
+        await q.relay_done("bob", taken)
+    disk.fail_write = None
+    assert q.failed is None
+    assert q.relay_backlog("bob").in_flight == 0
+    again = q.relay_take("bob", 10)  # not in flight for the rest of the process
+    assert _ids(again) == mids
+    await q.relay_done("bob", again)
+    assert q.relay_backlog("bob").count == 0
+    await q.close()
 
 
 async def test_relayed_in_provenance_survives_restart(tmp_path: Path) -> None:
