@@ -12,8 +12,9 @@ option, else the key's comment, else ``unnamed``: 1-64 of ``A-Z a-z 0-9 _ . @ + 
 never a ``node:`` or ``peer:`` provenance. A line whose option is not such a name is
 skipped with a warning. The SSH
 username a client sends must be empty, the principal, or :data:`DEFAULT_USERNAME`.
-The file is re-read when it changes (modification time, size or inode), so revoking
-a key needs no restart.
+The file is re-read when it changes (modification or change time, size or inode), so
+revoking a key needs no restart; a change that does not parse keeps the previous keys
+and is logged once, not once per key offered.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class AuthorizedKeys:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._signature: tuple[int, int, int] | None = None
+        self._signature: tuple[int, int, int, int] | None = None
         self._by_key: dict[tuple[str, bytes], AuthorizedKey] = {}
         self.reload()
 
@@ -179,18 +180,30 @@ class AuthorizedKeys:
         return entries
 
     def reload(self) -> None:
-        stat = os.stat(self.path)
-        signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        """Re-read the file if it changed (modification or change time, size, inode)
+        since the last attempt. A file that cannot be read or parsed raises, and the
+        caller keeps the previous keys; its signature is recorded all the same, so the
+        same broken file is neither re-parsed nor reported again until it changes."""
+        try:
+            stat = os.stat(self.path)
+        except OSError as exc:
+            missing = (-1, -1, -1, exc.errno or 0)
+            if missing == self._signature:
+                return
+            self._signature = missing
+            raise
+        signature = (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino)
         if signature == self._signature:
             return
-        self._by_key = self.parse(self.path.read_text(), str(self.path))
         self._signature = signature
+        self._by_key = self.parse(self.path.read_text(), str(self.path))
 
     def lookup(self, key: asyncssh.SSHKey) -> AuthorizedKey | None:
         try:
             self.reload()
         except (OSError, ValueError) as exc:
-            # Keep the last good set rather than locking everyone out mid-edit.
+            # Keep the last good set rather than locking everyone out mid-edit; said
+            # once per change of the file (reload() does not retry an unchanged file).
             log.error("cannot reload %s, keeping previous keys: %s", self.path, exc)
         if not isinstance(key, PQSSHKey):
             return None
