@@ -143,6 +143,7 @@ class AuthorizedKeys:
     @staticmethod
     def parse(text: str, where: str = "authorized_keys") -> dict[tuple[str, bytes], AuthorizedKey]:
         entries: dict[tuple[str, bytes], AuthorizedKey] = {}
+        first_line: dict[tuple[str, bytes], int] = {}  # key -> the line that counts for it
         for lineno, raw_line in enumerate(text.splitlines(), 1):
             line = raw_line.strip()
             if not line or line.startswith("#"):
@@ -170,9 +171,19 @@ class AuthorizedKeys:
                 alg = key.get_algorithm()
                 log.warning("%s: skipped, %s is not a post-quantum key algorithm", here, alg)
                 continue
+            first = first_line.setdefault(key.identity, lineno)
             roles = parse_roles(entry.options.get("roles"), here)
             principal = principal_of(entry.options, key.get_comment() or "", here)
             if principal is None:
+                continue
+            if first != lineno:
+                # OpenSSH applies the first line of a key; a later one never widens it
+                # (nor stands in for a first line that was skipped)
+                log.warning(
+                    "%s: skipped, the same key as line %d (only a key's first line counts)",
+                    here,
+                    first,
+                )
                 continue
             entries[key.identity] = AuthorizedKey(
                 key, key.get_fingerprint("sha256"), roles, principal

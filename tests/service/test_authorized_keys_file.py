@@ -12,7 +12,7 @@ import asyncssh
 import pytest
 
 from tests.service.conftest import Keys, authorized_keys_text
-from transport.auth import AuthorizedKeys
+from transport.auth import AuthorizedKeys, Role
 
 
 def line(key: asyncssh.SSHKey, options: str, comment: str) -> str:
@@ -76,3 +76,29 @@ def test_a_vanished_file_is_reported_once_and_keeps_the_previous_keys(
     assert len(reload_errors(caplog)) == 1, reload_errors(caplog)
     path.write_text(line(keys.unknown, 'roles="producer"', "back"))
     assert ak.lookup(keys.unknown) is not None
+
+
+def test_a_key_listed_twice_keeps_its_first_line_and_warns(
+    keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    text = (
+        line(keys.producer, 'roles="producer",principal="alice"', "")
+        + line(keys.consumer, 'roles="consumer"', "consumer")
+        + line(keys.producer, 'roles="admin,consumer",principal="bob"', "")
+    )
+    entries = AuthorizedKeys.parse(text, "ak")
+    producer = entries[keys.producer.identity]
+    assert (producer.principal, producer.roles) == ("alice", frozenset({Role.PRODUCER}))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ["ak:3: skipped, the same key as line 1 (only a key's first line counts)"]
+
+
+def test_a_later_line_does_not_stand_in_for_a_skipped_first_line(
+    keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = line(keys.producer, 'roles="admin",principal="not a name"', "") + line(
+        keys.producer, 'roles="admin"', "second"
+    )
+    assert AuthorizedKeys.parse(text, "ak") == {}
+    assert sum("skipped" in r.getMessage() for r in caplog.records) == 2
