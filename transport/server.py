@@ -586,7 +586,7 @@ class _QueueSSHServer(asyncssh.SSHServer):
         return True
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        entry = self._server.authorized_keys.lookup(key)
+        entry = self._server.authorized_keys.lookup_from(key, self._source)
         if entry is None:
             self._ending = Ending.AUTHFAIL
             self._auth_refusal = (
