@@ -3,7 +3,9 @@
 ``StrictHostKeyChecking``: ``yes`` refuses unknown hosts, ``accept-new`` pins the key
 of a host seen for the first time (appending it) and refuses a changed key, ``no``
 pins new keys too but still refuses a changed key (as OpenSSH does for a mismatch
-it cannot resolve safely: we never silently accept a different key).
+it cannot resolve safely: we never silently accept a different key). A key that the
+file marks ``@revoked`` is refused under every mode, as OpenSSH refuses it ("REVOKED
+HOST KEY"), whatever host pattern its line names, and is never pinned.
 """
 
 from __future__ import annotations
@@ -54,6 +56,20 @@ def _same_key(pinned: asyncssh.SSHKey, offered: asyncssh.SSHKey) -> bool:
     return bool(pinned.public_data == offered.public_data)
 
 
+def _revoked_keys(text: str) -> list[asyncssh.SSHKey]:
+    """The keys of every ``@revoked`` line, whatever host pattern it names (OpenSSH:
+    such a key "must not ever be accepted"). The file is checked by asyncssh first."""
+    revoked = []
+    for raw in text.splitlines():
+        fields = raw.strip().split(None, 2)
+        if len(fields) == 3 and fields[0] == "@revoked":
+            try:
+                revoked.append(asyncssh.import_public_key(fields[2]))
+            except asyncssh.KeyImportError:
+                continue  # a certificate or an unknown algorithm: never offered to us
+    return revoked
+
+
 def host_pattern(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
@@ -66,20 +82,31 @@ class HostKeyPinning:
         self.policy = policy
         self.refusal: HostKeyError | None = None
 
-    def _pinned(self, host: str, addr: str, port: int) -> list[asyncssh.SSHKey]:
+    def _read(
+        self, host: str, addr: str, port: int
+    ) -> tuple[list[asyncssh.SSHKey], list[asyncssh.SSHKey]]:
+        """The keys pinned for this host, and every revoked key."""
         try:
             text = self.path.read_text()
         except FileNotFoundError:
-            return []
+            return [], []
         if not text.strip():
-            return []
+            return [], []
         known = asyncssh.import_known_hosts(text)
         trusted = known.match(host, addr, port)[0]
-        return list(trusted)
+        return list(trusted), _revoked_keys(text)
 
     def check(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
-        pinned = self._pinned(host, addr, port)
+        pinned, revoked = self._read(host, addr, port)
         fingerprint = key.get_fingerprint("sha256")
+        if any(_same_key(k, key) for k in revoked):
+            self.refusal = HostKeyError(
+                f"REVOKED HOST KEY for {host_pattern(host, port)}: it offered "
+                f"{key.get_algorithm()} {fingerprint}, which {self.path} marks @revoked. "
+                "This could mean that a stolen key is being used to impersonate this host. "
+                "Refusing to connect."
+            )
+            return False
         if any(_same_key(k, key) for k in pinned):
             return True
         if pinned:
