@@ -108,6 +108,7 @@ class Session:
     def subscribe_messages(
         self, max_unacked: int, lease_timeout: float, kinds: frozenset[Kind] | None
     ) -> str:
+        self._check_open()
         sub_id = self.endpoint.new_subscription_id()
         with _subscription_limit():
             self.subs.add_messages(sub_id, max_unacked, lease_timeout, kinds)
@@ -125,6 +126,7 @@ class Session:
         return True
 
     def subscribe_tier(self) -> str:
+        self._check_open()
         sub_id = self.endpoint.new_subscription_id()
         with _subscription_limit():
             self.subs.add_tier(sub_id)
@@ -134,6 +136,12 @@ class Session:
     def unsubscribe_tier(self, sub_id: str) -> bool:
         self._tier_sent.pop(sub_id, None)
         return self.subs.remove_tier(sub_id)
+
+    def _check_open(self) -> None:
+        """A request still in flight when its connection closed (a batch awaiting an
+        fsync) makes no subscription: close() has run and would never end it."""
+        if self.closed:
+            raise RpcError(SERVER_ERROR, "the connection is closed", {"code": "connection_closed"})
 
     @staticmethod
     def _after_reply(start: Callable[[], None]) -> None:

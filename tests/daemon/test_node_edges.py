@@ -1,0 +1,73 @@
+"""The node endpoint's edges: what each connection costs and that nothing outlives its
+connection. In-process, on a real unix socket over a real queue, with the gate of
+``test_node_drain`` in front of ``node_submit`` so a test knows a request is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from sidecar.daemon.app import Sidecar
+from sidecar.daemon.config import DaemonConfig, NodeEndpoint
+from sidecar.daemon.node_endpoint import NodeEndpointServer
+from tests.daemon.test_node_drain import GOSSIP, GatedSidecar
+
+WAIT = 10.0  # bound on every wait below; none is expected to come near it
+
+Endpoint = tuple[NodeEndpointServer, GatedSidecar, Path]
+
+
+@pytest.fixture
+async def ep(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Endpoint]:
+    """The endpoint on ``node.sock``, with the ``[node]`` limits given as the param."""
+    sidecar = Sidecar(DaemonConfig(data_dir=tmp_path, metrics=None))
+    await sidecar.queue.open()
+    backend = GatedSidecar(sidecar)
+    backend.gate.set()
+    server = NodeEndpointServer(backend, NodeEndpoint(socket=None, **getattr(request, "param", {})))
+    sock = tmp_path / "node.sock"
+    await server.start_unix(sock, None)
+    try:
+        yield server, backend, sock
+    finally:
+        backend.gate.set()
+        await server.close(drain=1.0)
+        await sidecar.queue.close()
+
+
+async def until(cond: Callable[[], bool], what: str) -> None:
+    for _ in range(int(WAIT / 0.02)):
+        if cond():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(what)
+
+
+def unix_session(sock: Path) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock)))
+
+
+async def test_a_subscription_made_after_its_connection_closed_is_not_kept(ep: Endpoint) -> None:
+    server, backend, sock = ep
+    backend.gate.clear()  # the submit waits, as for a slow fsync
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "qssh_submitMessage", "params": [GOSSIP]},
+        {"jsonrpc": "2.0", "id": 2, "method": "qssh_subscribeMessages", "params": [{}]},
+        {"jsonrpc": "2.0", "id": 3, "method": "qssh_subscribeTier"},
+    ]
+    async with unix_session(sock) as s:
+        ws = await s.ws_connect("http://localhost/")
+        await ws.send_bytes(orjson.dumps(batch))
+        await asyncio.wait_for(backend.entered.wait(), WAIT)
+        await ws.close()  # the client goes away while the batch is in flight
+    await until(lambda: all(x.closed for x in server.sessions), "session not closed")
+    backend.gate.set()  # the subscribes run now, on a closed connection
+    await until(lambda: not server.sessions and not server.busy, "batch did not finish")
+    assert server.sessions_by_sub == {}
+    assert backend.node_depth() == 1  # the submit itself was done
