@@ -347,6 +347,7 @@ class NodeEndpointServer:
         self._http_server: web.Server | None = None  # made on the loop, when first used
         self._refused: set[web.RequestHandler] = set()
         self.sniffing: set[_Sniffer] = set()  # connected, first bytes not seen yet
+        self._line_connections = 0  # newline-JSON connections being served
         self._servers: list[asyncio.Server] = []
         self._socket_path: Path | None = None
         self._closing = False
@@ -401,7 +402,9 @@ class NodeEndpointServer:
         )
 
     def connections(self) -> int:
-        return len(self._http.connections) + sum(1 for s in self.sessions if s.reader)
+        """Open connections, each once: aiohttp's (HTTP, and WebSocket, which is an
+        upgraded HTTP connection) and the newline-JSON ones."""
+        return len(self._http.connections) + self._line_connections
 
     def over_limit(self) -> bool:
         return self._closing or self.connections() >= self.settings.max_connections
@@ -572,6 +575,7 @@ class NodeEndpointServer:
         self.sessions.add(session)
         session.reader = asyncio.current_task()
         slots = asyncio.Semaphore(self.settings.max_in_flight)
+        self._line_connections += 1
         try:
             while not self._closing:
                 line = await reader.readuntil(b"\n")
@@ -590,6 +594,7 @@ class NodeEndpointServer:
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass
         finally:
+            self._line_connections -= 1
             session.reader = None
             await self._end_session(session)
             writer.close()

@@ -71,3 +71,25 @@ async def test_a_subscription_made_after_its_connection_closed_is_not_kept(ep: E
     await until(lambda: not server.sessions and not server.busy, "batch did not finish")
     assert server.sessions_by_sub == {}
     assert backend.node_depth() == 1  # the submit itself was done
+
+
+RPC_METHODS = b'{"jsonrpc":"2.0","id":1,"method":"rpc_methods"}'
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("ep", [{"max_connections": 4}], indirect=True)
+async def test_a_websocket_counts_once_toward_max_connections(ep: Endpoint) -> None:
+    server, _, sock = ep
+    async with unix_session(sock) as s:
+        ws1 = await s.ws_connect("http://localhost/")
+        ws2 = await s.ws_connect("http://localhost/")
+        r0, w = await asyncio.open_unix_connection(str(sock))  # and one newline JSON
+        w.write(RPC_METHODS + b"\n")
+        await asyncio.wait_for(r0.readline(), WAIT)
+        assert server.connections() == 3
+        async with unix_session(sock) as s2:  # the fourth of four: served
+            r = await s2.post("http://localhost/", data=RPC_METHODS, headers=JSON_HEADERS)
+            assert r.status == 200, await r.read()
+        w.close()
+        await ws1.close()
+        await ws2.close()
