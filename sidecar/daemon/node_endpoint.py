@@ -289,6 +289,13 @@ def _subscription_limit() -> Iterator[None]:
 class _JsonErrorHandler(web.RequestHandler):
     """aiohttp's connection handler, answering malformed HTTP with a JSON body."""
 
+    on_lost: Callable[[web.RequestHandler], None] | None = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self.on_lost is not None:
+            self.on_lost(self)
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -390,7 +397,7 @@ class NodeEndpointServer:
         return self._http_server
 
     def http_protocol(self) -> web.RequestHandler:
-        return _JsonErrorHandler(
+        handler = _JsonErrorHandler(
             self._http,
             loop=asyncio.get_running_loop(),
             keepalive_timeout=75.0,
@@ -400,6 +407,8 @@ class NodeEndpointServer:
             # no line per request: any client could fill the log (aiohttp takes None)
             access_log=None,  # type: ignore[arg-type]
         )
+        handler.on_lost = self._refused.discard  # refused, then gone before its request
+        return handler
 
     def connections(self) -> int:
         """Open connections, each once: aiohttp's (HTTP, and WebSocket, which is an

@@ -93,3 +93,20 @@ async def test_a_websocket_counts_once_toward_max_connections(ep: Endpoint) -> N
         w.close()
         await ws1.close()
         await ws2.close()
+
+
+@pytest.mark.parametrize("ep", [{"max_connections": 1}], indirect=True)
+async def test_refused_connections_that_hang_up_are_forgotten(ep: Endpoint) -> None:
+    server, _, sock = ep
+    r, w = await asyncio.open_unix_connection(str(sock))
+    w.write(RPC_METHODS + b"\n")  # holds the one slot
+    await asyncio.wait_for(r.readline(), WAIT)
+    for _ in range(3):
+        r2, w2 = await asyncio.open_unix_connection(str(sock))
+        w2.write(b"GET / HT")  # over the cap: refused at its first request, never sent
+        await w2.drain()
+        await until(lambda: len(server._refused) == 1, "not refused")
+        w2.close()  # and it hangs up
+        assert await asyncio.wait_for(r2.read(), WAIT) == b""
+        await until(lambda: not server._refused, "a refused connection that left is kept")
+    w.close()
