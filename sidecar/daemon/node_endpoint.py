@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 LINE_START = frozenset(b"{[ \t\r\n")
 SNIFF_SECONDS = 10.0  # a client that sends nothing is closed after this
+# Connections over node.max_connections held at once to be told why (503, or a -32000
+# line), each for SNIFF_SECONDS at most; one more is closed at once, without a reply.
+REFUSE_AT_MOST = 8
 IDLE_WAIT = 1.0  # re-check for a message this often while the queue looks empty
 
 
@@ -355,6 +358,8 @@ class NodeEndpointServer:
         self._refused: set[web.RequestHandler] = set()
         self.sniffing: set[_Sniffer] = set()  # connected, first bytes not seen yet
         self._line_connections = 0  # newline-JSON connections being served
+        self.refusing: set[_Sniffer] = set()  # over the limit, first bytes not seen yet
+        self._line_refusals = 0  # newline-JSON connections being told they are refused
         self._servers: list[asyncio.Server] = []
         self._socket_path: Path | None = None
         self._closing = False
@@ -411,9 +416,19 @@ class NodeEndpointServer:
         return handler
 
     def connections(self) -> int:
-        """Open connections, each once: aiohttp's (HTTP, and WebSocket, which is an
-        upgraded HTTP connection) and the newline-JSON ones."""
-        return len(self._http.connections) + self._line_connections
+        """Open connections, each once: those that have not sent a byte yet, aiohttp's
+        (HTTP, and WebSocket, which is an upgraded HTTP connection) and the newline-JSON
+        ones; not those being refused (:meth:`refusals`)."""
+        http = sum(1 for h in self._http.connections if h not in self._refused)
+        return len(self.sniffing) + http + self._line_connections
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def refusals(self) -> int:
+        """Connections accepted over the limit, held until they are told so."""
+        return len(self.refusing) + len(self._refused) + self._line_refusals
 
     def over_limit(self) -> bool:
         return self._closing or self.connections() >= self.settings.max_connections
@@ -564,27 +579,47 @@ class NodeEndpointServer:
 
     # ---- newline JSON on the unix socket -----------------------------------------
 
-    async def serve_lines(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def lines_protocol(self, *, refused: bool) -> asyncio.Protocol:
+        """A newline-JSON connection, counted from now until :meth:`serve_lines` ends."""
+        if refused:
+            self._line_refusals += 1
+        else:
+            self._line_connections += 1
+        reader = asyncio.StreamReader(limit=self.settings.max_body_bytes)
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self.serve_lines(reader, writer, refused=refused)
+
+        return asyncio.StreamReaderProtocol(reader, serve)
+
+    async def serve_lines(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, refused: bool
+    ) -> None:
         async def write(data: bytes) -> None:
             writer.write(data + b"\n")
             await writer.drain()
 
-        if self.over_limit():
-            with contextlib.suppress(ConnectionError):
-                await write(
-                    error_body(
-                        SERVER_ERROR,
-                        "too many node connections (node.max_connections = "
-                        f"{self.settings.max_connections}) or shutting down; retry later",
+        if refused or self._closing:
+            try:
+                with contextlib.suppress(ConnectionError):
+                    await write(
+                        error_body(
+                            SERVER_ERROR,
+                            "too many node connections (node.max_connections = "
+                            f"{self.settings.max_connections}) or shutting down; retry later",
+                        )
                     )
-                )
-            writer.close()
+                writer.close()
+            finally:
+                if refused:
+                    self._line_refusals -= 1
+                else:
+                    self._line_connections -= 1
             return
         session = Session(self, write)
         self.sessions.add(session)
         session.reader = asyncio.current_task()
         slots = asyncio.Semaphore(self.settings.max_in_flight)
-        self._line_connections += 1
         try:
             while not self._closing:
                 line = await reader.readuntil(b"\n")
@@ -616,7 +651,7 @@ class NodeEndpointServer:
         self._closing = True
         for s in self._servers:
             s.close()
-        for sniffer in list(self.sniffing):
+        for sniffer in [*self.sniffing, *self.refusing]:
             sniffer.close()  # connected but silent: nothing in flight, close it now
         for session in list(self.sessions):
             if session.reader is not None and not session.busy:
@@ -654,13 +689,23 @@ class _Sniffer(asyncio.Protocol):
     def __init__(self, endpoint: NodeEndpointServer, *, lines: bool) -> None:
         self.endpoint = endpoint
         self.lines = lines
+        self.refused = False  # accepted over the limit: told so at its first bytes
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream transport; uvloop's do not subclass asyncio.Transport, so no isinstance
         self.transport = cast(asyncio.Transport, transport)
-        self.endpoint.sniffing.add(self)
+        endpoint = self.endpoint
+        # It counts from now: a connection that has sent nothing holds an fd too.
+        if endpoint.over_limit():
+            if endpoint.refusals() >= REFUSE_AT_MOST:
+                transport.close()  # enough are being told why; no log line for each
+                return
+            self.refused = True
+            endpoint.refusing.add(self)
+        else:
+            endpoint.sniffing.add(self)
         # A connection that never sends a byte holds no slot for long.
         self._timer = asyncio.get_running_loop().call_later(SNIFF_SECONDS, self.close)
 
@@ -671,6 +716,7 @@ class _Sniffer(asyncio.Protocol):
 
     def _done(self) -> None:
         self.endpoint.sniffing.discard(self)
+        self.endpoint.refusing.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -687,15 +733,17 @@ class _Sniffer(asyncio.Protocol):
         assert transport is not None
         endpoint = self.endpoint
         proto: asyncio.Protocol
+        # Its slot was taken when it connected: only one accepted over the limit (or
+        # a drain begun since) is refused.
+        over = self.refused or endpoint.closing
         if self.lines and data[:1] and data[0] in LINE_START:
-            limit = endpoint.settings.max_body_bytes
-            reader = asyncio.StreamReader(limit=limit)
-            proto = asyncio.StreamReaderProtocol(reader, endpoint.serve_lines)
+            proto = endpoint.lines_protocol(refused=self.refused)
         else:
-            over = endpoint.over_limit()
             handler = endpoint.http_protocol()
             if over:
                 endpoint.refuse(handler)
+                # told at its first request; one that never completes it is closed
+                asyncio.get_running_loop().call_later(SNIFF_SECONDS, transport.close)
             proto = handler
         transport.set_protocol(proto)
         proto.connection_made(transport)

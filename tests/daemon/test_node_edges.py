@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
+from sidecar.daemon import node_endpoint
 from sidecar.daemon.app import Sidecar
 from sidecar.daemon.config import DaemonConfig, NodeEndpoint
 from sidecar.daemon.node_endpoint import NodeEndpointServer
@@ -110,3 +111,33 @@ async def test_refused_connections_that_hang_up_are_forgotten(ep: Endpoint) -> N
         assert await asyncio.wait_for(r2.read(), WAIT) == b""
         await until(lambda: not server._refused, "a refused connection that left is kept")
     w.close()
+
+
+@pytest.mark.parametrize("ep", [{"max_connections": 2}], indirect=True)
+async def test_connections_that_send_nothing_count_toward_max_connections(
+    ep: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _, sock = ep
+    monkeypatch.setattr(node_endpoint, "SNIFF_SECONDS", 3600.0)  # none closed for silence
+    n, refusing = 40, node_endpoint.REFUSE_AT_MOST
+    conns = [await asyncio.open_unix_connection(str(sock)) for _ in range(n)]
+    try:
+        # the first 2 take the two slots, the next REFUSE_AT_MOST wait to be told why,
+        # the rest are closed at once (they were all held, ~10 s each: any number of fds)
+        for r, _w in conns[2 + refusing :]:
+            assert await asyncio.wait_for(r.read(), WAIT) == b""
+        assert not any(r.at_eof() for r, _w in conns[: 2 + refusing])
+        assert (len(server.sniffing), len(server.refusing)) == (2, refusing)
+        assert (server.connections(), server.refusals()) == (2, refusing)
+
+        r, w = conns[0]  # one with a slot is served
+        w.write(RPC_METHODS + b"\n")
+        assert "result" in orjson.loads(await asyncio.wait_for(r.readline(), WAIT))
+        r, w = conns[2]  # one over the limit is told why, and closed
+        w.write(RPC_METHODS + b"\n")
+        reply = orjson.loads(await asyncio.wait_for(r.readline(), WAIT))
+        assert reply["error"]["code"] == -32000
+        assert await asyncio.wait_for(r.read(), WAIT) == b""
+    finally:
+        for _r, w in conns:
+            w.close()
