@@ -230,6 +230,8 @@ class NodeRpc:
             return error_reply(
                 req_id, RpcError(INVALID_REQUEST, "Invalid Request: params must be array or object")
             )
+        if is_notification and method in _SUBSCRIBE:
+            return None  # its id would never reach the client: it could not be named
         try:
             result = await self._call(method, params, session)
         except RpcError as e:
@@ -352,6 +354,9 @@ class NodeRpc:
                 f"Invalid params: lease_timeout must be 0.001-{lim.max_lease_seconds:g} seconds",
             )
         return float(value)
+
+
+_SUBSCRIBE = frozenset({"qssh_subscribeMessages", "qssh_subscribeTier"})
 
 
 def _safe_id(req_id: object) -> object:

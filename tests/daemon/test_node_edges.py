@@ -179,3 +179,16 @@ async def test_a_batch_in_flight_holds_its_bytes_not_its_parsed_form(ep: Endpoin
         assert [r["id"] for r in reply] == [1, 2]
         assert isinstance(reply[0]["result"], int)
         assert reply[1]["error"]["code"] == -32602
+
+
+async def test_a_subscribe_sent_as_a_notification_makes_no_subscription(ep: Endpoint) -> None:
+    server, _, sock = ep
+    r, w = await asyncio.open_unix_connection(str(sock))
+    for method in ("qssh_subscribeMessages", "qssh_subscribeTier"):  # no id: no reply
+        w.write(orjson.dumps({"jsonrpc": "2.0", "method": method}) + b"\n")
+    w.write(RPC_METHODS + b"\n")  # answered after them: they have run
+    assert orjson.loads(await asyncio.wait_for(r.readline(), WAIT))["id"] == 1
+    (session,) = server.sessions
+    assert (len(session.subs.messages), len(session.subs.tier)) == (0, 0)
+    assert server.sessions_by_sub == {}
+    w.close()
