@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -114,6 +115,9 @@ class Penalties:
     enabled: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("authfail", "noauth", "grace_exceeded", "min", "max"):
+            if not math.isfinite(getattr(self, name)):  # nan passes every comparison
+                raise ValueError(f"penalties: {name} must be a finite number of seconds")
         charges = (self.authfail, self.noauth, self.grace_exceeded)
         if min(charges) < 0 or not 0 <= self.min <= self.max or self.max_sources < 1:
             raise ValueError("penalties: charges >= 0, 0 <= min <= max, max_sources >= 1")
@@ -154,6 +158,8 @@ def parse_penalties(text: str) -> Penalties:
         if field_name is None:
             known = ", ".join(f"{w}:N" for w in PENALTY_WORDS)
             raise ValueError(f"per_source_penalties: {word!r} is not one of {known}, or 'no'")
+        if not math.isfinite(number):  # "nan", "inf": float() takes them
+            raise ValueError(f"per_source_penalties: {word!r}: {name} must be a finite number")
         values[field_name] = int(number) if field_name == "max_sources" else number
     return Penalties(**values)  # type: ignore[arg-type]
 

@@ -205,6 +205,20 @@ def test_parsers_take_openssh_syntax_and_refuse_nonsense() -> None:
             parse_penalties(bad)
 
 
+@pytest.mark.parametrize("word", ["authfail:nan", "noauth:inf", "grace-exceeded:-inf", "min:nan",
+                                  "max:inf", "max-sources:inf"])  # fmt: skip
+def test_penalties_must_be_finite_numbers(word: str) -> None:
+    """float() reads "nan" and "inf"; nan passes every `< 0` check, and one failure
+    charged "authfail:nan" put the address at the full ``max`` at once."""
+    name = word.partition(":")[0]
+    with pytest.raises(
+        ValueError, match=f"per_source_penalties: '{word}': {name} must be a finite number"
+    ):
+        parse_penalties(word)
+    with pytest.raises(ValueError, match="authfail must be a finite number"):
+        Penalties(authfail=float("nan"))
+
+
 def test_refusal_log_is_one_line_then_one_summary_per_interval() -> None:
     clock = Clock()
     rl = RefusalLog(10.0, clock, max_sources=3)
