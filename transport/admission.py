@@ -51,14 +51,16 @@ class Refusal(enum.StrEnum):
     SESSIONS = "sessions"  # authenticated, but max_sessions reached
     KEY = "key"  # key not in authorized_keys
     USERNAME = "username"  # SSH username neither empty, the principal nor the default
+    SIGNATURE = "signature"  # an authorized key was offered, never with a valid signature
+    AUTH_TRIES = "auth_tries"  # more keys tried on one connection than max_auth_tries
 
 
 class Ending(enum.StrEnum):
     """How an unauthenticated connection ended (what its address is charged)."""
 
     AUTHENTICATED = "authenticated"  # no penalty
-    AUTHFAIL = "authfail"  # a key or username was refused and it never got in
-    NOAUTH = "noauth"  # closed (or broke the protocol) before trying a key
+    AUTHFAIL = "authfail"  # it offered a key (any key) and never got in
+    NOAUTH = "noauth"  # closed (or broke the protocol) before offering a key
     GRACE_EXCEEDED = "grace_exceeded"  # still not in after the login grace time
 
 
@@ -171,6 +173,7 @@ class AdmissionLimits:
     max_startups: Startups = field(default_factory=Startups)  # MaxStartups
     per_source_max_startups: int = 10  # PerSourceMaxStartups
     login_grace_seconds: float = 10.0  # LoginGraceTime
+    max_auth_tries: int = 6  # MaxAuthTries: keys tried per connection
     penalties: Penalties = field(default_factory=Penalties)  # PerSourcePenalties
     penalty_exempt: tuple[Network, ...] = ()  # PerSourcePenaltyExemptList
     refusal_log_seconds: float = 10.0  # one refusal summary line per interval at most
@@ -178,6 +181,8 @@ class AdmissionLimits:
     def __post_init__(self) -> None:
         if self.per_source_max_startups < 1:
             raise ValueError("per_source_max_startups must be >= 1")
+        if self.max_auth_tries < 1:
+            raise ValueError("max_auth_tries must be >= 1")
         if not 0 < self.login_grace_seconds <= 600:
             raise ValueError("login_grace_seconds must be in (0, 600]")
         if self.refusal_log_seconds <= 0:

@@ -67,6 +67,9 @@ EXEC_COMMANDS: dict[str, Role | None] = {"depth": None, "stats": Role.ADMIN, "ti
 # are still being read, not after.
 OUTBOX_FLUSH_BYTES = 64 * 1024
 LOG_WAITS = frozenset({"submit", "submit_batch", "pop", "ack", "release"})
+# asyncssh's SSHServerConnection method each public key request goes through: the
+# key (our validate_public_key), then the signature if the request carries one
+_VALIDATE_PUBLIC_KEY = "validate_public_key"
 
 __all__ = [
     "EXEC_COMMANDS",
@@ -510,7 +513,13 @@ class _QueueSSHServer(asyncssh.SSHServer):
         self._ending = Ending.NOAUTH
         self._auth_refusal: tuple[Refusal, str] | None = None
         self._grace: asyncio.TimerHandle | None = None
+        # the principal of the key last accepted: pending until auth_completed (the
+        # signature is verified by asyncssh after validate_public_key says yes)
+        self._pending: Principal | None = None
         self._principal: Principal | None = None
+        self._auth_tries = 0  # keys tried (a query and its signed request: one try)
+        self._signed: bool | None = None  # the request being validated is signed (or unknown)
+        self._queried: bytes | None = None  # the key an unsigned query was just accepted for
         self._channels = 0
         limits = server.settings.limits
         self._bucket = SubmitBucket(limits.submits_per_second, limits.submit_burst)
@@ -528,6 +537,7 @@ class _QueueSSHServer(asyncssh.SSHServer):
             conn.abort()  # before our version line: a refused stranger costs a close
             return
         skip_ignore_packets(conn)
+        self._watch_auth_requests(conn)
         if not bound_output(conn):
             log.warning(
                 "asyncssh keeps no transport where expected: output per connection "
@@ -585,24 +595,77 @@ class _QueueSSHServer(asyncssh.SSHServer):
     def public_key_auth_supported(self) -> bool:
         return True
 
+    def _watch_auth_requests(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Learn whether each public key request is signed: asyncssh's connection
+        method that every one goes through (the key, then the signature) is told. If
+        asyncssh has none any more, nothing changes there and every request counts as
+        a try of its own (stricter than OpenSSH for a query and its signed request)."""
+        validate = getattr(conn, _VALIDATE_PUBLIC_KEY, None)
+        if validate is None or not asyncio.iscoroutinefunction(validate):
+            return
+
+        async def validate_public_key(
+            username: str, key_data: bytes, msg: bytes, signature: bytes
+        ) -> bool:
+            self._signed = bool(msg)
+            try:
+                return bool(await validate(username, key_data, msg, signature))
+            finally:
+                self._signed = None
+
+        setattr(conn, _VALIDATE_PUBLIC_KEY, validate_public_key)
+
+    def _count_try(self, key: asyncssh.SSHKey) -> bool:
+        """One more key tried (OpenSSH's MaxAuthTries); false once there are too many.
+        A signed request for the key a query was just accepted for is the same try."""
+        data = key.public_data
+        follow_up = self._signed is True and self._queried == data
+        self._queried = data if self._signed is False else None
+        if follow_up:
+            return True
+        self._auth_tries += 1
+        return self._auth_tries <= self._server.settings.limits.admission.max_auth_tries
+
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # once a key is offered, a connection that never gets in failed authentication
+        self._ending = Ending.AUTHFAIL
+        self._pending = None
+        if not self._count_try(key):
+            self._queried = None
+            self._auth_refusal = (
+                Refusal.AUTH_TRIES,
+                f"more than {self._server.settings.limits.admission.max_auth_tries} keys tried "
+                "on one connection",
+            )
+            if self._conn is not None:
+                asyncio.get_running_loop().call_soon(
+                    self._conn.disconnect,
+                    asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                    "too many authentication failures",
+                )
+            return False
         entry = self._server.authorized_keys.lookup_from(key, self._source)
         if entry is None:
-            self._ending = Ending.AUTHFAIL
             self._auth_refusal = (
                 Refusal.KEY,
                 f"key {key.get_fingerprint()} as user {username!r} is not authorized",
             )
             return False
         if not username_allowed(username, entry.principal):
-            self._ending = Ending.AUTHFAIL
             self._auth_refusal = (
                 Refusal.USERNAME,
                 f"user {username!r} with key {entry.fingerprint} of {entry.principal!r}: "
                 f"the SSH username must be empty, {entry.principal!r} or {DEFAULT_USERNAME!r}",
             )
             return False
-        self._principal = Principal(
+        # asyncssh checks the signature after this: until auth_completed, the key was
+        # only offered (a stranger may know any authorized public key)
+        self._auth_refusal = (
+            Refusal.SIGNATURE,
+            f"key {entry.fingerprint} of {entry.principal!r} as user {username!r} "
+            "offered, never with a valid signature",
+        )
+        self._pending = Principal(
             username, entry.fingerprint, key.algorithm.decode(), entry.roles, entry.principal
         )
         return True
@@ -611,6 +674,7 @@ class _QueueSSHServer(asyncssh.SSHServer):
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
+        self._principal, self._pending = self._pending, None
         server = self._server
         if not server.admission.authenticated(self._source):
             self._phase = _Phase.REFUSED

@@ -214,6 +214,7 @@ ADMISSION_KEYS = {
     "max_startups": "MaxStartups",
     "per_source_max_startups": "PerSourceMaxStartups",
     "login_grace_time": "LoginGraceTime",
+    "max_auth_tries": "MaxAuthTries",
     "per_source_penalties": "PerSourcePenalties",
     "per_source_penalty_exempt": "PerSourcePenaltyExemptList",
     "refusal_log_interval": "(none: refusals are summarised once per interval)",
@@ -531,6 +532,7 @@ def parse_admission(raw: dict[str, Any], base: AdmissionLimits | None = None) ->
             login_grace_seconds=float(
                 at.get("login_grace_time", (int, float), cur.login_grace_seconds)
             ),
+            max_auth_tries=at.positive("max_auth_tries", cur.max_auth_tries),
             penalties=penalties,
             penalty_exempt=exempt,
             refusal_log_seconds=float(

@@ -101,6 +101,7 @@ http = "127.0.0.1:9944"
         ('[admission]\nper_source_penalties = "crash:90"', "admission.per_source_penalties"),
         ('[admission]\nper_source_penalties = "authfail:nan"', "authfail must be a finite"),
         ("[admission]\nlogin_grace_time = 0", "login_grace_seconds must be in"),
+        ("[admission]\nmax_auth_tries = 0", "admission.max_auth_tries: must be a positive"),
         ('[admission]\nper_source_penalty_exempt = ["nonsense"]', "admission."),
         ("[admission]\nmaxstartups = 3", "unknown key 'admission.maxstartups'"),
     ],

@@ -35,7 +35,9 @@ EXAMPLES_ONLY = {
 }
 
 
-@pytest.mark.parametrize("section", ["durability", "tiers", "metrics", "relay", "node"])
+@pytest.mark.parametrize(
+    "section", ["durability", "tiers", "metrics", "relay", "node", "admission"]
+)
 def test_operations_reference_values_are_the_defaults(section: str, tmp_path: Path) -> None:
     documented = {
         k: v for k, v in OPERATIONS[section].items() if k not in EXAMPLES_ONLY.get(section, ())
