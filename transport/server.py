@@ -44,7 +44,12 @@ from transport.queue_port import QueuePort
 from transport.refusal_log import RefusalLog
 from transport.server_sealing import ServerSealing
 from transport.service import ChannelState, QueueService, TierInfo
-from transport.ssh_algorithms import canonical_name, under_every_name
+from transport.ssh_algorithms import (
+    PQSSHKey,
+    canonical_name,
+    registered_algorithms,
+    under_every_name,
+)
 from transport.ssh_options import ssh_options_for_tier
 from transport.tiers import DEFAULT_POLICY, TierPolicy, effective_tier
 
@@ -90,7 +95,8 @@ class ServerSettings:
     """Where and how the queue service listens.
 
     ``host_keys`` are already loaded keys (e.g. Falcon keys from the pq key module)
-    and are used in addition to ``host_key_paths``. ``tier`` is a fixed tier, or
+    and are used in addition to ``host_key_paths``; all must be post-quantum (a
+    classical one makes ``start()`` raise ValueError). ``tier`` is a fixed tier, or
     ``tier_provider`` gives the live one (the daemon wires the hardware tier there);
     when it changes, call ``QueueServer.tier_changed()`` (channels keep their effective
     tier until then).
@@ -867,6 +873,16 @@ class QueueServer:
     async def start(self) -> None:
         s = self.settings
         loaded = [*s.host_keys, *(asyncssh.read_private_key(p) for p in s.host_key_paths)]
+        sources = [
+            *(f"host key {i + 1}" for i in range(len(s.host_keys))),
+            *map(str, s.host_key_paths),
+        ]
+        for key, source in zip(loaded, sources, strict=True):
+            if not isinstance(key, PQSSHKey):  # no session is ever authenticated classically
+                raise ValueError(
+                    f"{source} is a {key.get_algorithm()} key; the queue server presents "
+                    f"post-quantum host keys only ({', '.join(registered_algorithms())})"
+                )
         host_keys = under_every_name(loaded)
         if not host_keys:
             raise ValueError("the queue server needs at least one host key")
