@@ -53,6 +53,7 @@ class Refusal(enum.StrEnum):
     USERNAME = "username"  # SSH username neither empty, the principal nor the default
     SIGNATURE = "signature"  # an authorized key was offered, never with a valid signature
     AUTH_TRIES = "auth_tries"  # more keys tried on one connection than max_auth_tries
+    REKEY = "rekey"  # a second key exchange before authentication
 
 
 class Ending(enum.StrEnum):

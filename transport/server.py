@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncssh
 import orjson
+from asyncssh.constants import MSG_KEXINIT
 
 from sidecar.errors import ErrorCode, SidecarError, Unavailable
 from transport import event_loop
@@ -75,6 +76,8 @@ LOG_WAITS = frozenset({"submit", "submit_batch", "pop", "ack", "release"})
 # asyncssh's SSHServerConnection method each public key request goes through: the
 # key (our validate_public_key), then the signature if the request carries one
 _VALIDATE_PUBLIC_KEY = "validate_public_key"
+# asyncssh's table of the packet handlers of SSHConnection (looked up on the instance)
+_PACKET_HANDLERS = "_packet_handlers"
 
 __all__ = [
     "EXEC_COMMANDS",
@@ -544,6 +547,7 @@ class _QueueSSHServer(asyncssh.SSHServer):
             return
         skip_ignore_packets(conn)
         self._watch_auth_requests(conn)
+        self._one_key_exchange_before_auth(conn)
         if not bound_output(conn):
             log.warning(
                 "asyncssh keeps no transport where expected: output per connection "
@@ -599,6 +603,29 @@ class _QueueSSHServer(asyncssh.SSHServer):
         return False
 
     def public_key_auth_supported(self) -> bool:
+        return True
+
+    def _one_key_exchange_before_auth(self, conn: asyncssh.SSHServerConnection) -> bool:
+        """Before authentication only the first key exchange: each one costs a host-key
+        signature (a SPHINCS+ one is tens of ms) and a decapsulation, so a second
+        KEXINIT from a client not yet in closes the connection (a protocol error,
+        refused as ``rekey``). Re-keying after authentication is unchanged. False (and
+        nothing changed) if asyncssh keeps its packet handlers elsewhere now."""
+        handlers = getattr(conn, _PACKET_HANDLERS, None)
+        process = handlers.get(MSG_KEXINIT) if isinstance(handlers, dict) else None
+        if handlers is None or process is None:
+            return False
+        seen = False
+
+        def kexinit(c: Any, pkttype: int, pktid: int, packet: Any) -> Any:
+            nonlocal seen
+            if seen and self._phase is not _Phase.SESSION:
+                self._auth_refusal = (Refusal.REKEY, "key re-exchange before authentication")
+                raise asyncssh.ProtocolError("key re-exchange before authentication")
+            seen = True
+            return process(c, pkttype, pktid, packet)
+
+        setattr(conn, _PACKET_HANDLERS, {**handlers, MSG_KEXINIT: kexinit})
         return True
 
     def _watch_auth_requests(self, conn: asyncssh.SSHServerConnection) -> None:
