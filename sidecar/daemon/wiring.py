@@ -488,8 +488,8 @@ class CountingAuthorizedKeys(AuthorizedKeys):
         self._metrics = metrics
         super().__init__(path)
 
-    def lookup(self, key: asyncssh.SSHKey) -> AuthorizedKey | None:
-        entry = super().lookup(key)
-        if entry is None:
+    def lookup_from(self, key: asyncssh.SSHKey, source: str | None) -> AuthorizedKey | None:
+        entry = super().lookup_from(key, source)  # what the server authenticates by
+        if entry is None:  # not listed, expired, or not from that address
             self._metrics.auth_failures.inc()
         return entry
