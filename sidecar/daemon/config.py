@@ -131,6 +131,9 @@ class NodeEndpoint:
     max_subscriptions: int = 16  # per connection
     max_unacked: int = 1024  # the most a subscription may ask for
     ws_send_buffer_bytes: int = 64 * 1024
+    # seconds from connecting to a first complete request (and from a later request's
+    # first byte to its end); a connection that misses it is closed
+    first_request_timeout: float = 10.0
 
 
 _NODE_LIMITS = (
@@ -461,16 +464,22 @@ def from_dict(data: dict[str, Any], base: Path) -> DaemonConfig:
     )
 
     nt = _Table(
-        top.get("node", dict, {}), "node", {"socket", "socket_group", "http", *_NODE_LIMITS}
+        top.get("node", dict, {}),
+        "node",
+        {"socket", "socket_group", "http", "first_request_timeout", *_NODE_LIMITS},
     )
     sock = nt.get("socket", str, None)
     http = nt.get("http", (str, bool), "")
     if http is True:
         http = DEFAULT_NODE_HTTP
+    first = float(nt.get("first_request_timeout", (int, float), NodeEndpoint.first_request_timeout))
+    if not 0 < first <= 3600:
+        raise ConfigError(f"node.first_request_timeout: must be 0-3600 seconds, got {first}")
     node = NodeEndpoint(
         socket=_path(base, sock) if sock else None,
         socket_group=nt.get("socket_group", str, None),
         http=parse_endpoint(http, "node.http", loopback_only=True) if http else None,
+        first_request_timeout=first,
         **{k: nt.positive(k, getattr(NodeEndpoint(None), k)) for k in _NODE_LIMITS},
     )
 

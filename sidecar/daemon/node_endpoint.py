@@ -55,10 +55,11 @@ log = logging.getLogger(__name__)
 
 JSON = "application/json"
 LINE_START = frozenset(b"{[ \t\r\n")
-SNIFF_SECONDS = 10.0  # a client that sends nothing is closed after this
 # Connections over node.max_connections held at once to be told why (503, or a -32000
-# line), each for SNIFF_SECONDS at most; one more is closed at once, without a reply.
+# line), each for node.first_request_timeout at most; one more is closed at once,
+# without a reply.
 REFUSE_AT_MOST = 8
+READ_CHUNK = 64 * 1024  # newline JSON is read this much at a time
 IDLE_WAIT = 1.0  # re-check for a message this often while the queue looks empty
 
 
@@ -290,11 +291,66 @@ def _subscription_limit() -> Iterator[None]:
 
 
 class _JsonErrorHandler(web.RequestHandler):
-    """aiohttp's connection handler, answering malformed HTTP with a JSON body."""
+    """aiohttp's connection handler, answering malformed HTTP with a JSON body, and
+    closing a connection whose request does not arrive whole in time (aiohttp has no
+    such deadline: a partial request head holds its connection until keep-alive ends
+    it, a partial body for ever)."""
 
     on_lost: Callable[[web.RequestHandler], None] | None = None
+    request_timeout = NodeEndpoint.first_request_timeout
+    _request_deadline: float | None = None  # the request being received ends by then
+    _request_timer: asyncio.TimerHandle | None = None
+
+    def expect_request(self, deadline: float) -> None:
+        """A request is being received: its head must be in by ``deadline`` (loop time),
+        or the connection gets a 408 and is closed; its body has until then too."""
+        self._request_deadline = deadline
+        self._request_timer = self._loop.call_at(deadline, self._request_timed_out)
+
+    def request_started(self) -> float:
+        """Its head is in: stop the head's timer; the deadline its body has."""
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
+        deadline = self._request_deadline
+        self._request_deadline = None
+        return deadline if deadline is not None else self._loop.time() + self.request_timeout
+
+    def late(self) -> None:
+        """Its body is late (it is answered 408): close once the answer is out, not
+        after aiohttp's lingering (10 s more reading what is left of the body)."""
+        self._lingering_time = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        # The first bytes of a later request on a kept-alive connection (one waiting
+        # for its next request): it has request_timeout from now to arrive whole.
+        if data and self._request_deadline is None and self._waiter is not None:
+            self.expect_request(self._loop.time() + self.request_timeout)
+        super().data_received(data)
+
+    def _request_timed_out(self) -> None:
+        self._request_timer = None
+        transport = self.transport
+        if self._request_in_progress or self._messages or transport is None:
+            return  # its head has just come in; request_started() gives the deadline
+        body = error_body(
+            INVALID_REQUEST,
+            f"request not complete within node.first_request_timeout = {self.request_timeout:g} s",
+            {"http_status": 408},
+        )
+        if not transport.is_closing():
+            # Written by hand: aiohttp answers only a request whose head it has parsed.
+            transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            _close(transport)
+        self.force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
         super().connection_lost(exc)
         if self.on_lost is not None:
             self.on_lost(self)
@@ -401,7 +457,7 @@ class NodeEndpointServer:
             self._http_server = web.Server(self._handle_http, handler_cancellation=False)
         return self._http_server
 
-    def http_protocol(self) -> web.RequestHandler:
+    def http_protocol(self) -> _JsonErrorHandler:
         handler = _JsonErrorHandler(
             self._http,
             loop=asyncio.get_running_loop(),
@@ -413,6 +469,7 @@ class NodeEndpointServer:
             access_log=None,  # type: ignore[arg-type]
         )
         handler.on_lost = self._refused.discard  # refused, then gone before its request
+        handler.request_timeout = self.settings.first_request_timeout
         return handler
 
     def connections(self) -> int:
@@ -477,12 +534,18 @@ class NodeEndpointServer:
     # ---- HTTP and WebSocket ------------------------------------------------------
 
     async def _handle_http(self, request: web.BaseRequest) -> web.StreamResponse:
-        resp = await self._route(request)
+        handler = request.protocol
+        if isinstance(handler, _JsonErrorHandler):
+            deadline = handler.request_started()
+        else:  # cannot happen: every connection is a _JsonErrorHandler
+            deadline = asyncio.get_running_loop().time() + self.settings.first_request_timeout
+        resp = await self._route(request, deadline)
         if self._closing and not isinstance(resp, web.WebSocketResponse):
             resp.force_close()  # a kept-alive connection ends with this reply
         return resp
 
-    async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _route(self, request: web.BaseRequest, deadline: float) -> web.StreamResponse:
+        """Answer ``request``, whose body must be in by ``deadline`` (loop time)."""
         if request.protocol in self._refused:
             self._refused.discard(request.protocol)
             resp = _json_error(
@@ -507,7 +570,19 @@ class NodeEndpointServer:
         # CORS preflight, which we never answer, so browsers cannot reach the queue.
         if request.content_type != JSON:
             return _json_error(415, "Content-Type must be application/json")
-        body = await _read_body(request, self.settings.max_body_bytes)
+        try:
+            async with asyncio.timeout_at(deadline):
+                body = await _read_body(request, self.settings.max_body_bytes)
+        except TimeoutError:
+            if isinstance(request.protocol, _JsonErrorHandler):
+                request.protocol.late()
+            resp = _json_error(
+                408,
+                "request not complete within node.first_request_timeout = "
+                f"{self.settings.first_request_timeout:g} s",
+            )
+            resp.force_close()
+            return resp
         if body is None:
             resp = _json_error(
                 413, f"body over node.max_body_bytes = {self.settings.max_body_bytes}"
@@ -579,8 +654,9 @@ class NodeEndpointServer:
 
     # ---- newline JSON on the unix socket -----------------------------------------
 
-    def lines_protocol(self, *, refused: bool) -> asyncio.Protocol:
-        """A newline-JSON connection, counted from now until :meth:`serve_lines` ends."""
+    def lines_protocol(self, *, refused: bool, deadline: float) -> asyncio.Protocol:
+        """A newline-JSON connection, counted from now until :meth:`serve_lines` ends;
+        its first request must be in by ``deadline`` (loop time)."""
         if refused:
             self._line_refusals += 1
         else:
@@ -588,13 +664,22 @@ class NodeEndpointServer:
         reader = asyncio.StreamReader(limit=self.settings.max_body_bytes)
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self.serve_lines(reader, writer, refused=refused)
+            await self.serve_lines(reader, writer, refused=refused, deadline=deadline)
 
         return asyncio.StreamReaderProtocol(reader, serve)
 
     async def serve_lines(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, refused: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        refused: bool,
+        deadline: float | None,
     ) -> None:
+        """Serve one newline-JSON connection. Its first request must be in by
+        ``deadline``, and a later line within ``first_request_timeout`` of its first
+        byte; an idle connection with no partial line is kept (it may be subscribed)."""
+
         async def write(data: bytes) -> None:
             writer.write(data + b"\n")
             await writer.drain()
@@ -620,22 +705,51 @@ class NodeEndpointServer:
         self.sessions.add(session)
         session.reader = asyncio.current_task()
         slots = asyncio.Semaphore(self.settings.max_in_flight)
+        loop = asyncio.get_running_loop()
+        timeout, limit = self.settings.first_request_timeout, self.settings.max_body_bytes
+        buf = bytearray()  # a partial line, and the lines after it not yet taken
+        served = False  # a first request was read
         try:
             while not self._closing:
-                line = await reader.readuntil(b"\n")
-                if not line.strip():
+                end = buf.find(b"\n")
+                if end > limit or (end < 0 and len(buf) > limit):
+                    with contextlib.suppress(ConnectionError):
+                        await write(
+                            error_body(
+                                INVALID_REQUEST,
+                                f"line over node.max_body_bytes = {limit}",
+                            )
+                        )
+                    break
+                if end < 0:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await reader.read(READ_CHUNK)
+                    if not chunk:
+                        break  # EOF
+                    if deadline is None:  # a later request begins
+                        deadline = loop.time() + timeout
+                    buf += chunk
                     continue
-                await slots.acquire()
-                session.spawn(line, slots)
-        except asyncio.LimitOverrunError:
-            with contextlib.suppress(ConnectionError):
-                await write(
-                    error_body(
-                        INVALID_REQUEST,
-                        f"line over node.max_body_bytes = {self.settings.max_body_bytes}",
-                    )
+                line = bytes(buf[: end + 1])
+                del buf[: end + 1]
+                if line.strip():
+                    served = True
+                    await slots.acquire()
+                    session.spawn(line, slots)
+                if served:  # idle without a partial line: kept, however long
+                    deadline = loop.time() + timeout if buf else None
+        except TimeoutError:
+            # one short line, not awaited: a client that does not read is not waited on
+            writer.write(
+                error_body(
+                    INVALID_REQUEST,
+                    f"request not complete within node.first_request_timeout = {timeout:g} s",
+                    {"code": "request_timeout"},
                 )
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+                + b"\n"
+            )
+            _close(writer.transport)
+        except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
             self._line_connections -= 1
@@ -692,6 +806,7 @@ class _Sniffer(asyncio.Protocol):
         self.refused = False  # accepted over the limit: told so at its first bytes
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # its first request must be complete by then (loop time)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream transport; uvloop's do not subclass asyncio.Transport, so no isinstance
@@ -706,8 +821,11 @@ class _Sniffer(asyncio.Protocol):
             endpoint.refusing.add(self)
         else:
             endpoint.sniffing.add(self)
-        # A connection that never sends a byte holds no slot for long.
-        self._timer = asyncio.get_running_loop().call_later(SNIFF_SECONDS, self.close)
+        # A connection that never sends a byte holds no slot for long (nor one that
+        # sends only part of a request: the deadline goes on with it, _hand_over).
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + endpoint.settings.first_request_timeout
+        self._timer = loop.call_at(self.deadline, self.close)
 
     def close(self) -> None:
         self._done()
@@ -737,16 +855,17 @@ class _Sniffer(asyncio.Protocol):
         # a drain begun since) is refused.
         over = self.refused or endpoint.closing
         if self.lines and data[:1] and data[0] in LINE_START:
-            proto = endpoint.lines_protocol(refused=self.refused)
+            proto = endpoint.lines_protocol(refused=self.refused, deadline=self.deadline)
+            transport.set_protocol(proto)
+            proto.connection_made(transport)
         else:
             handler = endpoint.http_protocol()
             if over:
-                endpoint.refuse(handler)
-                # told at its first request; one that never completes it is closed
-                asyncio.get_running_loop().call_later(SNIFF_SECONDS, transport.close)
+                endpoint.refuse(handler)  # told at its first request (if it completes it)
             proto = handler
-        transport.set_protocol(proto)
-        proto.connection_made(transport)
+            transport.set_protocol(proto)
+            proto.connection_made(transport)
+            handler.expect_request(self.deadline)
         if data:
             proto.data_received(data)
 
@@ -763,6 +882,16 @@ async def _read_body(request: web.BaseRequest, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _close(transport: asyncio.BaseTransport) -> None:
+    """Close, and at once if what is written is not flushed: a client that does not
+    read is not waited on (its connection would outlive its count)."""
+    stream = cast(asyncio.WriteTransport, transport)
+    if stream.get_write_buffer_size() > 0:
+        stream.abort()
+    else:
+        stream.close()
 
 
 def _remove_stale_socket(path: Path) -> None:

@@ -18,9 +18,8 @@ import aiohttp
 import orjson
 import pytest
 
-from sidecar.daemon import node_endpoint
 from sidecar.daemon.app import Sidecar
-from sidecar.daemon.config import DaemonConfig
+from sidecar.daemon.config import DaemonConfig, NodeEndpoint
 from sidecar.daemon.node_endpoint import NodeEndpointServer
 from sidecar.daemon.node_rpc import NodeLease
 from sidecar.dedup import Submitted
@@ -81,12 +80,13 @@ class GatedSidecar:
 
 @pytest.fixture
 async def endpoint(
-    tmp_path: Path,
+    tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[NodeEndpointServer, GatedSidecar, Path]]:
+    """The endpoint on ``node.sock``, with the ``[node]`` settings given as the param."""
     sidecar = Sidecar(DaemonConfig(data_dir=tmp_path, metrics=None))
     await sidecar.queue.open()
     backend = GatedSidecar(sidecar)
-    server = NodeEndpointServer(backend)
+    server = NodeEndpointServer(backend, NodeEndpoint(socket=None, **getattr(request, "param", {})))
     sock = tmp_path / "node.sock"
     await server.start_unix(sock, None)
     try:
@@ -105,11 +105,12 @@ async def send_submit(sock: Path) -> tuple[asyncio.StreamReader, asyncio.StreamW
     return reader, writer
 
 
+# only close() ends idle ones
+@pytest.mark.parametrize("endpoint", [{"first_request_timeout": 3600.0}], indirect=True)
 async def test_a_request_in_flight_is_answered_before_close_returns(
-    endpoint: tuple[NodeEndpointServer, GatedSidecar, Path], monkeypatch: pytest.MonkeyPatch
+    endpoint: tuple[NodeEndpointServer, GatedSidecar, Path],
 ) -> None:
     server, backend, sock = endpoint
-    monkeypatch.setattr(node_endpoint, "SNIFF_SECONDS", 3600.0)  # only close() ends idle ones
     idle_reader, idle_writer = await asyncio.open_unix_connection(str(sock))
     reader, writer = await send_submit(sock)
     await asyncio.wait_for(backend.entered.wait(), WAIT)
@@ -188,11 +189,11 @@ async def test_health_is_503_once_the_log_is_not_serving(
         assert (status, health["log"]) == (503, "failed")
 
 
+@pytest.mark.parametrize("endpoint", [{"first_request_timeout": 0.2}], indirect=True)
 async def test_a_connection_that_sends_nothing_is_closed(
-    endpoint: tuple[NodeEndpointServer, GatedSidecar, Path], monkeypatch: pytest.MonkeyPatch
+    endpoint: tuple[NodeEndpointServer, GatedSidecar, Path],
 ) -> None:
     _, _, sock = endpoint
-    monkeypatch.setattr(node_endpoint, "SNIFF_SECONDS", 0.2)
     reader, writer = await asyncio.open_unix_connection(str(sock))
     assert await asyncio.wait_for(reader.read(), WAIT) == b""  # closed, its slot freed
     writer.close()

@@ -114,12 +114,12 @@ async def test_refused_connections_that_hang_up_are_forgotten(ep: Endpoint) -> N
     w.close()
 
 
-@pytest.mark.parametrize("ep", [{"max_connections": 2}], indirect=True)
-async def test_connections_that_send_nothing_count_toward_max_connections(
-    ep: Endpoint, monkeypatch: pytest.MonkeyPatch
-) -> None:
+# none closed for silence
+@pytest.mark.parametrize(
+    "ep", [{"max_connections": 2, "first_request_timeout": 3600.0}], indirect=True
+)
+async def test_connections_that_send_nothing_count_toward_max_connections(ep: Endpoint) -> None:
     server, _, sock = ep
-    monkeypatch.setattr(node_endpoint, "SNIFF_SECONDS", 3600.0)  # none closed for silence
     n, refusing = 40, node_endpoint.REFUSE_AT_MOST
     conns = [await asyncio.open_unix_connection(str(sock)) for _ in range(n)]
     try:
@@ -191,4 +191,119 @@ async def test_a_subscribe_sent_as_a_notification_makes_no_subscription(ep: Endp
     (session,) = server.sessions
     assert (len(session.subs.messages), len(session.subs.tier)) == (0, 0)
     assert server.sessions_by_sub == {}
+    w.close()
+
+
+# ---- the first-request deadline (node.first_request_timeout) ------------------------
+
+DEADLINE = {"max_connections": 1, "first_request_timeout": 0.5}
+
+
+async def closed_with(sock: Path, sent: bytes) -> bytes:
+    """What a client that sends ``sent`` and then nothing gets before it is closed."""
+    r, w = await asyncio.open_unix_connection(str(sock))
+    try:
+        w.write(sent)
+        return await asyncio.wait_for(r.read(), WAIT)  # to EOF: closed by the server
+    finally:
+        w.close()
+
+
+async def is_served(sock: Path) -> None:
+    """A new connection gets a slot (not -32000) and its request answered."""
+    r, w = await asyncio.open_unix_connection(str(sock))
+    try:
+        w.write(RPC_METHODS + b"\n")
+        assert "result" in orjson.loads(await asyncio.wait_for(r.readline(), WAIT))
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("ep", [DEADLINE], indirect=True)
+@pytest.mark.parametrize("byte", [b"{", b" ", b"P"], ids=["line", "blank", "http"])
+async def test_a_client_silent_after_one_byte_is_closed_and_its_slot_freed(
+    ep: Endpoint, byte: bytes
+) -> None:
+    server, _, sock = ep
+    got = await closed_with(sock, byte)
+    if byte == b"P":
+        assert got.startswith(b"HTTP/1.1 408 ")
+    else:
+        assert orjson.loads(got)["error"]["data"] == {"code": "request_timeout"}
+    await until(lambda: server.connections() == 0, "the closed connection holds its slot")
+    await is_served(sock)  # max_connections = 1: the slot is free again
+
+
+@pytest.mark.parametrize("ep", [DEADLINE], indirect=True)
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"POST / HTTP/1.1\r\nHost: node\r\nContent-Type: application/json\r\n",
+        b"POST / HTTP/1.1\r\nHost: node\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n" + RPC_METHODS[:10],
+    ],
+    ids=["head", "body"],
+)
+async def test_a_partial_http_request_gets_408_and_is_closed(ep: Endpoint, sent: bytes) -> None:
+    server, _, sock = ep
+    head, _, body = (await closed_with(sock, sent)).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert b"first_request_timeout" in orjson.loads(body)["error"]["message"].encode()
+    await until(lambda: server.connections() == 0, "the closed connection holds its slot")
+    await is_served(sock)
+
+
+@pytest.mark.parametrize("ep", [DEADLINE], indirect=True)
+async def test_a_partial_newline_json_line_is_closed(ep: Endpoint) -> None:
+    server, _, sock = ep
+    reply = orjson.loads(await closed_with(sock, RPC_METHODS[:20]))
+    assert reply["error"]["code"] == -32600
+    assert reply["error"]["data"] == {"code": "request_timeout"}
+    await until(lambda: server.connections() == 0, "the closed connection holds its slot")
+    await is_served(sock)
+
+
+@pytest.mark.parametrize("ep", [DEADLINE], indirect=True)
+async def test_a_later_partial_request_is_closed_too(ep: Endpoint) -> None:
+    """After a complete request, one begun and not finished has the same deadline."""
+    _, _, sock = ep
+    r, w = await asyncio.open_unix_connection(str(sock))
+    w.write(RPC_METHODS + b"\n" + RPC_METHODS[:20])
+    assert "result" in orjson.loads(await asyncio.wait_for(r.readline(), WAIT))
+    line = orjson.loads(await asyncio.wait_for(r.read(), WAIT))
+    assert line["error"]["data"] == {"code": "request_timeout"}
+    w.close()
+
+    r, w = await asyncio.open_unix_connection(str(sock))  # HTTP, kept alive
+    post = b"POST / HTTP/1.1\r\nHost: node\r\nContent-Type: application/json\r\n"
+    w.write(post + b"Content-Length: %d\r\n\r\n%s" % (len(RPC_METHODS), RPC_METHODS))
+    head = (await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), WAIT)).decode()
+    assert head.startswith("HTTP/1.1 200 ")
+    length = int(head.lower().split("content-length:")[1].split()[0])
+    assert "result" in orjson.loads(await asyncio.wait_for(r.readexactly(length), WAIT))
+    w.write(post)  # the next request's head, unfinished
+    assert (await asyncio.wait_for(r.read(), WAIT)).startswith(b"HTTP/1.1 408 ")
+    w.close()
+
+
+@pytest.mark.parametrize("ep", [{"first_request_timeout": 0.5}], indirect=True)
+async def test_idle_newline_and_websocket_connections_stay_open_past_the_deadline(
+    ep: Endpoint,
+) -> None:
+    """Idle with no partial request (as a subscriber is) is not a late request."""
+    server, _, sock = ep
+    r, w = await asyncio.open_unix_connection(str(sock))
+    w.write(RPC_METHODS + b"\n")
+    assert "result" in orjson.loads(await asyncio.wait_for(r.readline(), WAIT))
+    async with unix_session(sock) as s:
+        ws = await s.ws_connect("http://localhost/")  # upgraded: its first request done
+        await asyncio.sleep(1.5)  # three deadlines
+        assert not r.at_eof()
+        assert not ws.closed
+        w.write(RPC_METHODS + b"\n")
+        assert "result" in orjson.loads(await asyncio.wait_for(r.readline(), WAIT))
+        await ws.send_bytes(RPC_METHODS)
+        assert "result" in orjson.loads(await asyncio.wait_for(ws.receive_str(), WAIT))
+        assert server.connections() == 2
+        await ws.close()
     w.close()
