@@ -6,16 +6,21 @@ A new key is *reserved* while its submit is in flight (a concurrent submit with 
 key waits for it) and *recorded* once the submit is done.
 
 Bounds: an entry lives for ``window`` seconds after the first submit (wall-clock time,
-so the window survives a restart), and the index holds at most ``max_entries`` keys,
-reserved ones included. When it is full a *new* key is refused with ``QueueFull``: a
-key that cannot be remembered would be accepted twice on a retry. Known keys are
-still answered.
+so the window survives a restart), and the index holds at most ``max_entries`` keys of
+local producers, reserved ones included. When it is full a *new* key is refused with
+``QueueFull``: a key that cannot be remembered would be accepted twice on a retry.
+Known keys are still answered.
 
 Relay keys (``("peer:<name>", "relay:<origin id>")``, docs/relay.md) expire by time
 only until that peer sends its first *low watermark*: the lowest origin id it may
 still send. From then on the peer's relay keys are *pinned*: they stay until a
 watermark passes them (the sender can no longer resend those ids), however long the
-link is down. They still count against ``max_entries``.
+link is down. Each peer's relay keys (pinned or not, reserved ones included) are
+counted apart, bounded by ``max_peer_keys`` each, and never count against
+``max_entries``: a peer cannot fill the producers' index nor another peer's. A peer at
+its bound gets ``QueueFull`` for a new key, except for the key at its watermark (the
+message its sender lacks first: storing it lets the next watermark free the others),
+so a peer holds at most ``max_peer_keys + 1`` keys.
 
 Durability is the shell's business (docs/wal-format.md): a recorded entry is
 ``durable`` when a log record holds it; entries of async submits are not, until a
@@ -32,6 +37,7 @@ from sidecar.errors import InvalidMessage, QueueFull
 
 DEFAULT_DEDUP_WINDOW = 600.0
 DEFAULT_DEDUP_ENTRIES = 100_000
+DEFAULT_PEER_KEYS = 100_000
 MAX_DEDUP_ID_CHARS = 128
 RELAY_PRINCIPAL_PREFIX = "peer:"
 RELAY_ID_PREFIX = "relay:"
@@ -42,13 +48,18 @@ DedupKey = tuple[str, str]  # (principal, dedup_id)
 @dataclass(frozen=True, slots=True)
 class DedupLimits:
     window: float = DEFAULT_DEDUP_WINDOW
-    max_entries: int = DEFAULT_DEDUP_ENTRIES
+    max_entries: int = DEFAULT_DEDUP_ENTRIES  # local producers' keys
+    max_peer_keys: int = DEFAULT_PEER_KEYS  # each relaying peer's keys
 
     def __post_init__(self) -> None:
         if not self.window > 0:
             raise ValueError(f"the dedup window must be positive, not {self.window}")
         if self.max_entries < 1:
             raise ValueError(f"the dedup entry limit must be at least 1, not {self.max_entries}")
+        if self.max_peer_keys < 1:
+            raise ValueError(
+                f"the relay key limit per peer must be at least 1, not {self.max_peer_keys}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +112,29 @@ class DedupIndex:
         self._order: deque[tuple[float, DedupKey]] = deque()  # (at, key), oldest first
         self._floors: dict[str, int] = {}  # relay principal -> its highest low watermark
         self._pinned: dict[str, list[int]] = {}  # relay principal -> heap of origin ids
+        # keys held (recorded or reserved): local producers', and each relay principal's
+        self._producer_keys = 0
+        self._peer_keys: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries) + len(self._reserved)
+
+    def count(self, principal: str | None = None) -> int:
+        """Keys held (reserved ones included) by relay principal `principal`, or with
+        None by the local producers (every key that is not a relay key)."""
+        if principal is None:
+            return self._producer_keys
+        return self._peer_keys.get(principal, 0)
+
+    def _counted(self, key: DedupKey, n: int) -> None:
+        if relay_origin_id(key) is None:
+            self._producer_keys += n
+            return
+        held = self._peer_keys.get(key[0], 0) + n
+        if held:
+            self._peer_keys[key[0]] = held
+        else:
+            del self._peer_keys[key[0]]
 
     def find(self, key: DedupKey, now: float) -> DedupEntry | None:
         """The live entry for `key`, after dropping every expired one."""
@@ -118,33 +149,68 @@ class DedupIndex:
         self.expire(now)
         if key in self._entries or key in self._reserved:
             raise ValueError(f"dedup key {key!r} is already known")
-        if len(self) >= self.limits.max_entries:
-            raise QueueFull(
-                f"the dedup index holds {len(self)} ids (limit {self.limits.max_entries}, "
-                f"window {self.limits.window:g} s); retry later or raise dedup.max_entries"
-            )
+        origin_id = relay_origin_id(key)
+        if origin_id is None:
+            if self._producer_keys >= self.limits.max_entries:
+                raise QueueFull(
+                    f"the dedup index holds {self._producer_keys} ids (limit "
+                    f"{self.limits.max_entries}, window {self.limits.window:g} s); retry later "
+                    "or raise dedup.max_entries"
+                )
+        else:
+            self._check_peer_bound(key[0], origin_id)
         self._reserved.add(key)
+        self._counted(key, 1)
+
+    def _check_peer_bound(self, principal: str, origin_id: int) -> None:
+        held, bound = self._peer_keys.get(principal, 0), self.limits.max_peer_keys
+        floor = self._floors.get(principal)
+        if held < bound or (floor is not None and origin_id <= floor):
+            return  # the key at the watermark is always taken: the next one frees the rest
+        peer = principal[len(RELAY_PRINCIPAL_PREFIX) :]
+        why = (
+            f"its low watermark is {floor}, so they are kept until a later watermark passes "
+            f"them (the message {peer} lacks first holds it: see `peers` at {peer})"
+            if floor is not None
+            else f"they expire after {self.limits.window:g} s"
+        )
+        raise QueueFull(
+            f"peer {peer} holds {held} relay keys (relay.max_peer_keys = {bound}); {why}; "
+            "retry later"
+        )
 
     def unreserve(self, key: DedupKey) -> None:
         """The submit failed: the key is free again."""
-        self._reserved.discard(key)
+        if key in self._reserved:
+            self._reserved.remove(key)
+            self._counted(key, -1)
 
     def record(self, key: DedupKey, message_id: int, at: float, *, durable: bool) -> None:
         """The submit is done (`at`: its wall-clock time); also used to restore entries."""
-        self._reserved.discard(key)
+        reserved = key in self._reserved
+        if reserved:
+            self._reserved.remove(key)  # counted already: now as an entry
         old = self._entries.get(key)
         if old is not None:
             # the same key restored twice (a submit record and a compaction record)
             self._entries[key] = DedupEntry(old.message_id, old.at, old.durable or durable)
+            if reserved:
+                self._counted(key, -1)
             return
         origin_id = relay_origin_id(key)
         if origin_id is not None and key[0] in self._floors:
             if origin_id < self._floors[key[0]]:
+                if reserved:
+                    self._counted(key, -1)
                 return  # passed by a watermark already (a replayed record)
             self._entries[key] = DedupEntry(message_id, at, durable)
             heapq.heappush(self._pinned[key[0]], origin_id)
+            if not reserved:
+                self._counted(key, 1)
             return
         self._entries[key] = DedupEntry(message_id, at, durable)
+        if not reserved:
+            self._counted(key, 1)
         order = self._order
         if order and at < order[-1][0]:
             at = order[-1][0]  # a clock step back: keep the queue sorted, expire no earlier
@@ -166,6 +232,7 @@ class DedupIndex:
             if key[0] in floors and relay_origin_id(key) is not None:
                 continue  # pinned since it was recorded: a watermark releases it
             if entries.pop(key, None) is not None:
+                self._counted(key, -1)
                 n += 1
         return n
 
@@ -194,10 +261,12 @@ class DedupIndex:
             return 0
         self._floors[principal] = watermark
         heap = self._pinned[principal]
+        peer = principal[len(RELAY_PRINCIPAL_PREFIX) :]
         n = 0
         while heap and heap[0] < watermark:
-            oid = heapq.heappop(heap)
-            if self._entries.pop(relay_key(principal[len(RELAY_PRINCIPAL_PREFIX) :], oid), None):
+            key = relay_key(peer, heapq.heappop(heap))
+            if self._entries.pop(key, None):
+                self._counted(key, -1)
                 n += 1
         return n
 

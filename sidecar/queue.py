@@ -752,6 +752,11 @@ class QppValidatorQueue:
         """The highest low watermark `peer` has sent us, if any."""
         return self._dedup.floor(relay_principal(peer))
 
+    def relay_keys_full(self, peer: str) -> bool:
+        """Whether `peer` holds its bound of relay keys (`DedupLimits.max_peer_keys`):
+        a new one is refused until a watermark frees some (docs/relay.md)."""
+        return self._dedup.count(relay_principal(peer)) >= self._dedup.limits.max_peer_keys
+
     async def relay_watermark(self, peer: str, watermark: int) -> None:
         """`peer` will never relay an origin id below `watermark` again: log that
         (fsync'd), then its relay keys below are dropped and the others pinned."""

@@ -249,6 +249,9 @@ class QueueService:
         if low is not None:
             # logged before the batch's submits: the watermark is durable with them
             watermark = asyncio.ensure_future(self.queue.relay_watermark(peer, low))
+            if self.queue.relay_keys_full(peer):
+                # at its bound: the keys this watermark frees make room for the batch
+                await watermark
         floor = self.queue.relay_floor(peer)
 
         async def one(raw: Any) -> dict[str, Any]:

@@ -388,7 +388,14 @@ def parse_relay(raw: object) -> RelaySettings:
     timeout = float(t.get("request_timeout", (int, float), RelaySettings.request_timeout))
     if not 0 < timeout <= 3600:
         raise ConfigError(f"relay.request_timeout: must be 0-3600 seconds, got {timeout}")
-    return RelaySettings(batch, low, high, t.positive("backlog_warning", 10_000), timeout)
+    return RelaySettings(
+        batch,
+        low,
+        high,
+        t.positive("backlog_warning", 10_000),
+        timeout,
+        t.positive("max_peer_keys", RelaySettings.max_peer_keys),
+    )
 
 
 def _path(base: Path, value: str) -> Path:

@@ -18,6 +18,7 @@
     reconnect_max = 30
     backlog_warning = 10000     # warn when a peer lacks more than this many messages
     request_timeout = 30        # seconds a relay request may take before the link is cut
+    max_peer_keys = 100000      # receiving side: relay dedup keys held per sending peer
 
 Reference: docs/relay.md; parsed by ``config.py``. Paths are relative to the config file.
 """
@@ -27,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from sidecar.dedup import DEFAULT_PEER_KEYS
 
 if TYPE_CHECKING:
     from .config import Endpoint
@@ -60,3 +63,5 @@ class RelaySettings:
     reconnect_max: float = 30.0
     backlog_warning: int = 10_000
     request_timeout: float = 30.0
+    # receiving side: relay dedup keys held per sending peer (sidecar.dedup, docs/relay.md)
+    max_peer_keys: int = DEFAULT_PEER_KEYS

@@ -82,6 +82,7 @@ class QueuePart:
                 dedup=DedupLimits(
                     window=self.cfg.durability.dedup_window,
                     max_entries=self.cfg.durability.dedup_max_entries,
+                    max_peer_keys=self.cfg.relay.max_peer_keys,
                 ),
                 progress=report,
             )
@@ -149,6 +150,9 @@ class QueuePart:
 
     def relay_floor(self, peer: str) -> int | None:
         return self._queue().relay_floor(peer)
+
+    def relay_keys_full(self, peer: str) -> bool:
+        return self._queue().relay_keys_full(peer)
 
     async def pop(self) -> NoClone[QueueMessageWithProvenance] | None:
         return await self._queue().pop()

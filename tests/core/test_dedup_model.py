@@ -5,10 +5,15 @@ its submit, or a later one if the wall clock stepped back meanwhile (entries exp
 the order they came). A key is known while ``now - clock < window``. Restarts rebuild
 the index from the durable entries only, as the queue does from its log.
 
-Relay keys (``("peer:x", "relay:<n>")``) follow the same rule until the peer's first
-low watermark; from then on they never expire by time, and a watermark drops those
-below it (the watermark never goes down). A relay key below the watermark is never
-recorded.
+Relay keys (``("peer:x", "relay:<n>")``, two peers) follow the same rule until the
+peer's first low watermark; from then on they never expire by time, and a watermark
+drops those below it (the watermark never goes down). A relay key below the watermark
+is never recorded.
+
+Bounds: the producers' keys (every key that is not a relay key) are at most
+``max_entries``; each peer's relay keys are counted apart, at most ``max_peer_keys``,
+except that the key at the peer's watermark is always taken (so at most one more).
+One peer's keys never make another peer's, or a producer's, new key refused.
 """
 
 from __future__ import annotations
@@ -23,25 +28,45 @@ from sidecar.errors import InvalidMessage, QueueFull
 
 WINDOW = 10.0
 MAX = 5
+MAX_PEER = 3
 PEER = "peer:x"
+PEERS = [PEER, "peer:y"]
+LIMITS = DedupLimits(window=WINDOW, max_entries=MAX, max_peer_keys=MAX_PEER)
 KEYS = st.tuples(st.sampled_from(["alice", "bob"]), st.sampled_from(["a", "b", "c", "d"])) | (
-    st.integers(1, 5).map(lambda n: (PEER, f"relay:{n}"))
+    st.tuples(st.sampled_from(PEERS), st.integers(1, 6)).map(lambda pn: (pn[0], f"relay:{pn[1]}"))
 )
 
 
 class DedupModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.index = DedupIndex(DedupLimits(window=WINDOW, max_entries=MAX))
+        self.index = DedupIndex(LIMITS)
         self.now = 1000.0
         self.next_id = 1
         self.known: dict[DedupKey, tuple[int, float, bool]] = {}  # key -> (id, clock, durable)
         self.at: dict[DedupKey, float] = {}  # key -> time of its submit
         self.latest = 0.0
-        self.floor: int | None = None  # PEER's low watermark
+        self.floors: dict[str, int] = {}  # each peer's low watermark
 
     def _pinned(self, key: DedupKey) -> bool:
-        return self.floor is not None and key[0] == PEER
+        return key[0] in self.floors
+
+    def _bucket(self, key: DedupKey) -> str | None:
+        """Who a key counts against: its peer, or (None) the producers."""
+        return key[0] if key[0] in PEERS else None
+
+    def _held(self, bucket: str | None) -> int:
+        return sum(1 for k in self._live() if self._bucket(k) == bucket)
+
+    def _refused(self, key: DedupKey) -> bool:
+        bucket = self._bucket(key)
+        if bucket is None:
+            return self._held(None) >= MAX
+        oid = relay_origin_id(key)
+        floor = self.floors.get(bucket)
+        if floor is not None and oid is not None and oid <= floor:
+            return False  # the key at the watermark: its successor frees the others
+        return self._held(bucket) >= MAX_PEER
 
     def _live(self) -> dict[DedupKey, tuple[int, float, bool]]:
         # an expired key is gone for good, even if the clock steps back afterwards
@@ -59,19 +84,22 @@ class DedupModel(RuleBasedStateMachine):
             assert found.message_id == live[key][0]
             return
         assert found is None
+        refused = self._refused(key)
         try:
             self.index.reserve(key, self.now)
         except QueueFull:
-            assert len(live) >= MAX
+            assert refused
             return
-        assert len(live) < MAX
+        assert not refused
         assert self.index.is_reserved(key)
+        self._counts_match(reserved=key)
         if fail:
             self.index.unreserve(key)
             return
         self.index.record(key, self.next_id, self.now, durable=durable)
         oid = relay_origin_id(key)
-        if self._pinned(key) and oid is not None and self.floor is not None and oid < self.floor:
+        floor = self.floors.get(key[0])
+        if floor is not None and oid is not None and oid < floor:
             assert self.index.find(key, self.now) is None  # passed by the watermark
             self.next_id += 1
             return
@@ -89,18 +117,17 @@ class DedupModel(RuleBasedStateMachine):
     def clock_steps_back(self, back: float) -> None:
         self.now -= back
 
-    @rule(watermark=st.integers(1, 6))
-    def low_watermark(self, watermark: int) -> None:
+    @rule(peer=st.sampled_from(PEERS), watermark=st.integers(1, 7))
+    def low_watermark(self, peer: str, watermark: int) -> None:
         self._live()
-        self.index.advance(PEER, watermark)
-        if self.floor is None or watermark > self.floor:
-            self.floor = watermark
+        self.index.advance(peer, watermark)
+        floor = self.floors[peer] = max(self.floors.get(peer, 0), watermark)
         self.known = {
             k: v
             for k, v in self.known.items()
-            if k[0] != PEER or int(k[1].removeprefix("relay:")) >= self.floor
+            if k[0] != peer or int(k[1].removeprefix("relay:")) >= floor
         }
-        assert self.index.floor(PEER) == self.floor
+        assert self.index.floor(peer) == floor
 
     @rule(key=KEYS)
     def make_durable(self, key: DedupKey) -> None:
@@ -115,7 +142,7 @@ class DedupModel(RuleBasedStateMachine):
         self._live()
         survivors = {k: v for k, v in self.index.entries().items() if v.durable}
         floors = self.index.floors()
-        self.index = DedupIndex(DedupLimits(window=WINDOW, max_entries=MAX))
+        self.index = DedupIndex(LIMITS)
         for principal, watermark in floors.items():  # the log's watermark records
             self.index.advance(principal, watermark)
         for key, entry in sorted(survivors.items(), key=lambda kv: kv[1].at):
@@ -126,10 +153,19 @@ class DedupModel(RuleBasedStateMachine):
         timed = [self.at[k] for k in durable if not self._pinned(k)]
         self.latest = max(timed, default=0.0)
 
+    def _counts_match(self, reserved: DedupKey | None = None) -> None:
+        for bucket in (None, *PEERS):
+            extra = int(reserved is not None and self._bucket(reserved) == bucket)
+            assert self.index.count(bucket) == self._held(bucket) + extra, bucket
+
     @invariant()
-    def never_more_than_the_limit(self) -> None:
+    def never_more_than_the_limits(self) -> None:
         self.index.expire(self.now)
-        assert len(self.index) <= MAX
+        assert self.index.count() <= MAX
+        for peer in PEERS:
+            assert self.index.count(peer) <= MAX_PEER + 1
+        self._counts_match()
+        assert len(self.index) == self.index.count() + sum(map(self.index.count, PEERS))
         assert {k: e.message_id for k, e in self.index.entries().items()} == {
             k: v[0] for k, v in self._live().items()
         }

@@ -143,20 +143,97 @@ async def test_the_floor_never_goes_down_and_survives_a_restart(tmp_path: Path) 
         assert q2.relay_floor("alice") == 10
 
 
-async def test_pinned_relay_keys_count_against_the_limit(tmp_path: Path) -> None:
+async def _relayed(q: QppValidatorQueue, peer: str, oid: int) -> Submitted:
+    principal, dedup_id = relay_key(peer, oid)
+    return await q.submit_once(
+        block(oid), submitted_by=principal, dedup_id=dedup_id, mode="sync", origin=(peer, oid)
+    )
+
+
+async def _mine(q: QppValidatorQueue, dedup_id: str) -> Submitted:
+    return await q.submit_once(block(9000), submitted_by="v", dedup_id=dedup_id, mode="sync")
+
+
+async def test_keys_pinned_behind_a_held_message_never_fill_the_producers_index(
+    tmp_path: Path,
+) -> None:
+    """The reviewer's case: alice's watermark stays at 1 (message 1 held for the tier)
+    while 2, 3, ... go through. Bob pins them all, in their own count: neither alice's
+    relay nor bob's own producers' dedup_id submits run into dedup.max_entries."""
     wall = ManualClock()
-    limits = DedupLimits(window=1.0, max_entries=2)
+    limits = DedupLimits(window=1.0, max_entries=3)
     async with await QppValidatorQueue.open("bob", tmp_path, dedup=limits, wall_clock=wall) as q:
         await q.relay_watermark("alice", 1)
-        for oid in (1, 2):
-            await q.submit_once(
-                block(oid), submitted_by="peer:alice", dedup_id=f"relay:{oid}", mode="sync"
-            )
+        for oid in range(2, 12):
+            assert not (await _relayed(q, "alice", oid)).duplicate
+        wall.advance(3600.0)  # pinned: past the window, still known
+        assert (await _relayed(q, "alice", 2)).duplicate
+        assert [(await _mine(q, d)).duplicate for d in ("x1", "x2", "x3")] == [False] * 3
+        with pytest.raises(QueueFull, match="dedup index holds 3 ids"):
+            await _mine(q, "x4")  # the producers' own bound, theirs alone
+        assert q._dedup.count() == 3
+        assert q._dedup.count("peer:alice") == 10
+
+
+async def test_a_peer_at_its_key_bound_is_refused_alone_until_its_watermark_moves(
+    tmp_path: Path,
+) -> None:
+    wall = ManualClock()
+    limits = DedupLimits(window=1.0, max_entries=2, max_peer_keys=3)
+    async with await QppValidatorQueue.open("bob", tmp_path, dedup=limits, wall_clock=wall) as q:
+        for peer in ("alice", "carol"):
+            await q.relay_watermark(peer, 1)
+        for oid in (2, 3, 4):
+            await _relayed(q, "alice", oid)
         wall.advance(3600.0)
-        with pytest.raises(QueueFull):  # refused (the sender retries), never dropped
-            await q.submit_once(block(3), submitted_by="peer:alice", dedup_id="relay:3")
-        await q.relay_watermark("alice", 3)
-        await q.submit_once(block(3), submitted_by="peer:alice", dedup_id="relay:3")
+        depth = q.depth()
+        with pytest.raises(
+            QueueFull, match=r"peer alice holds 3 relay keys \(relay.max_peer_keys = 3\)"
+        ):
+            await _relayed(q, "alice", 5)  # refused (the sender retries), never dropped
+        assert q.depth() == depth  # nothing stored
+        assert (await _relayed(q, "alice", 3)).duplicate  # known keys are still answered
+        # another peer and the local producers keep their own bounds
+        assert [(await _relayed(q, "carol", oid)).duplicate for oid in (2, 3, 4)] == [False] * 3
+        assert [(await _mine(q, d)).duplicate for d in ("x1", "x2")] == [False, False]
+        # the message at alice's watermark is always taken: the next watermark frees the rest
+        assert not (await _relayed(q, "alice", 1)).duplicate
+        assert q._dedup.count("peer:alice") == 4  # max_peer_keys + 1 at most
+        await q.relay_watermark("alice", 5)
+        assert q._dedup.count("peer:alice") == 0
+        assert not (await _relayed(q, "alice", 5)).duplicate
+        assert q._dedup.count("peer:carol") == 3
+        assert q._dedup.count() == 2
+
+
+async def test_the_per_peer_accounting_survives_compaction_and_a_crash() -> None:
+    wall = ManualClock()
+    limits = DedupLimits(window=1.0, max_entries=2, max_peer_keys=3)
+    disk = SimDisk()
+
+    async def reopen(layer: SimDisk) -> QppValidatorQueue:
+        return await QppValidatorQueue.open("bob", "/b", layer=layer, dedup=limits, wall_clock=wall)
+
+    q = await reopen(disk)
+    await q.relay_watermark("alice", 1)
+    for oid in (2, 3, 4):
+        await _relayed(q, "alice", oid)
+    await _mine(q, "x1")
+    await q.compact_wal()
+    await _mine(q, "x2")  # after the compaction: in the log's tail
+    q = await reopen(_crash_image(disk))  # a power cut
+    assert (q._dedup.count(), q._dedup.count("peer:alice")) == (2, 3)
+    with pytest.raises(QueueFull, match="dedup index holds 2 ids"):
+        await _mine(q, "x3")
+    wall.advance(3600.0)  # long after the window: the producers' keys expired, alice's not
+    with pytest.raises(QueueFull, match="peer alice holds 3 relay keys"):
+        await _relayed(q, "alice", 5)
+    assert (await _relayed(q, "alice", 4)).duplicate
+    assert not (await _mine(q, "x3")).duplicate
+    assert not (await _relayed(q, "carol", 2)).duplicate
+    await q.relay_watermark("alice", 5)  # alice's held message went through at last
+    assert not (await _relayed(q, "alice", 5)).duplicate
+    await q.close()
 
 
 async def test_the_log_holds_the_watermark_also_after_compaction(tmp_path: Path) -> None:
