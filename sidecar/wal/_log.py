@@ -135,6 +135,16 @@ class WriteAheadLog:
                         next_valid_offset=None,
                     )
                 result = scan(b"\0" * FILE_HEADER_SIZE + data, salvage=True)
+                if result.frames + result.salvaged_frames == 0:
+                    # no header and not one valid frame: some other file (a host key
+                    # typed for the log?) that salvage would replace with an empty log
+                    raise LogCorrupt(
+                        f"{path}: {problem}, and holds no valid frame: not a log; nothing "
+                        "salvaged, the file is unchanged",
+                        path=path,
+                        offset=0,
+                        next_valid_offset=None,
+                    )
                 return cls._salvage(layer, path, data, result, rec)
             if salvage:
                 result = scan(data, salvage=True, progress=progress)

@@ -180,3 +180,15 @@ async def test_compact_salvage_sets_a_corrupt_log_aside(tmp_path: Path) -> None:
     aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
     assert len(aside) == 1
     assert aside[0].read_bytes() == bytes(data)
+
+
+def test_compact_salvage_refuses_a_file_that_is_not_a_log(tmp_path: Path) -> None:
+    wrong = tmp_path / "host_key"  # the operator typed the wrong file
+    content = b"-----BEGIN OPENSSH PRIVATE KEY-----\n" + b"A" * 400 + b"\n"
+    wrong.write_bytes(content)
+    res = _cli("compact", "--salvage", str(wrong))
+    assert res.returncode == 2, res.stdout
+    assert "not a log; nothing salvaged" in res.stderr
+    assert "compacted" not in res.stdout
+    assert wrong.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["host_key"]
