@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import stat
 import sys
 import time
 
@@ -60,6 +61,32 @@ def run(args: argparse.Namespace) -> int:
     return action(args)
 
 
+def _log_file(path: str) -> str | None:
+    """The file ``path`` names, symlinks resolved (the lock, the reading and a
+    compaction's rename are all done on it), or None, the reason printed, if that is
+    not a readable regular file."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        print(f"{path}: no such log", file=sys.stderr)
+        return None
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        print(f"{path}: {kind}; give the path of a log file", file=sys.stderr)
+        return None
+    try:
+        with open(real, "rb"):
+            pass
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return None
+    return real
+
+
 def _read_log(path: str) -> bytes | None:
     """The log file's bytes, or None (the reason printed) if unreadable or not a log."""
     try:
@@ -76,7 +103,10 @@ def _read_log(path: str) -> bytes | None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    holder = LogLock(args.path).holder()
+    real = _log_file(args.path)
+    if real is None:
+        return EXIT_CORRUPT
+    holder = LogLock(real).holder()
     if holder is not None:
         print(
             f"{args.path}: in use by {holder}: a running sidecar is writing it; "
@@ -84,7 +114,7 @@ def _verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_BUSY
-    data = _read_log(args.path)
+    data = _read_log(real)
     if data is None:
         return EXIT_CORRUPT
     progress = logs.ProgressReport(f"verifying {os.path.basename(args.path)}", log)
@@ -107,8 +137,8 @@ def _verify(args: argparse.Namespace) -> int:
         return EXIT_CORRUPT
     report["live_messages"] = len(replayed.live)
     report["next_id"] = replayed.next_id
-    if os.path.exists(args.path + TEMP_SUFFIX):
-        report["leftover_compaction_file"] = args.path + TEMP_SUFFIX
+    if os.path.exists(real + TEMP_SUFFIX):
+        report["leftover_compaction_file"] = real + TEMP_SUFFIX
     code = EXIT_CLEAN
     if result.corrupt:
         report["status"] = "corrupt"
@@ -147,7 +177,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _dump(args: argparse.Namespace) -> int:
-    data = _read_log(args.path)
+    real = _log_file(args.path)
+    data = None if real is None else _read_log(real)
     if data is None:
         return EXIT_CORRUPT
     result = scan(data)
@@ -195,37 +226,57 @@ def _compacted(replayed: Replayed) -> list[bytes]:
 
 
 def _compact(args: argparse.Namespace) -> int:
-    if not os.path.exists(args.path):
-        print(f"{args.path}: no such log", file=sys.stderr)
+    real = _log_file(args.path)
+    if real is None:
         return EXIT_CORRUPT
-    lock = LogLock(args.path)
+    links = os.stat(real).st_nlink
+    if links > 1:
+        # the rename would replace this name only, and a sidecar writing the file
+        # under another name holds no lock that this one shows
+        print(
+            f"{args.path}: the file has {links} hard links; compact it under the name the "
+            "sidecar uses, with the other links removed",
+            file=sys.stderr,
+        )
+        return EXIT_CORRUPT
+    lock = LogLock(real)
     try:
         lock.acquire()
     except Unavailable as exc:
         print(exc.message, file=sys.stderr)
         return EXIT_BUSY
+    except OSError as exc:
+        print(f"{lock.path}: cannot lock: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CORRUPT
     try:
-        report = logs.ProgressReport(f"reading {os.path.basename(args.path)}", log)
-        try:
-            wal, rec = WriteAheadLog.open(args.path, salvage=args.salvage, progress=report)
-        except LogCorrupt as exc:
-            command = f": `qssh-sidecar wal compact --salvage {args.path}`"
-            print(exc.message + command, file=sys.stderr)
-            return EXIT_CORRUPT
-        finally:
-            report.close()
-        assert rec.replayed is not None
-        before = wal.size
-        started = time.perf_counter()
-        wal.rewrite(_compacted(rec.replayed))
-        wal.close()
-        print(
-            f"{args.path}: compacted {before} -> {wal.size} bytes, "
-            f"{len(rec.replayed.live)} live messages kept, next id {rec.replayed.next_id} "
-            f"({time.perf_counter() - started:.3f}s)"
-        )
-        if rec.salvaged_to:
-            print(f"damaged original kept as {rec.salvaged_to}")
-        return EXIT_CLEAN
+        return _compact_locked(args, real)
+    except OSError as exc:
+        print(f"{args.path}: compaction failed: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CORRUPT
     finally:
-        lock.release()
+        lock.release(remove=True)  # as verify, leave no lock file behind
+
+
+def _compact_locked(args: argparse.Namespace, real: str) -> int:
+    before = os.path.getsize(real)
+    report = logs.ProgressReport(f"reading {os.path.basename(real)}", log)
+    try:
+        wal, rec = WriteAheadLog.open(real, salvage=args.salvage, progress=report)
+    except LogCorrupt as exc:
+        command = "" if args.salvage else f": `qssh-sidecar wal compact --salvage {args.path}`"
+        print(exc.message + command, file=sys.stderr)
+        return EXIT_CORRUPT
+    finally:
+        report.close()
+    assert rec.replayed is not None
+    started = time.perf_counter()
+    wal.rewrite(_compacted(rec.replayed))
+    wal.close()
+    print(
+        f"{args.path}: compacted {before} -> {wal.size} bytes, "
+        f"{len(rec.replayed.live)} live messages kept, next id {rec.replayed.next_id} "
+        f"({time.perf_counter() - started:.3f}s)"
+    )
+    if rec.salvaged_to:
+        print(f"damaged original kept as {rec.salvaged_to}")
+    return EXIT_CLEAN

@@ -182,6 +182,67 @@ async def test_compact_salvage_sets_a_corrupt_log_aside(tmp_path: Path) -> None:
     assert aside[0].read_bytes() == bytes(data)
 
 
+async def test_compact_through_a_symlink_to_a_live_log_is_refused(tmp_path: Path) -> None:
+    q = await QppValidatorQueue.open("v", tmp_path / "data")
+    try:
+        for i in range(5):
+            await q.submit_sync(block(i), submitted_by="t")
+        real = tmp_path / "data" / "v.wal"
+        link = tmp_path / "alice.wal"
+        link.symlink_to(real)
+        before = real.read_bytes()
+        res = _cli("compact", str(link))
+        assert res.returncode == 3, (res.stdout, res.stderr)
+        assert "in use" in res.stderr
+        assert link.is_symlink()
+        assert real.read_bytes() == before
+        res = _cli("verify", str(link))
+        assert res.returncode == 3, (res.stdout, res.stderr)
+        assert "in use by pid" in res.stderr
+    finally:
+        await q.close()
+
+
+async def test_compact_through_a_symlink_rewrites_the_file_and_keeps_the_link(
+    tmp_path: Path,
+) -> None:
+    real = await _make_log(tmp_path / "data")
+    link = tmp_path / "alice.wal"
+    link.symlink_to(real)
+    res = _cli("compact", str(link))
+    assert res.returncode == 0, res.stderr
+    assert link.is_symlink()
+    assert link.resolve() == real
+    assert _cli("verify", str(real)).returncode == 0
+    q = await QppValidatorQueue.open("v", tmp_path / "data")
+    try:
+        assert q.depth()["total"] == 5
+    finally:
+        await q.close()
+
+
+async def test_compact_refuses_a_log_with_another_hard_link(tmp_path: Path) -> None:
+    real = await _make_log(tmp_path / "data")
+    other = tmp_path / "alice.wal"
+    other.hardlink_to(real)
+    before = real.read_bytes()
+    res = _cli("compact", str(other))
+    assert res.returncode == 2
+    assert "2 hard links" in res.stderr
+    assert real.read_bytes() == before
+
+
+def test_compact_and_verify_of_a_directory_exit_2_and_change_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    for action in ("compact", "verify", "dump"):
+        res = _cli(action, str(folder))
+        assert res.returncode == 2, (action, res.stderr)
+        assert "Traceback" not in res.stderr
+        assert f"{folder}: a directory" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]  # no adir.lock
+
+
 def test_compact_salvage_refuses_a_file_that_is_not_a_log(tmp_path: Path) -> None:
     wrong = tmp_path / "host_key"  # the operator typed the wrong file
     content = b"-----BEGIN OPENSSH PRIVATE KEY-----\n" + b"A" * 400 + b"\n"
@@ -192,3 +253,12 @@ def test_compact_salvage_refuses_a_file_that_is_not_a_log(tmp_path: Path) -> Non
     assert "compacted" not in res.stdout
     assert wrong.read_bytes() == content
     assert sorted(p.name for p in tmp_path.iterdir()) == ["host_key"]
+
+
+async def test_compact_leaves_no_lock_file(tmp_path: Path) -> None:
+    path = await _make_log(tmp_path)
+    assert (tmp_path / "v.wal.lock").exists()  # the queue's, left by its close
+    (tmp_path / "v.wal.lock").unlink()
+    assert _cli("compact", str(path)).returncode == 0
+    assert not (tmp_path / "v.wal.lock").exists()
+    assert _cli("verify", str(path)).returncode == 0
