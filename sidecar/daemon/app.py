@@ -97,6 +97,8 @@ class Sidecar:
         self._last_status = ""
         self.node_http_port: int | None = None
         self.ready = False
+        self._stopping = False
+        self._reload_deferred = False  # a SIGHUP came while starting
 
     # ---- what the node endpoint needs (node_rpc.NodeBackend) ----------------------
 
@@ -265,6 +267,9 @@ class Sidecar:
         self.ready = True
         self.notifier.ready(self._status_line())
         self.say(f"ready in {time.monotonic() - started:.2f}s")
+        if self._reload_deferred:
+            self._reload_deferred = False
+            self._reload()
 
     def _load_authorized_keys(self) -> None:
         try:
@@ -303,6 +308,7 @@ class Sidecar:
         """Stop accepting, drain, flush async messages with fsync; the exit code."""
         timeout = self.cfg.durability.shutdown_timeout
         began = time.monotonic()
+        self._stopping = True
         self.notifier.stopping(f"stopping; depth {self.queue.total_depth()}")
         self.say("stopping: no new connections, finishing in-flight requests")
         self.ready = False
@@ -357,6 +363,16 @@ class Sidecar:
             self._lock_fd = None
 
     def _reload(self) -> None:
+        # READY=1 only when ready: not while starting (the reload is done once ready)
+        # nor once STOPPING=1 was sent (ignored)
+        if self._stopping:
+            log.warning("SIGHUP while stopping: ignored")
+            return
+        if not self.ready:
+            if not self._reload_deferred:
+                log.warning("SIGHUP while starting: keys are reloaded once ready")
+            self._reload_deferred = True
+            return
         self.notifier.reloading()
         try:
             n = self.server.load_authorized_keys(self.cfg.authorized_keys_path)
