@@ -60,6 +60,35 @@ def _version() -> str:
         return "unknown"
 
 
+def _add_log_flags(parser: argparse.ArgumentParser, suffix: str) -> None:
+    # each level has its own dest: a subparser's namespace is copied over its parent's
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        dest=f"_verbose_{suffix}" if suffix else "verbose",
+        action="count",
+        default=0,
+        help="log more (repeat for more)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        dest=f"_quiet_{suffix}" if suffix else "quiet",
+        action="count",
+        default=0,
+        help="log less (repeat for less)",
+    )
+
+
+def _add_log_flags_to_actions(parser: argparse.ArgumentParser, depth: int) -> None:
+    """``-v``/``-q`` after a subcommand's action too (`wal verify PATH -q`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _add_log_flags(sub, str(depth))
+                _add_log_flags_to_actions(sub, depth + 1)
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--json" in argv:  # accepted anywhere on the line: given to the subcommand
@@ -76,14 +105,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
     command = _load(argv[0])
     cmd_parser = argparse.ArgumentParser(prog=f"qssh-sidecar {argv[0]}")
     cmd_parser.add_argument("--version", action="version", version=f"qssh-sidecar {_version()}")
-    cmd_parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log more (repeat for more)"
-    )
-    cmd_parser.add_argument(
-        "-q", "--quiet", action="count", default=0, help="log less (repeat for less)"
-    )
+    _add_log_flags(cmd_parser, "")
     command.configure(cmd_parser)
+    _add_log_flags_to_actions(cmd_parser, 1)
     args = cmd_parser.parse_args(argv[1:])
+    for name in [n for n in vars(args) if n.startswith(("_verbose_", "_quiet_"))]:
+        total = name.split("_")[1]  # after an action (`wal verify PATH -q`): add them up
+        setattr(args, total, getattr(args, total) + getattr(args, name))
+        delattr(args, name)
     if argv[0] != "serve":  # serve has its own --log-level and --log-format
         # wal shows the progress of long reads as INFO lines; the others only warnings
         default = "INFO" if argv[0] == "wal" else "WARNING"

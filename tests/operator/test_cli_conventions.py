@@ -6,10 +6,13 @@ from __future__ import annotations
 import importlib.metadata
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
 
+import sidecar.cli
+from sidecar.wal import WriteAheadLog
 from tests.subprocesses import REPO, child_env, run_python
 
 VERSION = importlib.metadata.version("qssh-sidecar")
@@ -70,3 +73,22 @@ def test_sidecar_json_anywhere_on_the_line(argv: list[str]) -> None:
     r = run("sidecar.cli", *argv)
     assert r.returncode == 0, r.stderr
     assert "liboqs" in orjson.loads(r.stdout)
+
+
+def test_verbosity_flags_are_taken_after_a_subcommand_action_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "v.wal"
+    wal, _ = WriteAheadLog.open(str(log))
+    wal.close()
+    res = run("sidecar.cli", "wal", "verify", str(log), "-q")  # operations.md: every subcommand
+    assert res.returncode == 0, res.stderr
+    levels: list[str] = []
+    monkeypatch.setattr(sidecar.cli.logs, "configure", lambda level, *a, **k: levels.append(level))
+    for argv in (
+        ["wal", "verify", str(log), "-q"],
+        ["wal", "-q", "verify", str(log), "-q"],
+        ["wal", "verify", "-v", str(log)],
+    ):
+        assert sidecar.cli.main(argv) == 0
+    assert levels == ["WARNING", "ERROR", "DEBUG"]  # wal's default is INFO
