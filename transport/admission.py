@@ -180,14 +180,15 @@ class AdmissionLimits:
     refusal_log_seconds: float = 10.0  # one refusal summary line per interval at most
 
     def __post_init__(self) -> None:
+        # named by their [admission] keys (docs/operations.md), not the field names
         if self.per_source_max_startups < 1:
-            raise ValueError("per_source_max_startups must be >= 1")
+            raise ValueError("per_source_max_startups: must be >= 1")
         if self.max_auth_tries < 1:
-            raise ValueError("max_auth_tries must be >= 1")
+            raise ValueError("max_auth_tries: must be >= 1")
         if not 0 < self.login_grace_seconds <= 600:
-            raise ValueError("login_grace_seconds must be in (0, 600]")
+            raise ValueError("login_grace_time: must be in (0, 600] seconds")
         if self.refusal_log_seconds <= 0:
-            raise ValueError("refusal_log_seconds must be positive")
+            raise ValueError("refusal_log_interval: must be positive (seconds)")
 
 
 def parse_networks(values: Sequence[str]) -> tuple[Network, ...]:

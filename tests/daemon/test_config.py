@@ -100,7 +100,9 @@ http = "127.0.0.1:9944"
         ('[admission]\nmax_startups = "100:30:10"', "admission.max_startups"),
         ('[admission]\nper_source_penalties = "crash:90"', "admission.per_source_penalties"),
         ('[admission]\nper_source_penalties = "authfail:nan"', "authfail must be a finite"),
-        ("[admission]\nlogin_grace_time = 0", "login_grace_seconds must be in"),
+        ("[admission]\nlogin_grace_time = 0", "admission.login_grace_time: must be in"),
+        ("[admission]\nlogin_grace_time = -5", "admission.login_grace_time: must be in"),
+        ("[admission]\nrefusal_log_interval = 0", "admission.refusal_log_interval: must be"),
         ("[admission]\nmax_auth_tries = 0", "admission.max_auth_tries: must be a positive"),
         ('[admission]\nper_source_penalty_exempt = ["nonsense"]', "admission."),
         ("[admission]\nmaxstartups = 3", "unknown key 'admission.maxstartups'"),
@@ -252,6 +254,9 @@ def test_admission_flags_override_the_file(tmp_path: Path) -> None:
     assert not cfg.admission.penalties.enabled
     args = parser.parse_args(["--config", str(cfg_path), "--max-startups", "1:2"])
     with pytest.raises(ConfigError, match=r"admission\.max_startups"):
+        serve_cli.load_config(args)
+    args = parser.parse_args(["--config", str(cfg_path), "--login-grace-time", "0"])
+    with pytest.raises(ConfigError, match=r"admission\.login_grace_time: must be in"):
         serve_cli.load_config(args)
 
 
