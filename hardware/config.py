@@ -132,8 +132,12 @@ def _serial(raw: Mapping[str, Any] | str) -> SerialPortConfig:
 
 
 def _kme(raw: Mapping[str, Any]) -> KMEConfig:
+    url = str(raw["url"]).rstrip("/")
+    if not url.lower().startswith("https://"):
+        # QKD keys travel in the KME's answers: never over plain HTTP
+        raise HardwareConfigError(f"kme.url must be an https:// URL (mutual TLS), not {url!r}")
     return KMEConfig(
-        url=str(raw["url"]).rstrip("/"),
+        url=url,
         sae_id=str(raw["sae_id"]),
         slave_sae_id=str(raw["slave_sae_id"]),
         cert=str(raw["cert"]),

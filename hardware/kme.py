@@ -132,11 +132,15 @@ class KMEClient:
         timeout: float = 5.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        if httpx.URL(self.base_url).scheme != "https":
+            # keys travel in the answers: mutual TLS or nothing
+            raise ValueError(f"KME URL must be https://, not {self.base_url!r}")
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             verify=client_tls_context(cert, key, ca),
             timeout=timeout,
             headers={"Accept": "application/json"},
+            trust_env=False,  # no proxy or CA bundle from the environment
         )
 
     async def __aenter__(self) -> KMEClient:
