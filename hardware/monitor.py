@@ -246,6 +246,12 @@ class HardwareMonitor:
         # would split its stream between two readers
         in_use = {s.source.path: s.describe_into for s in self._live}
         decision, found = await evaluate_found(self.config, in_use=in_use)
+        # judged FAILED by this decision: close and forget them, so the next evaluation
+        # opens the device afresh (startup test) whoever saw the failure; a user still
+        # holding one gets an error on its next read
+        for reader in [s for s in self._live if s.failed]:
+            reader.close()
+            self._live.remove(reader)
         self.evaluations += 1
         old, self._found = self._current, found
         self._current = decision

@@ -5,8 +5,10 @@ the operating system's generator. :class:`EntropyMixer` draws 32 bytes from
 ``os.urandom`` and, when a QRNG reader is set, 32 bytes from it, and runs both through
 HKDF-SHA-256 (``cryptography``). If either input is good the output is: the QRNG adds,
 it cannot take away. A QRNG read that fails (health test, timeout, unplugged) is
-reported once per failure through ``on_failure`` and the mixer goes on with OS
-randomness only; the caller learns it from :attr:`EntropyMixer.qrng_failures`.
+reported once per failure through ``on_failure`` (called in the reading thread) and the
+mixer goes on with OS randomness only until :meth:`EntropyMixer.set_qrng` gives it a
+reader again; the caller learns it from :attr:`EntropyMixer.qrng_failures`. The daemon
+wires ``on_failure`` to its entropy publisher, which treats it as its own read failing.
 """
 
 from __future__ import annotations
@@ -60,8 +62,13 @@ class EntropyMixer:
                 extra = qrng(INPUT_BYTES)
             except Exception as exc:
                 self.qrng_failures += 1
-                self._qrng = None
-                log.warning("QRNG %s failed, OS randomness only from now: %s", self.source, exc)
+                if self._qrng is qrng:  # not a reader set again meanwhile
+                    self._qrng = None
+                log.warning(
+                    "QRNG %s failed, OS randomness only until a reader is set again: %s",
+                    self.source,
+                    exc,
+                )
                 if self._on_failure is not None:
                     self._on_failure(exc)
             else:

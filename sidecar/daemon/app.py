@@ -74,7 +74,12 @@ class Sidecar:
         self.metrics = SidecarMetrics(cfg.instance)
         self.hardware = HardwarePart(cfg, self.metrics, self._on_tier_change)
         self.queue = QueuePart(cfg, self.metrics, self.hardware.tier_info)
-        self.mixer = EntropyMixer()
+
+        def mixer_failed(exc: Exception) -> None:  # self.entropy is made below
+            self.entropy.mixer_failed(exc)
+
+        # a failed mixer read is the publisher's failure too: tier and mixing agree
+        self.mixer = EntropyMixer(on_failure=mixer_failed)
         self.server = ServerPart(cfg, self.metrics, self.queue, self.hardware, self.mixer)
         self.entropy = EntropyPublisher(
             cfg.tiers.entropy,

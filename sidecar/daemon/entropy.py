@@ -8,12 +8,14 @@ the best local quantum RNG (``HardwareMonitor.best_quantum_source()``) and submi
 same reader, behind a lock, feeds the :class:`EntropyMixer` that mixes QRNG bytes with
 OS randomness (HKDF) for keys made at start-up and the server's tier-4 nonces.
 
-If the source fails its continuous health test (or times out, or is unplugged)
-publishing stops at once, with an error line and ``qssh_entropy_source_failures``;
+If the source fails its continuous health test (or times out, or is unplugged), on a
+publisher read or on a mixer read (:meth:`EntropyPublisher.mixer_failed`, the mixer's
+``on_failure``), publishing and mixing stop at once, with an error line and
+``qssh_entropy_source_failures``;
 the failed reader stays registered with the monitor, which reports it failed, so the
 tier drops. Once the monitor has judged it, the failed reader is closed, so the next evaluation
-opens the device afresh (startup test): publishing resumes when a decision gives
-tier >= 3 again.
+opens the device afresh (startup test): publishing and mixing resume when a decision
+gives tier >= 3 again.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class LockedReader:
     def __init__(self, source: HealthCheckedSource) -> None:
         self.source = source
         self._lock = threading.Lock()
+        self.failure: Exception | None = None  # the first read that failed, by anyone
 
     @property
     def path(self) -> str:
@@ -53,7 +56,12 @@ class LockedReader:
 
     def read(self, n: int) -> bytes:
         with self._lock:
-            return self.source.read(n)
+            try:
+                return self.source.read(n)
+            except Exception as exc:
+                if self.failure is None:
+                    self.failure = exc
+                raise
 
 
 class EntropyPublisher:
@@ -85,8 +93,37 @@ class EntropyPublisher:
         self.say = say
         self.reader: LockedReader | None = None
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def tier_changed(self) -> None:
+        self._wake.set()
+
+    def mixer_failed(self, exc: Exception) -> None:
+        """The mixer's ``on_failure``: its QRNG read failed (from any thread).
+
+        Handled as a failed publisher read: the reader is dropped and recorded as the
+        failed source and the tier re-evaluated, so tier 3 is not reported on a reader
+        nobody mixes from, and the device comes back after a fresh startup test."""
+        loop = self._loop
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or loop is running:
+            self._reader_failed()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._reader_failed)
+
+    def _reader_failed(self) -> None:
+        reader = self.reader
+        if reader is not None and reader.failure is not None:
+            self._source_failed(reader, reader.failure)
+
+    def _source_failed(self, reader: LockedReader, exc: Exception) -> None:
+        self._stop_publishing(exc)
+        self._failed_source = reader.source
+        self._failed_at = self.evaluations()
+        self.on_failure()  # re-evaluate the tier now
         self._wake.set()
 
     def attach(self) -> None:
@@ -134,6 +171,8 @@ class EntropyPublisher:
             source.close()
 
     def _start_publishing(self) -> bool:
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
         source = self.acquire()
         if source is None:
             return False
@@ -169,10 +208,8 @@ class EntropyPublisher:
         try:
             data = await asyncio.to_thread(reader.read, self.cfg.bytes)
         except HardwareError as exc:
-            self._stop_publishing(exc)
-            self._failed_source = reader.source
-            self._failed_at = self.evaluations()
-            self.on_failure()  # re-evaluate the tier now
+            if self.reader is reader:  # not already handled as the mixer's failure
+                self._source_failed(reader, exc)
             return
         msg = QueueMessage.from_json(
             {
