@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,6 +39,7 @@ REKEY_ID_PREFIX = "qkd-rekey-"
 PROTOCOL_VERSION = 1
 NONCE_BYTES = 32
 MAX_KEY_IDS = 8
+MAX_USED_KEY_IDS = 100_000  # key_IDs remembered as used, per process (oldest forgotten)
 
 
 class QKDFailed(SidecarError):
@@ -63,6 +66,39 @@ class KeyManager(Protocol):
     async def dec_keys(self, master_sae_id: str, key_ids: Sequence[str]) -> Sequence[KeyLike]: ...
 
 
+class UsedKeyIds:
+    """The QKD key_IDs this process has used (hello or rekey), so none is used twice.
+
+    Keyed by (peer SAE, key_ID); bounded: past ``limit`` entries the oldest are forgotten.
+    A KME that deletes a key once delivered (ETSI 014) never hands it out again; this
+    catches one that does, and a peer naming the same key_ID twice.
+    """
+
+    def __init__(self, limit: int = MAX_USED_KEY_IDS) -> None:
+        self.limit = limit
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def consume(self, sae_id: str, key_ids: Sequence[str]) -> None:
+        """Mark ``key_ids`` used; a :class:`QKDFailed` (and none marked) if one was."""
+        if len(set(key_ids)) != len(key_ids):
+            raise QKDFailed("the same QKD key_ID is named twice")
+        with self._lock:
+            reused = [k for k in key_ids if (sae_id, k) in self._seen]
+            if reused:
+                raise QKDFailed(f"QKD key_ID {reused[0][:64]!r} was already used; never again")
+            for k in key_ids:
+                self._seen[(sae_id, k)] = None
+            while len(self._seen) > self.limit:
+                self._seen.popitem(last=False)
+
+
+USED_KEY_IDS = UsedKeyIds()  # one per process: shared by every session and relay
+
+
 @dataclass(frozen=True)
 class QKDSettings:
     """One side's tier-4 settings.
@@ -77,8 +113,9 @@ class QKDSettings:
     peer_sae_id: str = ""
     aead: Aead = Aead.AES_256_GCM
     rekey: RekeyPolicy = field(default_factory=RekeyPolicy)
-    key_bits: int = 256
+    key_bits: int = 256  # asked of the KME (client); less is refused (both sides)
     entropy: EntropyMixer = OS_ONLY
+    used: UsedKeyIds = USED_KEY_IDS
 
 
 def session_binding(conn: Any) -> bytes:
@@ -130,16 +167,25 @@ async def fetch_master_key(settings: QKDSettings) -> tuple[list[str], bytes]:
     if not keys:
         raise QKDFailed("QKD enc_keys returned no key")
     ids = [k.key_ID for k in keys]
-    return ids, joined_key(keys, ids)
+    key = _long_enough(settings, joined_key(keys, ids))
+    settings.used.consume(settings.peer_sae_id, ids)
+    return ids, key
 
 
 async def fetch_slave_key(settings: QKDSettings, master_sae_id: str, key_ids: list[str]) -> bytes:
-    """Server side: the key the client named, from our KME."""
+    """Server side: the key the client named, from our KME (each key_ID once only)."""
+    settings.used.consume(master_sae_id, key_ids)
     try:
         keys = await settings.kme.dec_keys(master_sae_id, key_ids)
     except Exception as exc:
         raise QKDFailed(f"QKD dec_keys on the server's KME failed: {_describe(exc)}") from None
-    return joined_key(keys, key_ids)
+    return _long_enough(settings, joined_key(keys, key_ids))
+
+
+def _long_enough(settings: QKDSettings, key: bytes) -> bytes:
+    if len(key) * 8 < settings.key_bits:
+        raise QKDFailed(f"QKD key of {len(key) * 8} bits; at least {settings.key_bits} needed")
+    return key
 
 
 def _describe(exc: Exception) -> str:

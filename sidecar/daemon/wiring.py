@@ -403,6 +403,7 @@ class ServerPart:
             sae_id=kme.sae_id,
             aead=sealing.aead,
             rekey=RekeyPolicy(frames=sealing.rekey_frames, seconds=sealing.rekey_seconds),
+            key_bits=max(256, kme.min_key_size),  # shorter QKD keys are refused
             entropy=self.mixer,
         )
 
