@@ -29,6 +29,12 @@ from hardware.errors import (
 )
 
 API = "/api/v1/keys"
+MAX_RESPONSE_BYTES = 1 << 20  # a KME answer larger than this is refused unread
+MAX_KEYS = 1024  # keys in one answer, at most (and never more than asked for)
+MAX_KEY_BYTES = 8192  # one key (65,536 bits), at most, when no size was asked
+MAX_KEY_ID_CHARS = 256
+MAX_ERROR_CHARS = 300  # of an ETSI error message, kept (it reaches logs and peers)
+MAX_ERROR_DETAILS = 10
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,7 @@ class KeyStatus:
                 max_key_size=_int(body, "max_key_size"),
                 min_key_size=_int(body, "min_key_size"),
                 max_SAE_ID_count=int(body.get("max_SAE_ID_count", 0)),
-                extensions=body.get("status_extension") or {},
+                extensions=_extension(body.get("status_extension")),
             )
         except (TypeError, ValueError) as exc:
             raise KMEProtocolError(f"status: {exc}") from exc
@@ -92,20 +98,60 @@ def _int(body: Mapping[str, Any], name: str) -> int:
     return v
 
 
-def parse_key_container(body: Any) -> list[Key]:
+def _extension(value: Any) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("status_extension is not an object")
+    return value
+
+
+def parse_key_container(
+    body: Any,
+    number: int | None = None,
+    size: int | None = None,
+    key_ids: Sequence[str] | None = None,
+) -> list[Key]:
+    """The keys of an ETSI 014 key container, checked: exactly ``number`` keys (or exactly
+    ``key_ids``, in any order), each of ``size`` bits when asked, distinct non-empty
+    key_IDs, never more than :data:`MAX_KEYS` keys or :data:`MAX_KEY_BYTES` per key."""
     if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
         raise KMEProtocolError("key container: no 'keys' list")
-    keys = []
-    for item in body["keys"]:
+    items = body["keys"]
+    want = len(key_ids) if key_ids is not None else number
+    if len(items) > MAX_KEYS or (want is not None and len(items) != want):
+        raise KMEProtocolError(f"key container: {len(items)} keys, asked for {want}")
+    if size is not None and (size <= 0 or size % 8):
+        raise KMEProtocolError(f"key container: cannot check a key size of {size} bits")
+    key_bytes = size // 8 if size is not None else None
+    keys: list[Key] = []
+    seen: set[str] = set()
+    for item in items:
         if not isinstance(item, dict):
             raise KMEProtocolError("key container: key entry is not an object")
         key_id, key_b64 = item.get("key_ID"), item.get("key")
         if not isinstance(key_id, str) or not isinstance(key_b64, str):
             raise KMEProtocolError("key container: key_ID/key missing")
+        if not 0 < len(key_id) <= MAX_KEY_ID_CHARS:
+            raise KMEProtocolError("key container: key_ID empty or too long")
+        if key_id in seen:
+            raise KMEProtocolError(f"key container: key_ID {key_id!r} twice")
+        seen.add(key_id)
+        # check the length before decoding: base64 of b bytes is 4 * ceil(b / 3) chars
+        limit = 4 * -(-(key_bytes or MAX_KEY_BYTES) // 3)
+        if not key_b64 or len(key_b64) > limit or (key_bytes and len(key_b64) != limit):
+            raise KMEProtocolError(f"key container: key {key_id!r} has the wrong size")
         try:
-            keys.append(Key(key_ID=key_id, key=base64.b64decode(key_b64, validate=True)))
+            key = base64.b64decode(key_b64, validate=True)
         except binascii.Error as exc:
-            raise KMEProtocolError(f"key container: key {key_id} is not base64") from exc
+            raise KMEProtocolError(f"key container: key {key_id!r} is not base64") from exc
+        if not key or (key_bytes is not None and len(key) != key_bytes):
+            raise KMEProtocolError(
+                f"key container: key {key_id!r} is {len(key) * 8} bits, asked for {size}"
+            )
+        keys.append(Key(key_ID=key_id, key=key))
+    if key_ids is not None and seen != set(key_ids):
+        raise KMEProtocolError("key container: other key_IDs than asked for")
     return keys
 
 
@@ -185,7 +231,7 @@ class KMEClient:
             if extension_optional:
                 req["extension_optional"] = [dict(e) for e in extension_optional]
             body = await self._call("POST", path, json=req)
-        return parse_key_container(body)
+        return parse_key_container(body, number=number, size=size)
 
     async def dec_keys(
         self,
@@ -203,7 +249,7 @@ class KMEClient:
             body = await self._call(
                 "POST", path, json={"key_IDs": [{"key_ID": k} for k in key_ids]}
             )
-        return parse_key_container(body)
+        return parse_key_container(body, key_ids=key_ids)
 
     async def _call(
         self,
@@ -214,7 +260,12 @@ class KMEClient:
     ) -> Any:
         url = f"{API}/{path}"
         try:
-            resp = await self._client.request(method, url, params=params, json=json)
+            request = self._client.build_request(method, url, params=params, json=json)
+            resp = await self._client.send(request, stream=True)
+            try:
+                content = await _read_bounded(resp)
+            finally:
+                await resp.aclose()
         except ssl.SSLError as exc:  # an alert read after the handshake (TLS 1.3 client auth)
             raise KMETLSError(f"TLS with KME {self.base_url} failed: {exc}") from exc
         except httpx.TimeoutException as exc:
@@ -227,10 +278,14 @@ class KMEClient:
             if _is_tls(exc):
                 raise KMETLSError(f"TLS with KME {self.base_url} failed: {_root(exc)}") from exc
             raise KMEConnectionError(f"KME {self.base_url}: {_root(exc)}") from exc
+        if content is None:
+            raise KMEProtocolError(
+                f"KME {self.base_url} sent more than {MAX_RESPONSE_BYTES} bytes; refused"
+            )
         if resp.status_code != 200:
-            raise _http_error(resp)
+            raise _http_error(resp.status_code, resp.reason_phrase, content)
         try:
-            return orjson.loads(resp.content)
+            return orjson.loads(content)
         except orjson.JSONDecodeError as exc:
             raise KMEProtocolError(f"KME {self.base_url} sent malformed JSON") from exc
 
@@ -254,17 +309,39 @@ def _is_tls(exc: BaseException) -> bool:
     return False
 
 
-def _http_error(resp: httpx.Response) -> KMEHTTPError:
-    message, details = resp.reason_phrase or "error", []
+async def _read_bounded(resp: httpx.Response) -> bytes | None:
+    """The body, or None once it passes :data:`MAX_RESPONSE_BYTES` (the rest unread)."""
+    declared = resp.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+        return None
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.aiter_bytes():
+        total += len(chunk)
+        if total > MAX_RESPONSE_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "…"
+
+
+def _http_error(status: int, reason: str, content: bytes) -> KMEHTTPError:
+    """The ETSI error body, bounded: it reaches logs and, through QKD failures, peers."""
+    message, details = reason or "error", []
     try:
-        body = orjson.loads(resp.content)
+        body = orjson.loads(content)
         if isinstance(body, dict):
             message = str(body.get("message", message))
             raw = body.get("details")
-            details = raw if isinstance(raw, list) else []
+            if isinstance(raw, list):
+                details = [
+                    d if len(orjson.dumps(d)) <= MAX_ERROR_CHARS else _short(str(d))
+                    for d in raw[:MAX_ERROR_DETAILS]
+                ]
     except orjson.JSONDecodeError:
         pass
-    cls = {400: KMEBadRequest, 401: KMEUnauthorized, 503: KMEUnavailable}.get(
-        resp.status_code, KMEHTTPError
-    )
-    return cls(resp.status_code, message, details)
+    cls = {400: KMEBadRequest, 401: KMEUnauthorized, 503: KMEUnavailable}.get(status, KMEHTTPError)
+    return cls(status, _short(message), details)

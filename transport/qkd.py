@@ -188,8 +188,12 @@ def _long_enough(settings: QKDSettings, key: bytes) -> bytes:
     return key
 
 
+MAX_REASON_CHARS = 400  # of a KME error in a QKD failure (logged, sent to the peer)
+
+
 def _describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS] + "…"
 
 
 @dataclass(frozen=True)
