@@ -457,12 +457,15 @@ def qkd_options(cfg: HostConfig) -> tuple[dict[str, Any], Callable[[], Awaitable
         raise UsageError(
             f"tier-4 sealing needs all of {', '.join(QKD_KEYWORDS)}; missing {missing}"
         )
-    kme = KMEClient(
-        given["QKDKME"],
-        cert=str(Path(given["QKDCertificate"]).expanduser()),
-        key=str(Path(given["QKDKey"]).expanduser()),
-        ca=str(Path(given["QKDCA"]).expanduser()),
-    )
+    try:
+        kme = KMEClient(
+            given["QKDKME"],
+            cert=str(Path(given["QKDCertificate"]).expanduser()),
+            key=str(Path(given["QKDKey"]).expanduser()),
+            ca=str(Path(given["QKDCA"]).expanduser()),
+        )
+    except ValueError as exc:  # not an https:// URL
+        raise UsageError(f"QKDKME: {exc}") from None
     settings = QKDSettings(kme=kme, sae_id=given["QKDSAEID"], peer_sae_id=given["QKDPeerSAEID"])
     required = cfg.extra.get("QKDRequired", "no").lower() in ("yes", "true")
     return {"qkd": settings, "require_qkd": required}, kme.aclose

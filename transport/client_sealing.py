@@ -92,6 +92,8 @@ class ClientSealing:
         frames = result.get("rekey_frames")
         seconds = result.get("rekey_seconds")
         if isinstance(frames, int) and isinstance(seconds, int | float):
+            if frames < 1 or not seconds > 0:  # nan too
+                raise QKDFailed(f"server rekey limits must be positive: {frames}, {seconds}")
             # rekey by the stricter of our limits and the server's
             self.policy = replace(
                 self.policy,

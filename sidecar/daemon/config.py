@@ -364,6 +364,8 @@ def _parse_qkd(raw: dict[str, Any], where: str, base: Path) -> PeerQKD:
     missing = [k for k, v in values.items() if v is None]
     if missing:
         raise ConfigError(f"{where}: missing {', '.join(missing)}")
+    if not str(values["kme"]).lower().startswith("https://"):
+        raise ConfigError(f"{where}.kme: the KME is reached over TLS only (https://...)")
     return PeerQKD(
         kme=values["kme"],
         certificate=_path(base, values["certificate"]),

@@ -11,6 +11,7 @@ import transport.ssh_algorithms  # noqa: F401 - registers ssh-falcon512
 from sidecar.daemon import config
 from sidecar.daemon.config import ConfigError
 from tests.subprocesses import free_port, is_listening
+from transport.keys import known_hosts_line
 
 from .harness import AS_FILE_MODES_APPLY, run_serve
 
@@ -277,3 +278,19 @@ def test_serve_unknown_log_level_exits_2_before_listening(tmp_path: Path) -> Non
     assert r.returncode == 2, r.stderr
     assert "--log-level: invalid choice: 'LOUD'" in r.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_a_peer_kme_that_is_not_https_is_refused_when_the_config_is_read(
+    tmp_path: Path,
+) -> None:
+    pin = known_hosts_line("127.0.0.1", 22223, asyncssh.generate_private_key("ssh-falcon512"))
+    (tmp_path / "id").write_text("unused")
+    link = (
+        f'[[peers]]\nname = "bob"\naddress = "127.0.0.1:22223"\nhost_key = "{pin}"\n'
+        'identity = "id"\n[peers.qkd]\nkme = "http://127.0.0.1:8443"\ncertificate = "c"\n'
+        'key = "k"\nca = "ca"\nsae_id = "A"\npeer_sae_id = "B"\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, link)
+    assert "kme: the KME is reached over TLS only" in str(err.value)
+    _load(tmp_path, link.replace("http://", "https://"))  # the same link over TLS loads

@@ -85,3 +85,22 @@ async def test_qkd_options_give_the_cli_a_sealed_tier_4_session(
     rc, out, err = await qssh_queue(config, "--json", "node", "submit", tx)
     assert rc == 0, err
     assert orjson.loads(out)["persisted"] is True
+
+
+async def test_a_qkd_kme_that_is_not_https_is_a_usage_error(
+    sealed_service: tuple[TierService, Callable[..., QKDSettings]],
+    tmp_path: Path,
+    pki: ThrowawayPKI,
+) -> None:
+    svc, _ = sealed_service
+    alice = pki.clients[MASTER]
+    config = qssh_config(
+        tmp_path,
+        svc,
+        f"  QKDKME http://127.0.0.1:1\n  QKDSAEID {MASTER}\n  QKDPeerSAEID {SLAVE}\n"
+        f"  QKDCertificate {alice.cert}\n  QKDKey {alice.key}\n  QKDCA {pki.ca}\n",
+    )
+    rc, _, err = await qssh_queue(config, "node", "tier")
+    assert rc == 2, err
+    assert "QKDKME" in err
+    assert "Traceback" not in err
