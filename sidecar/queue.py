@@ -114,7 +114,9 @@ class QppValidatorQueue:
             raise InvalidMessage(f"queue name {name!r} must be 1-64 of [A-Za-z0-9_.-]")
         self.name = name
         self.persist_dir = os.fspath(persist_dir)
-        self.path = os.path.join(self.persist_dir, f"{name}.wal")
+        # the file a symlink names: the log's renames (compaction) replace that file
+        # and keep the link, and its lock (next to the real file) stays where it was
+        self.path = os.path.realpath(os.path.join(self.persist_dir, f"{name}.wal"))
         self._layer = layer or OsFileLayer()
         self._observer = observer or NULL_OBSERVER
         self._clock = clock
@@ -125,6 +127,7 @@ class QppValidatorQueue:
         # async messages submitted with a dedup key, until consumed or written: a sync
         # retry of that key makes its message durable (`_make_durable`)
         self._async_keyed: dict[int, QueueMessageWithProvenance] = {}
+        self._persisting: dict[int, asyncio.Future[None]] = {}  # those being written so
         self._relay = RelayBacklog(peers)
         self._relay_news = {peer: asyncio.Event() for peer in peers}
         self.relayed = dict.fromkeys(peers, 0)  # relays acknowledged since open, per peer
@@ -648,6 +651,12 @@ class QppValidatorQueue:
         ack of it meanwhile logs its consume after it; if the write fails, it is an
         async message again."""
         committer = self._live()
+        while (writing := self._persisting.get(mid)) is not None:
+            try:  # another sync retry is writing it: answered when that write is
+                await asyncio.shield(writing)
+                return
+            except Exception:  # noqa: S112 - that write failed: the message is async again
+                continue
         item = self._async_keyed.pop(mid, None)
         if item is None:  # consumed already: a later retry must still find the key
             record = dedup_record(key[0], key[1], mid, at)
@@ -657,7 +666,12 @@ class QppValidatorQueue:
         # with the marks of the peers that have it: a compaction kept none of an
         # unlogged message, and without them it would be due to them again
         record = b",".join([submit_record(item, key), *self._relay_marks(item)])
-        await committer.enqueue(_PERSIST, record, (item, key))
+        writing = self._persisting[mid] = committer.enqueue(_PERSIST, record, (item, key))
+        try:
+            await writing
+        finally:
+            if self._persisting.get(mid) is writing:
+                del self._persisting[mid]
 
     def _consumed(self, item: QueueMessageWithProvenance) -> None:
         """A message left the queue: it stops counting against the limits, unless a

@@ -4,11 +4,12 @@ through crashes, graceful restarts and compaction; the window and the count limi
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
 
-from sidecar import DedupLimits, QppValidatorQueue, QueueFull, QueueLimits, Submitted
+from sidecar import DedupLimits, LogFailed, QppValidatorQueue, QueueFull, QueueLimits, Submitted
 from sidecar.wal import SUBMIT, WriteAheadLog, record_to_dict, scan
 from tests.core.helpers import ManualClock, block, gossip, tx
 from tests.core.simfs import SimDisk
@@ -213,3 +214,45 @@ async def test_a_message_popped_while_its_sync_retry_is_written_stays_consumed()
     q3 = await QppValidatorQueue.open("v", "/d", layer=disk)
     assert await _ids(q3) == []
     await q3.close()
+
+
+class _HeldDisk(SimDisk):
+    blocking = True  # written from the committer's worker thread: a batch can be held
+
+
+async def test_a_sync_retry_behind_another_whose_write_fails_writes_the_message_itself() -> None:
+    """Two sync retries of an async key: the first one's write fails (a full disk); the
+    second is answered only once the message is in the log, so a crash keeps it."""
+    disk = _HeldDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk, inline_lone_sync=False)
+    first = await q.submit_once(gossip(1), submitted_by="t", dedup_id="k", mode="async")
+    entered, go = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def fault(data: bytes) -> int | None:
+        calls.append(len(data))
+        if len(calls) == 1:  # the first retry's batch: held, then a short write
+            entered.set()
+            go.wait(10)
+            return len(data) // 2
+        return None
+
+    disk.fail_write = fault
+    a = asyncio.create_task(q.submit_once(gossip(1), submitted_by="t", dedup_id="k", mode="sync"))
+    for _ in range(200):
+        if entered.is_set():
+            break
+        await asyncio.sleep(0.01)
+    assert entered.is_set()
+    b = asyncio.create_task(q.submit_once(gossip(1), submitted_by="t", dedup_id="k", mode="sync"))
+    await asyncio.sleep(0.05)  # b waits behind the batch in flight
+    go.set()
+    ra, rb = await asyncio.gather(a, b, return_exceptions=True)
+    assert isinstance(ra, LogFailed), ra
+    assert rb == Submitted(first.message_id, True), rb
+    q2 = await QppValidatorQueue.open("v", "/d", layer=_crash_image(disk))
+    try:
+        assert await _ids(q2) == [first.message_id]
+    finally:
+        await q2.close()
+        await q.close()
