@@ -188,7 +188,13 @@ class PeerLink:
                 if again:
                     queue.relay_give_back(self.name, again)
                 if marking is not None:
-                    await marking
+                    try:
+                        await marking  # the previous batch's marks
+                    except BaseException:
+                        # they failed (relay_done gave that batch back); this batch's
+                        # acknowledged items are not marked either: they wait again too
+                        queue.relay_give_back(self.name, done)
+                        raise
                     marking = None
                 if done:
                     marking = asyncio.ensure_future(queue.relay_done(self.name, done))

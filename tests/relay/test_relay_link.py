@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from sidecar import QppValidatorQueue
+from sidecar import LogFailed, QppValidatorQueue
 from sidecar.daemon.config import Endpoint
 from sidecar.daemon.peers_config import PeerConfig, RelaySettings
 from sidecar.daemon.relay import PeerLink
 from tests.core.helpers import block
+from tests.core.simfs import SimDisk
 from transport.tiers import DEFAULT_POLICY
 
 
@@ -53,3 +54,41 @@ async def test_the_batch_of_an_unreadable_reply_is_sent_again(tmp_path: Path) ->
             await asyncio.wait_for(link._relay_loop(good), 1)  # type: ignore[arg-type]
         assert good.sent == mids
         assert q.relay_backlog("bob").count == 0
+
+
+async def test_a_batch_acknowledged_while_the_previous_marks_fail_is_sent_again(
+    tmp_path: Path,
+) -> None:
+    """The marks of batch 1 fail to log (a full disk) while batch 2 is acknowledged:
+    batch 2 is not marked either, and must not stay in flight for good."""
+    disk = SimDisk()
+    q = await QppValidatorQueue.open("v", "/d", layer=disk, peers=("bob",))
+    try:
+        for n in range(4):
+            await q.submit(block(n), submitted_by="t", broadcast=True)
+        failed: list[int] = []
+
+        def fault(data: bytes) -> int | None:
+            if b'"P"' in data and not failed:  # the first batch's relayed records
+                failed.append(1)
+                return 0
+            return None
+
+        disk.fail_write = fault
+        link = PeerLink(
+            PeerConfig("bob", Endpoint("127.0.0.1", 1), tmp_path / "id"),
+            RelaySettings(batch=2),
+            lambda: q,
+            instance="alice",
+            node_tier=lambda: 3,
+            policy=DEFAULT_POLICY,
+            known_hosts=tmp_path / "kh",
+        )
+        with pytest.raises(LogFailed):
+            await asyncio.wait_for(link._relay_loop(FakeClient(bad=False)), 5)  # type: ignore[arg-type]
+        good = FakeClient(bad=False)
+        with pytest.raises(TimeoutError):  # sends what bob lacks, then idles
+            await asyncio.wait_for(link._relay_loop(good), 1)  # type: ignore[arg-type]
+        assert q.relay_backlog("bob").count == 0, (q.relay_backlog("bob"), good.sent)
+    finally:
+        await q.close()
