@@ -6,8 +6,10 @@ import subprocess
 from pathlib import Path
 
 import orjson
+import pytest
 
 from sidecar import QppValidatorQueue
+from sidecar.errors import Unavailable
 from sidecar.wal import FILE_HEADER_SIZE, consume_record, encode_frame
 from tests.core.helpers import block, gossip
 from tests.subprocesses import run_python
@@ -262,3 +264,26 @@ async def test_compact_leaves_no_lock_file(tmp_path: Path) -> None:
     assert _cli("compact", str(path)).returncode == 0
     assert not (tmp_path / "v.wal.lock").exists()
     assert _cli("verify", str(path)).returncode == 0
+
+
+async def test_a_symlinked_log_keeps_its_link_and_its_lock_through_compaction(
+    tmp_path: Path,
+) -> None:
+    """The queue opens the file the link names: its compaction replaces that file and
+    keeps the link, so a second open of the same data dir is still refused."""
+    data, store = tmp_path / "data", tmp_path / "store"
+    data.mkdir()
+    store.mkdir()
+    await (await QppValidatorQueue.open("v", store)).close()
+    (data / "v.wal").symlink_to(store / "v.wal")
+    q = await QppValidatorQueue.open("v", data)
+    try:
+        for i in range(5):
+            await q.submit_sync(block(i), submitted_by="t")
+        await q.compact_wal()
+        assert (data / "v.wal").is_symlink()
+        with pytest.raises(Unavailable):
+            await QppValidatorQueue.open("v", data)
+        assert _cli("compact", str(data / "v.wal")).returncode == 3  # in use
+    finally:
+        await q.close()
