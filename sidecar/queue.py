@@ -114,9 +114,10 @@ class QppValidatorQueue:
             raise InvalidMessage(f"queue name {name!r} must be 1-64 of [A-Za-z0-9_.-]")
         self.name = name
         self.persist_dir = os.fspath(persist_dir)
+        self.path = os.path.join(self.persist_dir, f"{name}.wal")  # as the operator named it
         # the file a symlink names: the log's renames (compaction) replace that file
         # and keep the link, and its lock (next to the real file) stays where it was
-        self.path = os.path.realpath(os.path.join(self.persist_dir, f"{name}.wal"))
+        self._file = os.path.realpath(self.path)
         self._layer = layer or OsFileLayer()
         self._observer = observer or NULL_OBSERVER
         self._clock = clock
@@ -204,7 +205,7 @@ class QppValidatorQueue:
         )
         if layer is None:
             make_dirs(q.persist_dir)  # the log's own name is durable only with these
-            q._lock = LogLock(q.path)
+            q._lock = LogLock(q._file)
             q._lock.acquire()
         try:
             await q.restore_from_wal(salvage=salvage, progress=progress)
@@ -224,7 +225,7 @@ class QppValidatorQueue:
 
         def recover() -> tuple[WriteAheadLog, Recovery]:
             wal, rec = WriteAheadLog.open(
-                self.path, layer=self._layer, salvage=salvage, progress=progress
+                self._file, layer=self._layer, salvage=salvage, progress=progress
             )
             assert rec.replayed is not None
             upto = rec.replayed.next_id + self._block

@@ -284,7 +284,7 @@ def describe_recovery(q: QppValidatorQueue) -> str:
     restored = q.depth()["total"]
     if rec is None:
         return f"restored {restored} messages"
-    parts = [f"{'created' if rec.created else 'recovered'} {rec.path}"]
+    parts = [f"{'created' if rec.created else 'recovered'} {q.path}"]  # as configured
     parts.append(
         f"{rec.records} records, restored {restored} messages, next id {q.stats()['next_id']}"
     )
