@@ -20,7 +20,7 @@ from sidecar.daemon import config
 from sidecar.daemon.config import ConfigError
 from tests import event_loops
 from tests.core.helpers import block
-from tests.subprocesses import Operator, child_env, free_port
+from tests.subprocesses import Operator, child_env, free_port, run_python
 from transport import event_loop
 
 from .harness import NotifySocket, call_line
@@ -181,14 +181,7 @@ except ValueError as exc:
 
 
 def test_without_uvloop_asyncio_still_runs_and_the_default_says_why_not() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_UVLOOP],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=60,
-        check=False,
-    )
+    done = run_python("-c", _WITHOUT_UVLOOP)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == [
         "asyncio",
@@ -215,14 +208,7 @@ def test_without_uvloop_the_default_loop_exits_2_with_the_reason(
     tmp_path: Path, module: str, argv: list[str]
 ) -> None:
     argv = [a.replace("{tmp}", str(tmp_path / "data")) for a in argv]
-    done = subprocess.run(
-        [sys.executable, "-c", _CLI_WITHOUT_UVLOOP.format(module=module, argv=argv)],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=60,
-        check=False,
-    )
+    done = run_python("-c", _CLI_WITHOUT_UVLOOP.format(module=module, argv=argv))
     assert done.returncode == 2, done.stderr[-2000:]
     assert "uvloop is not installed" in done.stderr
     assert "Traceback" not in done.stderr

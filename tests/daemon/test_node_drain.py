@@ -10,6 +10,7 @@ request is in flight when it starts closing, without guessing with sleeps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -78,15 +79,18 @@ class GatedSidecar:
         return self.sidecar.node_metrics()
 
 
-@pytest.fixture
-async def endpoint(
-    tmp_path: Path, request: pytest.FixtureRequest
+@contextlib.asynccontextmanager
+async def gated_endpoint(
+    tmp_path: Path, settings: dict[str, Any], *, gate_open: bool = False
 ) -> AsyncIterator[tuple[NodeEndpointServer, GatedSidecar, Path]]:
-    """The endpoint on ``node.sock``, with the ``[node]`` settings given as the param."""
+    """A real queue behind a `GatedSidecar`, served on ``node.sock`` with the
+    ``[node]`` `settings`; the gate closed (requests wait) unless `gate_open`."""
     sidecar = Sidecar(DaemonConfig(data_dir=tmp_path, metrics=None))
     await sidecar.queue.open()
     backend = GatedSidecar(sidecar)
-    server = NodeEndpointServer(backend, NodeEndpoint(socket=None, **getattr(request, "param", {})))
+    if gate_open:
+        backend.gate.set()
+    server = NodeEndpointServer(backend, NodeEndpoint(socket=None, **settings))
     sock = tmp_path / "node.sock"
     await server.start_unix(sock, None)
     try:
@@ -95,6 +99,15 @@ async def endpoint(
         backend.gate.set()
         await server.close(drain=1.0)
         await sidecar.queue.close()
+
+
+@pytest.fixture
+async def endpoint(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[NodeEndpointServer, GatedSidecar, Path]]:
+    """The endpoint on ``node.sock``, with the ``[node]`` settings given as the param."""
+    async with gated_endpoint(tmp_path, getattr(request, "param", {})) as served:
+        yield served
 
 
 async def send_submit(sock: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -15,10 +15,8 @@ import orjson
 import pytest
 
 from sidecar.daemon import node_endpoint
-from sidecar.daemon.app import Sidecar
-from sidecar.daemon.config import DaemonConfig, NodeEndpoint
 from sidecar.daemon.node_endpoint import NodeEndpointServer
-from tests.daemon.test_node_drain import GOSSIP, GatedSidecar
+from tests.daemon.test_node_drain import GOSSIP, GatedSidecar, gated_endpoint
 
 WAIT = 10.0  # bound on every wait below; none is expected to come near it
 
@@ -28,19 +26,8 @@ Endpoint = tuple[NodeEndpointServer, GatedSidecar, Path]
 @pytest.fixture
 async def ep(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Endpoint]:
     """The endpoint on ``node.sock``, with the ``[node]`` limits given as the param."""
-    sidecar = Sidecar(DaemonConfig(data_dir=tmp_path, metrics=None))
-    await sidecar.queue.open()
-    backend = GatedSidecar(sidecar)
-    backend.gate.set()
-    server = NodeEndpointServer(backend, NodeEndpoint(socket=None, **getattr(request, "param", {})))
-    sock = tmp_path / "node.sock"
-    await server.start_unix(sock, None)
-    try:
-        yield server, backend, sock
-    finally:
-        backend.gate.set()
-        await server.close(drain=1.0)
-        await sidecar.queue.close()
+    async with gated_endpoint(tmp_path, getattr(request, "param", {}), gate_open=True) as served:
+        yield served
 
 
 async def until(cond: Callable[[], bool], what: str) -> None:
