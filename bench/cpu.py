@@ -1,7 +1,8 @@
 """CPU time of processes, read from /proc: what each side of a benchmark spends.
 
 `tree_seconds(pid)` counts a process and its live descendants (sshd forks a child per
-connection); `Meter` takes the CPU of named processes around one timed run.
+connection); `machine_seconds()` the whole machine's busy time, kernel threads and
+interrupts included; `Meter` takes the CPU of named sources around one timed run.
 """
 
 from __future__ import annotations
@@ -45,6 +46,17 @@ def tree_seconds(pid: int) -> float:
             continue
         todo.extend(children.get(p, ()))
     return total
+
+
+def machine_seconds() -> float:
+    """Busy CPU time of the whole machine so far, summed over its cores: user, nice,
+    system, irq and softirq from /proc/stat (not idle, iowait or steal). It counts what
+    no process is charged with: the loopback network stack in softirq, jbd2's journal
+    commits, the block layer's kworkers."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = f.readline().split()  # "cpu  user nice system idle iowait irq softirq steal"
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    return (user + nice + system + irq + softirq) / TICK
 
 
 def own_seconds() -> float:

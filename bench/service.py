@@ -15,7 +15,9 @@ Prints one JSON object. In each round, interleaved, on the same disk:
 Reported: medians over rounds of ops/s, p50/p99 latency in ms, the CPU each process
 used per operation and in % of one core (qssh: ``server`` and ``client``, this Python
 process; tunnel: ``redis``, ``sshd`` with its per-connection children, ``ssh`` and
-``client``, redis-benchmark), and ratios.
+``client``, redis-benchmark), the whole machine's busy CPU the same way (``machine``,
+/proc/stat: kernel threads and softirq included) with ``machine_bound_ops_per_s``, the
+rate at which that CPU per operation would fill every core, and ratios.
 
     python bench/service.py [--rounds 3] [--seconds 3] [--window 16] [--dir DIR]
                             [--c-client-requests 200000] [--cases NAME,...]
@@ -49,7 +51,14 @@ import asyncssh
 
 import transport.ssh_algorithms  # noqa: F401  (registers ssh-falcon512)
 from bench.baselines import OpenSSHTunnel, RedisAlwaysServer, fdatasync_loop, free_port
-from bench.cpu import Meter, cpu_seconds, own_seconds, reaped_children_seconds, tree_seconds
+from bench.cpu import (
+    Meter,
+    cpu_seconds,
+    machine_seconds,
+    own_seconds,
+    reaped_children_seconds,
+    tree_seconds,
+)
 from bench.stats import closed_loop, dumps, interleave, median_fields, ratio
 from transport import event_loop
 from transport.client import QueueClient
@@ -146,10 +155,18 @@ async def bench_qssh(
 
             return submit
 
-        meter = Meter({"server": lambda: cpu_seconds(server.proc.pid), "client": own_seconds})
+        meter = Meter(
+            {
+                "server": lambda: cpu_seconds(server.proc.pid),
+                "client": own_seconds,
+                "machine": machine_seconds,
+            }
+        )
         meter.start()
         result = await closed_loop([op(c) for c in clients], window, seconds)
-        result.update(meter.stop(result["ops"], result["ops"] / result["ops_per_s"]))
+        result.update(
+            with_machine_bound(meter.stop(result["ops"], result["ops"] / result["ops_per_s"]))
+        )
         await drain(clients[0])
         return result
     finally:
@@ -169,13 +186,24 @@ def tunnelled(
             "sshd": lambda: tree_seconds(tunnel.sshd.pid),
             "ssh": lambda: cpu_seconds(ssh.pid),
             "client": reaped_children_seconds,  # redis-benchmark, once it has exited
+            "machine": machine_seconds,
         }
     )
     meter.start()
     result = redis_server.redis_benchmark(16, window, len(RECORD), requests, tunnel.port)
     if result:
-        result.update(meter.stop(requests, requests / result["ops_per_s"]))
+        result.update(with_machine_bound(meter.stop(requests, requests / result["ops_per_s"])))
     return result
+
+
+def with_machine_bound(cpu: dict[str, float]) -> dict[str, float]:
+    """`cpu` plus ``machine_bound_ops_per_s``: the rate at which the whole machine's CPU
+    per operation (every process and the kernel) would keep all its cores busy. A case
+    whose rate is near it is bound by the machine's CPU, not by latency or one core."""
+    per_op = cpu.get("machine_cpu_us_per_op", 0.0)
+    if per_op > 0:
+        cpu["machine_bound_ops_per_s"] = round((os.cpu_count() or 1) * 1e6 / per_op)
+    return cpu
 
 
 async def drain(client: QueueClient) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.cpu import machine_seconds, own_seconds
 from tests.subprocesses import REPO, child_env
 
 pytestmark = pytest.mark.skipif(
@@ -68,8 +69,16 @@ def test_run_all_quick_writes_ratios_figures_and_machine(tmp_path: Path) -> None
         assert f"recovery_{shape}_vs_goal" in ratios
     assert rec["3x"]["log"]["records"] == 3 * rec["live"]
     assert "recovery_peak_rss_vs_filled_queue" in ratios
-    if result["figures"]["service"]["ssh_tunnel"].startswith("OpenSSH"):  # sshd installed
+    tunnel = result["figures"]["service"]["ssh_tunnel"].startswith("OpenSSH")  # sshd installed
+    if tunnel:
         assert "service_sync_16_unpipelined_vs_redis_ssh_tunnel" in ratios
+    service = result["figures"]["service"]["results"]
+    unpipelined = ["qssh_sync_16_unpipelined"]
+    if tunnel:
+        unpipelined.append("redis_always_16_ssh_tunnel_unpipelined")
+    for case in unpipelined:  # the whole machine's CPU per operation, and the rate it bounds
+        assert service[case]["machine_cpu_us_per_op"] > 0, case
+        assert service[case]["machine_bound_ops_per_s"] > 0, case
     for name, value in ratios.items():
         assert isinstance(value, int | float), name
         assert math.isfinite(value), name
@@ -83,6 +92,16 @@ def test_run_all_quick_writes_ratios_figures_and_machine(tmp_path: Path) -> None
     # the printed table names every comparison's baseline
     for row in result["comparisons"].values():
         assert row["baseline"] in proc.stdout
+
+
+def test_machine_busy_time_counts_this_process_burning_a_core() -> None:
+    machine, own = machine_seconds(), own_seconds()
+    deadline = own + 0.5
+    while own_seconds() < deadline:  # 0.5 s of CPU, bounded by the CPU clock itself
+        sum(range(10_000))
+    burnt = own_seconds() - own
+    # /proc/stat counts 10 ms ticks: the machine was busy at least as long as we were
+    assert machine_seconds() - machine >= burnt - 0.05
 
 
 def test_keygen_bench_runs_and_covers_every_seeded_algorithm() -> None:
