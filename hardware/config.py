@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hardware.health import DEFAULT_ALPHA, DEFAULT_H, DEFAULT_WINDOW, HealthParameters
@@ -11,6 +11,7 @@ from hardware.reports import SourceKind
 from hardware.tier import Tier
 
 HANDSHAKES = ("auto", "none", "dtr", "onerng")
+HEALTH_KEYS = ("alpha", "alpha_log2", "entropy_bits", "window", "startup_samples")
 
 
 class HardwareConfigError(ValueError):
@@ -84,12 +85,7 @@ class HardwareConfig:
                     str(p) for p in raw.get("char_devices", ("/dev/qrandom*", "/dev/hwrng"))
                 ),
                 remote_endpoints=tuple(
-                    RemoteEndpointConfig(
-                        name=str(e["name"]),
-                        url=str(e["url"]),
-                        expected_rate_bps=_opt_float(e.get("expected_rate_bps")),
-                    )
-                    for e in raw.get("remote_endpoints", ())
+                    _remote_endpoint(e) for e in raw.get("remote_endpoints", ())
                 ),
                 kme=_kme(raw["kme"]) if raw.get("kme") else None,
                 floor=Tier.parse(raw.get("floor", 1)),
@@ -112,9 +108,26 @@ class HardwareConfig:
         return cfg
 
 
+def _only_known(raw: Mapping[str, Any], where: str, known: Iterable[str]) -> None:
+    """A typo in a sub-table must not fall back to a default either."""
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise HardwareConfigError(f"unknown keys {sorted(unknown)} in {where}")
+
+
+def _remote_endpoint(raw: Mapping[str, Any]) -> RemoteEndpointConfig:
+    _only_known(raw, "remote_endpoints", (f.name for f in fields(RemoteEndpointConfig)))
+    return RemoteEndpointConfig(
+        name=str(raw["name"]),
+        url=str(raw["url"]),
+        expected_rate_bps=_opt_float(raw.get("expected_rate_bps")),
+    )
+
+
 def _serial(raw: Mapping[str, Any] | str) -> SerialPortConfig:
     if isinstance(raw, str):
         return SerialPortConfig(path=raw)
+    _only_known(raw, "serial_ports", (f.name for f in fields(SerialPortConfig)))
     handshake = str(raw.get("handshake", "auto"))
     if handshake not in HANDSHAKES:
         path = raw.get("path")
@@ -132,6 +145,7 @@ def _serial(raw: Mapping[str, Any] | str) -> SerialPortConfig:
 
 
 def _kme(raw: Mapping[str, Any]) -> KMEConfig:
+    _only_known(raw, "kme", (f.name for f in fields(KMEConfig)))
     url = str(raw["url"]).rstrip("/")
     if not url.lower().startswith("https://"):
         # QKD keys travel in the KME's answers: never over plain HTTP
@@ -150,6 +164,7 @@ def _kme(raw: Mapping[str, Any]) -> KMEConfig:
 
 
 def _health(raw: Mapping[str, Any]) -> HealthParameters:
+    _only_known(raw, "health", HEALTH_KEYS)
     alpha = raw.get("alpha", DEFAULT_ALPHA)
     if "alpha_log2" in raw:
         alpha = 2.0 ** float(raw["alpha_log2"])

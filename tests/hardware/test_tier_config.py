@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from hardware.config import HardwareConfig, HardwareConfigError
@@ -105,6 +107,25 @@ def test_config_from_dict() -> None:
 )  # fmt: skip
 def test_bad_config_is_a_clear_error(raw: dict[str, object]) -> None:
     with pytest.raises(HardwareConfigError, match=r"\[hardware\]|handshake"):
+        HardwareConfig.from_dict(raw)
+
+
+_KME = {"url": "https://kme:8443", "sae_id": "a", "slave_sae_id": "b", "cert": "c",
+        "key": "k", "ca": "ca"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [({"health": {"windw": 256}}, "windw'] in health"),
+     ({"serial_ports": [{"path": "/dev/ttyACM0", "baud": 9600}]}, "baud'] in serial_ports"),
+     ({"remote_endpoints": [{"name": "n", "url": "https://q", "rate": 1}]},
+      "rate'] in remote_endpoints"),
+     ({"kme": {**_KME, "min_keysize": 512}}, "min_keysize'] in kme")],
+)  # fmt: skip
+def test_an_unknown_key_in_a_sub_table_is_an_error(raw: dict[str, object], where: str) -> None:
+    """docs/operations.md: unknown keys anywhere are errors, so a typo (a `min_keysize`
+    that would leave tier 4 on 256-bit keys) never falls back to a default."""
+    with pytest.raises(HardwareConfigError, match=re.escape(f"unknown keys ['{where}")):
         HardwareConfig.from_dict(raw)
 
 
