@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hardware.config import HardwareConfig
-from sidecar.daemon.config import DaemonConfig, from_dict, load
+from hardware.config import HEALTH_KEYS, HardwareConfig, KMEConfig, SerialPortConfig
+from sidecar.daemon.config import ConfigError, DaemonConfig, NodeEndpoint, from_dict, load
 from tests.subprocesses import REPO
 from transport.protocol import DEFAULT_PORT
 
@@ -36,7 +37,7 @@ EXAMPLES_ONLY = {
 
 
 @pytest.mark.parametrize(
-    "section", ["durability", "tiers", "metrics", "relay", "node", "admission"]
+    "section", ["limits", "durability", "tiers", "metrics", "relay", "node", "admission"]
 )
 def test_operations_reference_values_are_the_defaults(section: str, tmp_path: Path) -> None:
     documented = {
@@ -104,3 +105,104 @@ def test_node_batch_cap() -> None:
     cap = DaemonConfig().node.max_batch
     assert f"at most `node.max_batch` ({cap}) requests" in operations
     assert f"batch over {cap}" in operations
+
+
+def markdown_table(path: Path, after: str) -> list[list[str]]:
+    """The rows (cells stripped) of the first table after the line ``after``."""
+    lines = path.read_text().splitlines()
+    start = lines.index(after)
+    first = next(i for i in range(start, len(lines)) if lines[i].startswith("|"))
+    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[first:end]]
+    return cells[2:]  # below the header and its rule
+
+
+def test_node_limits_table_is_the_code() -> None:
+    rows = markdown_table(DOCS / "operations.md", "### Limits (`[node]`)")
+    documented = {row[0].strip("`"): float(row[1]) for row in rows}
+    code = NodeEndpoint(None)
+    assert documented == {k: float(getattr(code, k)) for k in documented}
+    node_keys = allowed_keys({"node": {}}, "node")
+    assert set(documented) == node_keys - EXAMPLES_ONLY["node"]
+
+
+def test_admission_table_is_the_code(tmp_path: Path) -> None:
+    rows = markdown_table(DOCS / "operations.md", "## Connection admission")
+    documented: dict[str, Any] = {}
+    for key, _, default, *_ in rows:
+        value = default.removesuffix(" s").strip("`")  # `10` s, `10:30:100`, none
+        if value == "none":
+            documented[key.strip("`")] = []
+        elif value.isdigit():
+            documented[key.strip("`")] = int(value)
+        else:
+            documented[key.strip("`")] = value
+    parsed = from_dict({"admission": documented}, base=tmp_path)
+    assert parsed.admission == DaemonConfig().admission
+    assert set(documented) == allowed_keys({"admission": {}}, "admission")
+
+
+A_PEER = {"name": "bob", "address": "127.0.0.1:22223", "host_key": "x", "identity": "id"}
+
+
+def allowed_keys(data: dict[str, Any], where: str) -> set[str]:
+    """The keys the config loader accepts at ``where``, as its own error lists them."""
+    probe = data
+    for part in where.split(".") if where else []:
+        probe = probe[part] if isinstance(probe[part], dict) else probe[part][0]
+    probe["no_such_key"] = 1
+    with pytest.raises(ConfigError, match=r"allowed here: ") as info:
+        from_dict(data, base=Path("/nonexistent"))
+    return set(str(info.value).split("allowed here: ")[1].rstrip(")").split(", "))
+
+
+@pytest.mark.parametrize(
+    ("data", "where", "documented"),
+    [
+        ({}, "", lambda: OPERATIONS),
+        ({"limits": {}}, "limits", lambda: OPERATIONS["limits"]),
+        ({"durability": {}}, "durability", lambda: OPERATIONS["durability"]),
+        ({"admission": {}}, "admission", lambda: OPERATIONS["admission"]),
+        ({"metrics": {}}, "metrics", lambda: OPERATIONS["metrics"]),
+        ({"relay": {}}, "relay", lambda: OPERATIONS["relay"]),
+        ({"tiers": {}}, "tiers", lambda: OPERATIONS["tiers"]),
+        ({"tiers": {"entropy": {}}}, "tiers.entropy", lambda: OPERATIONS["tiers"]["entropy"]),
+        ({"tiers": {"sealing": {}}}, "tiers.sealing", lambda: OPERATIONS["tiers"]["sealing"]),
+        ({"peers": [{}]}, "peers", lambda: PEER_KEYS),
+        ({"peers": [{**A_PEER, "qkd": {}}]}, "peers.qkd", lambda: PEER_KEYS),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_every_key_the_loader_takes_is_in_the_reference(
+    data: dict[str, Any], where: str, documented: Any
+) -> None:
+    """The reverse of the defaults tests: a key the code accepts and no doc shows."""
+    assert allowed_keys(data, where) <= set(documented())
+
+
+def test_every_node_key_is_documented() -> None:
+    keys = allowed_keys({"node": {}}, "node")
+    table = {
+        row[0].strip("`") for row in markdown_table(DOCS / "operations.md", "### Limits (`[node]`)")
+    }
+    assert keys <= set(OPERATIONS["node"]) | table
+
+
+def test_every_hardware_key_is_in_hardware_md() -> None:
+    hardware = toml_block(DOCS / "hardware.md", "## Configuration")["hardware"]
+    assert {f.name for f in fields(HardwareConfig)} <= set(hardware)
+    assert set(HEALTH_KEYS) <= set(hardware["health"]) | {"alpha"}  # alpha: in its comment
+    assert {f.name for f in fields(SerialPortConfig)} <= set(hardware["serial_ports"][0])
+    assert {f.name for f in fields(KMEConfig)} <= set(hardware["kme"])
+
+
+# relay.md's [[peers]] example, with its optional lines commented out (`# user = …`,
+# the [peers.qkd] table): every key named there, commented or not
+_RELAY_BLOCK = re.search(r"```toml\n(.*?)\[relay\]", (DOCS / "relay.md").read_text(), re.S)
+assert _RELAY_BLOCK is not None
+PEER_KEYS = {
+    key
+    for pair in re.findall(r"(\w+) = |\[peers\.(\w+)\]", _RELAY_BLOCK.group(1))
+    for key in pair
+    if key
+}
