@@ -74,6 +74,10 @@ class Limits:
     max_message_bytes: int = 1024 * 1024
     max_queue_messages: int = 1_000_000
     max_queue_bytes: int = 1024 * 1024 * 1024
+    # submits per second per authenticated SSH connection (a token bucket of
+    # submit_burst tokens); 0: no rate limit
+    submits_per_second: float = _SERVICE.submits_per_second
+    submit_burst: int = _SERVICE.submit_burst
 
 
 @dataclass(frozen=True)
@@ -436,8 +440,16 @@ def from_dict(data: dict[str, Any], base: Path) -> DaemonConfig:
     loop_name = parse_event_loop(top.get("event_loop", str, event_loop.DEFAULT), "event_loop")
 
     lt = _Table(top.get("limits", dict, {}), "limits", set(Limits.__dataclass_fields__))
+    rate = float(lt.get("submits_per_second", (int, float), Limits.submits_per_second))
+    if rate < 0:
+        raise ConfigError(f"limits.submits_per_second: must be >= 0 (0 = off), got {rate}")
     limits = Limits(
-        **{k: lt.positive(k, getattr(Limits(), k)) for k in Limits.__dataclass_fields__}
+        submits_per_second=rate,
+        **{
+            k: lt.positive(k, getattr(Limits(), k))
+            for k in Limits.__dataclass_fields__
+            if k != "submits_per_second"
+        },
     )
 
     dt = _Table(top.get("durability", dict, {}), "durability", set(Durability.__dataclass_fields__))
@@ -659,6 +671,8 @@ def service_limits(cfg: DaemonConfig) -> ServiceLimits:
         max_frame_bytes=cfg.limits.max_frame_bytes,
         max_in_flight_per_channel=cfg.limits.max_in_flight,
         max_connections=cfg.limits.max_connections,
+        submits_per_second=cfg.limits.submits_per_second,
+        submit_burst=cfg.limits.submit_burst,
         drain_seconds=cfg.durability.shutdown_timeout / 2,
         admission=cfg.admission,
     )

@@ -107,6 +107,8 @@ http = "127.0.0.1:9944"
         ("[admission]\nmax_auth_tries = 0", "admission.max_auth_tries: must be a positive"),
         ('[admission]\nper_source_penalty_exempt = ["nonsense"]', "admission."),
         ("[admission]\nmaxstartups = 3", "unknown key 'admission.maxstartups'"),
+        ("[limits]\nsubmits_per_second = -1", "limits.submits_per_second: must be >= 0"),
+        ("[limits]\nsubmit_burst = 0", "limits.submit_burst: must be a positive"),
     ],
 )
 def test_bad_values_are_one_line_naming_the_setting(tmp_path: Path, text: str, needle: str) -> None:
@@ -115,6 +117,15 @@ def test_bad_values_are_one_line_naming_the_setting(tmp_path: Path, text: str, n
     msg = str(err.value)
     assert needle in msg
     assert "\n" not in msg
+
+
+def test_the_submit_rate_limit_is_set_in_limits(tmp_path: Path) -> None:
+    """docs/security.md: a producer key fills the queue unless `submits_per_second` is
+    set; the daemon's SSH service takes it (and `submit_burst`) from `[limits]`."""
+    assert config.service_limits(config.load(None)).submits_per_second == 0  # off
+    cfg = _load(tmp_path, "[limits]\nsubmits_per_second = 50\nsubmit_burst = 200")
+    limits = config.service_limits(cfg)
+    assert (limits.submits_per_second, limits.submit_burst) == (50.0, 200)
 
 
 # ---- through the real command: one line on stderr, exit 2, nothing listening -----------
