@@ -42,7 +42,8 @@ from transport.ssh_config import HostConfig, qssh_home
 from transport.ssh_options import ssh_options_for_tier
 
 SUBSYSTEM = "qssh-queue"
-DEFAULT_IDENTITIES = ("id_falcon512", "id_falcon1024", "id_mldsa65", "id_mldsa44", "id_ed25519")
+# post-quantum only: a server refuses a classical key, and each one offered costs a try
+DEFAULT_IDENTITIES = ("id_falcon512", "id_falcon1024", "id_mldsa65", "id_mldsa44")
 
 
 def _error_classes() -> dict[str, type[SidecarError]]:

@@ -15,6 +15,7 @@ import pytest
 from hardware.config import HEALTH_KEYS, HardwareConfig, KMEConfig, SerialPortConfig
 from sidecar.daemon.config import ConfigError, DaemonConfig, NodeEndpoint, from_dict, load
 from tests.subprocesses import REPO
+from transport.client import DEFAULT_IDENTITIES
 from transport.protocol import DEFAULT_PORT
 
 DOCS = REPO / "docs"
@@ -206,3 +207,15 @@ PEER_KEYS = {
     for key in pair
     if key
 }
+
+
+def test_the_client_default_identities_are_protocol_mds() -> None:
+    """A classical key is never offered by default: every server refuses it, and each
+    refused key spends one of the connection's `max_auth_tries`."""
+    protocol = (DOCS / "protocol.md").read_text()
+    listed = re.search(
+        r"Without `IdentityFile`, `~/\.qssh/(\w+)`\s+\(then\s+((?:`\w+`(?:,\s+)?)+)\)\s+is used",
+        protocol,
+    )
+    assert listed is not None, "the default identities sentence changed shape"
+    assert (listed.group(1), *re.findall(r"`(\w+)`", listed.group(2))) == DEFAULT_IDENTITIES
