@@ -4,6 +4,7 @@ the code's own parser and compared with the default the code uses when the key i
 
 from __future__ import annotations
 
+import argparse
 import re
 import tomllib
 from dataclasses import fields
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from hardware.config import HEALTH_KEYS, HardwareConfig, KMEConfig, SerialPortConfig
+from sidecar.daemon import serve_cli
 from sidecar.daemon.config import ConfigError, DaemonConfig, NodeEndpoint, from_dict, load
 from tests.subprocesses import REPO
 from transport.client import DEFAULT_IDENTITIES
@@ -219,3 +221,12 @@ def test_the_client_default_identities_are_protocol_mds() -> None:
     )
     assert listed is not None, "the default identities sentence changed shape"
     assert (listed.group(1), *re.findall(r"`(\w+)`", listed.group(2))) == DEFAULT_IDENTITIES
+
+
+def test_every_serve_flag_is_in_the_flags_table() -> None:
+    parser = argparse.ArgumentParser()
+    serve_cli.configure(parser)
+    flags = {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
+    rows = markdown_table(DOCS / "operations.md", "## Starting")
+    documented = {word for row in rows for word in re.findall(r"`(--[\w-]+)", row[0])}
+    assert flags - {"--help"} <= documented
