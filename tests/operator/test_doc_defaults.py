@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import Counter, Gauge, Histogram
 
 from hardware.config import HEALTH_KEYS, HardwareConfig, KMEConfig, SerialPortConfig
 from sidecar.daemon import serve_cli
 from sidecar.daemon.config import ConfigError, DaemonConfig, NodeEndpoint, from_dict, load
+from sidecar.daemon.metrics import SidecarMetrics
 from tests.subprocesses import REPO
 from transport.client import DEFAULT_IDENTITIES
 from transport.protocol import DEFAULT_PORT
@@ -230,3 +232,20 @@ def test_every_serve_flag_is_in_the_flags_table() -> None:
     rows = markdown_table(DOCS / "operations.md", "## Starting")
     documented = {word for row in rows for word in re.findall(r"`(--[\w-]+)", row[0])}
     assert flags - {"--help"} <= documented
+
+
+def test_the_metrics_table_is_what_the_exporter_serves() -> None:
+    """Each `qssh_*` metric, its type and labels, both ways (counters get `_total`)."""
+    metrics = SidecarMetrics("alice")
+    served = {}
+    for m in list(metrics.registry._collector_to_names):
+        if isinstance(m, Counter | Gauge | Histogram):
+            name = m._name + ("_total" if m._type == "counter" else "")
+            served[name] = (m._type, tuple(m._labelnames))
+    rows = markdown_table(DOCS / "operations.md", "## Metrics")
+    documented = {}
+    for cell, kind, *_ in rows:
+        m = re.fullmatch(r"`(qssh_\w+)(?:\{(\w+)\})?`", cell)
+        if m:
+            documented[m.group(1)] = (kind, (m.group(2),) if m.group(2) else ())
+    assert documented == served
