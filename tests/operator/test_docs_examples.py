@@ -184,8 +184,9 @@ def sample_line_pattern(line: str) -> re.Pattern[str]:
     rx = re.sub(r"\d{4}\\-\d\d\\-\d\dT\d\d:\d\d:\d\d\\.\d{3}Z", r"\\S+", rx)
     rx = rx.replace(re.escape("SHA256:…"), r"SHA256:\S+")
     # `make run` in a checkout prints .venv/bin/qssh-queue; the sandbox's .venv is a link
-    # to the venv running these tests, so the daemon there prints that venv's full path
-    rx = rx.replace(re.escape("  .venv/bin/"), r"\ \ \S*\.venv/bin/")
+    # to the venv running these tests (whatever its name), whose scripts' shebang names
+    # its interpreter, so the daemon there prints that venv's full path
+    rx = rx.replace(re.escape("  .venv/bin/"), r"\ \ \S*/bin/")
     return re.compile(rx + "$")
 
 
