@@ -249,3 +249,16 @@ def test_the_metrics_table_is_what_the_exporter_serves() -> None:
         if m:
             documented[m.group(1)] = (kind, (m.group(2),) if m.group(2) else ())
     assert documented == served
+
+
+CONFIG_SECTIONS = ("limits", "durability", "admission", "relay", "node", "tiers", "metrics")
+
+
+@pytest.mark.parametrize(
+    "doc", [*sorted(DOCS.glob("*.md")), REPO / "README.md"], ids=lambda p: p.name
+)
+def test_every_config_key_a_doc_names_is_one_the_loader_takes(doc: Path) -> None:
+    """`section.key` in any doc is a real key (a renamed or invented one fails here)."""
+    named = re.findall(r"`(" + "|".join(CONFIG_SECTIONS) + r")\.([a-z_]+)`", doc.read_text())
+    wrong = [f"{s}.{k}" for s, k in named if k not in allowed_keys({s: {}}, s)]
+    assert not wrong, wrong
