@@ -106,12 +106,24 @@ def parse_option(text: str) -> tuple[str, str]:
     return KEYWORDS[key], " ".join(values)
 
 
-def read_config(path: Path, host: str, found: dict[str, list[str]]) -> None:
-    """Add the values ``path`` gives for ``host`` to ``found`` (first wins)."""
+def read_config(path: Path, host: str, found: dict[str, list[str]], *, given: bool = False) -> None:
+    """Add the values ``path`` gives for ``host`` to ``found`` (first wins).
+
+    A missing default file is no config; a file given with ``-F`` must be read, as
+    OpenSSH's ``ssh -F`` requires; one that exists but cannot be read is an error
+    either way."""
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return
+        if not given:
+            return
+        raise SshConfigError(
+            f"-F {path}: cannot read the config file (No such file or directory)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        where = f"-F {path}" if given else str(path)
+        raise SshConfigError(f"{where}: cannot read the config file ({why})") from None
     active = True
     for lineno, line in enumerate(text.splitlines(), 1):
         parsed = _split_line(line, f"{path}:{lineno}")
@@ -159,7 +171,10 @@ def resolve(
     if identity is not None:
         found.setdefault("IdentityFile", []).insert(0, identity)
     home = qssh_home()
-    read_config(config_file or home / "config", alias, found)
+    if config_file is not None:
+        read_config(config_file, alias, found, given=True)
+    else:
+        read_config(home / "config", alias, found)
 
     def one(name: str, default: str) -> str:
         return found.get(name, [default])[0]
