@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from hardware.health import DEFAULT_ALPHA, DEFAULT_H, DEFAULT_WINDOW, HealthParameters
@@ -11,7 +11,6 @@ from hardware.reports import SourceKind
 from hardware.tier import Tier
 
 HANDSHAKES = ("auto", "none", "dtr", "onerng")
-HEALTH_KEYS = ("alpha", "alpha_log2", "entropy_bits", "window", "startup_samples")
 
 
 class HardwareConfigError(ValueError):
@@ -75,18 +74,14 @@ class HardwareConfig:
             "health", "check_interval", "sample_bytes", "read_timeout", "min_rate_fraction",
             "use_udev",
         }  # fmt: skip
-        unknown = set(raw) - known
-        if unknown:
-            raise HardwareConfigError(f"unknown keys {sorted(unknown)}")
+        _check_keys(raw, known, "")
         try:
             cfg = cls(
-                serial_ports=tuple(_serial(p) for p in raw.get("serial_ports", ())),
+                serial_ports=tuple(_serial(p) for p in _list(raw, "serial_ports", ())),
                 char_devices=tuple(
-                    str(p) for p in raw.get("char_devices", ("/dev/qrandom*", "/dev/hwrng"))
+                    _paths(_list(raw, "char_devices", ("/dev/qrandom*", "/dev/hwrng")))
                 ),
-                remote_endpoints=tuple(
-                    _remote_endpoint(e) for e in raw.get("remote_endpoints", ())
-                ),
+                remote_endpoints=tuple(_remote(e) for e in _list(raw, "remote_endpoints", ())),
                 kme=_kme(raw["kme"]) if raw.get("kme") else None,
                 floor=Tier.parse(raw.get("floor", 1)),
                 ceiling=Tier.parse(raw.get("ceiling", 4)),
@@ -95,7 +90,7 @@ class HardwareConfig:
                 sample_bytes=int(raw.get("sample_bytes", 4096)),
                 read_timeout=float(raw.get("read_timeout", 2.0)),
                 min_rate_fraction=float(raw.get("min_rate_fraction", 0.25)),
-                use_udev=bool(raw.get("use_udev", True)),
+                use_udev=_bool(raw, "use_udev", True),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, HardwareConfigError):
@@ -108,26 +103,68 @@ class HardwareConfig:
         return cfg
 
 
-def _only_known(raw: Mapping[str, Any], where: str, known: Iterable[str]) -> None:
-    """A typo in a sub-table must not fall back to a default either."""
-    unknown = set(raw) - set(known)
+_SERIAL_KEYS = {
+    "path", "handshake", "kind", "model", "baudrate", "expected_rate_bps", "simulated",
+}  # fmt: skip
+_KME_KEYS = {
+    "url", "sae_id", "slave_sae_id", "cert", "key", "ca", "timeout", "min_key_size", "simulated",
+}  # fmt: skip
+HEALTH_KEYS = {"alpha", "alpha_log2", "entropy_bits", "window", "startup_samples"}
+
+
+def _check_keys(
+    raw: object, known: set[str], where: str, required: tuple[str, ...] = ()
+) -> Mapping[str, Any]:
+    """``raw`` as a table of only ``known`` keys (a typo must not fall back to a default)."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(raw, Mapping):
+        raise HardwareConfigError(f"{prefix}expected a table, got {raw!r}")
+    unknown = set(raw) - known
     if unknown:
-        raise HardwareConfigError(f"unknown keys {sorted(unknown)} in {where}")
+        raise HardwareConfigError(f"{prefix}unknown keys {sorted(unknown)}")
+    for key in required:
+        if key not in raw:
+            raise HardwareConfigError(f"{prefix}missing key {key!r}")
+    return raw
 
 
-def _remote_endpoint(raw: Mapping[str, Any]) -> RemoteEndpointConfig:
-    _only_known(raw, "remote_endpoints", (f.name for f in fields(RemoteEndpointConfig)))
+def _list(
+    raw: Mapping[str, Any], key: str, default: tuple[Any, ...]
+) -> list[Any] | tuple[Any, ...]:
+    value = raw.get(key, default)
+    if not isinstance(value, list | tuple):
+        raise HardwareConfigError(f"{key}: expected a list of paths, got {value!r}")
+    return value
+
+
+def _paths(values: list[Any] | tuple[Any, ...]) -> list[str]:
+    for v in values:
+        if not isinstance(v, str):
+            raise HardwareConfigError(f"char_devices: expected a list of paths, got {v!r}")
+    return list(values)
+
+
+def _bool(raw: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise HardwareConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _remote(raw: object) -> RemoteEndpointConfig:
+    e = _check_keys(raw, {"name", "url", "expected_rate_bps"}, "remote endpoint", ("name", "url"))
     return RemoteEndpointConfig(
-        name=str(raw["name"]),
-        url=str(raw["url"]),
-        expected_rate_bps=_opt_float(raw.get("expected_rate_bps")),
+        name=str(e["name"]),
+        url=str(e["url"]),
+        expected_rate_bps=_opt_float(e.get("expected_rate_bps")),
     )
 
 
 def _serial(raw: Mapping[str, Any] | str) -> SerialPortConfig:
     if isinstance(raw, str):
         return SerialPortConfig(path=raw)
-    _only_known(raw, "serial_ports", (f.name for f in fields(SerialPortConfig)))
+    path = raw.get("path") if isinstance(raw, Mapping) else None
+    _check_keys(raw, _SERIAL_KEYS, f"serial port {path}", ("path",))
     handshake = str(raw.get("handshake", "auto"))
     if handshake not in HANDSHAKES:
         path = raw.get("path")
@@ -145,7 +182,7 @@ def _serial(raw: Mapping[str, Any] | str) -> SerialPortConfig:
 
 
 def _kme(raw: Mapping[str, Any]) -> KMEConfig:
-    _only_known(raw, "kme", (f.name for f in fields(KMEConfig)))
+    _check_keys(raw, _KME_KEYS, "kme", ("url", "sae_id", "slave_sae_id", "cert", "key", "ca"))
     url = str(raw["url"]).rstrip("/")
     if not url.lower().startswith("https://"):
         # QKD keys travel in the KME's answers: never over plain HTTP
@@ -164,7 +201,7 @@ def _kme(raw: Mapping[str, Any]) -> KMEConfig:
 
 
 def _health(raw: Mapping[str, Any]) -> HealthParameters:
-    _only_known(raw, "health", HEALTH_KEYS)
+    _check_keys(raw, HEALTH_KEYS, "health")
     alpha = raw.get("alpha", DEFAULT_ALPHA)
     if "alpha_log2" in raw:
         alpha = 2.0 ** float(raw["alpha_log2"])

@@ -4,9 +4,12 @@ disk (found walking the CLIs as a new operator would)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.subprocesses import REPO, child_env
 
@@ -46,3 +49,64 @@ def test_qssh_queue_default_config_that_is_a_directory_is_a_usage_error(tmp_path
     assert r.stderr.strip() == (
         f"qssh-queue: {home / 'config'}: cannot read the config file (Is a directory)"
     )
+
+
+def serve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "serve", *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+
+
+KME = """[hardware.kme]
+url = "https://127.0.0.1:1"
+sae_id = "SAE-ALICE"
+slave_sae_id = "SAE-BOB"
+cert = "client.pem"
+key = "client.key"
+ca = "ca.pem"
+"""
+
+
+@pytest.mark.parametrize(
+    ("section", "error"),
+    [
+        (KME + "timout = 3\n", "hardware: kme: unknown keys ['timout']"),
+        (
+            '[hardware]\nserial_ports = [{ path = "/dev/ttyACM9", handshak = "dtr" }]\n',
+            "hardware: serial port /dev/ttyACM9: unknown keys ['handshak']",
+        ),
+        ("[hardware.health]\nalpa = 3\n", "hardware: health: unknown keys ['alpa']"),
+        (KME.replace('sae_id = "SAE-ALICE"\n', ""), "hardware: kme: missing key 'sae_id'"),
+        (
+            '[hardware]\nchar_devices = "/dev/hwrng"\n',
+            "hardware: char_devices: expected a list of paths, got '/dev/hwrng'",
+        ),
+        ('[hardware]\nuse_udev = "false"\n', "hardware: use_udev: expected true or false"),
+    ],
+    ids=["kme-typo", "serial-typo", "health-typo", "kme-missing", "char-devices-str", "bool-str"],
+)
+def test_serve_refuses_a_typo_or_wrong_type_inside_hardware_tables(
+    tmp_path: Path, section: str, error: str
+) -> None:
+    # operations.md: "Unknown keys anywhere are errors (a typo must not silently fall
+    # back to a default)"; each of these was taken silently (or named only 'sae_id').
+    for name in ("client.pem", "client.key", "ca.pem"):
+        (tmp_path / name).write_text("")
+    config = tmp_path / "alice.toml"
+    config.write_text(section)
+    data = tmp_path / "data"
+    with socket.socket() as taken:  # were the config taken, the start fails fast on it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        r = serve("--config", str(config), "--data-dir", str(data), "--port", port, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith(f"qssh-sidecar: config {config}: {error}"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not data.exists()
