@@ -26,10 +26,12 @@ from transport.keys import (
     write_key_pair,
 )
 from transport.ssh_algorithms import registered_algorithms
+from transport.ssh_config import qssh_home
 
 
 def _default_file(algorithm: str) -> Path:
-    return Path.home() / ".qssh" / f"id_{algorithm.removeprefix('ssh-')}"
+    """Where ``qssh-queue`` looks for it (``$QSSH_HOME`` or ``~/.qssh``; ``id_mldsa65``)."""
+    return qssh_home() / f"id_{algorithm.removeprefix('ssh-').replace('-', '')}"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +44,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"key algorithm (default {DEFAULT_ALGORITHM}); one of: "
         + ", ".join(registered_algorithms()),
     )
-    parser.add_argument("-f", dest="file", metavar="FILE", help="private key file (.pub beside)")
+    parser.add_argument(
+        "-f",
+        dest="file",
+        metavar="FILE",
+        help="private key file (.pub beside; default: $QSSH_HOME or ~/.qssh, id_ALG as "
+        "qssh-queue looks for it, e.g. id_mldsa65)",
+    )
     parser.add_argument("-C", dest="comment", default=None, help="comment on the public key")
     parser.add_argument(
         "-N", dest="passphrase", default="", help="passphrase for the private key (default none)"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.subprocesses import REPO, child_env
+from transport.client import DEFAULT_IDENTITIES
 
 
 def qssh_queue(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -110,3 +111,25 @@ def test_serve_refuses_a_typo_or_wrong_type_inside_hardware_tables(
     assert r.stderr.startswith(f"qssh-sidecar: config {config}: {error}"), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not data.exists()
+
+
+def test_keygen_default_file_is_where_qssh_queue_looks_for_it(tmp_path: Path) -> None:
+    # protocol.md: without IdentityFile qssh-queue uses $QSSH_HOME (or ~/.qssh)
+    # id_falcon512, id_falcon1024, id_mldsa65, id_mldsa44. keygen without -f wrote
+    # ~/.qssh/id_mldsa-65, ignoring $QSSH_HOME, where the client never looked.
+    home, qssh_home = tmp_path / "home", tmp_path / "qssh"
+    home.mkdir()
+    r = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "keygen", "-t", "ssh-mldsa-65"],
+        capture_output=True,
+        text=True,
+        env=child_env(HOME=str(home), QSSH_HOME=str(qssh_home)),
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "id_mldsa65" in DEFAULT_IDENTITIES
+    assert sorted(p.name for p in qssh_home.iterdir()) == ["id_mldsa65", "id_mldsa65.pub"]
+    assert f"saved in {qssh_home / 'id_mldsa65'}\n" in r.stdout
+    assert list(home.iterdir()) == []
