@@ -197,7 +197,13 @@ class SidecarMetrics:
 
     def serve(self, endpoint: Endpoint) -> None:
         """Start the exporter thread (the address was checked to be loopback)."""
-        server, _thread = start_http_server(endpoint.port, endpoint.host, registry=self.registry)
+        try:
+            server, _thread = start_http_server(
+                endpoint.port, endpoint.host, registry=self.registry
+            )
+        except OSError as e:  # name the address, as the SSH listener's error does
+            where = f"{endpoint.host}:{endpoint.port}"
+            raise OSError(e.errno, f"metrics: cannot listen on {where}: {e.strerror}") from None
         self._server = server
 
     @property

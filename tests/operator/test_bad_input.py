@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.subprocesses import REPO, child_env
+from tests.subprocesses import REPO, child_env, free_port
 from transport.client import DEFAULT_IDENTITIES
 
 
@@ -133,3 +133,23 @@ def test_keygen_default_file_is_where_qssh_queue_looks_for_it(tmp_path: Path) ->
     assert sorted(p.name for p in qssh_home.iterdir()) == ["id_mldsa65", "id_mldsa65.pub"]
     assert f"saved in {qssh_home / 'id_mldsa65'}\n" in r.stdout
     assert list(home.iterdir()) == []
+
+
+def test_serve_names_the_metrics_address_that_is_in_use(tmp_path: Path) -> None:
+    # operations.md: a port in use is exit 1 with one `qssh-sidecar: …` line; for the
+    # SSH port the line names the address, for the metrics port it said only
+    # "[Errno 98] Address already in use".
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        metrics = f"127.0.0.1:{taken.getsockname()[1]}"
+        r = serve(
+            "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), "--metrics", metrics,
+            cwd=tmp_path,
+        )  # fmt: skip
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip() == (
+        f"qssh-sidecar: cannot start: [Errno 98] metrics: cannot listen on {metrics}: "
+        "Address already in use"
+    )
