@@ -218,14 +218,15 @@ class Sidecar:
     async def start(self) -> None:
         cfg = self.cfg
         started = time.monotonic()
-        # Everything that can be wrong with the config is found before we listen.
-        prepare_data_dir(cfg.data_dir)
-        self._lock_data_dir()
+        # Everything that can be wrong with the config is found before we listen; a bad
+        # key file or authorized_keys before the data dir is made or locked (only read).
         self._check_files()
         host = keys.existing_host_key(cfg.host_key_path, generate=cfg.host_key is None)
         make_operator = cfg.embedded_defaults or not cfg.authorized_keys_path.exists()
         if cfg.authorized_keys_path.exists():
             self._load_authorized_keys()
+        prepare_data_dir(cfg.data_dir)
+        self._lock_data_dir()
 
         recovery = await self.queue.open(salvage=self.salvage)
         self.say(f"log {self.queue.wal_dir}: {recovery}")

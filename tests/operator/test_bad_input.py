@@ -13,6 +13,7 @@ import pytest
 
 from tests.subprocesses import REPO, child_env, free_port
 from transport.client import DEFAULT_IDENTITIES
+from transport.keys import generate_key
 
 
 def qssh_queue(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -153,3 +154,35 @@ def test_serve_names_the_metrics_address_that_is_in_use(tmp_path: Path) -> None:
         f"qssh-sidecar: cannot start: [Errno 98] metrics: cannot listen on {metrics}: "
         "Address already in use"
     )
+
+
+@pytest.mark.parametrize(
+    ("flag", "content", "error"),
+    [
+        ("--host-key", None, "host_key: cannot read {path} (No such file or directory)"),
+        ("--authorized-keys", None, "authorized_keys: cannot read {path} (No such file"),
+        ("--host-key", "not a key\n", "host_key: {path} is not a usable private key"),
+        (
+            "--authorized-keys",
+            'roles="producer,wizard" {key}\n',
+            "authorized_keys: {path}:1: unknown role 'wizard'",
+        ),
+    ],
+    ids=["host-key-missing", "authorized-keys-missing", "host-key-garbage", "unknown-role"],
+)
+def test_serve_with_a_bad_key_file_leaves_no_data_dir_behind(
+    tmp_path: Path, flag: str, content: str | None, error: str
+) -> None:
+    # operations.md: a bad key file or authorized_keys stops the start, checked before
+    # the data dir is locked; a first start with a typo'd path left a new data dir
+    # holding a lock file.
+    path = tmp_path / "given"
+    if content is not None:
+        key = generate_key("ssh-falcon512").export_public_key().decode().strip()
+        path.write_text(content.format(key=key))
+    data = tmp_path / "data"
+    r = serve(flag, str(path), "--data-dir", str(data), "--port", str(free_port()), cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("qssh-sidecar: " + error.format(path=path)), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not data.exists()
