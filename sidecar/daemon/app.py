@@ -35,6 +35,7 @@ from .config import (
     ConfigError,
     DaemonConfig,
     DiskFull,
+    check_kme_tls,
     check_readable,
     check_socket_group,
     prepare_data_dir,
@@ -294,6 +295,7 @@ class Sidecar:
         if kme is not None:
             for setting, path in (("cert", kme.cert), ("key", kme.key), ("ca", kme.ca)):
                 check_readable(Path(path), f"hardware.kme.{setting}")
+            check_kme_tls(kme.cert, kme.key, kme.ca)
 
     def _lock_data_dir(self) -> None:
         path = self.cfg.data_dir / "lock"

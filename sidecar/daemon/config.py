@@ -13,6 +13,7 @@ import grp
 import ipaddress
 import os
 import re
+import ssl
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -718,6 +719,21 @@ def check_readable(path: Path, setting: str) -> bytes:
         raise ConfigError(f"{setting}: {path} is a directory, not a key file") from None
     except OSError as e:
         raise ConfigError(f"{setting}: cannot read {path} ({e.strerror})") from None
+
+
+def check_kme_tls(cert: str, key: str, ca: str) -> None:
+    """The KME's mutual-TLS files load (else the start failed later, naming no file)."""
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    except (ssl.SSLError, ValueError) as e:
+        raise ConfigError(f"hardware.kme.ca: {ca} is not a usable CA certificate ({e})") from None
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (ssl.SSLError, ValueError) as e:
+        raise ConfigError(
+            f"hardware.kme.cert, hardware.kme.key: {cert} and {key} are not a usable "
+            f"client certificate and its key ({e})"
+        ) from None
 
 
 def prepare_data_dir(path: Path) -> None:

@@ -54,8 +54,10 @@ def test_qssh_queue_default_config_that_is_a_directory_is_a_usage_error(tmp_path
 
 
 def serve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``qssh-sidecar serve ARGS``, without metrics unless asked (its port is shared)."""
+    metrics = () if "--metrics" in args else ("--metrics", "")
     return subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "serve", *args],
+        [sys.executable, "-m", "sidecar.cli", "serve", *args, *metrics],
         capture_output=True,
         text=True,
         env=child_env(),
@@ -184,5 +186,27 @@ def test_serve_with_a_bad_key_file_leaves_no_data_dir_behind(
     r = serve(flag, str(path), "--data-dir", str(data), "--port", str(free_port()), cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.startswith("qssh-sidecar: " + error.format(path=path)), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not data.exists()
+
+
+def test_serve_with_unusable_kme_tls_files_names_them_before_making_anything(
+    tmp_path: Path,
+) -> None:
+    # A [hardware.kme] whose files exist but hold no certificate: the start failed with
+    # exit 1 and `cannot start: [X509: NO_CERTIFICATE_OR_CRL_FOUND] …`, naming no file,
+    # after making the data dir, the log and the keys. Like an unusable host_key it is a
+    # configuration error (exit 2), found before anything is made.
+    for name in ("client.pem", "client.key", "ca.pem"):
+        (tmp_path / name).write_text("")
+    config = tmp_path / "alice.toml"
+    config.write_text(KME)
+    data = tmp_path / "data"
+    r = serve("--config", str(config), "--data-dir", str(data), "--port", str(free_port()),
+              cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith(
+        f"qssh-sidecar: hardware.kme.ca: {tmp_path / 'ca.pem'} is not a usable CA certificate"
+    ), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not data.exists()
