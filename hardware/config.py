@@ -83,8 +83,8 @@ class HardwareConfig:
                 ),
                 remote_endpoints=tuple(_remote(e) for e in _list(raw, "remote_endpoints", ())),
                 kme=_kme(raw["kme"]) if raw.get("kme") else None,
-                floor=Tier.parse(raw.get("floor", 1)),
-                ceiling=Tier.parse(raw.get("ceiling", 4)),
+                floor=_tier(raw, "floor", 1),
+                ceiling=_tier(raw, "ceiling", 4),
                 health=_health(raw.get("health", {})),
                 check_interval=float(raw.get("check_interval", 60.0)),
                 sample_bytes=int(raw.get("sample_bytes", 4096)),
@@ -142,6 +142,13 @@ def _paths(values: list[Any] | tuple[Any, ...]) -> list[str]:
         if not isinstance(v, str):
             raise HardwareConfigError(f"char_devices: expected a list of paths, got {v!r}")
     return list(values)
+
+
+def _tier(raw: Mapping[str, Any], key: str, default: int) -> Tier:
+    try:
+        return Tier.parse(raw.get(key, default))
+    except ValueError as exc:
+        raise HardwareConfigError(f"{key}: {exc}") from None
 
 
 def _bool(raw: Mapping[str, Any], key: str, default: bool) -> bool:

@@ -27,13 +27,13 @@ class Tier(IntEnum):
     def parse(cls, value: object) -> Tier:
         if isinstance(value, Tier):
             return value
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4:
             return cls(value)
         if isinstance(value, str):
             key = value.strip().upper().replace("-", "_")
             # the wire's names ("BasicPQ") are the member names without underscores
             key = {name.replace("_", ""): name for name in cls.__members__}.get(key, key)
-            if key.isdigit():
+            if key.isdigit() and 1 <= int(key) <= 4:
                 return cls(int(key))
             if key in cls.__members__:
                 return cls[key]

@@ -554,7 +554,10 @@ def parse_admission(raw: dict[str, Any], base: AdmissionLimits | None = None) ->
             values = at.get("per_source_penalty_exempt", list, [])
             if not all(isinstance(v, str) for v in values):
                 raise ValueError("per_source_penalty_exempt: a list of addresses or CIDRs")
-            exempt = parse_networks(values)
+            try:
+                exempt = parse_networks(values)
+            except ValueError as e:
+                raise ValueError(f"per_source_penalty_exempt: {e}") from None
         return AdmissionLimits(
             max_startups=startups,
             per_source_max_startups=at.positive(

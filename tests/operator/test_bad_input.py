@@ -210,3 +210,27 @@ def test_serve_with_unusable_kme_tls_files_names_them_before_making_anything(
     ), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not data.exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "error"),
+    [
+        ("[hardware]\nfloor = 7\n", "hardware: floor: not a tier: 7 (use 1-4 or a tier name)"),
+        ('[hardware]\nceiling = "high"\n', "hardware: ceiling: not a tier: 'high'"),
+        (
+            '[admission]\nper_source_penalty_exempt = ["10.0.0.300"]\n',
+            "admission.per_source_penalty_exempt: '10.0.0.300' does not appear to be",
+        ),
+    ],
+    ids=["floor-out-of-range", "ceiling-name", "exempt-address"],
+)
+def test_serve_config_errors_name_the_key(tmp_path: Path, section: str, error: str) -> None:
+    # they said `hardware: 7 is not a valid Tier` and `admission.'10.0.0.300' does not …`
+    config = tmp_path / "alice.toml"
+    config.write_text(section)
+    data = tmp_path / "data"
+    r = serve("--config", str(config), "--data-dir", str(data), "--port", str(free_port()),
+              cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith(f"qssh-sidecar: config {config}: {error}"), r.stderr
+    assert not data.exists()
