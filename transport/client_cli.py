@@ -120,7 +120,7 @@ def command_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument(
             "--broadcast", action="store_true", help="relay the message to the server's peers"
         )
-        p.add_argument("--batch", type=int, default=256, help="messages per bulk request")
+        p.add_argument("--batch", type=_at_least(1), default=256, help="messages per bulk request")
         p.add_argument("--no-progress", action="store_true")
     elif command == "lease":
         p.add_argument("--timeout", type=float, default=30.0, help="lease seconds")
@@ -129,16 +129,33 @@ def command_parser(command: str) -> argparse.ArgumentParser:
     elif command in ("ack", "release"):
         p.add_argument("lease_id")
     elif command == "tail":
-        p.add_argument("--credit", type=int, default=16, help="deliveries in flight")
+        p.add_argument("--credit", type=_at_least(1), default=16, help="deliveries in flight")
         p.add_argument("--lease-timeout", type=float, default=30.0)
         p.add_argument(
             "--no-ack",
             action="store_true",
             help="release each delivery instead of acking it (it is delivered again)",
         )
-        p.add_argument("-n", "--count", type=int, default=0, help="stop after N (0 = forever)")
+        p.add_argument(
+            "-n", "--count", type=_at_least(0), default=0, help="stop after N (0 = forever)"
+        )
         _kinds_option(p)
     return p
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (a usage error, exit 2, otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
 
 
 def _kinds_option(p: argparse.ArgumentParser) -> None:

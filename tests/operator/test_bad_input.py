@@ -234,3 +234,23 @@ def test_serve_config_errors_name_the_key(tmp_path: Path, section: str, error: s
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.startswith(f"qssh-sidecar: config {config}: {error}"), r.stderr
     assert not data.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["tail", "--credit", "0"], "argument --credit: must be at least 1, got 0"),
+        (["tail", "-n", "-1"], "argument -n/--count: must be at least 0, got -1"),
+        (["submit", "-", "--batch", "0"], "argument --batch: must be at least 1, got 0"),
+    ],
+    ids=["credit-0", "count-negative", "batch-0"],
+)
+def test_qssh_queue_refuses_counts_out_of_range(
+    tmp_path: Path, args: list[str], error: str
+) -> None:
+    # `tail --credit 0` subscribed with no credit and waited for ever, `tail -n -1`
+    # subscribed and ended at once with nothing, `--batch 0` was taken as 1.
+    r = qssh_queue("-F", "/dev/null", "validator", *args, home=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith(error), r.stderr
