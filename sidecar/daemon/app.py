@@ -38,6 +38,7 @@ from .config import (
     check_kme_tls,
     check_readable,
     check_socket_group,
+    check_socket_path,
     prepare_data_dir,
 )
 from .entropy import EntropyPublisher
@@ -291,6 +292,7 @@ class Sidecar:
         if cfg.authorized_keys is not None:
             check_readable(cfg.authorized_keys_path, "authorized_keys")
         check_socket_group(cfg.node.socket_group)
+        check_socket_path(cfg.node_socket_path, cfg.data_dir)
         kme = cfg.hardware.kme
         if kme is not None:
             for setting, path in (("cert", kme.cert), ("key", kme.key), ("ca", kme.ca)):

@@ -713,6 +713,21 @@ def check_socket_group(group: str | None) -> int | None:
     return gid
 
 
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, the last one a NUL
+
+
+def check_socket_path(path: Path, data_dir: Path) -> None:
+    """``node.socket`` can be bound: its directory exists (the data dir is made at
+    start) and the path fits a unix socket address."""
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise ConfigError(
+            f"node.socket: {path}: longer than a unix socket path may be ({UNIX_PATH_MAX} bytes)"
+        )
+    parent = path.parent
+    if os.path.abspath(parent) != os.path.abspath(data_dir) and not parent.is_dir():
+        raise ConfigError(f"node.socket: {path}: no directory {parent}")
+
+
 def check_readable(path: Path, setting: str) -> bytes:
     """Read a file the daemon needs; a failure names the setting and the path."""
     try:

@@ -254,3 +254,30 @@ def test_qssh_queue_refuses_counts_out_of_range(
     assert r.returncode == 2, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].endswith(error), r.stderr
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "too-long"])
+def test_serve_refuses_an_unusable_node_socket_path_before_anything_listens(
+    tmp_path: Path, where: str
+) -> None:
+    # operations.md: a configuration problem stops the start before anything listens.
+    # A node.socket in a missing directory, or longer than a unix socket path may be,
+    # failed after the SSH port listened (`cannot start: [Errno 2] No such file or
+    # directory`, `cannot start: AF_UNIX path too long`, exit 1), naming no path.
+    if where == "missing-dir":
+        sock = tmp_path / "nonexist" / "node.sock"
+        error = f"node.socket: {sock}: no directory {sock.parent}"
+    else:
+        long_dir = tmp_path / ("d" * 120)
+        long_dir.mkdir()
+        sock = long_dir / "node.sock"
+        error = f"node.socket: {sock}: longer than a unix socket path may be (107 bytes)"
+    config = tmp_path / "alice.toml"
+    config.write_text(f'[node]\nsocket = "{sock}"\n')
+    data = tmp_path / "data"
+    r = serve("--config", str(config), "--data-dir", str(data), "--port", str(free_port()),
+              cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip() == f"qssh-sidecar: {error}"
+    assert "listening" not in r.stdout
+    assert not data.exists()
