@@ -298,6 +298,8 @@ class Sidecar:
             for setting, path in (("cert", kme.cert), ("key", kme.key), ("ca", kme.ca)):
                 check_readable(Path(path), f"hardware.kme.{setting}")
             check_kme_tls(kme.cert, kme.key, kme.ca)
+        for n, peer in enumerate(cfg.peers):
+            keys.check_peer_keys(peer, f"peers[{n}]")
 
     def _lock_data_dir(self) -> None:
         path = self.cfg.data_dir / "lock"

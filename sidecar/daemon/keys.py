@@ -24,9 +24,17 @@ import asyncssh
 import transport.ssh_algorithms  # noqa: F401 - registers the post-quantum key algorithms
 from sidecar.durable_fs import append_text, make_dirs, replace_file
 from transport.entropy import EntropyMixer
-from transport.keys import generate_key, known_hosts_line, public_line, write_key_pair
+from transport.keys import (
+    KeyFileError,
+    generate_key,
+    known_hosts_line,
+    public_line,
+    read_known_hosts,
+    write_key_pair,
+)
 
 from .config import ConfigError, DaemonConfig
+from .peers_config import PeerConfig
 
 HOST_KEY_ALG = "ssh-falcon512"
 OPERATOR_ROLES = "producer,consumer,admin"
@@ -85,6 +93,24 @@ def new_key(path: Path, *, comment: str, entropy: EntropyMixer | None = None) ->
     write_key_pair(key, path, force=True)
     qrng = entropy.source if entropy is not None and entropy.mixed > mixed_before else None
     return LoadedKey(key, path, new=True, qrng=qrng)
+
+
+def check_peer_keys(peer: PeerConfig, where: str) -> None:
+    """A peer's identity, known_hosts or pinned host_key line can be used; else a
+    ConfigError (the link would retry for good, saying only that it is down)."""
+    existing_key(peer.identity, generate=False, setting=f"{where}.identity")
+    if peer.known_hosts is not None:
+        try:
+            read_known_hosts(peer.known_hosts)
+        except KeyFileError as e:
+            raise ConfigError(f"{where}.known_hosts: {e.message}") from None
+    if peer.host_key is not None:
+        try:
+            asyncssh.import_known_hosts(peer.host_key.strip() + "\n")
+        except ValueError as e:
+            raise ConfigError(
+                f"{where}.host_key: {peer.host_key!r} is not a known_hosts line ({e})"
+            ) from None
 
 
 def existing_host_key(path: Path, *, generate: bool) -> LoadedKey | None:

@@ -281,3 +281,49 @@ def test_serve_refuses_an_unusable_node_socket_path_before_anything_listens(
     assert r.stderr.strip() == f"qssh-sidecar: {error}"
     assert "listening" not in r.stdout
     assert not data.exists()
+
+
+PEER = '[[peers]]\nname = "bob"\naddress = "127.0.0.1:1"\n'
+
+
+@pytest.mark.parametrize(
+    ("peer", "error"),
+    [
+        (
+            'host_key = "[127.0.0.1]:1 {pub}"\nidentity = "nonexist"\n',
+            "peers[0].identity: {tmp}/nonexist does not exist",
+        ),
+        (
+            'host_key = "[127.0.0.1]:1 {pub}"\nidentity = "id.pub"\n',
+            "peers[0].identity: {tmp}/id.pub is not a usable private key",
+        ),
+        (
+            'known_hosts = "nonexist"\nidentity = "id"\n',
+            "peers[0].known_hosts: known_hosts file {tmp}/nonexist",
+        ),
+        ('host_key = "garbage"\nidentity = "id"\n', "peers[0].host_key: 'garbage' is not a"),
+    ],
+    ids=["identity-missing", "identity-public", "known-hosts-missing", "host-key-garbage"],
+)
+def test_serve_refuses_a_bad_peer_key_file_before_anything_listens(
+    tmp_path: Path, peer: str, error: str
+) -> None:
+    # A [[peers]] identity, known_hosts or host_key that cannot be used was taken: the
+    # sidecar served, and the link retried for good, logging `peer bob: link down:
+    # cannot reach the queue service at …: [Errno 2] No such file or directory: …`.
+    key = generate_key("ssh-falcon512")
+    (tmp_path / "id").write_bytes(key.export_private_key())
+    pub = key.export_public_key().decode().strip()
+    (tmp_path / "id.pub").write_text(pub + "\n")
+    config = tmp_path / "alice.toml"
+    config.write_text(PEER + peer.format(pub=pub))
+    data = tmp_path / "data"
+    with socket.socket() as taken:  # were the peer taken, the start fails fast on it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        r = serve("--config", str(config), "--data-dir", str(data), "--port", port, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith(f"qssh-sidecar: {error.format(tmp=tmp_path)}"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not data.exists()
