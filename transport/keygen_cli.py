@@ -83,6 +83,8 @@ def qrng_mixer(path: str) -> tuple[EntropyMixer, HealthCheckedSource]:
 def run(args: argparse.Namespace) -> int:
     try:
         algorithm = canonical_algorithm(args.algorithm)
+        if args.comment is not None and ("\n" in args.comment or "\r" in args.comment):
+            raise KeyFileError("-C: the comment must be one line")
         path = Path(args.file).expanduser() if args.file else _default_file(algorithm)
         if not args.force:
             refuse_overwrite(path)

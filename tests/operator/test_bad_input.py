@@ -327,3 +327,21 @@ def test_serve_refuses_a_bad_peer_key_file_before_anything_listens(
     assert r.stderr.startswith(f"qssh-sidecar: {error.format(tmp=tmp_path)}"), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not data.exists()
+
+
+def test_keygen_refuses_a_comment_of_more_than_one_line(tmp_path: Path) -> None:
+    # the comment ends the public key's line: with a newline, `id.pub` held a second
+    # line, which authorized_keys would read as a malformed key
+    key = tmp_path / "id"
+    r = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "keygen", "-f", str(key), "-C", "me\nroles=x"],
+        capture_output=True,
+        text=True,
+        env=child_env(HOME=str(tmp_path)),
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.strip() == "qssh-sidecar keygen: -C: the comment must be one line"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
