@@ -9,6 +9,7 @@ first) override the file, and specific ``Host`` blocks go before ``Host *``.
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -179,9 +180,20 @@ def resolve(
     def one(name: str, default: str) -> str:
         return found.get(name, [default])[0]
 
+    port_text, timeout_text = one("Port", str(DEFAULT_PORT)), one("ConnectTimeout", "30")
     try:
-        port_value = int(one("Port", str(DEFAULT_PORT)))
-        timeout = float(one("ConnectTimeout", "30"))
+        port_value = int(port_text)
+    except ValueError:
+        raise SshConfigError(f"Port: must be a number 1-65535, got {port_text!r}") from None
+    try:
+        timeout = float(timeout_text)
+    except ValueError:
+        timeout = -1.0
+    if not 0 <= timeout < math.inf:
+        raise SshConfigError(
+            f"ConnectTimeout: must be a number of seconds >= 0, got {timeout_text!r}"
+        )
+    try:
         strict = StrictHostKeyChecking.parse(one("StrictHostKeyChecking", "yes"))
     except ValueError as exc:
         raise SshConfigError(str(exc)) from None

@@ -345,3 +345,22 @@ def test_keygen_refuses_a_comment_of_more_than_one_line(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stderr.strip() == "qssh-sidecar keygen: -C: the comment must be one line"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("option", "error"),
+    [
+        ("ConnectTimeout=-1", "ConnectTimeout: must be a number of seconds >= 0, got '-1'"),
+        ("ConnectTimeout=abc", "ConnectTimeout: must be a number of seconds >= 0, got 'abc'"),
+        ("Port=abc", "Port: must be a number 1-65535, got 'abc'"),
+    ],
+    ids=["timeout-negative", "timeout-word", "port-word"],
+)
+def test_qssh_queue_names_the_option_with_a_bad_value(
+    tmp_path: Path, option: str, error: str
+) -> None:
+    # ConnectTimeout=-1 was a traceback (asyncssh's ValueError), the others said only
+    # `could not convert string to float: 'abc'` / `invalid literal for int() …`
+    r = qssh_queue("-F", "/dev/null", "-o", option, "127.0.0.1", "ping", home=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip() == f"qssh-queue: {error}"
