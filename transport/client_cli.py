@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -458,6 +459,14 @@ def readable_identities(cfg: HostConfig, out: Output) -> HostConfig:
             out.err.print(
                 f"Warning: Identity file {path} not accessible: {exc.strerror}.", markup=False
             )
+            continue
+        try:
+            asyncssh.read_private_key(str(path))
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            # OpenSSH's line for a file that is not a private key (a .pub given by mistake)
+            encrypted = "passphrase" in str(exc).lower()
+            why = "passphrase-protected keys are not supported" if encrypted else "invalid format"
+            out.err.print(f'Load key "{path}": {why}', markup=False)
             continue
         usable.append(path)
     return dataclasses.replace(cfg, identity_files=tuple(usable))

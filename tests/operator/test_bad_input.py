@@ -364,3 +364,19 @@ def test_qssh_queue_names_the_option_with_a_bad_value(
     r = qssh_queue("-F", "/dev/null", "-o", option, "127.0.0.1", "ping", home=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.strip() == f"qssh-queue: {error}"
+
+
+def test_qssh_queue_skips_an_identity_that_is_not_a_private_key(tmp_path: Path) -> None:
+    # `-i id.pub` (a public key given by mistake) was a traceback (KeyImportError);
+    # OpenSSH warns `Load key "id.pub": invalid format` and goes on without it
+    key = generate_key("ssh-falcon512")
+    pub = tmp_path / "id.pub"
+    pub.write_bytes(key.export_public_key())
+    with socket.socket() as closed:  # a port nobody listens on: exit 3 once keys are read
+        closed.bind(("127.0.0.1", 0))
+        port = str(closed.getsockname()[1])
+    r = qssh_queue("-F", "/dev/null", "-p", port, "-i", str(pub), "127.0.0.1", "ping",
+                   home=tmp_path)  # fmt: skip
+    assert "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[0] == f'Load key "{pub}": invalid format'
+    assert r.returncode == 3, r.stderr
