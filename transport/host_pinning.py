@@ -97,7 +97,14 @@ class HostKeyPinning:
         return list(trusted), _revoked_keys(text)
 
     def check(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
-        pinned, revoked = self._read(host, addr, port)
+        try:
+            pinned, revoked = self._read(host, addr, port)
+        except (OSError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.refusal = HostKeyError(
+                f"known_hosts file {self.path} cannot be used ({why}); refusing to connect"
+            )
+            return False
         fingerprint = key.get_fingerprint("sha256")
         if any(_same_key(k, key) for k in revoked):
             self.refusal = HostKeyError(

@@ -218,6 +218,24 @@ async def test_changed_host_key_exits_3_with_clear_message(
     assert b"CHANGED" in err
 
 
+@pytest.mark.parametrize("fault", ["directory", "malformed"])
+async def test_a_known_hosts_file_that_cannot_be_used_exits_3_naming_it(
+    qssh_home: Path, fault: str
+) -> None:
+    # a directory said `unavailable: cannot reach the queue service … Is a directory`,
+    # a malformed file only `host key of … could not be verified`
+    known_hosts = qssh_home / "known_hosts"
+    known_hosts.unlink()
+    if fault == "directory":
+        known_hosts.mkdir()
+    else:
+        known_hosts.write_text("garbage\n")
+    code, _, err = await qssh_queue(qssh_home, "validator", "depth")
+    assert code == 3, err
+    assert f"known_hosts file {known_hosts} cannot be used".encode() in err, err
+    assert b"Traceback" not in err
+
+
 async def test_flags_override_config_and_user_at_host(qssh_home: Path, service: Service) -> None:
     key = qssh_home / "id_falcon512"
     code, out, err = await qssh_queue(
