@@ -7,6 +7,7 @@ import asyncio
 import sys
 import time
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,12 +27,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     rep.add_argument("--config", default=None, help="TOML file with a [hardware] section")
 
 
+_KME_FILES = ("cert", "key", "ca")
+
+
 def load_config(path: str | None) -> HardwareConfig:
     if path is None:
         return HardwareConfig()
     with open(path, "rb") as f:
         raw: dict[str, Any] = tomllib.load(f)
-    return HardwareConfig.from_dict(raw.get("hardware", {}))
+    hw = raw.get("hardware", {})
+    kme = hw.get("kme") if isinstance(hw, dict) else None
+    if isinstance(kme, dict):  # relative to the config file's directory, as serve reads it
+        base = Path(path).resolve().parent
+        fixed = {
+            k: str(base / Path(v).expanduser()) if k in _KME_FILES and isinstance(v, str) else v
+            for k, v in kme.items()
+        }
+        hw = {**hw, "kme": fixed}
+    return HardwareConfig.from_dict(hw)
 
 
 def run(args: argparse.Namespace) -> int:

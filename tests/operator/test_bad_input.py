@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.subprocesses import REPO, child_env, free_port
@@ -380,3 +381,24 @@ def test_qssh_queue_skips_an_identity_that_is_not_a_private_key(tmp_path: Path) 
     assert "Traceback" not in r.stderr
     assert r.stderr.splitlines()[0] == f'Load key "{pub}": invalid format'
     assert r.returncode == 3, r.stderr
+
+
+def test_hardware_report_reads_kme_files_relative_to_the_config_file(tmp_path: Path) -> None:
+    # operations.md: relative paths are relative to the config file's directory, as
+    # `serve` reads them; `hardware report --config F` looked for them in its own cwd
+    # ("KME client setup failed: [Errno 2] No such file or directory"), so it reported
+    # a lower tier than the daemon on the same file would decide.
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name in ("client.pem", "client.key", "ca.pem"):
+        (etc / name).write_text("")  # found, but holds no certificate
+    (etc / "alice.toml").write_text("[hardware]\nuse_udev = false\nchar_devices = []\n" + KME)
+    r = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "hardware", "report", "--json",
+         "--config", str(etc / "alice.toml")],
+        capture_output=True, text=True, env=child_env(), cwd=tmp_path, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    error = orjson.loads(r.stdout)["kme"]["error"]
+    assert "No such file" not in error
+    assert "NO_CERTIFICATE" in error or "PEM" in error, error
