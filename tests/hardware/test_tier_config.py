@@ -115,17 +115,18 @@ _KME = {"url": "https://kme:8443", "sae_id": "a", "slave_sae_id": "b", "cert": "
 
 
 @pytest.mark.parametrize(
-    ("raw", "where"),
-    [({"health": {"windw": 256}}, "windw'] in health"),
-     ({"serial_ports": [{"path": "/dev/ttyACM0", "baud": 9600}]}, "baud'] in serial_ports"),
+    ("raw", "message"),
+    [({"health": {"windw": 256}}, "health: unknown keys ['windw']"),
+     ({"serial_ports": [{"path": "/dev/ttyACM0", "baud": 9600}]},
+      "serial port /dev/ttyACM0: unknown keys ['baud']"),
      ({"remote_endpoints": [{"name": "n", "url": "https://q", "rate": 1}]},
-      "rate'] in remote_endpoints"),
-     ({"kme": {**_KME, "min_keysize": 512}}, "min_keysize'] in kme")],
+      "remote endpoint: unknown keys ['rate']"),
+     ({"kme": {**_KME, "min_keysize": 512}}, "kme: unknown keys ['min_keysize']")],
 )  # fmt: skip
-def test_an_unknown_key_in_a_sub_table_is_an_error(raw: dict[str, object], where: str) -> None:
+def test_an_unknown_key_in_a_sub_table_is_an_error(raw: dict[str, object], message: str) -> None:
     """docs/operations.md: unknown keys anywhere are errors, so a typo (a `min_keysize`
     that would leave tier 4 on 256-bit keys) never falls back to a default."""
-    with pytest.raises(HardwareConfigError, match=re.escape(f"unknown keys ['{where}")):
+    with pytest.raises(HardwareConfigError, match=re.escape(message)):
         HardwareConfig.from_dict(raw)
 
 
