@@ -224,7 +224,11 @@ class Sidecar:
         # key file or authorized_keys before the data dir is made or locked (only read).
         self._check_files()
         host = keys.existing_host_key(cfg.host_key_path, generate=cfg.host_key is None)
-        make_operator = cfg.embedded_defaults or not cfg.authorized_keys_path.exists()
+        # an authorized_keys file the operator named is theirs: it is read, never written
+        named = cfg.authorized_keys is not None
+        make_operator = (
+            cfg.embedded_defaults and not named
+        ) or not cfg.authorized_keys_path.exists()
         if cfg.authorized_keys_path.exists():
             self._load_authorized_keys()
         prepare_data_dir(cfg.data_dir)

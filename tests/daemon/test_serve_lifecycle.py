@@ -90,6 +90,24 @@ def test_sighup_reloads_authorized_keys(
     assert d.stop() == 0
 
 
+def test_an_authorized_keys_file_named_on_the_command_line_is_never_written(
+    spawn: Any, tmp_path: Path
+) -> None:
+    """Embedded defaults make a local operator key; they must not add it to a file the
+    operator named (it would grant a new key every role behind their back)."""
+    auth = tmp_path / "my_authorized_keys"
+    user = asyncssh.generate_private_key("ssh-falcon512")
+    auth.write_text('roles="consumer" ' + user.export_public_key().decode())
+    before = auth.read_bytes()
+    args = ["--port", str(free_port()), "--data-dir", "d", "--metrics", ""]
+    d = spawn([*args, "--authorized-keys", str(auth)])
+    d.wait_ready()
+    assert d.stop() == 0
+    assert auth.read_bytes() == before
+    assert not (tmp_path / "d" / "operator").exists()
+    assert not any("local operator key" in line for line in d.lines)
+
+
 def test_second_daemon_on_the_same_data_dir_is_refused(spawn: Any, tmp_path: Path) -> None:
     d = spawn(["--port", str(free_port()), "--data-dir", "d", "--metrics", ""])
     d.wait_ready()
