@@ -112,6 +112,8 @@ class ServerSettings:
     port: int = 0
     host_key_paths: tuple[Path, ...] = ()
     authorized_keys_path: Path = Path("authorized_keys")
+    # the keys already read from that file (else the server reads it itself)
+    authorized_keys: AuthorizedKeys | None = None
     limits: ServiceLimits = field(default_factory=ServiceLimits)
     tier: int = 2
     tier_provider: Callable[[], TierInfo] | None = None
@@ -764,7 +766,10 @@ class QueueServer:
     def __init__(self, queue: QueuePort, settings: ServerSettings) -> None:
         self.queue = queue
         self.settings = settings
-        self.authorized_keys = AuthorizedKeys(settings.authorized_keys_path)
+        given = settings.authorized_keys
+        self.authorized_keys = (
+            given if given is not None else AuthorizedKeys(settings.authorized_keys_path)
+        )
         self.service = QueueService(
             queue,
             settings.limits,

@@ -420,6 +420,7 @@ class ServerPart:
             host=self.cfg.listen.host,
             port=self.cfg.listen.port,
             authorized_keys_path=self.cfg.authorized_keys_path,
+            authorized_keys=self._authorized,  # read once at start: its warnings once
             limits=limits,
             tier_provider=self.hardware.tier_info,
             host_keys=(host_key.key,),
@@ -428,8 +429,6 @@ class ServerPart:
             peers=self.peers_view,
         )
         self.server = await start_queue_server(self.queue, settings)
-        if self._authorized is not None:
-            self.server.authorized_keys = self._authorized
         return Endpoint(self.cfg.listen.host, self.server.port)
 
     def tier_notes(self, host_key_alg: str) -> list[str]:

@@ -108,6 +108,20 @@ def test_an_authorized_keys_file_named_on_the_command_line_is_never_written(
     assert not any("local operator key" in line for line in d.lines)
 
 
+def test_a_skipped_authorized_keys_line_is_reported_once_at_start(
+    spawn: Any, tmp_path: Path
+) -> None:
+    auth = tmp_path / "my_authorized_keys"
+    user = asyncssh.generate_private_key("ssh-falcon512")
+    auth.write_text('roles="consumer" ' + user.export_public_key().decode() + "not a key\n")
+    args = ["--port", str(free_port()), "--data-dir", "d", "--metrics", ""]
+    d = spawn([*args, "--authorized-keys", str(auth)])
+    d.wait_ready()
+    assert d.stop() == 0
+    skipped = [e for e in d.lines + d.errors if "my_authorized_keys:2: skipped" in e]
+    assert len(skipped) == 1, skipped
+
+
 def test_second_daemon_on_the_same_data_dir_is_refused(spawn: Any, tmp_path: Path) -> None:
     d = spawn(["--port", str(free_port()), "--data-dir", "d", "--metrics", ""])
     d.wait_ready()
