@@ -94,7 +94,7 @@ class SidecarServer:
             [
                 sys.executable, "-m", "sidecar.cli", "serve",
                 "--instance", "bench",
-                "--data-dir", str(self.dir / "data"),
+                "--data-dir", "data",  # relative to cwd: node.sock fits a unix socket path
                 "--listen", f"127.0.0.1:{self.port}",
                 "--host-key", str(self.dir / "host_key"),
                 "--authorized-keys", str(self.dir / "authorized_keys"),
