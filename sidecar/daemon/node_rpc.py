@@ -219,7 +219,7 @@ class NodeRpc:
                 _safe_id(req_id),
                 RpcError(INVALID_REQUEST, "Invalid Request: jsonrpc must be '2.0'"),
             )
-        if not (req_id is None or isinstance(req_id, int | str)) or isinstance(req_id, bool):
+        if not (req_id is None or _is_id(req_id)):
             return error_reply(None, RpcError(INVALID_REQUEST, "Invalid Request: bad id"))
         method = req.get("method")
         if not isinstance(method, str):
@@ -359,8 +359,14 @@ class NodeRpc:
 _SUBSCRIBE = frozenset({"qssh_subscribeMessages", "qssh_subscribeTier"})
 
 
+def _is_id(value: object) -> bool:
+    """A String or Number (JSON-RPC 2.0: Numbers SHOULD NOT have fractional parts, so
+    they may; orjson never parses NaN or an infinity), echoed as it came."""
+    return isinstance(value, int | float | str) and not isinstance(value, bool)
+
+
 def _safe_id(req_id: object) -> object:
-    return req_id if isinstance(req_id, int | str) and not isinstance(req_id, bool) else None
+    return req_id if _is_id(req_id) else None
 
 
 def _needs_session(method: str, session: NodeSession | None) -> NodeSession:

@@ -138,6 +138,16 @@ def test_bad_requests_get_standard_error_objects(
     assert "result" not in reply
 
 
+@pytest.mark.parametrize("how", TRANSPORTS)
+@pytest.mark.parametrize("req_id", [1.5, -2.25, 7.0, "7", 0, None])
+def test_any_string_number_or_null_id_is_echoed(node: Any, how: Transport, req_id: Any) -> None:
+    """JSON-RPC 2.0, Request object: the id is a String, Number or Null (Numbers SHOULD
+    NOT, so may, have fractional parts), and the reply MUST carry the same value."""
+    reply = call(node, how, "qssh_getValidatorName", req_id=req_id)
+    assert reply["result"] == "alice"
+    assert type(reply["id"]) is type(req_id)
+
+
 @pytest.mark.parametrize(
     ("message", "data_code"),
     [

@@ -34,7 +34,9 @@ json_values = st.recursive(
 requests = st.fixed_dictionaries(
     {"jsonrpc": st.sampled_from(["2.0", "1.0", 2])},
     optional={
-        "id": st.one_of(I64, st.text(max_size=5), st.none(), st.booleans()),
+        "id": st.one_of(
+            I64, st.floats(allow_nan=False), st.text(max_size=5), st.none(), st.booleans()
+        ),
         "method": st.one_of(st.sampled_from(METHODS), json_values),
         "params": st.one_of(json_values, st.lists(json_values, max_size=2)),
     },
