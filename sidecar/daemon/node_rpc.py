@@ -320,6 +320,8 @@ class NodeRpc:
             _no_params(method, params)
             return session.subscribe_tier()
         (sub_id,) = _named(method, params, ("subscription",), required=1)
+        if isinstance(sub_id, int) and not isinstance(sub_id, bool):
+            return False  # a numeric subscription id (jsonrpsee has them): never one of ours
         if not isinstance(sub_id, str):
             raise RpcError(INVALID_PARAMS, f"Invalid params: {method} takes a subscription id")
         if method == "qssh_unsubscribeMessages":

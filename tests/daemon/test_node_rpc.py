@@ -148,6 +148,17 @@ def test_any_string_number_or_null_id_is_echoed(node: Any, how: Transport, req_i
     assert type(reply["id"]) is type(req_id)
 
 
+@pytest.mark.parametrize("method", ["qssh_unsubscribeMessages", "qssh_unsubscribeTier"])
+@pytest.mark.parametrize("sub_id", ["qssh-999999", 7])
+def test_unsubscribing_an_unknown_subscription_id_is_false(
+    node: Any, method: str, sub_id: object
+) -> None:
+    """A subscription id is a string or a number (jsonrpsee's SubscriptionId, which
+    @polkadot/rpc-provider matches either way); one this connection does not hold is
+    answered ``false``, as jsonrpsee answers it, not an error."""
+    assert call(node, "unix-line", method, [sub_id])["result"] is False
+
+
 @pytest.mark.parametrize(
     ("message", "data_code"),
     [
