@@ -159,6 +159,51 @@ def test_unsubscribing_an_unknown_subscription_id_is_false(
     assert call(node, "unix-line", method, [sub_id])["result"] is False
 
 
+def _connect(node: Any, how: Transport) -> socket.socket:
+    _, sock, port = node
+    if how == "unix-http":
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(20)
+        s.connect(str(sock))
+        return s
+    return socket.create_connection(("127.0.0.1", port), timeout=20)
+
+
+def _read_head(s: socket.socket) -> bytes:
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+@pytest.mark.parametrize("how", ["unix-http", "tcp-http"])
+def test_expect_100_continue_is_answered_before_the_body(node: Any, how: Transport) -> None:
+    """RFC 9110 10.1.1: a request with ``Expect: 100-continue`` gets an immediate 100
+    (Continue), or an immediate final status when its head decides it. curl sends it for
+    a body over 1 MiB and waits for it (1 s) before sending the body; a client that
+    waits for it longer would get 408 once node.first_request_timeout runs out."""
+    body = _req("qssh_getValidatorName")
+    expect = b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    expect += b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+    with _connect(node, how) as s:
+        s.sendall(expect % len(body))
+        assert _read_head(s).startswith(b"HTTP/1.1 100 ")
+        s.sendall(body)
+        head = _read_head(s)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        payload = b""
+        while len(payload) < length:
+            payload += s.recv(length - len(payload))
+        assert orjson.loads(payload)["result"] == "alice"
+    with _connect(node, how) as s:  # over node.max_body_bytes: 413 at once, no 100
+        s.sendall(expect % (64 * 1024 * 1024))
+        assert _read_head(s).startswith(b"HTTP/1.1 413 ")
+
+
 @pytest.mark.parametrize(
     ("message", "data_code"),
     [
