@@ -361,10 +361,17 @@ class NodeRpc:
 _SUBSCRIBE = frozenset({"qssh_subscribeMessages", "qssh_subscribeTier"})
 
 
+# orjson parses an integer beyond 64 bits as a rounded float; a float id this small
+# came from a literal with a fraction or an exponent and is echoed as the same number.
+_EXACT_FLOAT_ID = 2.0**53
+
+
 def _is_id(value: object) -> bool:
     """A String or Number (JSON-RPC 2.0: Numbers SHOULD NOT have fractional parts, so
-    they may; orjson never parses NaN or an infinity), echoed as it came."""
-    return isinstance(value, int | float | str) and not isinstance(value, bool)
+    they may) that can be echoed as the same value; orjson parses no NaN or infinity."""
+    if isinstance(value, float):
+        return abs(value) < _EXACT_FLOAT_ID
+    return isinstance(value, int | str) and not isinstance(value, bool)
 
 
 def _safe_id(req_id: object) -> object:

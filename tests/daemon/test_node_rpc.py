@@ -148,6 +148,20 @@ def test_any_string_number_or_null_id_is_echoed(node: Any, how: Transport, req_i
     assert type(reply["id"]) is type(req_id)
 
 
+@pytest.mark.parametrize("how", TRANSPORTS)
+@pytest.mark.parametrize("literal", [b"18446744073709551616", b"-9223372036854775809", b"1e300"])
+def test_an_id_that_cannot_be_echoed_exactly_is_invalid(
+    node: Any, how: Transport, literal: bytes
+) -> None:
+    """An integer beyond 64 bits parses as a rounded float: echoing it would answer
+    another id. It is -32600 with a null id (JSON-RPC 2.0: the id could not be
+    detected), not a reply the client might take for a different request's."""
+    body = b'{"jsonrpc": "2.0", "id": %s, "method": "qssh_getValidatorName"}' % literal
+    reply = rpc(node, how, body)
+    assert reply["error"]["code"] == -32600
+    assert reply["id"] is None
+
+
 @pytest.mark.parametrize("method", ["qssh_unsubscribeMessages", "qssh_unsubscribeTier"])
 @pytest.mark.parametrize("sub_id", ["qssh-999999", 7])
 def test_unsubscribing_an_unknown_subscription_id_is_false(
