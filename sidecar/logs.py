@@ -21,6 +21,7 @@ from typing import IO, Any
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+QUIET_LIBRARIES = ("asyncssh", "httpx", "httpcore")
 
 
 def utc_timestamp(created: float) -> str:
@@ -93,8 +94,12 @@ def configure(
     root.addHandler(errors)
     numeric = logging.getLevelNamesMapping()[level]
     root.setLevel(numeric)
-    # asyncssh logs several INFO lines per connection; keep them for DEBUG.
-    logging.getLogger("asyncssh").setLevel(max(numeric, logging.WARNING))
+    # Libraries that log at INFO per connection or request stay at WARNING, whatever
+    # the level: asyncssh several lines per SSH connection; httpx (httpcore under it)
+    # one per KME or remote QRNG request, so a tier-4 node said one every hardware
+    # check, for ever, and one per sealed channel and rekey.
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
 
 
 def level_from_flags(default: str, verbose: int, quiet: int) -> str:

@@ -313,3 +313,27 @@ async def test_a_tier_3_daemon_stays_at_tier_3_through_periodic_health_checks(
         assert metric(mport, "qssh_entropy_publishing") == 1
         assert not [ln for ln in d.lines if "tier changed" in ln], d.lines
         assert d.stop() == 0
+
+
+async def test_kme_requests_write_no_log_line_of_their_own(
+    tmp_path: Path, spawn: Any, pki: ThrowawayPKI, kme_pair: tuple[KMESimulator, KMESimulator]
+) -> None:
+    """httpx logs every request at INFO ("HTTP Request: GET https://kme/... 200 OK"): a
+    tier-4 daemon wrote one line per health check (every ``check_interval``, for ever)
+    and one per sealed channel and rekey. Its logger stays at WARNING, as asyncssh's."""
+    master, slave = kme_pair
+    mport = free_port()
+    (tmp_path / "c.toml").write_text(
+        f'listen = "127.0.0.1:{free_port()}"\ndata_dir = "d"\n'
+        f'[metrics]\nlisten = "127.0.0.1:{mport}"\n'
+        "[hardware]\nuse_udev = false\nchar_devices = []\ncheck_interval = 0.2\n"
+        + kme_section(pki, slave)
+    )
+    d: Daemon = spawn(["--config", "c.toml"])
+    d.wait_ready()
+    await asyncio.to_thread(wait_metric_at_least, mport, "qssh_hardware_checks_total", 4)
+    async with sealed_operator(tmp_path, d, pki, master) as c:
+        assert (await c.tier())["session"]["tier"] == 4
+    assert d.stop() == 0
+    said = [ln for ln in d.lines + d.errors if "HTTP Request" in ln or "/api/v1/keys/" in ln]
+    assert not said, said
