@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from hardware.errors import HardwareError
 from hardware.monitor import HealthCheckedSource
 from sidecar import QueueMessage
-from sidecar.errors import SidecarError
+from sidecar.errors import ErrorCode, SidecarError
 from transport.entropy import EntropyMixer
 
 from .config import EntropyPublishing
@@ -94,6 +94,7 @@ class EntropyPublisher:
         self.reader: LockedReader | None = None
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._refused: ErrorCode | None = None  # why the last share was not published
 
     def tier_changed(self) -> None:
         self._wake.set()
@@ -177,6 +178,7 @@ class EntropyPublisher:
         if source is None:
             return False
         self.reader = LockedReader(source)
+        self._refused = None
         self.mixer.set_qrng(self.reader.read, self.reader.path)
         self.metrics.entropy_publishing.set(1 if self.cfg.interval > 0 else 0)
         self.say(
@@ -222,6 +224,16 @@ class EntropyPublisher:
         try:
             await self.submit(msg, f"sidecar:{self.instance} qrng")
         except SidecarError as exc:
-            log.warning("entropy_share not published: %s", exc.message)
+            # once per reason until a share goes through: a full queue refuses every
+            # interval for as long as it stays full (a peer down long ends there)
+            if exc.code is not self._refused:
+                self._refused = exc.code
+                log.warning(
+                    "entropy_share not published: %s; said once until one is published again",
+                    exc.message,
+                )
             return
+        if self._refused is not None:
+            self._refused = None
+            self.say("entropy_share published again")
         self.metrics.entropy_shares.inc()

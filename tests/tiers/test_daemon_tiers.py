@@ -337,3 +337,37 @@ async def test_kme_requests_write_no_log_line_of_their_own(
     assert d.stop() == 0
     said = [ln for ln in d.lines + d.errors if "HTTP Request" in ln or "/api/v1/keys/" in ln]
     assert not said, said
+
+
+async def test_a_full_queue_is_said_once_by_the_entropy_publisher_until_it_publishes_again(
+    tmp_path: Path, spawn: Any
+) -> None:
+    """A full queue (a peer down long enough ends there: docs/operations.md) refused
+    every entropy_share, and each refusal was a WARNING line: one per
+    ``tiers.entropy.interval`` for as long as the queue stayed full. Now one line, and
+    one when a share is published again."""
+    mport = free_port()
+    with SerialQRNGSimulator("good") as sim:
+        config(tmp_path, sim, mport)
+        text = (tmp_path / "c.toml").read_text()
+        (tmp_path / "c.toml").write_text(
+            text.replace("interval = 0.1\n", "interval = 0.02\n")
+            + "[limits]\nmax_queue_messages = 2\n"
+        )
+        d: Daemon = spawn(["--config", "c.toml"])
+        d.wait_ready()
+        d.wait_line(r"^entropy_share not published: queue holds 2 messages")
+        for _ in range(20):  # bounded: 2 s, about 100 more refusals at 0.02 s
+            if len(refusals(d)) > 1:
+                break
+            await asyncio.sleep(0.1)
+        assert len(refusals(d)) == 1, refusals(d)
+        async with operator(tmp_path, d.port("ssh")) as c:
+            assert await c.pop() is not None  # room for one more share
+        d.wait_line(r"^entropy_share published again")
+        assert d.stop() == 0
+    assert len(refusals(d)) <= 2, refusals(d)  # and once more when it filled up again
+
+
+def refusals(d: Daemon) -> list[str]:
+    return [ln for ln in d.errors if "entropy_share not published" in ln]
