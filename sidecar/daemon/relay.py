@@ -41,6 +41,7 @@ KEEPALIVE = 5.0  # seconds between empty relay requests on an idle link (tier re
 # request stays under a receiver's default limits.max_frame_bytes (2 MiB) with room for
 # its envelope; a single message (limits.max_message_bytes, 1 MiB) always fits.
 REQUEST_BYTES = ServiceLimits().max_frame_bytes - 64 * 1024
+PEER_ERROR_CHARS = 300  # of the reason a peer gives for refusing a message (logged)
 
 
 @dataclass
@@ -86,6 +87,12 @@ class PeerLink:
         self._task: asyncio.Task[None] | None = None
         self._warned_backlog = False
         self._link_tier: int | None = None  # min(session, node) held messages were judged at
+        # A peer refusing every attempt the same way (its queue full) is said once, not
+        # as a "connected" and a "link down" line per retry.
+        self._said: str | None = None  # the last "link down" line's reason
+        self._retry: bool = False  # the last session connected, then failed, and was said
+        self._hushed = False  # this session's "connected" was not said: a retry
+        self._progress = False  # this session relayed something, or had nothing to relay
 
     @property
     def name(self) -> str:
@@ -123,8 +130,16 @@ class PeerLink:
 
     def _failed(self, exc: BaseException) -> None:
         text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        if self.state.connected or self.state.last_error != text:
-            log.warning("peer %s: link down: %s", self.name, text)
+        if self.state.connected:  # a session: a retry failing as the last one did is quiet
+            if text != self._said or self._progress:
+                log.warning("peer %s: link down: %s", self.name, text)
+                self._said = text
+            self._retry = True
+        else:
+            if self.state.last_error != text:
+                log.warning("peer %s: link down: %s", self.name, text)
+                self._said = text
+            self._retry = False
         self.state.connected = False
         self.state.session_tier = None
         self._link_tier = None
@@ -165,7 +180,10 @@ class PeerLink:
         self.state.connects += 1
         self.state.since = time.time()
         self.state.last_error = None
-        log.info("peer %s: connected, session tier %s", self.name, self.state.session_tier)
+        self._progress = False
+        self._hushed = self._retry
+        if not self._hushed:
+            log.info("peer %s: connected, session tier %s", self.name, self.state.session_tier)
         # The relayed records of one batch are logged while the next batch travels:
         # one request in flight keeps the peer's order, the two fsyncs overlap.
         marking: asyncio.Future[None] | None = None
@@ -175,6 +193,7 @@ class PeerLink:
                     self.name, self.settings.batch, self._why_held, REQUEST_BYTES
                 )
                 if not items:
+                    self._progressed()
                     if not await queue.relay_wait(self.name, KEEPALIVE):
                         self._set_tier(await self._call(client, []))  # keepalive, tier refresh
                     continue
@@ -197,12 +216,26 @@ class PeerLink:
                         raise
                     marking = None
                 if done:
+                    self._progressed()
                     marking = asyncio.ensure_future(queue.relay_done(self.name, done))
                 if again:
-                    raise SidecarError(f"peer {self.name} refused {len(again)} relayed messages")
+                    # the first refused names the reason; not how many, which changes
+                    # while the backlog grows and would make every retry a new line
+                    raise SidecarError(f"peer {self.name} refused relayed {self.state.last_error}")
         finally:
             if marking is not None and not marking.done():
                 marking.add_done_callback(_retrieve)
+
+    def _progressed(self) -> None:
+        if not self._progress:
+            self._progress = True
+            if self._hushed:
+                self._hushed = False
+                log.info(
+                    "peer %s: connected, session tier %s (relaying again)",
+                    self.name,
+                    self.state.session_tier,
+                )
 
     async def _call(
         self, client: QueueClient, items: list[QueueMessageWithProvenance]
@@ -236,13 +269,22 @@ class PeerLink:
         results = reply.get("results")
         if not isinstance(results, list) or len(results) != len(items):
             raise ValueError(f"peer {self.name} answered {results!r} for {len(items)} messages")
-        done, again = [], []
+        done: list[QueueMessageWithProvenance] = []
+        again: list[QueueMessageWithProvenance] = []
         for item, result in zip(items, results, strict=True):
             if isinstance(result, dict) and isinstance(result.get("message_id"), int):
                 done.append(item)
             else:
-                error = result.get("error", {}) if isinstance(result, dict) else {}
-                self.state.last_error = f"message {item.message_id}: {error}"
+                if not again:  # the first refused: why, as the peer said it (bounded)
+                    error = result.get("error") if isinstance(result, dict) else None
+                    why = (
+                        f"{error.get('code')}: {error.get('message')}"
+                        if isinstance(error, dict)
+                        else repr(result)
+                    )
+                    if len(why) > PEER_ERROR_CHARS:
+                        why = why[:PEER_ERROR_CHARS] + "…"
+                    self.state.last_error = f"message {item.message_id}: {why}"
                 again.append(item)
         return done, again
 

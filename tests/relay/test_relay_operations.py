@@ -144,3 +144,46 @@ async def test_a_link_to_a_peer_with_another_host_key_is_refused_and_says_so(
     assert view["backlog"] == 1
     assert "host key" in view["last_error"].lower()
     assert await pop_all(bob) == []
+
+
+async def test_a_peer_that_refuses_every_retry_is_said_once_with_its_reason(
+    tmp_path: Path, mesh_nodes: list[Node]
+) -> None:
+    """bob's queue is full, so every relay attempt connects and is refused. Each
+    attempt wrote `peer bob: connected` and `peer bob: link down: peer bob refused 2
+    relayed messages` (no reason: not queue_full, nor which message): two lines per
+    retry for as long as bob stays full. Now the first attempt says it, with bob's
+    reason; retries failing the same way say nothing; relaying again says connected."""
+    nodes = make_mesh(
+        tmp_path,
+        ["alice", "bob"],
+        [("alice", "bob")],
+        config={
+            "alice": "[relay]\nreconnect_min = 0.05\nreconnect_max = 0.2\n",
+            "bob": "[limits]\nmax_queue_messages = 1\n",
+        },
+    )
+    alice, bob = nodes["alice"], nodes["bob"]
+    mesh_nodes += [bob, alice]
+    bob.start()
+    alice.start()
+    async with alice.connect() as client:
+        for n in range(3):
+            await client.submit(block(n + 1), broadcast=True)
+    assert bob.daemon is not None
+    assert alice.daemon is not None
+    for _ in range(300):  # bounded: 30 s for alice's 6th attempt
+        if sum("accepted alice" in ln for ln in bob.daemon.lines) >= 6:
+            break
+        await asyncio.sleep(0.1)
+    assert sum("accepted alice" in ln for ln in bob.daemon.lines) >= 6
+    down = [ln for ln in alice.daemon.errors if ln.startswith("peer bob: link down")]
+    connected = [ln for ln in alice.daemon.lines if ln.startswith("peer bob: connected")]
+    assert len(down) == 1, down
+    assert len(connected) == 1, connected
+    assert "refused relayed message 2: queue_full: queue holds 1 messages" in down[0], down
+    async with alice.connect() as client:
+        (view,) = (await client.call("peers"))["peers"]
+    assert "queue_full" in view["last_error"], view
+    assert len(await pop_all(bob)) == 1  # room: the next attempt relays one
+    alice.daemon.wait_line(r"^peer bob: connected, session tier 2 \(relaying again\)")
