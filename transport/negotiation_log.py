@@ -44,7 +44,16 @@ def parse_kexinit(payload: bytes | None) -> Offer | None:
 
 
 def _names(raw: Sequence[bytes]) -> tuple[str, ...]:
-    return tuple(n.decode("ascii", "replace") for n in raw)
+    return tuple(printable(n.decode("ascii", "replace")) for n in raw)
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (a newline, a carriage
+    return, a terminal escape) escaped as Python writes it (``\\n``, ``\\x1b``): a
+    stranger's names must not start a log line of their own, nor move a cursor."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 # names in the kex list that announce extensions, not algorithms (RFC 8308, strict KEX)
@@ -78,7 +87,7 @@ def shown(names: Sequence[str] | None) -> str:
 def describe(peer: str, reason: str, theirs: Offer | None, ours: Offer | None) -> str:
     """One bounded line: who, why, and both sides' key exchange and host-key lists."""
     return (
-        f"{peer}: {reason[:MAX_REASON_CHARS]}; "
+        f"{peer}: {printable(reason[:MAX_REASON_CHARS])}; "
         f"client offered kex={shown(theirs.kex if theirs else None)} "
         f"host_keys={shown(theirs.host_keys if theirs else None)}; "
         f"we offer kex={shown(ours.kex if ours else None)} "

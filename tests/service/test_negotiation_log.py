@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
+import socket
 
 import pytest
 from asyncssh.packet import Byte, NameList
@@ -105,3 +108,31 @@ def test_our_own_verdict_when_the_peer_hangs_up_first() -> None:
     assert mismatch(shared_kex, ours_sntrup) == "no matching host key algorithm"
     assert mismatch(ours_sntrup, ours_sntrup) is None
     assert mismatch(None, ours) is None
+
+
+def _stranger_kexinit(port: int, kex: list[bytes]) -> None:
+    """A raw client: our version line and a KEXINIT offering ``kex``, then hang up."""
+    payload = _kexinit(kex, [b"ssh-ed25519"]) + NameList([b"aes128-ctr"]) * 2
+    payload += NameList([b"hmac-sha2-256"]) * 2 + NameList([b"none"]) * 2
+    payload += NameList([]) * 2 + Byte(0) + bytes(4)
+    padding = 8 - (len(payload) + 5) % 8 + 8
+    packet = (len(payload) + padding + 1).to_bytes(4, "big") + Byte(padding) + payload
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"SSH-2.0-stranger\r\n" + packet + bytes(padding))
+        with contextlib.suppress(OSError):
+            while s.recv(65536):  # until the server closes: it has seen the offer
+                pass
+
+
+async def test_a_strangers_names_cannot_write_lines_of_their_own(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client's names were logged as sent: a newline (or a terminal escape) in
+    one wrote a line of the stranger's choosing into the text log, as if ours."""
+    caplog.set_level(logging.INFO, logger=SERVER_LOG)
+    forged = b"x\n2026-12-07T01:01:18.319Z ERROR sidecar.daemon: forged\r\x1b[2K"
+    await asyncio.to_thread(_stranger_kexinit, service.port, [forged, b"curve25519-sha256"])
+    await service.server.close()
+    (line,) = _negotiation_lines(caplog)
+    assert "client offered kex=x\\n2026-12-07T01:01:18.319Z ERROR" in line, line
+    assert line.isprintable(), line
