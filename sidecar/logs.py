@@ -102,6 +102,16 @@ def configure(
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (a newline, a carriage
+    return, a terminal escape) escaped as Python writes it (``\\n``, ``\\x1b``), for
+    what a stranger or a peer chose: it must not start a log line of its own, nor move
+    a terminal's cursor."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def level_from_flags(default: str, verbose: int, quiet: int) -> str:
     """``-v`` one level more, ``-q`` one level less, from ``default``."""
     index = LEVELS.index(default) - verbose + quiet

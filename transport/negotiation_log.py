@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from asyncssh.packet import PacketDecodeError, SSHPacket
 
+from sidecar.logs import printable
+
 MAX_NAMES = 16
 MAX_NAME_CHARS = 64
 MAX_REASON_CHARS = 200
@@ -45,15 +47,6 @@ def parse_kexinit(payload: bytes | None) -> Offer | None:
 
 def _names(raw: Sequence[bytes]) -> tuple[str, ...]:
     return tuple(printable(n.decode("ascii", "replace")) for n in raw)
-
-
-def printable(text: str) -> str:
-    """``text`` with every character that is not printable (a newline, a carriage
-    return, a terminal escape) escaped as Python writes it (``\\n``, ``\\x1b``): a
-    stranger's names must not start a log line of their own, nor move a cursor."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 # names in the kex list that announce extensions, not algorithms (RFC 8308, strict KEX)

@@ -25,6 +25,7 @@ import asyncssh
 
 from hardware.kme import KMEClient
 from sidecar import QppValidatorQueue, QueueMessageWithProvenance, SidecarError
+from sidecar.logs import printable
 from transport.client import QueueClient
 from transport.limits import ServiceLimits
 from transport.qkd import QKDSettings
@@ -42,6 +43,7 @@ KEEPALIVE = 5.0  # seconds between empty relay requests on an idle link (tier re
 # its envelope; a single message (limits.max_message_bytes, 1 MiB) always fits.
 REQUEST_BYTES = ServiceLimits().max_frame_bytes - 64 * 1024
 PEER_ERROR_CHARS = 300  # of the reason a peer gives for refusing a message (logged)
+LINK_ERROR_CHARS = 500  # of why a link went down: a peer's error reply is its to choose
 
 
 @dataclass
@@ -130,6 +132,9 @@ class PeerLink:
 
     def _failed(self, exc: BaseException) -> None:
         text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        text = printable(text)  # a peer's error reply: one line, of bounded length
+        if len(text) > LINK_ERROR_CHARS:
+            text = text[:LINK_ERROR_CHARS] + "…"
         if self.state.connected:  # a session: a retry failing as the last one did is quiet
             if text != self._said or self._progress:
                 log.warning("peer %s: link down: %s", self.name, text)

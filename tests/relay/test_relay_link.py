@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sidecar import LogFailed, QppValidatorQueue
+from sidecar import LogFailed, QppValidatorQueue, SidecarError
 from sidecar.daemon.config import Endpoint
 from sidecar.daemon.peers_config import PeerConfig, RelaySettings
 from sidecar.daemon.relay import PeerLink
 from tests.core.helpers import block
 from tests.core.simfs import SimDisk
+from transport.client import error_from_wire
 from transport.tiers import DEFAULT_POLICY
 
 
@@ -92,3 +94,53 @@ async def test_a_batch_acknowledged_while_the_previous_marks_fail_is_sent_again(
         assert q.relay_backlog("bob").count == 0, (q.relay_backlog("bob"), good.sent)
     finally:
         await q.close()
+
+
+class RefusingClient:
+    """A peer refusing every relayed message with a reason of its choosing, or (with
+    ``whole``) the whole request, as an error reply (raised as the client raises it)."""
+
+    def __init__(self, message: str, whole: bool = False) -> None:
+        self.message = message
+        self.whole = whole
+
+    async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if self.whole:
+            raise error_from_wire("unavailable", self.message)
+        error = {"code": "queue_full", "message": self.message}
+        return {
+            "tier": {"tier": 3, "name": "x", "reasons": []},
+            "results": [{"error": error} for _ in params["items"]],
+        }
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["an-item-refused", "the-request-refused"])
+async def test_what_a_peer_says_is_logged_on_one_bounded_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, whole: bool
+) -> None:
+    """A peer's reason reaches our log (`peer bob: link down: …`) and `peers`: a
+    newline in it wrote a line of the peer's choosing into the text log, and its
+    length was the peer's to choose (up to a 2 MiB frame)."""
+    forged = "full\n2026-12-07T01:01:18.319Z ERROR sidecar.daemon: forged\x1b[2K" + "x" * 100_000
+    async with await QppValidatorQueue.open("v", tmp_path, peers=("bob",)) as q:
+        await q.submit(block(1), submitted_by="t", broadcast=True)
+        link = PeerLink(
+            PeerConfig("bob", Endpoint("127.0.0.1", 1), tmp_path / "id"),
+            RelaySettings(),
+            lambda: q,
+            instance="alice",
+            node_tier=lambda: 3,
+            policy=DEFAULT_POLICY,
+            known_hosts=tmp_path / "kh",
+        )
+        client = RefusingClient(forged, whole)
+        with pytest.raises(SidecarError) as refused:
+            await asyncio.wait_for(link._relay_loop(client), 5)  # type: ignore[arg-type]
+        caplog.set_level(logging.WARNING, logger="sidecar.daemon.relay")
+        link._failed(refused.value)
+    (line,) = [r.getMessage() for r in caplog.records if "link down" in r.getMessage()]
+    assert "full\\n2026-12-07T01:01:18.319Z ERROR" in line, line
+    assert line.isprintable(), line
+    assert len(line) < 1000, len(line)
+    assert link.state.last_error is not None
+    assert link.state.last_error.isprintable()
