@@ -131,6 +131,11 @@ class ServerSettings:
         return TierInfo(self.tier)
 
 
+def _address(conn: asyncssh.SSHServerConnection) -> str:
+    peer = conn.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if peer else "unknown"
+
+
 class _QueueSession(asyncssh.SSHServerSession[bytes]):
     """One SSH channel: the ``qssh-queue`` subsystem or an exec command."""
 
@@ -168,6 +173,7 @@ class _QueueSession(asyncssh.SSHServerSession[bytes]):
             spawn=self._spawn,
             changed=self._sealing_changed,
             max_held=server.settings.limits.max_in_flight_per_channel,
+            who=f"{principal.submitted_by} from {_address(conn)}",
         )
         self._state = ChannelState(
             principal, bucket, self._push, session_tier=self.session_tier, waiting=waiting

@@ -60,8 +60,10 @@ class ServerSealing:
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         changed: Callable[[], None],
         max_held: int = 4096,
+        who: str = "a client",
     ) -> None:
         self.settings = settings
+        self.who = who  # whose channel, for the log: "<principal> <key> from <address>"
         self.max_held = max_held  # frames kept while a key is fetched, at most
         self.conn = conn
         self._write = write
@@ -178,7 +180,7 @@ class ServerSealing:
             if self.state is SealState.CLOSED:
                 return
             self.failure = exc.message
-            log.warning("QKD sealing refused for this channel: %s", exc.message)
+            log.warning("QKD sealing refused for the channel of %s: %s", self.who, exc.message)
             message = f"{exc.message}; this session goes on unsealed (not tier 4)"
             self._write(encode_error(HELLO_ID, ErrorCode.TIER_REQUIRED, message))
             self.state = SealState.PLAIN
@@ -228,7 +230,7 @@ class ServerSealing:
         stream.switch_receive(keys)
         self._write(encode_result(request_id, {"epoch": epoch}))  # old key, last one
         stream.switch_send(keys)
-        log.info("channel rekeyed to epoch %d with a fresh QKD key", epoch)
+        log.info("channel of %s rekeyed to epoch %d with a fresh QKD key", self.who, epoch)
         self._changed()
         self._release_held()
 
@@ -254,7 +256,7 @@ class ServerSealing:
         """End the channel: a sealed stream with a hole cannot be trusted."""
         if self.state is SealState.CLOSED:
             return
-        log.warning("closing a tier-4 channel: %s", reason)
+        log.warning("closing the tier-4 channel of %s: %s", self.who, reason)
         self.failure = reason
         self._write(
             encode_event(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -382,3 +383,25 @@ async def test_frames_sent_during_a_key_exchange_are_bounded(
         finally:
             gated[0].gate.set()
             await raw.close()
+
+
+async def test_a_channel_refused_sealing_is_logged_with_who_it_is(
+    tmp_path: Path,
+    keys: Keys,
+    pki: ThrowawayPKI,
+    kme_pair: tuple[KMESimulator, KMESimulator],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`QKD sealing refused for this channel: …` named no channel: with many clients
+    and peers connected, the operator could not tell whose session went unsealed."""
+    master, _ = kme_pair
+    caplog.set_level(logging.WARNING, logger="transport.server_sealing")
+    with KMESimulator(pki, "unavailable") as broken:
+        async with qkd_service(tmp_path, keys, pki, server=broken, client=master) as (svc, qkd):
+            async with svc.connect(qkd=qkd) as c:
+                assert c.qkd_failure is not None
+    (line,) = [r.getMessage() for r in caplog.records if "QKD sealing refused" in r.getMessage()]
+    fingerprint = keys.everything.get_fingerprint("sha256")
+    assert f"QKD sealing refused for the channel of everything {fingerprint} from 127.0.0.1:" in (
+        line
+    ), line
