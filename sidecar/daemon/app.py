@@ -435,7 +435,11 @@ class Sidecar:
                     self._last_status = line
 
     def _on_tier_change(self, old: int | None, new: int, reason: str) -> None:
-        self.say(f"tier changed {old} -> {new}: {reason}")
+        line = f"tier changed {old} -> {new}: {reason}"
+        if old is not None and new < old:  # a lost QKD link or QRNG: as a failed QRNG is
+            status.warning(line)
+        else:
+            self.say(line)
         self.server.tier_changed()
         self.entropy.tier_changed()
         self.node.tier_changed({**self.hardware.tier_info().to_wire(), "previous": old})

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from hardware.simulators.kme_server import KMESimulator
+from hardware.simulators.kme_server import KMESimulator, paired_kmes
 from hardware.simulators.serial_qrng import Behaviour, SerialQRNGSimulator
 from hardware.simulators.tls import ThrowawayPKI
 from sidecar import QppValidatorQueue
@@ -311,7 +311,7 @@ async def test_a_tier_3_daemon_stays_at_tier_3_through_periodic_health_checks(
         assert set(tiers) == {3.0}
         assert metric(mport, 'qssh_security_tier_changes_total{direction="down"}') == 0
         assert metric(mport, "qssh_entropy_publishing") == 1
-        assert not [ln for ln in d.lines if "tier changed" in ln], d.lines
+        assert not [ln for ln in d.lines + d.errors if "tier changed" in ln], d.lines
         assert d.stop() == 0
 
 
@@ -371,3 +371,26 @@ async def test_a_full_queue_is_said_once_by_the_entropy_publisher_until_it_publi
 
 def refusals(d: Daemon) -> list[str]:
     return [ln for ln in d.errors if "entropy_share not published" in ln]
+
+
+async def test_a_tier_drop_is_a_warning(tmp_path: Path, spawn: Any, pki: ThrowawayPKI) -> None:
+    """The KME becoming unreachable took a tier-4 node to tier 2 (sessions unsealed,
+    $2M transactions refused) with one INFO line, `tier changed 4 -> 2: …`: below
+    WARNING, where a failed QRNG is an ERROR. A drop is a WARNING (stderr) now."""
+    _, slave = paired_kmes(pki)
+    slave.start()
+    try:
+        (tmp_path / "c.toml").write_text(
+            f'listen = "127.0.0.1:{free_port()}"\ndata_dir = "d"\n[metrics]\nlisten = ""\n'
+            "[hardware]\nuse_udev = false\nchar_devices = []\ncheck_interval = 0.2\n"
+            + kme_section(pki, slave)
+        )
+        d: Daemon = spawn(["--config", "c.toml"])
+        d.wait_ready()
+        d.wait_line(r"^tier 4 QuantumSecured")
+    finally:
+        slave.stop()  # unreachable
+    d.wait_line(r"^tier changed 4 -> 2: tier 4 unavailable: KME ", 60)
+    assert d.stop() == 0
+    assert [ln for ln in d.errors if ln.startswith("tier changed 4 -> 2: ")], d.errors
+    assert not [ln for ln in d.lines if ln.startswith("tier changed")], d.lines
