@@ -131,6 +131,17 @@ class ServerSettings:
         return TierInfo(self.tier)
 
 
+_SHOWN_USER = 64  # characters of a refused username a log line shows
+
+
+def _shown_user(username: str) -> str:
+    """A username a stranger chose, for a log line: quoted and escaped (``repr``), and
+    cut, since SSH bounds it only by the packet size."""
+    if len(username) <= _SHOWN_USER:
+        return repr(username)
+    return f"{username[:_SHOWN_USER]!r}… ({len(username)} characters)"
+
+
 def _address(conn: asyncssh.SSHServerConnection) -> str:
     peer = conn.get_extra_info("peername")
     return f"{peer[0]}:{peer[1]}" if peer else "unknown"
@@ -689,13 +700,14 @@ class _QueueSSHServer(asyncssh.SSHServer):
         if entry is None:
             self._auth_refusal = (
                 Refusal.KEY,
-                f"key {key.get_fingerprint()} as user {username!r} is not authorized",
+                f"key {key.get_fingerprint()} as user {_shown_user(username)} is not authorized",
             )
             return False
         if not username_allowed(username, entry.principal):
             self._auth_refusal = (
                 Refusal.USERNAME,
-                f"user {username!r} with key {entry.fingerprint} of {entry.principal!r}: "
+                f"user {_shown_user(username)} with key {entry.fingerprint} "
+                f"of {entry.principal!r}: "
                 f"the SSH username must be empty, {entry.principal!r} or {DEFAULT_USERNAME!r}",
             )
             return False
@@ -703,7 +715,7 @@ class _QueueSSHServer(asyncssh.SSHServer):
         # only offered (a stranger may know any authorized public key)
         self._auth_refusal = (
             Refusal.SIGNATURE,
-            f"key {entry.fingerprint} of {entry.principal!r} as user {username!r} "
+            f"key {entry.fingerprint} of {entry.principal!r} as user {_shown_user(username)} "
             "offered, never with a valid signature",
         )
         self._pending = Principal(

@@ -92,6 +92,23 @@ async def test_any_other_username_is_refused_at_auth_with_a_clear_line(
     assert "must be empty" in lines[0]
 
 
+async def test_a_strangers_long_username_is_cut_in_the_refusal_line(
+    named: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="transport.server")
+    username = "u" * 1000  # asyncssh refuses 1024 bytes and more
+    try:
+        with pytest.raises(AuthRefused):
+            async with named.connect(named.keys.everything, username=username):
+                pass
+    finally:
+        await stop_service(named)
+    lines = [r.getMessage() for r in caplog.records if "refused connection" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert f"user {'u' * 64!r}… (1000 characters)" in lines[0]
+    assert len(lines[0]) < 400
+
+
 def test_a_principal_option_that_is_not_a_name_skips_the_line(
     tmp_path: Path, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
