@@ -392,7 +392,13 @@ class Sidecar:
         self.notifier.reloading()
         try:
             n = self.server.load_authorized_keys(self.cfg.authorized_keys_path)
-            self.say(f"reloaded {self.cfg.authorized_keys_path}: {n} keys")
+            if n:
+                self.say(f"reloaded {self.cfg.authorized_keys_path}: {n} keys")
+            else:  # every line skipped (each said why) or none: every login is refused
+                log.warning(
+                    "reloaded %s: 0 keys: every login is refused until keys are added",
+                    self.cfg.authorized_keys_path,
+                )
         except (OSError, ValueError) as e:
             log.error("reload failed, keeping the previous keys: %s", e)
         self.notifier.notify("READY=1", f"STATUS={self._status_line()}")

@@ -122,6 +122,18 @@ def test_a_skipped_authorized_keys_line_is_reported_once_at_start(
     assert len(skipped) == 1, skipped
 
 
+def test_a_reload_that_leaves_no_keys_is_a_warning(spawn: Any, tmp_path: Path) -> None:
+    d = spawn(["--port", str(free_port()), "--data-dir", "d", "--metrics", ""])
+    d.wait_ready()
+    auth = tmp_path / "d" / "authorized_keys"
+    classical = asyncssh.generate_private_key("ssh-ed25519")  # skipped: not post-quantum
+    auth.write_text('roles="consumer" ' + classical.export_public_key().decode())
+    d.proc.send_signal(signal.SIGHUP)
+    line = d.wait_line(r"reloaded \S+authorized_keys: 0 keys: every login is refused").string
+    assert line in d.errors  # a warning (stderr), not a status line
+    assert d.stop() == 0
+
+
 def test_second_daemon_on_the_same_data_dir_is_refused(spawn: Any, tmp_path: Path) -> None:
     d = spawn(["--port", str(free_port()), "--data-dir", "d", "--metrics", ""])
     d.wait_ready()
