@@ -17,16 +17,19 @@ from transport.client import DEFAULT_IDENTITIES
 from transport.keys import generate_key
 
 
-def qssh_queue(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+def python_m(
+    module: str, *args: str, env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS``, its output captured as text; the exit status is the
+    caller's to check."""
     return subprocess.run(
-        [sys.executable, "-m", "transport.client_cli", *args],
-        capture_output=True,
-        text=True,
-        env=child_env(QSSH_HOME=str(home)),
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
+        [sys.executable, "-m", module, *args],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def qssh_queue(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    return python_m("transport.client_cli", *args, env=child_env(QSSH_HOME=str(home)), cwd=REPO)
 
 
 def test_qssh_queue_config_file_that_cannot_be_read_is_a_usage_error(tmp_path: Path) -> None:
@@ -57,15 +60,7 @@ def test_qssh_queue_default_config_that_is_a_directory_is_a_usage_error(tmp_path
 def serve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``qssh-sidecar serve ARGS``, without metrics unless asked (its port is shared)."""
     metrics = () if "--metrics" in args else ("--metrics", "")
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "serve", *args, *metrics],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        cwd=cwd,
-        timeout=60,
-        check=False,
-    )
+    return python_m("sidecar.cli", "serve", *args, *metrics, env=child_env(), cwd=cwd)
 
 
 KME = """[hardware.kme]
@@ -76,6 +71,22 @@ cert = "client.pem"
 key = "client.key"
 ca = "ca.pem"
 """
+
+
+def assert_config_refused(config: Path, cwd: Path, error: str) -> None:
+    """``serve --config CONFIG`` exits 2 with one line starting ``error`` and leaves no
+    data dir. Its SSH port is taken: were the config accepted, the start would fail
+    fast on that instead."""
+    data = cwd / "data"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        r = serve("--config", str(config), "--data-dir", str(data), "--port", port, cwd=cwd)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith(f"qssh-sidecar: {error}"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not data.exists()
 
 
 @pytest.mark.parametrize(
@@ -105,16 +116,7 @@ def test_serve_refuses_a_typo_or_wrong_type_inside_hardware_tables(
         (tmp_path / name).write_text("")
     config = tmp_path / "alice.toml"
     config.write_text(section)
-    data = tmp_path / "data"
-    with socket.socket() as taken:  # were the config taken, the start fails fast on it
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = str(taken.getsockname()[1])
-        r = serve("--config", str(config), "--data-dir", str(data), "--port", port, cwd=tmp_path)
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert r.stderr.startswith(f"qssh-sidecar: config {config}: {error}"), r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert not data.exists()
+    assert_config_refused(config, tmp_path, f"config {config}: {error}")
 
 
 def test_keygen_default_file_is_where_qssh_queue_looks_for_it(tmp_path: Path) -> None:
@@ -123,15 +125,8 @@ def test_keygen_default_file_is_where_qssh_queue_looks_for_it(tmp_path: Path) ->
     # ~/.qssh/id_mldsa-65, ignoring $QSSH_HOME, where the client never looked.
     home, qssh_home = tmp_path / "home", tmp_path / "qssh"
     home.mkdir()
-    r = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "keygen", "-t", "ssh-mldsa-65"],
-        capture_output=True,
-        text=True,
-        env=child_env(HOME=str(home), QSSH_HOME=str(qssh_home)),
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    env = child_env(HOME=str(home), QSSH_HOME=str(qssh_home))
+    r = python_m("sidecar.cli", "keygen", "-t", "ssh-mldsa-65", env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "id_mldsa65" in DEFAULT_IDENTITIES
     assert sorted(p.name for p in qssh_home.iterdir()) == ["id_mldsa65", "id_mldsa65.pub"]
@@ -202,15 +197,8 @@ def test_serve_with_unusable_kme_tls_files_names_them_before_making_anything(
         (tmp_path / name).write_text("")
     config = tmp_path / "alice.toml"
     config.write_text(KME)
-    data = tmp_path / "data"
-    r = serve("--config", str(config), "--data-dir", str(data), "--port", str(free_port()),
-              cwd=tmp_path)  # fmt: skip
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert r.stderr.startswith(
-        f"qssh-sidecar: hardware.kme.ca: {tmp_path / 'ca.pem'} is not a usable CA certificate"
-    ), r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert not data.exists()
+    ca = tmp_path / "ca.pem"
+    assert_config_refused(config, tmp_path, f"hardware.kme.ca: {ca} is not a usable CA certificate")
 
 
 @pytest.mark.parametrize(
@@ -229,12 +217,7 @@ def test_serve_config_errors_name_the_key(tmp_path: Path, section: str, error: s
     # they said `hardware: 7 is not a valid Tier` and `admission.'10.0.0.300' does not …`
     config = tmp_path / "alice.toml"
     config.write_text(section)
-    data = tmp_path / "data"
-    r = serve("--config", str(config), "--data-dir", str(data), "--port", str(free_port()),
-              cwd=tmp_path)  # fmt: skip
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert r.stderr.startswith(f"qssh-sidecar: config {config}: {error}"), r.stderr
-    assert not data.exists()
+    assert_config_refused(config, tmp_path, f"config {config}: {error}")
 
 
 @pytest.mark.parametrize(
@@ -318,31 +301,17 @@ def test_serve_refuses_a_bad_peer_key_file_before_anything_listens(
     (tmp_path / "id.pub").write_text(pub + "\n")
     config = tmp_path / "alice.toml"
     config.write_text(PEER + peer.format(pub=pub))
-    data = tmp_path / "data"
-    with socket.socket() as taken:  # were the peer taken, the start fails fast on it
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = str(taken.getsockname()[1])
-        r = serve("--config", str(config), "--data-dir", str(data), "--port", port, cwd=tmp_path)
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert r.stderr.startswith(f"qssh-sidecar: {error.format(tmp=tmp_path)}"), r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert not data.exists()
+    assert_config_refused(config, tmp_path, error.format(tmp=tmp_path))
 
 
 def test_keygen_refuses_a_comment_of_more_than_one_line(tmp_path: Path) -> None:
     # the comment ends the public key's line: with a newline, `id.pub` held a second
     # line, which authorized_keys would read as a malformed key
     key = tmp_path / "id"
-    r = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "keygen", "-f", str(key), "-C", "me\nroles=x"],
-        capture_output=True,
-        text=True,
-        env=child_env(HOME=str(tmp_path)),
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    r = python_m(
+        "sidecar.cli", "keygen", "-f", str(key), "-C", "me\nroles=x",
+        env=child_env(HOME=str(tmp_path)), cwd=tmp_path,
+    )  # fmt: skip
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stderr.strip() == "qssh-sidecar keygen: -C: the comment must be one line"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
@@ -393,10 +362,9 @@ def test_hardware_report_reads_kme_files_relative_to_the_config_file(tmp_path: P
     for name in ("client.pem", "client.key", "ca.pem"):
         (etc / name).write_text("")  # found, but holds no certificate
     (etc / "alice.toml").write_text("[hardware]\nuse_udev = false\nchar_devices = []\n" + KME)
-    r = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "hardware", "report", "--json",
-         "--config", str(etc / "alice.toml")],
-        capture_output=True, text=True, env=child_env(), cwd=tmp_path, timeout=60, check=False,
+    r = python_m(
+        "sidecar.cli", "hardware", "report", "--json", "--config", str(etc / "alice.toml"),
+        env=child_env(), cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     error = orjson.loads(r.stdout)["kme"]["error"]

@@ -19,6 +19,19 @@ from transport.client import error_from_wire
 from transport.tiers import DEFAULT_POLICY
 
 
+def bob_link(q: QppValidatorQueue, tmp_path: Path, settings: RelaySettings) -> PeerLink:
+    """alice's link to a peer bob that is never dialled: the tests drive its batches."""
+    return PeerLink(
+        PeerConfig("bob", Endpoint("127.0.0.1", 1), tmp_path / "id"),
+        settings,
+        lambda: q,
+        instance="alice",
+        node_tier=lambda: 3,
+        policy=DEFAULT_POLICY,
+        known_hosts=tmp_path / "kh",
+    )
+
+
 class FakeClient:
     """Answers relay requests; `bad` ones with results the link cannot read."""
 
@@ -39,15 +52,7 @@ class FakeClient:
 async def test_the_batch_of_an_unreadable_reply_is_sent_again(tmp_path: Path) -> None:
     async with await QppValidatorQueue.open("v", tmp_path, peers=("bob",)) as q:
         mids = [await q.submit(block(n), submitted_by="t", broadcast=True) for n in range(3)]
-        link = PeerLink(
-            PeerConfig("bob", Endpoint("127.0.0.1", 1), tmp_path / "id"),
-            RelaySettings(),
-            lambda: q,
-            instance="alice",
-            node_tier=lambda: 3,
-            policy=DEFAULT_POLICY,
-            known_hosts=tmp_path / "kh",
-        )
+        link = bob_link(q, tmp_path, RelaySettings())
         with pytest.raises(ValueError, match="answered"):
             await asyncio.wait_for(link._relay_loop(FakeClient(bad=True)), 5)  # type: ignore[arg-type]
         assert q.relay_backlog("bob").in_flight == 0
@@ -77,15 +82,7 @@ async def test_a_batch_acknowledged_while_the_previous_marks_fail_is_sent_again(
             return None
 
         disk.fail_write = fault
-        link = PeerLink(
-            PeerConfig("bob", Endpoint("127.0.0.1", 1), tmp_path / "id"),
-            RelaySettings(batch=2),
-            lambda: q,
-            instance="alice",
-            node_tier=lambda: 3,
-            policy=DEFAULT_POLICY,
-            known_hosts=tmp_path / "kh",
-        )
+        link = bob_link(q, tmp_path, RelaySettings(batch=2))
         with pytest.raises(LogFailed):
             await asyncio.wait_for(link._relay_loop(FakeClient(bad=False)), 5)  # type: ignore[arg-type]
         good = FakeClient(bad=False)
@@ -124,15 +121,7 @@ async def test_what_a_peer_says_is_logged_on_one_bounded_line(
     forged = "full\n2026-12-07T01:01:18.319Z ERROR sidecar.daemon: forged\x1b[2K" + "x" * 100_000
     async with await QppValidatorQueue.open("v", tmp_path, peers=("bob",)) as q:
         await q.submit(block(1), submitted_by="t", broadcast=True)
-        link = PeerLink(
-            PeerConfig("bob", Endpoint("127.0.0.1", 1), tmp_path / "id"),
-            RelaySettings(),
-            lambda: q,
-            instance="alice",
-            node_tier=lambda: 3,
-            policy=DEFAULT_POLICY,
-            known_hosts=tmp_path / "kh",
-        )
+        link = bob_link(q, tmp_path, RelaySettings())
         client = RefusingClient(forged, whole)
         with pytest.raises(SidecarError) as refused:
             await asyncio.wait_for(link._relay_loop(client), 5)  # type: ignore[arg-type]
