@@ -62,22 +62,15 @@ def _version() -> str:
 
 def _add_log_flags(parser: argparse.ArgumentParser, suffix: str) -> None:
     # each level has its own dest: a subparser's namespace is copied over its parent's
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        dest=f"_verbose_{suffix}" if suffix else "verbose",
-        action="count",
-        default=0,
-        help="log more (repeat for more)",
-    )
-    parser.add_argument(
-        "-q",
-        "--quiet",
-        dest=f"_quiet_{suffix}" if suffix else "quiet",
-        action="count",
-        default=0,
-        help="log less (repeat for less)",
-    )
+    for word, more in (("verbose", "more"), ("quiet", "less")):
+        parser.add_argument(
+            f"-{word[0]}",
+            f"--{word}",
+            dest=f"_{word}_{suffix}" if suffix else word,
+            action="count",
+            default=0,
+            help=f"log {more} (repeat for {more})",
+        )
 
 
 def _add_log_flags_to_actions(parser: argparse.ArgumentParser, depth: int) -> None:

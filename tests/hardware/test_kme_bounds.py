@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import orjson
@@ -73,6 +73,23 @@ class CannedKME(KMESimulator):
         return self.status, self.body
 
 
+async def assert_refused(
+    pki: ThrowawayPKI,
+    body: bytes,
+    call: Callable[[KMEClient], Awaitable[object]],
+    match: str,
+    sae: str = "sae-alice",
+) -> None:
+    """A KME answering `body` to every request: `call` on a client of `sae` raises
+    KMEProtocolError matching `match`."""
+    kme = CannedKME(pki)
+    kme.body = body
+    with kme:
+        async with client(pki, kme.url, sae) as c:
+            with pytest.raises(KMEProtocolError, match=match):
+                await call(c)
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -82,59 +99,62 @@ def keys_body(*pairs: tuple[str, bytes]) -> bytes:
 
 
 async def test_more_keys_than_asked_for_are_refused(pki: ThrowawayPKI) -> None:
-    kme = CannedKME(pki)
-    kme.body = keys_body(*[(f"id-{i}", b"k" * 32) for i in range(50)])
-    with kme:
-        async with client(pki, kme.url) as c:
-            with pytest.raises(KMEProtocolError, match="50 keys, asked for 1"):
-                await c.enc_keys("sae-bob", 1, 256)
+    await assert_refused(
+        pki,
+        keys_body(*[(f"id-{i}", b"k" * 32) for i in range(50)]),
+        lambda c: c.enc_keys("sae-bob", 1, 256),
+        "50 keys, asked for 1",
+    )
 
 
 async def test_dec_keys_must_answer_exactly_the_key_ids_asked(pki: ThrowawayPKI) -> None:
-    kme = CannedKME(pki)
-    kme.body = keys_body(("other", b"k" * 32))
-    with kme:
-        async with client(pki, kme.url, "sae-bob") as c:
-            with pytest.raises(KMEProtocolError, match="other key_IDs than asked"):
-                await c.dec_keys("sae-alice", ["mine"])
+    await assert_refused(
+        pki,
+        keys_body(("other", b"k" * 32)),
+        lambda c: c.dec_keys("sae-alice", ["mine"]),
+        "other key_IDs than asked",
+        sae="sae-bob",
+    )
 
 
 @pytest.mark.parametrize("key", [b"\x01", b"\x02" * 33, b"\x03" * (64 << 10)])
 async def test_a_key_of_another_size_than_asked_is_refused(pki: ThrowawayPKI, key: bytes) -> None:
-    kme = CannedKME(pki)
-    kme.body = keys_body(("k", key))
-    with kme:
-        async with client(pki, kme.url) as c:
-            with pytest.raises(KMEProtocolError, match=r"wrong size|bits, asked for 256"):
-                await c.enc_keys("sae-bob", 1, 256)
+    await assert_refused(
+        pki,
+        keys_body(("k", key)),
+        lambda c: c.enc_keys("sae-bob", 1, 256),
+        r"wrong size|bits, asked for 256",
+    )
 
 
 async def test_an_oversized_key_is_refused_when_no_size_was_asked(pki: ThrowawayPKI) -> None:
-    kme = CannedKME(pki)
-    kme.body = keys_body(("k", b"\x02" * (64 << 10)))
-    with kme:
-        async with client(pki, kme.url, "sae-bob") as c:
-            with pytest.raises(KMEProtocolError, match="wrong size"):
-                await c.dec_keys("sae-alice", ["k"])
+    await assert_refused(
+        pki,
+        keys_body(("k", b"\x02" * (64 << 10))),
+        lambda c: c.dec_keys("sae-alice", ["k"]),
+        "wrong size",
+        sae="sae-bob",
+    )
 
 
 @pytest.mark.parametrize("ids", [["same", "same"], ["", "x"]])
 async def test_duplicate_or_empty_key_ids_are_refused(pki: ThrowawayPKI, ids: list[str]) -> None:
-    kme = CannedKME(pki)
-    kme.body = keys_body(*[(i, b"a" * 32) for i in ids])
-    with kme:
-        async with client(pki, kme.url, "sae-bob") as c:
-            with pytest.raises(KMEProtocolError, match=r"twice|empty"):
-                await c.dec_keys("sae-alice", ["same", "x"])
+    await assert_refused(
+        pki,
+        keys_body(*[(i, b"a" * 32) for i in ids]),
+        lambda c: c.dec_keys("sae-alice", ["same", "x"]),
+        r"twice|empty",
+        sae="sae-bob",
+    )
 
 
 async def test_a_response_body_over_the_cap_is_refused(pki: ThrowawayPKI) -> None:
-    kme = CannedKME(pki)
-    kme.body = orjson.dumps({"status_extension": {"pad": "x" * (2 << 20)}})
-    with kme:
-        async with client(pki, kme.url) as c:
-            with pytest.raises(KMEProtocolError, match="more than 1048576 bytes"):
-                await c.status("sae-bob")
+    await assert_refused(
+        pki,
+        orjson.dumps({"status_extension": {"pad": "x" * (2 << 20)}}),
+        lambda c: c.status("sae-bob"),
+        "more than 1048576 bytes",
+    )
 
 
 async def test_a_status_extension_that_is_not_an_object_is_refused(pki: ThrowawayPKI) -> None:
